@@ -1,0 +1,52 @@
+# dmsnap — see README.md. Every target installs what it needs.
+SHELL := /bin/bash
+GO ?= go
+VM_EXEC := $(CURDIR)/hack/vm/exec
+PKG ?= ./...
+FUZZTIME ?= 10s
+export CGO_ENABLED := 0
+
+.PHONY: all build test lint unit fuzz test-vm vm-setup demo bench soak install clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags "-X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/dmsnap ./cmd/dmsnap
+
+# The README's test command: lint, host unit tests, a short fuzz run, then the
+# VM suite on the real kernel.
+test: lint unit fuzz test-vm
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags vm ./...
+	$(GO) tool staticcheck ./...
+	$(GO) tool staticcheck -tags vm ./...
+
+unit:
+	$(GO) test -count=1 $(PKG)
+
+fuzz:
+	hack/fuzz.sh $(FUZZTIME)
+
+vm-setup:
+	hack/vm/setup.sh
+	flock hack/vm/.cache/.lock hack/vm/mkinitramfs.sh >/dev/null
+
+# One guest per package; -p 1 because the machine has two cores and each
+# guest uses both.
+test-vm: build vm-setup
+	$(GO) test -count=1 -p 1 -timeout 40m -tags vm -exec $(VM_EXEC) $(PKG)
+
+demo: build vm-setup
+	hack/vm/run --file bin/dmsnap:/usr/bin/dmsnap --file hack/demo.sh:/work/demo.sh -- sh /work/demo.sh
+
+bench: build vm-setup
+	hack/bench/run.sh
+
+install: build
+	install -D -m 0755 bin/dmsnap $(DESTDIR)/usr/local/sbin/dmsnap
+
+clean:
+	rm -rf bin
