@@ -1,20 +1,23 @@
 // Command dmsnap gives block devices mount-scoped snapshot sessions through
-// the kernel's device-mapper. See README.md and DESIGN.md.
+// the kernel's device-mapper. See README.md.
+//
+// main only parses the command line and maps errors to exit codes; the work
+// is done by the dm, snapstore, session and restore packages.
 package main
 
 import (
-	"fmt"
+	"context"
 	"os"
+	"os/signal"
+	"syscall"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "version" {
-		fmt.Println("dmsnap", version)
-		return
-	}
-	fmt.Fprintln(os.Stderr, "usage: dmsnap version")
-	os.Exit(2)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }

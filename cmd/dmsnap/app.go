@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/spf13/pflag"
+)
+
+// Exit codes, as documented in the README and DESIGN.md.
+const (
+	exitOK          = 0
+	exitFailure     = 1
+	exitUsage       = 2
+	exitBadPassword = 3
+	exitBusy        = 4
+)
+
+// env is what every subcommand gets: its streams and the global settings.
+type env struct {
+	ctx    context.Context
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	store  string // --store: where closed sessions live
+	state  string // --state: registry, lock, secret
+}
+
+// command is one subcommand. run gets the arguments after the subcommand's
+// name, with the global flags already removed.
+type command struct {
+	name    string
+	summary string
+	hidden  bool
+	run     func(e *env, args []string) error
+}
+
+// usageError marks a mistake on the command line (exit code 2).
+type usageError struct{ msg string }
+
+func (u usageError) Error() string { return u.msg }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
+
+func commands() []command {
+	return []command{
+		{name: "version", summary: "print the version", run: runVersion},
+	}
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	e := &env{ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr}
+	global := pflag.NewFlagSet("dmsnap", pflag.ContinueOnError)
+	global.SetInterspersed(false)
+	global.SetOutput(io.Discard)
+	global.StringVar(&e.store, "store", "/snapshot", "directory of the session store")
+	global.StringVar(&e.state, "state", "/var/lib/dmsnap", "directory of dmsnap's state (registry, lock, secret)")
+	help := global.BoolP("help", "h", false, "show help")
+	if err := global.Parse(args); err != nil {
+		fmt.Fprintf(stderr, "dmsnap: %v\n", err)
+		printUsage(stderr, global)
+		return exitUsage
+	}
+	rest := global.Args()
+	if *help || len(rest) == 0 || rest[0] == "help" {
+		printUsage(stdout, global)
+		if len(rest) == 0 && !*help {
+			return exitUsage
+		}
+		return exitOK
+	}
+	for _, c := range commands() {
+		if c.name != rest[0] {
+			continue
+		}
+		err := c.run(e, rest[1:])
+		if err == nil {
+			return exitOK
+		}
+		if errors.Is(err, pflag.ErrHelp) {
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "dmsnap %s: %v\n", c.name, err)
+		return exitCode(err)
+	}
+	fmt.Fprintf(stderr, "dmsnap: unknown command %q (see dmsnap help)\n", rest[0])
+	return exitUsage
+}
+
+// exitCode maps an error to the documented exit codes.
+func exitCode(err error) int {
+	var u usageError
+	switch {
+	case errors.As(err, &u):
+		return exitUsage
+	}
+	return exitFailure
+}
+
+func printUsage(w io.Writer, global *pflag.FlagSet) {
+	fmt.Fprintln(w, "usage: dmsnap [--store DIR] [--state DIR] COMMAND [ARGS]")
+	fmt.Fprintln(w, "\ncommands:")
+	cmds := commands()
+	sort.Slice(cmds, func(i, j int) bool { return cmds[i].name < cmds[j].name })
+	for _, c := range cmds {
+		if !c.hidden {
+			fmt.Fprintf(w, "  %-20s %s\n", c.name, c.summary)
+		}
+	}
+	fmt.Fprintln(w, "\nglobal flags:")
+	global.SetOutput(w)
+	fmt.Fprint(w, strings.TrimRight(global.FlagUsages(), "\n")+"\n")
+	fmt.Fprintln(w, "\nexit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device busy or mounted")
+}
+
+// newFlags makes a subcommand's flag set that reports errors instead of exiting.
+func newFlags(e *env, name string) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("dmsnap "+name, pflag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	return fs
+}
+
+// parseFlags parses a subcommand's flags and turns their errors into usage errors.
+func parseFlags(fs *pflag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return err
+		}
+		return usageError{err.Error()}
+	}
+	return nil
+}

@@ -1,0 +1,39 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+// runCLI runs the command line in-process and returns its exit code and output.
+func runCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), args, strings.NewReader(""), &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestVersion(t *testing.T) {
+	code, out, _ := runCLI(t, "version")
+	if code != exitOK || !strings.HasPrefix(out, "dmsnap ") {
+		t.Fatalf("version: code %d, output %q", code, out)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{{}, {"nosuchcommand"}, {"--bogus", "version"}, {"version", "extra"}} {
+		code, _, _ := runCLI(t, args...)
+		if code != exitUsage {
+			t.Errorf("dmsnap %q: exit code %d, want %d", args, code, exitUsage)
+		}
+	}
+}
+
+func TestHelpListsCommands(t *testing.T) {
+	code, out, _ := runCLI(t, "help")
+	if code != exitOK || !strings.Contains(out, "version") || !strings.Contains(out, "exit codes") {
+		t.Fatalf("help: code %d, output %q", code, out)
+	}
+}

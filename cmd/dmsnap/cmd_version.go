@@ -1,0 +1,15 @@
+package main
+
+import "fmt"
+
+func runVersion(e *env, args []string) error {
+	fs := newFlags(e, "version")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("version takes no arguments")
+	}
+	_, err := fmt.Fprintln(e.stdout, "dmsnap", version)
+	return err
+}
