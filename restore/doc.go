@@ -1,0 +1,19 @@
+// Package restore turns a device's sessions back into the state it had
+// before one of them: it plans which pre-image wins for every byte
+// (a streaming k-way merge of the sessions' sorted maps, oldest session
+// wins), verifies every record the plan uses before anything is written,
+// writes the plan in sector order in large coalesced writes, reports
+// progress, and decides from probed facts whether a restore may start at all
+// (preflight).
+//
+// The package does no I/O of its own on the session store or the kernel: it
+// sees sessions through the small Session interface (package snapstore, or an
+// adapter over it, satisfies it), the target through io.WriterAt, and the
+// device's state through the Device interface of preflight. So every rule
+// here is tested on the host without root; the kernel-facing parts are
+// someone else's.
+//
+// Memory grows with the number of sessions, never with the number of
+// records: planning keeps one record per session, applying one write buffer
+// and one record buffer per session.
+package restore
