@@ -1,0 +1,118 @@
+package snapstore
+
+import (
+	"cmp"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// Status is how a session directory reads.
+type Status string
+
+const (
+	// StatusComplete: dmsnap session, meta.json committed and intact.
+	StatusComplete Status = "complete"
+	// StatusInvalid: dmsnap session flagged invalid (the kernel dropped the
+	// snapshot or its COW was damaged); restorable only as far as it goes.
+	StatusInvalid Status = "invalid"
+	// StatusUnverified: a seed session (meta.json without a dmsnap object):
+	// readable and restorable, but nothing checks its bytes.
+	StatusUnverified Status = "unverified"
+	// StatusIncomplete: no meta.json. The session is armed or open, or its
+	// conversion has not finished (see Phase); never read as a session.
+	StatusIncomplete Status = "incomplete"
+	// StatusDamaged: meta.json is there but unreadable, fails its
+	// checksum, or is of a newer format (see Err).
+	StatusDamaged Status = "damaged"
+)
+
+// SessionInfo describes one session directory of a store.
+type SessionInfo struct {
+	ID     string    // directory name, <name>_<unix seconds>
+	Dir    string    // full path
+	Name   string    // device name part of ID
+	Time   time.Time // time part of ID (mount time)
+	Status Status
+	// Phase is state.json's phase for an incomplete session ("" when it has
+	// none or it is unreadable).
+	Phase Phase
+	// Meta is the parsed meta.json for complete, invalid and unverified
+	// sessions.
+	Meta *Meta
+	// Err says why a session is damaged, or why an incomplete one's
+	// state.json could not be read.
+	Err error
+}
+
+// ListSessions lists the session directories of a store — the directories
+// named <name>_<unix seconds> — sorted by name, then time. It reads only
+// meta.json (and state.json of incomplete sessions): it does not verify data;
+// see Verify. A missing store lists nothing.
+func ListSessions(store string) ([]SessionInfo, error) {
+	ents, err := os.ReadDir(store)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []SessionInfo
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		id, ok := parseSessionID(e.Name())
+		if !ok {
+			continue
+		}
+		out = append(out, inspect(filepath.Join(store, e.Name()), id))
+	}
+	slices.SortFunc(out, func(a, b SessionInfo) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), a.Time.Compare(b.Time), cmp.Compare(a.ID, b.ID))
+	})
+	return out, nil
+}
+
+// Inspect describes one session directory the way ListSessions does.
+func Inspect(dir string) SessionInfo {
+	id, _ := parseSessionID(filepath.Base(dir))
+	return inspect(dir, id)
+}
+
+func inspect(dir string, id sessionID) SessionInfo {
+	info := SessionInfo{ID: filepath.Base(dir), Dir: dir, Name: id.name, Time: time.Unix(id.unix, 0).UTC()}
+	metaPath := filepath.Join(dir, MetaFile)
+	b, err := os.ReadFile(metaPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		info.Status = StatusIncomplete
+		if st, err := ReadState(dir); err == nil {
+			info.Phase = st.Phase
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			info.Err = err
+		}
+		return info
+	}
+	if err != nil {
+		info.Status, info.Err = StatusDamaged, err
+		return info
+	}
+	m, err := ParseMeta(b, metaPath)
+	if err != nil {
+		info.Status, info.Err = StatusDamaged, err
+		return info
+	}
+	info.Meta = &m
+	switch {
+	case m.Dmsnap == nil:
+		info.Status = StatusUnverified
+	case m.Dmsnap.State == StateInvalid:
+		info.Status = StatusInvalid
+	default:
+		info.Status = StatusComplete
+	}
+	return info
+}
