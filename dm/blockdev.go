@@ -1,0 +1,263 @@
+package dm
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// BlockDevice is a block device as dmsnap checked it.
+type BlockDevice struct {
+	Path    string
+	Dev     Dev
+	Sectors uint64 // size in 512-byte sectors
+}
+
+// COWHeaderBytes is how much of a new COW device ZeroCOWHeader clears. The
+// kernel takes a store whose first four bytes are zero as new and writes a
+// fresh header; anything left from an earlier store ("SnAp" and its
+// exceptions) would be loaded as if it belonged to the new snapshot.
+const COWHeaderBytes = 4096
+
+// Inspect stats path (following symlinks) and returns its device number and
+// size. Anything but a block device is ErrNotBlockDevice.
+func Inspect(path string) (BlockDevice, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return BlockDevice{}, newError("inspect", path, err, "check the device path")
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return BlockDevice{}, &Error{Op: "inspect", Device: path, Kind: ErrNotBlockDevice,
+			Err: fmt.Errorf("%s is not a block device", path), Hint: defaultHint("", ErrNotBlockDevice, 0)}
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return BlockDevice{}, newError("inspect", path, err, "")
+	}
+	defer f.Close()
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return BlockDevice{}, newError("inspect", path, err, "")
+	}
+	return BlockDevice{Path: path, Dev: DevFromNumber(st.Rdev), Sectors: uint64(size) / SectorSize}, nil
+}
+
+// CheckUnused inspects path and makes sure nobody uses it: not mounted
+// (per /proc/self/mountinfo), and not held by anyone who opened it
+// exclusively (a mount in another namespace, swap, md, device-mapper,
+// another dmsnap stack). It proves the second by opening it with O_EXCL.
+// Either failure is ErrBusy and says who holds it.
+func CheckUnused(path string) (BlockDevice, error) {
+	bd, err := Inspect(path)
+	if err != nil {
+		return BlockDevice{}, err
+	}
+	if mounts, err := mountsOfDevice("/proc/self/mountinfo", bd.Dev); err != nil {
+		return BlockDevice{}, newError("read mount table", "/proc/self/mountinfo", err, "")
+	} else if len(mounts) > 0 {
+		return BlockDevice{}, mountedError(path, mounts)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return BlockDevice{}, heldError(path, bd.Dev, holders(sysDir, bd.Dev))
+		}
+		return BlockDevice{}, newError("open exclusively", path, err, "")
+	}
+	f.Close()
+	return bd, nil
+}
+
+func mountedError(path string, mounts []MountEntry) *Error {
+	points := make([]string, len(mounts))
+	for i, m := range mounts {
+		points[i] = m.MountPoint
+	}
+	return &Error{
+		Op: "check", Device: path, Kind: ErrBusy,
+		Err:  fmt.Errorf("%s is mounted on %s", path, strings.Join(points, ", ")),
+		Hint: fmt.Sprintf("unmount it first (umount %s), then try again", points[0]),
+	}
+}
+
+func heldError(path string, dev Dev, by []string) *Error {
+	who := "it is held open exclusively (a mount in another namespace, swap, md or device-mapper)"
+	if len(by) > 0 {
+		who = "it is held by " + strings.Join(by, ", ")
+	}
+	return &Error{
+		Op: "check", Device: path, Kind: ErrBusy, Err: fmt.Errorf("%s is in use: %s", path, who),
+		Hint: "stop whatever holds it (swapoff, umount, remove the device stacked on it), then try again",
+	}
+}
+
+// holders names the devices stacked on dev (/sys/dev/block/M:m/holders),
+// with their device-mapper names where they have one.
+func holders(sys string, dev Dev) []string {
+	entries, err := os.ReadDir(filepath.Join(sys, "dev/block", dev.String(), "holders"))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range entries {
+		name := e.Name()
+		if b, err := os.ReadFile(filepath.Join(sys, "block", name, "dm/name")); err == nil {
+			name = fmt.Sprintf("%s (device-mapper %s)", name, strings.TrimSpace(string(b)))
+		}
+		out = append(out, name)
+	}
+	return out
+}
+
+// ZeroCOWHeader clears the first COWHeaderBytes of a block device that is
+// to become a new COW store, and syncs. It opens the device exclusively so
+// that it can never clobber a store a live snapshot holds.
+func ZeroCOWHeader(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	if err != nil {
+		e := newError("zero COW header", path, err, "")
+		if errors.Is(err, unix.EBUSY) {
+			e.Hint = "the COW device is held by another device (a live snapshot?): use a new COW device"
+		}
+		return e
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(make([]byte, COWHeaderBytes), 0); err != nil {
+		return newError("zero COW header", path, err, "")
+	}
+	if err := unix.Fdatasync(int(f.Fd())); err != nil {
+		return newError("zero COW header", path, err, "")
+	}
+	return f.Close()
+}
+
+// MountEntry is one line of /proc/self/mountinfo, reduced to what dmsnap
+// needs.
+type MountEntry struct {
+	Dev        Dev    // st_dev of the mounted file system
+	Root       string // the subtree of the file system that is mounted
+	MountPoint string
+	FSType     string
+	Source     string // e.g. /dev/sdb1
+}
+
+// ParseMountInfo parses the mountinfo format of proc(5):
+//
+//	36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw,errors=continue
+//
+// Fields up to the optional tags are positional; the tags end at "-", then
+// come the file system type, the source and the super options. Paths are
+// octal-escaped (\040 for a space). It names the line of any malformed
+// entry.
+func ParseMountInfo(r io.Reader) ([]MountEntry, error) {
+	var out []MountEntry
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if line == "" {
+			continue
+		}
+		f := strings.Fields(line)
+		sep := -1
+		for i := 6; i < len(f); i++ {
+			if f[i] == "-" {
+				sep = i
+				break
+			}
+		}
+		if len(f) < 6 || sep < 0 || sep+2 >= len(f) {
+			return nil, fmt.Errorf("mountinfo line %d: malformed: %q", n, line)
+		}
+		dev, err := ParseDev(f[2])
+		if err != nil {
+			return nil, fmt.Errorf("mountinfo line %d: %w", n, err)
+		}
+		out = append(out, MountEntry{
+			Dev:        dev,
+			Root:       unescapeMount(f[3]),
+			MountPoint: unescapeMount(f[4]),
+			FSType:     f[sep+1],
+			Source:     unescapeMount(f[sep+2]),
+		})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("mountinfo: %w", err)
+	}
+	return out, nil
+}
+
+// unescapeMount undoes the kernel's octal escaping of space, tab, newline
+// and backslash in mountinfo paths.
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// MountsOf returns the entries that mount dev: by the file system's device
+// number, or by a source path that is that block device (btrfs, for one,
+// reports an anonymous device number in mountinfo). sourceDev resolves a
+// source path to its device number; nil means stat(2).
+func MountsOf(entries []MountEntry, dev Dev, sourceDev func(string) (Dev, bool)) []MountEntry {
+	if sourceDev == nil {
+		sourceDev = statRdev
+	}
+	var out []MountEntry
+	for _, e := range entries {
+		if e.Dev == dev {
+			out = append(out, e)
+			continue
+		}
+		if strings.HasPrefix(e.Source, "/") {
+			if d, ok := sourceDev(e.Source); ok && d == dev {
+				out = append(out, e)
+			}
+		}
+	}
+	return out
+}
+
+func statRdev(path string) (Dev, bool) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return Dev{}, false
+	}
+	return DevFromNumber(st.Rdev), true
+}
+
+func mountsOfDevice(mountinfo string, dev Dev) ([]MountEntry, error) {
+	f, err := os.Open(mountinfo)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s is missing: is /proc mounted?", mountinfo)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	entries, err := ParseMountInfo(f)
+	if err != nil {
+		return nil, err
+	}
+	return MountsOf(entries, dev, nil), nil
+}

@@ -1,0 +1,479 @@
+package dm
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Prefix starts the name of every device-mapper device dmsnap creates.
+const Prefix = "dmsnap-"
+
+// maxStackName keeps "dmsnap-NAME-snapNNNNNNNNNN" within DM_NAME_LEN.
+const maxStackName = 100
+
+var (
+	stackNameRE = regexp.MustCompile(`^[A-Za-z0-9_.+-]+$`)
+	// Names ending like one of our device suffixes would make two stacks'
+	// device names collide ("a" has dmsnap-a-snap1; a stack "a-snap1"
+	// would be dmsnap-a-snap1 too).
+	reservedSuffixRE = regexp.MustCompile(`-(real|snap[0-9]+)$`)
+)
+
+// ValidateName checks a stack name: [A-Za-z0-9_.+-], at most 100 bytes, not
+// "." or "..", and not ending in "-real" or "-snap<digits>".
+func ValidateName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("empty name")
+	case len(name) > maxStackName:
+		return fmt.Errorf("name %q is longer than %d bytes", name, maxStackName)
+	case !stackNameRE.MatchString(name):
+		return fmt.Errorf("name %q: use only letters, digits and _ . + -", name)
+	case name == "." || name == "..":
+		return fmt.Errorf("name %q is not allowed", name)
+	case reservedSuffixRE.MatchString(name):
+		return fmt.Errorf("name %q ends like a dmsnap device suffix (-real, -snapN)", name)
+	}
+	return nil
+}
+
+// Stack is the device-mapper stack of one activated device (DESIGN.md, "The
+// stack"), for Name "sdb1" over Device /dev/sdb1:
+//
+//	dmsnap-sdb1        snapshot-origin  dmsnap-sdb1-real       (users mount this)
+//	dmsnap-sdb1-real   linear           /dev/sdb1              (holds the raw device)
+//	dmsnap-sdb1-snapN  snapshot         dmsnap-sdb1-real <cow> P <chunk>
+//
+// A Stack is a description; its methods act on the kernel through DM (the
+// real kernel when nil). Every method that changes more than one device
+// undoes what it did when a later step fails.
+type Stack struct {
+	Name   string // stack name, see ValidateName
+	Device string // raw block device path; needed by Build only
+	DM     Mapper // nil means System{}
+}
+
+func (s Stack) dm() Mapper {
+	if s.DM == nil {
+		return System{}
+	}
+	return s.DM
+}
+
+// OriginName is the snapshot-origin device users mount: dmsnap-NAME.
+func (s Stack) OriginName() string { return Prefix + s.Name }
+
+// RealName is the linear device holding the raw device: dmsnap-NAME-real.
+func (s Stack) RealName() string { return Prefix + s.Name + "-real" }
+
+// SnapshotName is the snapshot device of session n: dmsnap-NAME-snapN.
+func (s Stack) SnapshotName(n int) string { return s.snapPrefix() + strconv.Itoa(n) }
+
+func (s Stack) snapPrefix() string { return Prefix + s.Name + "-snap" }
+
+// OriginPath is /dev/mapper/dmsnap-NAME.
+func (s Stack) OriginPath() string { return MapperPath(s.OriginName()) }
+
+// RealPath is /dev/mapper/dmsnap-NAME-real.
+func (s Stack) RealPath() string { return MapperPath(s.RealName()) }
+
+// SnapshotPath is /dev/mapper/dmsnap-NAME-snapN.
+func (s Stack) SnapshotPath(n int) string { return MapperPath(s.SnapshotName(n)) }
+
+func (s Stack) uuid(part string) string { return "DMSNAP-" + s.Name + "-" + part }
+
+func (s Stack) check(op string) error {
+	if err := ValidateName(s.Name); err != nil {
+		return &Error{Op: op, Device: s.Name, Err: err, Hint: "choose another name with --name"}
+	}
+	return nil
+}
+
+// undo runs the undo steps of a failed operation in order and returns the
+// original error, with any undo failure joined to it (it then needs a
+// human: the message says which device was left behind).
+func undo(err error, steps ...func() error) error {
+	var errs []error
+	for _, step := range steps {
+		if uerr := step(); uerr != nil {
+			errs = append(errs, uerr)
+		}
+	}
+	if len(errs) == 0 {
+		return err
+	}
+	return errors.Join(err, fmt.Errorf("undoing it also failed, left behind: %w", errors.Join(errs...)))
+}
+
+// Build creates dmsnap-NAME-real (linear over Device) and dmsnap-NAME
+// (snapshot-origin over -real), both resumed, with no snapshot yet. Device
+// must be a block device nobody uses: a mounted device is refused with
+// ErrBusy and a message saying where it is mounted.
+func (s Stack) Build() error {
+	const op = "activate"
+	if err := s.check(op); err != nil {
+		return err
+	}
+	m := s.dm()
+	bd, err := m.CheckUnused(s.Device)
+	if err != nil {
+		return err
+	}
+	if bd.Sectors == 0 {
+		return errorf(op, s.Device, nil, "", "%s has size zero", s.Device)
+	}
+	real, origin := s.RealName(), s.OriginName()
+	rm := func(name string) func() error { return func() error { return m.Remove(name) } }
+
+	ri, err := m.Create(real, s.uuid("real"))
+	if err != nil {
+		return err
+	}
+	if err := m.Load(real, Linear{Length: bd.Sectors, Device: bd.Dev}); err != nil {
+		return undo(err, rm(real))
+	}
+	if err := m.Resume(real); err != nil {
+		return undo(err, rm(real))
+	}
+	if _, err := m.Create(origin, s.uuid("origin")); err != nil {
+		return undo(err, rm(real))
+	}
+	if err := m.Load(origin, SnapshotOrigin{Length: bd.Sectors, Origin: ri.Dev}); err != nil {
+		return undo(err, rm(origin), rm(real))
+	}
+	if err := m.Resume(origin); err != nil {
+		return undo(err, rm(origin), rm(real))
+	}
+	return nil
+}
+
+// live is what the snapshot operations need to know of a built stack.
+type live struct {
+	real    Dev
+	origin  Dev
+	sectors uint64
+}
+
+// live reads the stack back from the kernel and checks it is ours: the
+// origin is a snapshot-origin over -real.
+func (s Stack) live(op string) (live, error) {
+	if err := s.check(op); err != nil {
+		return live{}, err
+	}
+	m := s.dm()
+	ri, err := m.Info(s.RealName())
+	if err != nil {
+		return live{}, err
+	}
+	oi, err := m.Info(s.OriginName())
+	if err != nil {
+		return live{}, err
+	}
+	tbl, err := m.Table(s.OriginName())
+	if err != nil {
+		return live{}, err
+	}
+	if len(tbl) != 1 {
+		return live{}, errorf(op, s.OriginName(), nil, "", "has %d targets, want one snapshot-origin", len(tbl))
+	}
+	t, err := ParseTarget(tbl[0])
+	so, ok := t.(SnapshotOrigin)
+	if err != nil || !ok {
+		return live{}, errorf(op, s.OriginName(), nil, "", "is %q, not a snapshot-origin", tbl[0].String())
+	}
+	if so.Origin != ri.Dev {
+		return live{}, errorf(op, s.OriginName(), nil, "", "sits on %s, not on %s (%s)", so.Origin, s.RealName(), ri.Dev)
+	}
+	return live{real: ri.Dev, origin: oi.Dev, sectors: so.Length}, nil
+}
+
+// AddSnapshot arms snapshot n: dmsnap-NAME-snapN over -real with a new,
+// empty persistent store on the block device cow (a loop device over the
+// session's COW file) and chunks of chunkSectors. It zeroes cow's first 4
+// KiB first, so a stale header can never bring old exceptions back.
+//
+// The order is the kernel's (LVM's): create and load the snapshot, reload
+// the origin, suspend the origin, resume the snapshot, resume the origin.
+// Copy-on-write starts when the origin resumes; no write can slip between.
+func (s Stack) AddSnapshot(n int, cow string, chunkSectors uint32) error {
+	return s.add("add snapshot", n, cow, chunkSectors, true, -1)
+}
+
+// ReattachSnapshot brings snapshot n back over an existing store on cow (after
+// a reboot): the same sequence as AddSnapshot but without zeroing, so the
+// kernel loads the exceptions already in the store. The chunk size in the
+// store's header wins over chunkSectors.
+func (s Stack) ReattachSnapshot(n int, cow string, chunkSectors uint32) error {
+	return s.add("reattach snapshot", n, cow, chunkSectors, false, -1)
+}
+
+// Rotate arms snapshot n (new store on cow, as AddSnapshot) and removes
+// snapshot old, both within one suspension of the origin, so that every
+// write lands in exactly one of the two. If old cannot be removed the new
+// snapshot is taken out again and the stack is left as it was.
+func (s Stack) Rotate(old, n int, cow string, chunkSectors uint32) error {
+	if old < 0 || old == n {
+		return errorf("rotate snapshot", s.SnapshotName(old), nil, "", "cannot rotate snapshot %d into %d", old, n)
+	}
+	return s.add("rotate snapshot", n, cow, chunkSectors, true, old)
+}
+
+func (s Stack) add(op string, n int, cow string, chunk uint32, fresh bool, old int) error {
+	if n < 0 {
+		return errorf(op, s.Name, nil, "", "negative snapshot number %d", n)
+	}
+	if err := ValidateChunkSectors(chunk); err != nil {
+		return &Error{Op: op, Device: s.SnapshotName(n), Err: err, Hint: "use a chunk size such as 4KiB (8 sectors)"}
+	}
+	l, err := s.live(op)
+	if err != nil {
+		return err
+	}
+	m := s.dm()
+	name, origin := s.SnapshotName(n), s.OriginName()
+	if old >= 0 {
+		oi, err := m.Info(s.SnapshotName(old))
+		if err != nil {
+			return err
+		}
+		if oi.OpenCount > 0 {
+			return &Error{Op: op, Device: oi.Name, Kind: ErrBusy,
+				Err:  fmt.Errorf("%s is open (%d openers)", oi.Name, oi.OpenCount),
+				Hint: "close or unmount the snapshot view, then retry"}
+		}
+	}
+	cd, err := m.Inspect(cow)
+	if err != nil {
+		return err
+	}
+	if cd.Dev == l.real || cd.Dev == l.origin {
+		return errorf(op, cow, nil, "give the loop device of the session's COW file",
+			"COW device %s is the stack's own device %s", cow, cd.Dev)
+	}
+	if fresh {
+		if err := m.ZeroCOWHeader(cow); err != nil {
+			return err
+		}
+	}
+	snap := Snapshot{Length: l.sectors, Origin: l.real, COW: cd.Dev, ChunkSectors: chunk}
+	rm := func(name string) func() error { return func() error { return m.Remove(name) } }
+	resumeOrigin := func() error { return resumeOrStuck(m, origin) }
+
+	if _, err := m.Create(name, s.uuid("snap"+strconv.Itoa(n))); err != nil {
+		return err
+	}
+	if err := m.Load(name, snap); err != nil {
+		return undo(err, rm(name))
+	}
+	// Reloading the origin's (unchanged) table is what LVM does; the origin
+	// recomputes its split boundary from its snapshots' chunk sizes when it
+	// resumes.
+	if err := m.Load(origin, SnapshotOrigin{Length: l.sectors, Origin: l.real}); err != nil {
+		return undo(err, rm(name))
+	}
+	if err := m.Suspend(origin); err != nil {
+		return undo(err, func() error { return m.ClearTable(origin) }, rm(name))
+	}
+	// From here the origin is suspended: every undo path must resume it.
+	if err := m.Resume(name); err != nil {
+		return undo(err, rm(name), resumeOrigin)
+	}
+	if old >= 0 {
+		if err := m.Remove(s.SnapshotName(old)); err != nil {
+			return undo(err, rm(name), resumeOrigin)
+		}
+	}
+	return resumeOrStuck(m, origin)
+}
+
+// resumeOrStuck resumes a suspended origin, trying twice: a suspended origin
+// blocks every I/O to it, so giving up here has to say so loudly.
+func resumeOrStuck(m Mapper, origin string) error {
+	err := m.Resume(origin)
+	if err == nil {
+		return nil
+	}
+	if m.Resume(origin) == nil {
+		return nil
+	}
+	e := newError("resume", origin, err, "")
+	e.Hint = fmt.Sprintf("%s is left suspended and all I/O to it blocks: resume it (dmsetup resume %s) or deactivate the device", MapperPath(origin), origin)
+	return e
+}
+
+// RemoveSnapshot removes snapshot n with the origin suspended. An open
+// snapshot (a mounted view) is ErrBusy and nothing changes.
+func (s Stack) RemoveSnapshot(n int) error {
+	const op = "remove snapshot"
+	if err := s.check(op); err != nil {
+		return err
+	}
+	m := s.dm()
+	name, origin := s.SnapshotName(n), s.OriginName()
+	si, err := m.Info(name)
+	if err != nil {
+		return err
+	}
+	if si.OpenCount > 0 {
+		return &Error{Op: op, Device: name, Kind: ErrBusy,
+			Err:  fmt.Errorf("%s is open (%d openers)", name, si.OpenCount),
+			Hint: "close or unmount the snapshot view, then retry"}
+	}
+	if _, err := m.Info(origin); errors.Is(err, ErrNotFound) {
+		// No origin (a half-torn-down stack): nothing to suspend.
+		return m.Remove(name)
+	} else if err != nil {
+		return err
+	}
+	if err := m.Suspend(origin); err != nil {
+		return err
+	}
+	if err := m.Remove(name); err != nil {
+		return undo(err, func() error { return resumeOrStuck(m, origin) })
+	}
+	return resumeOrStuck(m, origin)
+}
+
+// SnapshotInfo is one live snapshot of a stack.
+type SnapshotInfo struct {
+	N         int
+	Name      string
+	Dev       Dev
+	OpenCount int32
+	Merging   bool     // loaded as snapshot-merge
+	Target    Snapshot // origin, COW device and chunk size as loaded
+}
+
+// Snapshots lists the stack's snapshot devices, by number. A device counts
+// when its name is dmsnap-NAME-snapN and its table is a snapshot (or
+// snapshot-merge) target.
+func (s Stack) Snapshots() ([]SnapshotInfo, error) {
+	if err := s.check("list snapshots"); err != nil {
+		return nil, err
+	}
+	m := s.dm()
+	items, err := m.List()
+	if err != nil {
+		return nil, err
+	}
+	var out []SnapshotInfo
+	for _, it := range items {
+		num, ok := strings.CutPrefix(it.Name, s.snapPrefix())
+		if !ok {
+			continue
+		}
+		n, err := strconv.Atoi(num)
+		if err != nil || n < 0 || strconv.Itoa(n) != num {
+			continue
+		}
+		tbl, err := m.Table(it.Name)
+		if errors.Is(err, ErrNotFound) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(tbl) != 1 {
+			continue
+		}
+		t, err := ParseTarget(tbl[0])
+		if err != nil {
+			continue
+		}
+		info := SnapshotInfo{N: n, Name: it.Name, Dev: it.Dev}
+		switch t := t.(type) {
+		case Snapshot:
+			info.Target = t
+		case SnapshotMerge:
+			info.Target, info.Merging = Snapshot(t), true
+		default:
+			continue
+		}
+		if di, err := m.Info(it.Name); err == nil {
+			info.OpenCount = di.OpenCount
+		}
+		out = append(out, info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].N < out[j].N })
+	return out, nil
+}
+
+// SnapshotStatus returns snapshot n's status (usage, or Invalid).
+func (s Stack) SnapshotStatus(n int) (SnapshotStatus, error) {
+	const op = "snapshot status"
+	if err := s.check(op); err != nil {
+		return SnapshotStatus{}, err
+	}
+	name := s.SnapshotName(n)
+	st, err := s.dm().Status(name)
+	if err != nil {
+		return SnapshotStatus{}, err
+	}
+	if len(st) != 1 || (st[0].Type != "snapshot" && st[0].Type != "snapshot-merge") {
+		return SnapshotStatus{}, errorf(op, name, nil, "", "is not a snapshot device (%d targets)", len(st))
+	}
+	ss, err := ParseSnapshotStatus(st[0].Params)
+	if err != nil {
+		return SnapshotStatus{}, &Error{Op: op, Device: name, Err: err}
+	}
+	return ss, nil
+}
+
+// Active reports whether the stack's origin device exists.
+func (s Stack) Active() (bool, error) {
+	if err := s.check("status"); err != nil {
+		return false, err
+	}
+	_, err := s.dm().Info(s.OriginName())
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Teardown removes the whole stack: the origin, every snapshot, -real. It
+// refuses with ErrBusy, before removing anything, while the origin or a
+// snapshot is open (mounted). Devices already gone are skipped, so it can be
+// run again after a partial failure. Loop devices under the snapshots are
+// not touched: attached with AutoClear they go away with the snapshots.
+func (s Stack) Teardown() error {
+	const op = "deactivate"
+	if err := s.check(op); err != nil {
+		return err
+	}
+	m := s.dm()
+	snaps, err := s.Snapshots()
+	if err != nil {
+		return err
+	}
+	var names []string
+	if oi, err := m.Info(s.OriginName()); err == nil {
+		if oi.OpenCount > 0 {
+			return &Error{Op: op, Device: s.OriginName(), Kind: ErrBusy,
+				Err:  fmt.Errorf("%s is open or mounted (%d openers)", s.OriginPath(), oi.OpenCount),
+				Hint: "unmount it and stop its users, then retry"}
+		}
+		names = append(names, s.OriginName())
+	} else if !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	for _, sn := range snaps {
+		if sn.OpenCount > 0 {
+			return &Error{Op: op, Device: sn.Name, Kind: ErrBusy,
+				Err:  fmt.Errorf("%s is open (%d openers)", MapperPath(sn.Name), sn.OpenCount),
+				Hint: "close or unmount the snapshot view, then retry"}
+		}
+		names = append(names, sn.Name)
+	}
+	names = append(names, s.RealName())
+	for _, name := range names {
+		if err := m.Remove(name); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+	}
+	return nil
+}
