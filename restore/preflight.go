@@ -90,14 +90,18 @@ type StateError struct {
 }
 
 func (e *StateError) Error() string {
-	what := "is " + string(e.State)
-	switch e.State {
+	return fmt.Sprintf("session %s %s; restoring through it would not give back the device's old state (allow it explicitly to restore what there is)",
+		e.Session, describeState(e.State))
+}
+
+func describeState(s SessionState) string {
+	switch s {
 	case StateInvalid:
-		what = "is invalid (its snapshot overflowed or failed, so pre-images are missing)"
+		return "is invalid (its snapshot overflowed or failed, so pre-images are missing)"
 	case StateIncomplete:
-		what = "is incomplete (it has no meta.json: still open, or its conversion did not finish)"
+		return "is incomplete (it has no meta.json: still open, or its conversion did not finish)"
 	}
-	return fmt.Sprintf("session %s %s; restoring through it would not give back the device's old state (allow it explicitly to restore what there is)", e.Session, what)
+	return fmt.Sprintf("is in state %q, not complete", string(s))
 }
 
 func (e *StateError) Unwrap() error { return ErrSessionNotComplete }
@@ -146,7 +150,7 @@ func Preflight(dev Device, sessions []SessionInfo, opts PreflightOptions) (warni
 				warnings = append(warnings, fmt.Sprintf("session %s has no checksums (written by the seed): its pre-images are restored unverified", s.ID))
 			}
 		case opts.AllowIncomplete:
-			warnings = append(warnings, (&StateError{Session: s.ID, State: s.State}).Error()+": allowed")
+			warnings = append(warnings, fmt.Sprintf("session %s %s; using it anyway as asked: the bytes it lost stay as they are now", s.ID, describeState(s.State)))
 		default:
 			errs = append(errs, &StateError{Session: s.ID, State: s.State})
 		}

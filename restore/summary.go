@@ -105,9 +105,9 @@ func (s Summary) WriteText(w io.Writer) error {
 		fmt.Fprintf(ew, "nothing to write: the sessions saved no pre-images\n")
 	}
 	tw := tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "session\trecords\tused\tshadowed\textents\tbytes\t\n")
+	fmt.Fprintf(tw, "session\trecords\tused\tshadowed\textents\tbytes\n")
 	for _, ss := range s.Sessions {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t\n",
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\n",
 			ss.ID, ss.Records, ss.RecordsUsed, ss.Records-ss.RecordsUsed, ss.Extents, FormatBytes(ss.Bytes))
 	}
 	tw.Flush()
