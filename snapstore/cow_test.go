@@ -103,7 +103,11 @@ func TestCowWalkChunkSizes(t *testing.T) {
 			t.Run(fmt.Sprintf("%dB/shuffle=%v", sectors*SectorSize, shuffle), func(t *testing.T) {
 				r := rand.New(rand.NewPCG(uint64(sectors), 1))
 				cb := int64(sectors) * SectorSize
-				sim := newCowSim(sectors, randomDevice(r, 200*cb+3*SectorSize))
+				chunks := int64(200)
+				if sectors >= 1024 {
+					chunks = 40
+				}
+				sim := newCowSim(sectors, randomDevice(r, chunks*cb+3*SectorSize))
 				randomWrites(sim, r, 120)
 				if shuffle {
 					sim.shuffleCommits(r)

@@ -153,15 +153,23 @@ func (c *cowSim) writeCowFile(t testing.TB, path string) {
 // runs (as a filesystem image has).
 func randomDevice(r *rand.Rand, size int64) []byte {
 	b := make([]byte, size)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
+	fillRandom(r, b)
 	for k := 0; k < 4 && size > 0; k++ {
 		off := r.Int64N(size)
 		n := min(size-off, 1+r.Int64N(size/8+1))
 		clear(b[off : off+n])
 	}
 	return b
+}
+
+func fillRandom(r *rand.Rand, b []byte) {
+	for i := 0; i < len(b); i += 8 {
+		v := r.Uint64()
+		for j := i; j < min(i+8, len(b)); j++ {
+			b[j] = byte(v)
+			v >>= 8
+		}
+	}
 }
 
 // randomWrites makes n writes of random sizes, with rewrites of the same
@@ -172,9 +180,7 @@ func randomWrites(c *cowSim, r *rand.Rand, n int) {
 		off := r.Int64N(size)
 		ln := min(size-off, 1+r.Int64N(3*c.g.ChunkBytes()))
 		data := make([]byte, ln)
-		for j := range data {
-			data[j] = byte(r.Uint32())
-		}
+		fillRandom(r, data)
 		c.write(off, data)
 		if i%5 == 0 { // overwrite what was just written
 			c.write(off, data[:ln/2])

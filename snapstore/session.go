@@ -210,8 +210,9 @@ func (it *RecordIter) finish() error {
 
 func (it *RecordIter) checkInData(r IndexedRecord) error {
 	if end := r.Offset + uint64(r.Size); end > uint64(it.s.datSize) {
-		return formatErr(it.mapPath, r.Index*RecordSize, r.Index, ErrCorrupt,
-			"sector %d: bytes %d-%d lie past the end of blocks.dat (%d bytes)", r.Sector, r.Offset, end-1, it.s.datSize)
+		return formatErr(filepath.Join(it.s.Dir, DataFile), int64(it.s.datSize), r.Index, ErrTruncated,
+			"blocks.map record %d (sector %d) needs bytes %d-%d, but blocks.dat ends at %d: blocks.dat is cut short or the record is wrong",
+			r.Index, r.Sector, r.Offset, end-1, it.s.datSize)
 	}
 	return nil
 }

@@ -1,0 +1,262 @@
+package snapstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// goodSession converts a small session and returns its fixture.
+func goodSession(t testing.TB, layout string) *sessionFixture {
+	t.Helper()
+	fx := makeClosedSession(t, t.TempDir(), fixtureOpts{chunkSectors: 8, devSize: 128<<10 + 1024, writes: 12, seed: 11})
+	convertFixture(t, fx, ConvertOptions{Copy: layout == LayoutPacked})
+	if _, err := Verify(context.Background(), fx.dir); err != nil {
+		t.Fatal(err)
+	}
+	return fx
+}
+
+// reseal rewrites meta.json after fn changed it, with fresh checksums of
+// blocks.map and blocks.crc: only what fn broke is broken.
+func reseal(t testing.TB, dir string, fn func(*Meta)) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, MetaFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := ParseMeta(b, MetaFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, dst := range map[string]*string{MapFile: &m.Dmsnap.Checksums.BlocksMap, CRCFile: &m.Dmsnap.Checksums.BlocksCRC} {
+		c, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(c)
+		*dst = hex.EncodeToString(sum[:])
+	}
+	fn(&m)
+	if b, err = EncodeMeta(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, MetaFile), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func verifyProblems(t testing.TB, dir string) []*FormatError {
+	t.Helper()
+	_, err := Verify(context.Background(), dir)
+	if err == nil {
+		return nil
+	}
+	var ve *VerifyError
+	if !errors.As(err, &ve) {
+		t.Fatalf("Verify: %v (not a VerifyError)", err)
+	}
+	return ve.Problems
+}
+
+// TestVerifyFlippedBits flips single bits in every file of a session:
+// Verify must catch each one and name the file (and in blocks.dat, the
+// record and its sector).
+func TestVerifyFlippedBits(t *testing.T) {
+	for _, layout := range []string{LayoutCOW, LayoutPacked} {
+		t.Run(layout, func(t *testing.T) {
+			fx := goodSession(t, layout)
+			s, err := Open(fx.dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			entries, err := s.AllEntries()
+			s.Close()
+			if err != nil || len(entries) < 5 {
+				t.Fatalf("%d entries, %v", len(entries), err)
+			}
+
+			flip := func(name string, off int64, bit uint, check func([]*FormatError)) {
+				t.Helper()
+				p := filepath.Join(fx.dir, name)
+				orig, err := os.ReadFile(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b := []byte(string(orig))
+				b[off] ^= 1 << bit
+				if err := os.WriteFile(p, b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				defer os.WriteFile(p, orig, 0o644)
+				probs := verifyProblems(t, fx.dir)
+				if len(probs) == 0 {
+					t.Fatalf("%s: bit %d of byte %d flipped, Verify found nothing", name, bit, off)
+				}
+				if probs[0].File != p {
+					t.Fatalf("%s: bit %d of byte %d flipped, first problem names %s: %v", name, bit, off, probs[0].File, probs[0])
+				}
+				if check != nil {
+					check(probs)
+				}
+			}
+
+			r := rand.New(rand.NewPCG(1, 2))
+			for _, e := range entries {
+				for _, off := range []int64{0, int64(e.Size) - 1, r.Int64N(int64(e.Size))} {
+					flip(DataFile, int64(e.Offset)+off, uint(r.IntN(8)), func(p []*FormatError) {
+						chunk := fmt.Sprintf("origin chunk %d", e.Start()/4096)
+						if len(p) != 1 || !errors.Is(p[0], ErrChecksum) || p[0].Record != e.Index ||
+							!strings.Contains(p[0].Msg, fmt.Sprintf("sector %d", e.Sector)) || !strings.Contains(p[0].Msg, chunk) {
+							t.Fatalf("blocks.dat flip in record %d (sector %d): problems %v", e.Index, e.Sector, p)
+						}
+					})
+				}
+			}
+			for _, name := range []string{MapFile, CRCFile, MetaFile} {
+				fi, err := os.Stat(filepath.Join(fx.dir, name))
+				if err != nil {
+					t.Fatal(err)
+				}
+				// Every byte, one bit each, cycling through the bit
+				// positions (meta.json's every bit is TestMetaDetectsEveryFlippedBit's).
+				for off := int64(0); off < fi.Size(); off++ {
+					flip(name, off, uint(off%8), nil)
+				}
+			}
+			if _, err := Verify(context.Background(), fx.dir); err != nil {
+				t.Fatalf("restored files do not verify: %v", err)
+			}
+		})
+	}
+}
+
+func TestVerifyBrokenFixtures(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		break_ func(t *testing.T, fx *sessionFixture)
+		file   string
+		kind   error
+		msg    string
+	}{
+		{
+			name: "truncated blocks.dat",
+			break_: func(t *testing.T, fx *sessionFixture) {
+				p := filepath.Join(fx.dir, DataFile)
+				fi, _ := os.Stat(p)
+				if err := os.Truncate(p, fi.Size()-100); err != nil {
+					t.Fatal(err)
+				}
+			},
+			file: DataFile, kind: ErrTruncated, msg: "blocks.dat ends at",
+		},
+		{
+			name: "map pointing past the end of blocks.dat",
+			break_: func(t *testing.T, fx *sessionFixture) {
+				p := filepath.Join(fx.dir, MapFile)
+				b, _ := os.ReadFile(p)
+				recs, _ := ReadMap(strings.NewReader(string(b)), p)
+				recs[len(recs)-1].Offset = 1 << 40
+				os.WriteFile(p, EncodeMap(recs), 0o644)
+				reseal(t, fx.dir, func(*Meta) {})
+			},
+			file: DataFile, kind: ErrTruncated, msg: "needs bytes 1099511627776-",
+		},
+		{
+			name: "unknown meta version",
+			break_: func(t *testing.T, fx *sessionFixture) {
+				reseal(t, fx.dir, func(m *Meta) { m.Dmsnap.FormatVersion = 7 })
+			},
+			file: MetaFile, kind: ErrUnsupportedVersion, msg: "session format 7",
+		},
+		{
+			name: "record count disagrees with meta",
+			break_: func(t *testing.T, fx *sessionFixture) {
+				reseal(t, fx.dir, func(m *Meta) { m.TotalBlocksSaved++ })
+			},
+			file: MapFile, kind: ErrCorrupt, msg: "need",
+		},
+		{
+			name: "record not on a chunk boundary",
+			break_: func(t *testing.T, fx *sessionFixture) {
+				p := filepath.Join(fx.dir, MapFile)
+				b, _ := os.ReadFile(p)
+				recs, _ := ReadMap(strings.NewReader(string(b)), p)
+				recs[0].Sector++
+				os.WriteFile(p, EncodeMap(recs), 0o644)
+				reseal(t, fx.dir, func(*Meta) {})
+			},
+			file: MapFile, kind: ErrCorrupt, msg: "chunk boundary",
+		},
+		{
+			name: "overlapping records",
+			break_: func(t *testing.T, fx *sessionFixture) {
+				p := filepath.Join(fx.dir, MapFile)
+				b, _ := os.ReadFile(p)
+				recs, _ := ReadMap(strings.NewReader(string(b)), p)
+				recs[1].Sector = recs[0].Sector
+				os.WriteFile(p, EncodeMap(recs), 0o644)
+				reseal(t, fx.dir, func(*Meta) {})
+			},
+			file: MapFile, kind: ErrCorrupt, msg: "overlaps record 0",
+		},
+		{
+			name: "missing blocks.crc entries",
+			break_: func(t *testing.T, fx *sessionFixture) {
+				p := filepath.Join(fx.dir, CRCFile)
+				fi, _ := os.Stat(p)
+				os.Truncate(p, fi.Size()-CRCSize)
+				reseal(t, fx.dir, func(*Meta) {})
+			},
+			file: CRCFile, kind: ErrCorrupt, msg: "need",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fx := goodSession(t, LayoutCOW)
+			tc.break_(t, fx)
+			probs := verifyProblems(t, fx.dir)
+			if len(probs) == 0 {
+				t.Fatal("Verify found nothing")
+			}
+			p := probs[0]
+			if filepath.Base(p.File) != tc.file || !errors.Is(p, tc.kind) || !strings.Contains(p.Msg, tc.msg) {
+				t.Fatalf("first problem %v; want %s, %v, %q (all: %v)", p, tc.file, tc.kind, tc.msg, probs)
+			}
+		})
+	}
+}
+
+func TestVerifyIncomplete(t *testing.T) {
+	fx := makeClosedSession(t, t.TempDir(), fixtureOpts{chunkSectors: 8, devSize: 64 << 10, writes: 3, seed: 1})
+	if _, err := Verify(context.Background(), fx.dir); !errors.Is(err, ErrIncomplete) {
+		t.Fatalf("Verify of an unconverted session: %v, want ErrIncomplete", err)
+	}
+}
+
+func TestRecordIterCatchesMapDamage(t *testing.T) {
+	// Reading without Verify: a damaged map cannot pass silently.
+	fx := goodSession(t, LayoutCOW)
+	p := filepath.Join(fx.dir, MapFile)
+	b, _ := os.ReadFile(p)
+	b[len(b)-1] ^= 0x80 // last record's offset, high byte
+	os.WriteFile(p, b, 0o644)
+	s, err := Open(fx.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_, err = s.AllEntries()
+	if err == nil {
+		t.Fatal("iterating a damaged map reported nothing")
+	}
+	if !errors.Is(err, ErrTruncated) && !errors.Is(err, ErrChecksum) && !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("err = %v", err)
+	}
+}
