@@ -99,8 +99,8 @@ func (s Summary) WriteText(w io.Writer) error {
 		len(s.Sessions), plural(len(s.Sessions)), FormatBytes(s.Bytes), s.Bytes,
 		s.Extents, plural(int(s.Extents)), s.Runs, plural(int(s.Runs)))
 	if s.Bytes > 0 {
-		fmt.Fprintf(ew, "device range: bytes %d to %d (sectors %d to %d)\n",
-			s.Start, s.End, s.Start/SectorSize, (s.End+SectorSize-1)/SectorSize)
+		fmt.Fprintf(ew, "device range: bytes %d to %d (sectors %d to %d), inclusive\n",
+			s.Start, s.End-1, s.Start/SectorSize, (s.End-1)/SectorSize)
 	} else {
 		fmt.Fprintf(ew, "nothing to write: the sessions saved no pre-images\n")
 	}

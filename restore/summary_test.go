@@ -68,7 +68,7 @@ func TestSummaryText(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `restore plan: 3 sessions, 20.0 KiB (20480 bytes) in 4 extents, 2 contiguous runs
-device range: bytes 0 to 69632 (sectors 0 to 136)
+device range: bytes 0 to 69631 (sectors 0 to 135), inclusive
 session          records  used  shadowed  extents  bytes
 sdb1_1700000000  1        1     0         1        4.0 KiB
 sdb1_1700000100  3        2     1         3        16.0 KiB
