@@ -348,32 +348,23 @@ type SnapshotInfo struct {
 	Target    Snapshot // origin, COW device and chunk size as loaded
 }
 
-// Snapshots lists the stack's snapshot devices, by number. A device counts
-// when its name is dmsnap-NAME-snapN and its table is a snapshot (or
-// snapshot-merge) target.
+// Snapshots lists the stack's live snapshot devices, by number: those named
+// dmsnap-NAME-snapN whose table is a snapshot (or snapshot-merge) target.
 func (s Stack) Snapshots() ([]SnapshotInfo, error) {
 	if err := s.check("list snapshots"); err != nil {
 		return nil, err
 	}
 	m := s.dm()
-	items, err := m.List()
+	devs, err := s.snapshotDevices()
 	if err != nil {
 		return nil, err
 	}
 	var out []SnapshotInfo
-	for _, it := range items {
-		num, ok := strings.CutPrefix(it.Name, s.snapPrefix())
-		if !ok {
+	for _, d := range devs {
+		if !d.LiveTable {
 			continue
 		}
-		n, err := strconv.Atoi(num)
-		if err != nil || n < 0 || strconv.Itoa(n) != num {
-			continue
-		}
-		tbl, err := m.Table(it.Name)
-		if errors.Is(err, ErrNotFound) {
-			continue // removed meanwhile
-		}
+		tbl, err := m.Table(d.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -382,9 +373,10 @@ func (s Stack) Snapshots() ([]SnapshotInfo, error) {
 		}
 		t, err := ParseTarget(tbl[0])
 		if err != nil {
-			continue
+			return nil, &Error{Op: "list snapshots", Device: d.Name, Err: err}
 		}
-		info := SnapshotInfo{N: n, Name: it.Name, Dev: it.Dev}
+		n, _ := strconv.Atoi(strings.TrimPrefix(d.Name, s.snapPrefix()))
+		info := SnapshotInfo{N: n, Name: d.Name, Dev: d.Dev, OpenCount: d.OpenCount}
 		switch t := t.(type) {
 		case Snapshot:
 			info.Target = t
@@ -392,9 +384,6 @@ func (s Stack) Snapshots() ([]SnapshotInfo, error) {
 			info.Target, info.Merging = Snapshot(t), true
 		default:
 			continue
-		}
-		if di, err := m.Info(it.Name); err == nil {
-			info.OpenCount = di.OpenCount
 		}
 		out = append(out, info)
 	}
@@ -435,6 +424,94 @@ func (s Stack) Active() (bool, error) {
 	return err == nil, err
 }
 
+// snapshotDevices lists the names of the stack's snapshot devices: named
+// dmsnap-NAME-snapN, and either with no live table yet (a half-made snapshot)
+// or with a snapshot or snapshot-merge table.
+func (s Stack) snapshotDevices() ([]DeviceInfo, error) {
+	m := s.dm()
+	items, err := m.List()
+	if err != nil {
+		return nil, err
+	}
+	var out []DeviceInfo
+	for _, it := range items {
+		num, ok := strings.CutPrefix(it.Name, s.snapPrefix())
+		if !ok {
+			continue
+		}
+		if n, err := strconv.Atoi(num); err != nil || n < 0 || strconv.Itoa(n) != num {
+			continue
+		}
+		info, err := m.Info(it.Name)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if info.LiveTable {
+			tbl, err := m.Table(it.Name)
+			if err != nil {
+				return nil, err
+			}
+			if len(tbl) != 1 || (tbl[0].Type != "snapshot" && tbl[0].Type != "snapshot-merge") {
+				continue
+			}
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
+// Repair finishes what a crash in the middle of a stack operation left
+// behind, so that the stack is in one of the states its methods produce:
+// snapshot devices that never got a live table are removed, inactive tables
+// left on -real or the origin are made live (if the device had none) or
+// dropped (the reloaded origin table equals the live one), and a suspended
+// -real or origin is resumed. Live snapshots are left alone.
+func (s Stack) Repair() error {
+	if err := s.check("repair"); err != nil {
+		return err
+	}
+	m := s.dm()
+	fix := func(name string) error {
+		info, err := m.Info(name)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch {
+		case info.Inactive && !info.LiveTable:
+			return m.Resume(name)
+		case info.Inactive:
+			if err := m.ClearTable(name); err != nil {
+				return err
+			}
+		}
+		if info.Suspended && info.LiveTable {
+			return resumeOrStuck(m, name)
+		}
+		return nil
+	}
+	if err := fix(s.RealName()); err != nil {
+		return err
+	}
+	snaps, err := s.snapshotDevices()
+	if err != nil {
+		return err
+	}
+	for _, sn := range snaps {
+		if !sn.LiveTable && sn.OpenCount == 0 {
+			if err := m.Remove(sn.Name); err != nil && !errors.Is(err, ErrNotFound) {
+				return err
+			}
+		}
+	}
+	return fix(s.OriginName())
+}
+
 // Teardown removes the whole stack: the origin, every snapshot, -real. It
 // refuses with ErrBusy, before removing anything, while the origin or a
 // snapshot is open (mounted). Devices already gone are skipped, so it can be
@@ -446,7 +523,7 @@ func (s Stack) Teardown() error {
 		return err
 	}
 	m := s.dm()
-	snaps, err := s.Snapshots()
+	snaps, err := s.snapshotDevices()
 	if err != nil {
 		return err
 	}
@@ -464,7 +541,7 @@ func (s Stack) Teardown() error {
 	for _, sn := range snaps {
 		if sn.OpenCount > 0 {
 			return &Error{Op: op, Device: sn.Name, Kind: ErrBusy,
-				Err:  fmt.Errorf("%s is open (%d openers)", MapperPath(sn.Name), sn.OpenCount),
+				Err:  fmt.Errorf("%s is open (%d openers)", sn.Path(), sn.OpenCount),
 				Hint: "close or unmount the snapshot view, then retry"}
 		}
 		names = append(names, sn.Name)

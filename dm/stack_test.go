@@ -414,3 +414,83 @@ func TestSnapshotsIgnoreOtherStacks(t *testing.T) {
 	}
 	wantDevices(t, f, "dmsnap-a-snapx", "dmsnap-a-snapx-real", "dmsnap-a-snapx-snap1")
 }
+
+// Repair brings back a stack a crash left in the middle of AddSnapshot:
+// a snapshot with only an inactive table, a reloaded origin, suspended.
+func TestRepairAfterCrashInAddSnapshot(t *testing.T) {
+	f, s, _ := newStack(t)
+	if err := s.Build(); err != nil {
+		t.Fatal(err)
+	}
+	cow := cowLoop(t, f, 1<<20)
+	real, _ := f.Info(s.RealName())
+	snap := dm.Snapshot{Length: sdbSectors, Origin: real.Dev, COW: cow.Dev, ChunkSectors: 8}
+	if _, err := f.Create(s.SnapshotName(1), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Load(s.SnapshotName(1), snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Load(s.OriginName(), dm.SnapshotOrigin{Length: sdbSectors, Origin: real.Dev}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Suspend(s.OriginName()); err != nil {
+		t.Fatal(err)
+	}
+	// A half-made snapshot is not a snapshot, but teardown would see it.
+	if snaps, err := s.Snapshots(); err != nil || len(snaps) != 0 {
+		t.Fatalf("Snapshots = %+v, %v; want none live", snaps, err)
+	}
+	if err := s.Repair(); err != nil {
+		t.Fatal(err)
+	}
+	wantDevices(t, f, "dmsnap-sdb1", "dmsnap-sdb1-real")
+	if f.Suspended(s.OriginName()) || f.HasInactive(s.OriginName()) {
+		t.Error("origin still suspended or with an inactive table")
+	}
+	if err := s.AddSnapshot(1, cow.Path, 8); err != nil {
+		t.Fatalf("AddSnapshot after repair: %v", err)
+	}
+	// Repair leaves a healthy stack as it is.
+	f.ResetLog()
+	if err := s.Repair(); err != nil {
+		t.Fatal(err)
+	}
+	wantLog(t, f)
+}
+
+// Repair completes a Build a crash cut short after loading the origin.
+func TestRepairAfterCrashInBuild(t *testing.T) {
+	f, s, dev := newStack(t)
+	ri, err := f.Create(s.RealName(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Load(s.RealName(), dm.Linear{Length: sdbSectors, Device: dev}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Resume(s.RealName()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Create(s.OriginName(), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Load(s.OriginName(), dm.SnapshotOrigin{Length: sdbSectors, Origin: ri.Dev}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Repair(); err != nil {
+		t.Fatal(err)
+	}
+	info, err := f.Info(s.OriginName())
+	if err != nil || !info.LiveTable || info.Suspended {
+		t.Fatalf("origin after repair: %+v, %v", info, err)
+	}
+	// A teardown of a stack with a table-less snapshot device removes it too.
+	if _, err := f.Create(s.SnapshotName(9), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Teardown(); err != nil {
+		t.Fatal(err)
+	}
+	wantDevices(t, f)
+}

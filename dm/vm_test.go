@@ -642,3 +642,115 @@ func TestLoopDirectIOReported(t *testing.T) {
 		t.Errorf("loop logical block size %d, want 4096", bs)
 	}
 }
+
+// A table of many targets: the load encoding (next relative to each spec,
+// 8-byte aligned) is accepted, and the table read back is larger than the
+// first status buffer (16 KiB), so DM_BUFFER_FULL_FLAG forces a retry.
+func TestManyTargetTable(t *testing.T) {
+	requireKernel(t)
+	dir := t.TempDir()
+	base := rawBase(t, dir, 8<<20)
+	const name = dm.Prefix + "vmt-many"
+	const n = 700
+	targets := make([]dm.Target, n)
+	for i := range targets {
+		// Reverse the 8-sector pieces so that the mapping is not the identity.
+		targets[i] = dm.Linear{Start: uint64(i) * 8, Length: 8, Device: base.Dev, Offset: uint64(n-1-i) * 8}
+	}
+	if _, err := dm.Create(name, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := dm.Remove(name); err != nil {
+			t.Errorf("remove %s: %v", name, err)
+		}
+	})
+	if err := dm.Load(name, targets...); err != nil {
+		t.Fatal(err)
+	}
+	if err := dm.Resume(name); err != nil {
+		t.Fatal(err)
+	}
+	tbl, err := dm.Table(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tbl) != n {
+		t.Fatalf("read back %d targets, want %d", len(tbl), n)
+	}
+	size := 0
+	for i, spec := range tbl {
+		got, err := dm.ParseTarget(spec)
+		if err != nil || got != targets[i] {
+			t.Fatalf("target %d = %q (%v), want %#v", i, spec, err, targets[i])
+		}
+		size += 40 + len(spec.Params) + 8
+	}
+	if size <= 16<<10 {
+		t.Fatalf("table reply of about %d bytes does not exceed the first buffer", size)
+	}
+	st, err := dm.Status(name)
+	if err != nil || len(st) != n || st[n-1].Start != (n-1)*8 || st[n-1].Type != "linear" {
+		t.Fatalf("status: %d targets, %v", len(st), err)
+	}
+	// The mapping is real: sector 0 of the device is the base's last piece.
+	if !bytes.Equal(readAt(t, dm.MapperPath(name), 0, 4096), readAt(t, base.Path, (n-1)*4096, 4096)) {
+		t.Error("first piece of the mapped device is not the base's last piece")
+	}
+}
+
+// Repair after a crash in the middle of AddSnapshot: a snapshot device with
+// only an inactive table, the origin reloaded and suspended.
+func TestRepairInKernel(t *testing.T) {
+	requireKernel(t)
+	dir := t.TempDir()
+	base := rawBase(t, dir, 32<<20)
+	s := build(t, "vmp", base.Path)
+	cow, _ := kernelCOW(t, dir, "cow.img", 4<<20)
+	real, err := dm.Info(s.RealName())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dm.ZeroCOWHeader(cow.Path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dm.Create(s.SnapshotName(1), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := dm.Load(s.SnapshotName(1), dm.Snapshot{Length: 65536, Origin: real.Dev, COW: cow.Dev, ChunkSectors: chunk}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dm.Load(s.OriginName(), dm.SnapshotOrigin{Length: 65536, Origin: real.Dev}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dm.Suspend(s.OriginName()); err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := dm.Info(s.OriginName()); !info.Suspended || !info.Inactive {
+		t.Fatalf("origin %+v: want suspended with an inactive table", info)
+	}
+	if err := s.Repair(); err != nil {
+		t.Fatal(err)
+	}
+	info, err := dm.Info(s.OriginName())
+	if err != nil || info.Suspended || info.Inactive {
+		t.Fatalf("origin after repair %+v, %v", info, err)
+	}
+	if _, err := dm.Info(s.SnapshotName(1)); !errors.Is(err, dm.ErrNotFound) {
+		t.Fatalf("half-made snapshot still there: %v", err)
+	}
+	data := randomBytes(10, 4096)
+	writeAt(t, s.OriginPath(), 0, data)
+	if !bytes.Equal(readAt(t, s.OriginPath(), 0, 4096), data) {
+		t.Fatal("origin not writable after repair")
+	}
+	// The COW device was released with the half-made snapshot and works for
+	// a real one now.
+	if err := s.AddSnapshot(1, cow.Path, chunk); err != nil {
+		t.Fatal(err)
+	}
+	cow.Close()
+	if st := status(t, s, 1); st.String() != "16/8192 16" {
+		t.Errorf("snapshot after repair: %s", st)
+	}
+}
