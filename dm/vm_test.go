@@ -754,3 +754,47 @@ func TestRepairInKernel(t *testing.T) {
 		t.Errorf("snapshot after repair: %s", st)
 	}
 }
+
+// Without udev and with a sparse /dev, the nodes dmsnap needs are made from
+// the device numbers: /dev/mapper/control and /dev/loopN.
+func TestNodesRecreated(t *testing.T) {
+	requireKernel(t)
+	if err := os.Remove(dm.ControlPath); err != nil {
+		t.Fatal(err)
+	}
+	v, err := dm.EnsureControl()
+	if err != nil {
+		t.Fatalf("EnsureControl with the node missing: %v", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(dm.ControlPath, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR ||
+		dm.DevFromNumber(st.Rdev) != (dm.Dev{Major: 10, Minor: 236}) {
+		t.Fatalf("control node after EnsureControl: mode %o rdev %v (%v)", st.Mode, dm.DevFromNumber(st.Rdev), err)
+	}
+	t.Logf("device-mapper %s", v)
+
+	dir := t.TempDir()
+	file := vmtest.TempFile(t, dir, "f.img", 1<<20)
+	l, err := dm.AttachLoop(file, dm.LoopOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	if err := dm.DetachLoop(l.Path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(l.Path); err != nil {
+		t.Fatal(err)
+	}
+	// The lowest free loop device is handed out again; its node is gone.
+	l2 := attach(t, file, dm.LoopOptions{})
+	if l2.Path != l.Path {
+		t.Fatalf("got %s instead of %s: the recreation of the removed node is not exercised", l2.Path, l.Path)
+	}
+	if err := unix.Stat(l2.Path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK || dm.DevFromNumber(st.Rdev) != l2.Dev {
+		t.Fatalf("%s after attach: rdev %v (%v), want block device %s", l2.Path, dm.DevFromNumber(st.Rdev), err, l2.Dev)
+	}
+	if got := readAt(t, l2.Path, 0, 16); len(got) != 16 {
+		t.Fatal("recreated loop node not readable")
+	}
+}
