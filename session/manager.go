@@ -1,0 +1,738 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultChunkSize is the snapshot chunk size when none is given (LVM's
+// default too).
+const DefaultChunkSize = 4096
+
+// Chunk sizes dmsnap accepts, as LVM does: powers of two from 4 KiB to
+// 512 KiB. Smaller chunks copy less per write and cost more memory and
+// metadata per changed byte (KERNEL-NOTES.md, "Costs").
+const (
+	MinChunkSize = 4 << 10
+	MaxChunkSize = 512 << 10
+)
+
+// maxRounds bounds a reconcile: a plan applied in full leaves nothing to do
+// but noting what the kernel assigned (the new origin's number), so a
+// reconcile that does not settle within a few rounds is a bug or a kernel
+// that does not do what it says.
+const maxRounds = 5
+
+// Manager runs the session life cycle of the devices in one state
+// directory. Every method takes the state lock for the time it changes
+// something, and follows one pattern: record the intent in the registry,
+// then reconcile. The zero value is not usable: set StateDir, Kernel, Store
+// and Prober.
+type Manager struct {
+	StateDir string
+	Kernel   Kernel
+	Store    Store
+	Prober   Prober
+	// ReadMounts returns the mount table (nil: /proc/self/mountinfo).
+	ReadMounts func() ([]MountInfo, error)
+	// Stores are scanned for unfinished session directories besides the
+	// stores of the registered devices (the default store, typically).
+	Stores []string
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
+	// LockWait is how long to wait for the lock (0: DefaultLockWait).
+	LockWait time.Duration
+	// Log receives what reconcile does (nil: discarded).
+	Log *slog.Logger
+}
+
+func (m *Manager) now() time.Time {
+	if m.Now != nil {
+		return m.Now()
+	}
+	return time.Now()
+}
+
+func (m *Manager) log() *slog.Logger {
+	if m.Log != nil {
+		return m.Log
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func (m *Manager) mounts() ([]MountInfo, error) {
+	if m.ReadMounts != nil {
+		return m.ReadMounts()
+	}
+	f, err := os.Open(SelfMountInfo)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return ParseMountInfo(f)
+}
+
+// Report is what a reconcile did and what it could not fix.
+type Report struct {
+	Done   []Action
+	Issues []Issue
+}
+
+// withLock runs fn with the lock held and the registry loaded.
+func (m *Manager) withLock(ctx context.Context, fn func(reg *Registry) error) error {
+	l, err := AcquireLock(ctx, m.StateDir, m.LockWait)
+	if err != nil {
+		return err
+	}
+	defer l.Release()
+	reg, err := LoadRegistry(m.StateDir)
+	if err != nil {
+		return err
+	}
+	return fn(reg)
+}
+
+// Registry returns the registry as it is on disk. It takes no lock: the
+// file is replaced atomically, so a reader sees a whole registry, one that
+// may be outdated by the time it is shown.
+func (m *Manager) Registry() (*Registry, error) { return LoadRegistry(m.StateDir) }
+
+// Observe gathers what Plan needs: the kernel's stacks, the mount table,
+// the raw devices of registered devices whose stack is not complete (looked
+// for at hints[name], the registered path, then /dev/disk/by-uuid), and the
+// unfinished session directories of every store.
+func (m *Manager) Observe(ctx context.Context, reg *Registry, hints map[string]string) (Observed, error) {
+	obs := Observed{Now: m.now(), Stacks: map[string]StackInfo{}, Raw: map[string]RawDevice{}}
+	stacks, err := m.Kernel.Stacks(ctx)
+	if err != nil {
+		return obs, fmt.Errorf("list dmsnap stacks: %w", err)
+	}
+	for _, s := range stacks {
+		obs.Stacks[s.Name] = s
+	}
+	table, err := m.mounts()
+	if err != nil {
+		return obs, fmt.Errorf("read mount table: %w", err)
+	}
+	obs.Mounts = MountsByDev(table, nil)
+
+	for _, d := range reg.Devices {
+		if st, ok := obs.Stacks[d.Name]; (ok && st.Complete()) || d.State == DeviceDeactivating {
+			continue
+		}
+		obs.Raw[d.Name] = m.findRaw(ctx, d, hints[d.Name])
+	}
+
+	stores := slices.Clone(m.Stores)
+	for _, d := range reg.Devices {
+		stores = append(stores, d.Store)
+	}
+	slices.Sort(stores)
+	for _, s := range slices.Compact(stores) {
+		if s == "" {
+			continue
+		}
+		p, err := m.Store.Pending(ctx, s)
+		if err != nil {
+			return obs, fmt.Errorf("list unfinished sessions in %s: %w", s, err)
+		}
+		obs.Pending = append(obs.Pending, p...)
+	}
+	return obs, nil
+}
+
+func (m *Manager) findRaw(ctx context.Context, d *Device, hint string) RawDevice {
+	var tried, mismatch []string
+	for _, p := range rawCandidates(d, hint) {
+		id, err := m.Prober.Identify(ctx, p)
+		if err != nil {
+			tried = append(tried, p)
+			continue
+		}
+		if err := d.Identity.Matches(id); err != nil {
+			mismatch = append(mismatch, fmt.Sprintf("%s: %v", p, err))
+			continue
+		}
+		return RawDevice{Path: p, Identity: id}
+	}
+	if len(mismatch) > 0 {
+		return RawDevice{Problem: fmt.Sprintf("not re-stacked, the device found is not the one activated: %s; if it really is, deactivate and activate it again",
+			strings.Join(mismatch, "; "))}
+	}
+	return RawDevice{Problem: fmt.Sprintf("the device is not present (looked at %s); protection resumes when it appears (`dmsnap attach DEVICE`)",
+		strings.Join(tried, ", "))}
+}
+
+func rawCandidates(d *Device, hint string) []string {
+	var c []string
+	for _, p := range []string{hint, d.Path} {
+		if p != "" && !slices.Contains(c, p) {
+			c = append(c, p)
+		}
+	}
+	if d.Identity.FSUUID != "" {
+		c = append(c, "/dev/disk/by-uuid/"+d.Identity.FSUUID)
+	}
+	return c
+}
+
+// reconcile plans and applies until nothing is left to do, for the devices
+// in only (all devices and the orphans when only is nil). It stops a device
+// at its first failed step and goes on with the others.
+func (m *Manager) reconcile(ctx context.Context, reg *Registry, only []string, hints map[string]string) (Report, error) {
+	var rep Report
+	for round := 0; round < maxRounds; round++ {
+		obs, err := m.Observe(ctx, reg, hints)
+		if err != nil {
+			return rep, err
+		}
+		var acts []Action
+		var issues []Issue
+		if only == nil {
+			acts, issues = Plan(reg, obs)
+		} else {
+			for _, name := range only {
+				if d := reg.Device(name); d != nil {
+					a, is := PlanDevice(d, obs)
+					acts, issues = append(acts, a...), append(issues, is...)
+				}
+			}
+		}
+		rep.Issues = issues
+		if len(acts) == 0 {
+			return rep, nil
+		}
+		done, err := m.Apply(ctx, reg, acts)
+		rep.Done = append(rep.Done, done...)
+		if err != nil {
+			return rep, err
+		}
+	}
+	return rep, fmt.Errorf("reconcile did not settle after %d rounds; last steps: %v", maxRounds, rep.Done[max(0, len(rep.Done)-5):])
+}
+
+// Reconcile brings the kernel and the stores in line with the registry:
+// re-stacks registered devices whose tables are gone, re-attaches the armed
+// sessions' COW, opens and closes sessions after mounts and unmounts it did
+// not see, finishes interrupted conversions, and removes what half-built
+// stacks left behind. The watcher runs it at start and on every change.
+func (m *Manager) Reconcile(ctx context.Context) (Report, error) {
+	var rep Report
+	err := m.withLock(ctx, func(reg *Registry) error {
+		var err error
+		rep, err = m.reconcile(ctx, reg, nil, nil)
+		return err
+	})
+	return rep, err
+}
+
+// Apply performs steps in order, writing the registry to disk after each
+// step that changes it. A step that fails is recorded in the registry
+// (Device.Error or Session.Error) and the device's remaining steps are
+// skipped; the other devices' steps still run. It returns the steps done
+// and the failures joined.
+func (m *Manager) Apply(ctx context.Context, reg *Registry, acts []Action) ([]Action, error) {
+	var done []Action
+	var errs []error
+	failed := map[string]bool{}
+	for _, a := range acts {
+		if failed[a.Device] {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return done, errors.Join(append(errs, err)...)
+		}
+		err := m.apply(ctx, reg, a)
+		if err == nil {
+			m.log().Info("reconcile", "step", string(a.Kind), "device", a.Device, "session", a.Session, "dir", a.Dir, "reason", a.Reason)
+			done = append(done, a)
+			continue
+		}
+		failed[a.Device] = true
+		err = deviceErr(stepOp(a), a.Device, "", err)
+		m.log().Error("reconcile", "step", string(a.Kind), "device", a.Device, "session", a.Session, "err", err)
+		errs = append(errs, err)
+		if d := reg.Device(a.Device); d != nil {
+			if s := d.Session(a.Session); s != nil {
+				s.Error = err.Error()
+			} else {
+				d.Error = err.Error()
+			}
+			if serr := reg.Save(m.StateDir); serr != nil {
+				errs = append(errs, serr)
+			}
+		}
+	}
+	// A device whose steps all succeeded has no error left to show.
+	dirty := false
+	for _, d := range reg.Devices {
+		if failed[d.Name] {
+			continue
+		}
+		touched := slices.ContainsFunc(done, func(a Action) bool { return a.Device == d.Name })
+		if !touched {
+			continue
+		}
+		if d.Error != "" {
+			d.Error, dirty = "", true
+		}
+		for _, s := range d.Sessions {
+			if s.Error != "" {
+				s.Error, dirty = "", true
+			}
+		}
+	}
+	if dirty {
+		if err := reg.Save(m.StateDir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return done, errors.Join(errs...)
+}
+
+func stepOp(a Action) string {
+	if a.Session > 0 {
+		return fmt.Sprintf("%s (session %d)", a.Kind, a.Session)
+	}
+	return string(a.Kind)
+}
+
+// apply performs one step. Steps that change the registry save it before
+// returning; intents are saved before the work they announce.
+func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
+	save := func() error { return reg.Save(m.StateDir) }
+	switch a.Kind {
+	case ActRemoveStack:
+		return m.Kernel.StackDown(ctx, a.Device)
+	case ActDiscardDir:
+		return m.Store.Discard(ctx, a.Dir)
+	case ActCloseDir:
+		return m.Store.MarkClosing(ctx, a.Dir)
+	case ActConvertDir:
+		return m.Store.Convert(ctx, a.Dir)
+	}
+
+	d := reg.Device(a.Device)
+	if d == nil {
+		return fmt.Errorf("device %s is not in the registry", a.Device)
+	}
+	var s *Session
+	needSession := func() error {
+		if s = d.Session(a.Session); s == nil {
+			return fmt.Errorf("session %d is not in the registry", a.Session)
+		}
+		return nil
+	}
+	switch a.Kind {
+	case ActNoteOrigin:
+		d.Origin = a.Dev
+		return save()
+	case ActStackUp:
+		if !a.Dev.IsZero() && d.Identity.Dev != a.Dev {
+			d.Identity.Dev = a.Dev // the device came back under another number
+			if err := save(); err != nil {
+				return err
+			}
+		}
+		return m.Kernel.StackUp(ctx, d.Name, a.Path)
+	case ActStackDown:
+		return m.Kernel.StackDown(ctx, d.Name)
+	case ActNewSession:
+		if d.Session(a.Session) == nil {
+			d.Sessions = append(d.Sessions, &Session{N: a.Session, State: SessionArming, Armed: a.At.UTC()})
+		}
+		if d.NextSession <= a.Session {
+			d.NextSession = a.Session + 1
+		}
+		return save()
+	case ActMarkActive:
+		d.State = DeviceActive
+		return save()
+	case ActForgetDevice:
+		reg.Remove(d.Name)
+		return save()
+	case ActRemoveSnapshot:
+		// Also for stray snapshots, which no session record owns.
+		return m.Kernel.RemoveSnapshot(ctx, d.Name, a.Session)
+	}
+
+	if err := needSession(); err != nil {
+		return err
+	}
+	switch a.Kind {
+	case ActRelocate:
+		s.Dir = a.Dir
+		return save()
+	case ActArm:
+		dir, err := m.Store.ArmSession(ctx, d.Store, ArmSpec{
+			Name: d.Name, DevicePath: d.Path, Identity: d.Identity, ChunkSize: d.ChunkSize, Armed: s.Armed,
+		})
+		if err != nil {
+			return err
+		}
+		s.Dir = dir
+		return save()
+	case ActAttach:
+		if s.Dir == "" {
+			return errors.New("session has no directory")
+		}
+		return m.Kernel.AttachSnapshot(ctx, d.Name, s.N, m.Store.COWFile(s.Dir), d.ChunkSectors())
+	case ActMarkArmed:
+		s.State = SessionArmed
+		return save()
+	case ActOpen:
+		s.State, s.Mounted, s.FSType = SessionOpening, a.At.UTC(), a.FSType
+		if err := save(); err != nil {
+			return err
+		}
+		dir, err := m.Store.MarkMounted(ctx, s.Dir, s.Mounted, s.FSType)
+		if err != nil {
+			return err
+		}
+		s.Dir, s.State = dir, SessionOpen
+		return save()
+	case ActClose:
+		s.State = SessionClosing
+		if !a.At.IsZero() {
+			s.Unmounted = a.At.UTC()
+		}
+		return save()
+	case ActInvalidate:
+		s.State, s.InvalidReason = SessionInvalid, a.Reason
+		return save()
+	case ActConvert:
+		// The store learns of the close here, right before converting, so
+		// a crash between the registry's "closing" and this step is
+		// finished by the same step.
+		var err error
+		switch {
+		case s.State == SessionInvalid:
+			err = m.Store.MarkInvalid(ctx, s.Dir, s.InvalidReason)
+			if err == nil && !s.Unmounted.IsZero() {
+				err = m.Store.MarkUnmounted(ctx, s.Dir, s.Unmounted)
+			}
+		case !s.Unmounted.IsZero():
+			err = m.Store.MarkUnmounted(ctx, s.Dir, s.Unmounted)
+		default:
+			err = m.Store.MarkClosing(ctx, s.Dir)
+		}
+		if err != nil && !isConverted(ctx, m.Store, s.Dir) {
+			return err
+		}
+		return m.Store.Convert(ctx, s.Dir)
+	case ActDiscard:
+		return m.Store.Discard(ctx, s.Dir)
+	case ActForgetSession:
+		d.removeSession(s.N)
+		return save()
+	}
+	return fmt.Errorf("unknown step %q", a.Kind)
+}
+
+// isConverted reports whether dir is no longer pending: a session converted
+// before a crash has no state to mark any more, and Convert leaves it alone.
+func isConverted(ctx context.Context, st Store, dir string) bool {
+	p, err := st.Pending(ctx, filepath.Dir(dir))
+	if err != nil {
+		return false
+	}
+	_, pending := pendingByDir(p, dir)
+	if pending {
+		return false
+	}
+	_, err = os.Stat(dir)
+	return err == nil
+}
+
+// ActivateRequest is what `dmsnap activate` asks for.
+type ActivateRequest struct {
+	Device    string // block device path, e.g. /dev/sdb1
+	Name      string // "" : SanitizeName(Device)
+	ChunkSize uint32 // bytes; 0: DefaultChunkSize
+	Store     string // "" : DefaultStore
+}
+
+// ValidateChunkSize checks a chunk size in bytes: a power of two from
+// MinChunkSize to MaxChunkSize.
+func ValidateChunkSize(c uint32) error {
+	if c < MinChunkSize || c > MaxChunkSize || bits.OnesCount32(c) != 1 {
+		return fmt.Errorf("chunk size %d bytes: use a power of two from 4KiB to 512KiB", c)
+	}
+	return nil
+}
+
+// Activate puts a device under dmsnap: it checks the device (a block
+// device, not mounted, not activated, not holding the store), registers it,
+// builds the stack and arms the first session. If that fails, what was
+// built is taken down again and the device leaves the registry.
+func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, error) {
+	const op = "activate"
+	if req.ChunkSize == 0 {
+		req.ChunkSize = DefaultChunkSize
+	}
+	if req.Store == "" {
+		req.Store = DefaultStore
+	}
+	if err := ValidateChunkSize(req.ChunkSize); err != nil {
+		return nil, deviceErr(op, req.Device, "", err)
+	}
+	name := req.Name
+	if name == "" {
+		name = SanitizeName(req.Device)
+	}
+	if err := ValidateName(name); err != nil {
+		return nil, deviceErr(op, req.Device, "", err)
+	}
+	store, err := filepath.Abs(req.Store)
+	if err != nil {
+		return nil, deviceErr(op, req.Device, "", err)
+	}
+
+	var out *Device
+	err = m.withLock(ctx, func(reg *Registry) error {
+		id, err := m.Prober.Identify(ctx, req.Device)
+		if err != nil {
+			return deviceErr(op, req.Device, "give the path of a block device such as /dev/sdb1", err)
+		}
+		if d := reg.Device(name); d != nil {
+			return deviceErrf(op, req.Device, "choose another name with --name", ErrAlreadyActivated,
+				"the name %s is taken by %s", name, d.Path)
+		}
+		if d := reg.ByDevNum(id.Dev); d != nil {
+			return deviceErrf(op, req.Device, "`dmsnap status "+d.Name+"` shows it", ErrAlreadyActivated,
+				"already activated as %s", d.Name)
+		}
+		stacks, err := m.Kernel.Stacks(ctx)
+		if err != nil {
+			return deviceErr(op, req.Device, "", err)
+		}
+		for _, st := range stacks {
+			if st.OriginDev == id.Dev || slices.ContainsFunc(st.Snapshots, func(s SnapshotInfo) bool { return s.Dev == id.Dev }) {
+				return deviceErrf(op, req.Device, "activate the raw device instead", nil, "%s is a dmsnap device of %s", req.Device, st.Name)
+			}
+		}
+		table, err := m.mounts()
+		if err != nil {
+			return deviceErr(op, req.Device, "", err)
+		}
+		if ms := MountsByDev(table, nil)[id.Dev]; len(ms) > 0 {
+			return deviceErrf(op, req.Device, "unmount it, activate, then mount /dev/mapper/dmsnap-"+name+" instead", ErrBusy,
+				"mounted on %s", mountPoints(ms))
+		}
+		if err := os.MkdirAll(store, 0o755); err != nil {
+			return deviceErr(op, req.Device, "", fmt.Errorf("store: %w", err))
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(store, &st); err != nil {
+			return deviceErr(op, req.Device, "", fmt.Errorf("store: %w", err))
+		}
+		// A COW file on the filesystem of the device it protects would wait
+		// on itself (KERNEL-NOTES.md, "Loop devices").
+		if DevNumFromRdev(st.Dev) == id.Dev {
+			return deviceErrf(op, req.Device, "give a --store on another device", nil, "the store %s is on the device itself", store)
+		}
+
+		d := &Device{
+			Name: name, Path: req.Device, Identity: id, ChunkSize: req.ChunkSize, Store: store,
+			State: DeviceActivating, Activated: m.now().UTC(), NextSession: 1,
+		}
+		if err := reg.Add(d); err != nil {
+			return deviceErr(op, req.Device, "", err)
+		}
+		if err := reg.Save(m.StateDir); err != nil {
+			return deviceErr(op, req.Device, "", err)
+		}
+		rep, err := m.reconcile(ctx, reg, []string{name}, map[string]string{name: req.Device})
+		if err == nil && (reg.Device(name) == nil || reg.Device(name).State != DeviceActive) {
+			err = fmt.Errorf("activation did not finish: %s", issuesText(rep.Issues))
+		}
+		if err != nil {
+			return errors.Join(deviceErr(op, req.Device, "", err), m.rollback(ctx, reg, name))
+		}
+		c := *reg.Device(name)
+		out = &c
+		return nil
+	})
+	return out, err
+}
+
+// rollback takes down what a failed activation built.
+func (m *Manager) rollback(ctx context.Context, reg *Registry, name string) error {
+	d := reg.Device(name)
+	if d == nil {
+		return nil
+	}
+	d.State = DeviceDeactivating
+	if err := reg.Save(m.StateDir); err != nil {
+		return err
+	}
+	rep, err := m.reconcile(ctx, reg, []string{name}, nil)
+	if err == nil && reg.Device(name) != nil {
+		err = fmt.Errorf("%v", rep.Issues)
+	}
+	if err != nil {
+		return fmt.Errorf("undoing the activation also failed (`dmsnap deactivate %s` retries): %w", name, err)
+	}
+	return nil
+}
+
+// Deactivate takes a device out of dmsnap: it refuses while the device is
+// mounted (ErrBusy), closes and converts its sessions, tears the stack down
+// and removes it from the registry. The device keeps its content; its
+// sessions stay in the store.
+func (m *Manager) Deactivate(ctx context.Context, arg string) error {
+	const op = "deactivate"
+	return m.withLock(ctx, func(reg *Registry) error {
+		d, err := m.lookup(ctx, reg, arg)
+		if err != nil {
+			return deviceErr(op, arg, "", err)
+		}
+		name := d.Name
+		// Refuse before recording the intent: a device left "deactivating"
+		// while mounted would be deactivated by the watcher at its unmount.
+		stacks, err := m.Kernel.Stacks(ctx)
+		if err != nil {
+			return deviceErr(op, name, "", err)
+		}
+		table, err := m.mounts()
+		if err != nil {
+			return deviceErr(op, name, "", err)
+		}
+		for _, st := range stacks {
+			if st.Name != name || !st.HasOrigin {
+				continue
+			}
+			if ms := MountsByDev(table, nil)[st.OriginDev]; len(ms) > 0 {
+				return deviceErrf(op, name, "unmount it and retry", ErrBusy, "/dev/mapper/dmsnap-%s is mounted on %s", name, mountPoints(ms))
+			}
+			if st.OriginOpen > 0 {
+				return deviceErrf(op, name, "stop the programs using it and retry", ErrBusy, "/dev/mapper/dmsnap-%s is open (%d openers)", name, st.OriginOpen)
+			}
+		}
+		d.State = DeviceDeactivating
+		if err := reg.Save(m.StateDir); err != nil {
+			return deviceErr(op, name, "", err)
+		}
+		rep, err := m.reconcile(ctx, reg, []string{name}, nil)
+		if err != nil {
+			return deviceErr(op, name, "", err)
+		}
+		if reg.Device(name) != nil {
+			return deviceErrf(op, name, "fix what is reported and run `dmsnap deactivate "+name+"` again", issueKind(rep.Issues),
+				"not finished: %s", issuesText(rep.Issues))
+		}
+		return nil
+	})
+}
+
+// lookup finds a device by name, or by path through the Prober (so the
+// number compared is the one the Prober sees; see Registry.Lookup).
+func (m *Manager) lookup(ctx context.Context, reg *Registry, arg string) (*Device, error) {
+	if !strings.Contains(arg, "/") {
+		return reg.Lookup(arg)
+	}
+	id, err := m.Prober.Identify(ctx, arg)
+	if err != nil {
+		return nil, err
+	}
+	if d := reg.ByDevNum(id.Dev); d != nil {
+		return d, nil
+	}
+	return nil, fmt.Errorf("%s (%s): %w; `dmsnap status` lists the activated devices", arg, id.Dev, ErrNotActivated)
+}
+
+func issueKind(is []Issue) error {
+	for _, i := range is {
+		if strings.Contains(i.Problem, "mounted") {
+			return ErrBusy
+		}
+	}
+	return nil
+}
+
+func issuesText(is []Issue) string {
+	if len(is) == 0 {
+		return "no progress"
+	}
+	var s []string
+	for _, i := range is {
+		s = append(s, i.String())
+	}
+	return strings.Join(s, "; ")
+}
+
+// Attach brings protection back for an activated device that (re)appeared
+// at devicePath: a boot or a hot-plug, run by the udev rule. The device is
+// found by number, then by filesystem UUID, and must match the registered
+// identity; then its stack is rebuilt and its armed session's COW
+// re-attached. Attaching a device whose stack is up does nothing.
+func (m *Manager) Attach(ctx context.Context, devicePath string) (Report, error) {
+	const op = "attach"
+	var rep Report
+	err := m.withLock(ctx, func(reg *Registry) error {
+		id, err := m.Prober.Identify(ctx, devicePath)
+		if err != nil {
+			return deviceErr(op, devicePath, "", err)
+		}
+		d := reg.ByDevNum(id.Dev)
+		if d == nil {
+			d = reg.ByFSUUID(id.FSUUID)
+		}
+		if d == nil {
+			return deviceErr(op, devicePath, "", fmt.Errorf("%s (%s): %w", devicePath, id.Dev, ErrNotActivated))
+		}
+		if d.Origin == id.Dev {
+			return nil // the origin itself appeared: nothing to attach
+		}
+		if err := d.Identity.Matches(id); err != nil {
+			return deviceErr(op, devicePath, "if it really is the same device, deactivate "+d.Name+" and activate it again", err)
+		}
+		rep, err = m.reconcile(ctx, reg, []string{d.Name}, map[string]string{d.Name: devicePath})
+		if err != nil {
+			return deviceErr(op, d.Name, "", err)
+		}
+		return nil
+	})
+	return rep, err
+}
+
+// Rotate closes the live session of a device and arms the next one (before
+// a restore, or when the watcher saw an unmount and a mount between two
+// reads of the mount table). The closed session is converted.
+func (m *Manager) Rotate(ctx context.Context, arg, reason string) (Report, error) {
+	const op = "close session"
+	var rep Report
+	err := m.withLock(ctx, func(reg *Registry) error {
+		d, err := m.lookup(ctx, reg, arg)
+		if err != nil {
+			return deviceErr(op, arg, "", err)
+		}
+		if cur := d.Current(); cur != nil && cur.State != SessionArming {
+			if cur.State == SessionOpen || cur.State == SessionOpening {
+				cur.Unmounted = m.now().UTC()
+			}
+			cur.State = SessionClosing
+			if err := reg.Save(m.StateDir); err != nil {
+				return deviceErr(op, d.Name, "", err)
+			}
+			m.log().Info("rotate", "device", d.Name, "session", cur.N, "reason", reason)
+		}
+		rep, err = m.reconcile(ctx, reg, []string{d.Name}, nil)
+		if err != nil {
+			return deviceErr(op, d.Name, "", err)
+		}
+		return nil
+	})
+	return rep, err
+}

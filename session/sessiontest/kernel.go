@@ -1,0 +1,268 @@
+package sessiontest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+
+	"github.com/dmsnap/dmsnap/session"
+)
+
+// Kernel is the fake device-mapper.
+type Kernel struct {
+	sys       *System
+	stacks    map[string]*stack
+	nextMinor uint32
+}
+
+type stack struct {
+	name      string
+	hasOrigin bool
+	hasReal   bool
+	origin    session.DevNum
+	raw       session.DevNum
+	snaps     []*snap
+}
+
+type snap struct {
+	n     int
+	dev   session.DevNum
+	cow   string      // path at attach time
+	file  os.FileInfo // the COW file itself: a loop device follows it across renames
+	state session.SnapshotState
+}
+
+var _ session.Kernel = (*Kernel)(nil)
+
+func (k *Kernel) dev() session.DevNum {
+	k.nextMinor++
+	return session.DevNum{Major: 253, Minor: k.nextMinor}
+}
+
+// Stacks implements session.Kernel.
+func (k *Kernel) Stacks(context.Context) ([]session.StackInfo, error) {
+	k.sys.mu.Lock()
+	defer k.sys.mu.Unlock()
+	var out []session.StackInfo
+	for _, st := range k.stacks {
+		info := session.StackInfo{Name: st.name, HasOrigin: st.hasOrigin, HasReal: st.hasReal, OriginDev: st.origin, RawDev: st.raw}
+		if st.hasOrigin && k.sys.mountedLocked(st.origin) {
+			info.OriginOpen = 1
+		}
+		for _, s := range st.snaps {
+			info.Snapshots = append(info.Snapshots, session.SnapshotInfo{N: s.n, Dev: s.dev, State: s.state, Allocated: 16, Total: 1024, Metadata: 16})
+		}
+		slices.SortFunc(info.Snapshots, func(a, b session.SnapshotInfo) int { return a.N - b.N })
+		out = append(out, info)
+	}
+	slices.SortFunc(out, func(a, b session.StackInfo) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return out, nil
+}
+
+// StackUp implements session.Kernel.
+func (k *Kernel) StackUp(_ context.Context, name, devicePath string) error {
+	return k.sys.call("StackUp "+name, func() error {
+		if _, ok := k.stacks[name]; ok {
+			return fmt.Errorf("stack up %s: dmsnap-%s-real: %w", name, name, errExists)
+		}
+		id, ok := k.sys.Prober.devices[devicePath]
+		if !ok {
+			return fmt.Errorf("stack up %s: %s: %w", name, devicePath, os.ErrNotExist)
+		}
+		if k.sys.mountedLocked(id.Dev) {
+			return fmt.Errorf("stack up %s: %s is mounted: %w", name, devicePath, ErrBusy)
+		}
+		for _, st := range k.stacks {
+			if st.hasReal && st.raw == id.Dev {
+				return fmt.Errorf("stack up %s: %s is held by dmsnap-%s-real: %w", name, devicePath, st.name, ErrBusy)
+			}
+		}
+		k.stacks[name] = &stack{name: name, hasReal: true, hasOrigin: true, raw: id.Dev, origin: k.dev()}
+		return nil
+	})
+}
+
+// BuildHalf leaves a half-built stack, as a crash in the middle of a real
+// StackUp would: -real only, or the origin without -real.
+func (k *Kernel) BuildHalf(name string, raw session.DevNum, withReal, withOrigin bool) {
+	k.sys.mu.Lock()
+	defer k.sys.mu.Unlock()
+	st := &stack{name: name, hasReal: withReal, hasOrigin: withOrigin}
+	if withReal {
+		st.raw = raw
+	}
+	if withOrigin {
+		st.origin = k.dev()
+	}
+	k.stacks[name] = st
+}
+
+// AttachSnapshot implements session.Kernel.
+func (k *Kernel) AttachSnapshot(_ context.Context, name string, n int, cowFile string, chunkSectors uint32) error {
+	return k.sys.call(fmt.Sprintf("AttachSnapshot %s %d", name, n), func() error {
+		st, ok := k.stacks[name]
+		if !ok || !st.hasOrigin || !st.hasReal {
+			return fmt.Errorf("attach snapshot %d: stack %s is not complete: %w", n, name, os.ErrNotExist)
+		}
+		if chunkSectors == 0 {
+			return fmt.Errorf("attach snapshot %d: chunk size 0", n)
+		}
+		for _, s := range st.snaps {
+			if s.n == n {
+				return fmt.Errorf("attach snapshot: dmsnap-%s-snap%d: %w", name, n, errExists)
+			}
+		}
+		fi, err := os.Stat(cowFile)
+		if err != nil {
+			return fmt.Errorf("attach snapshot %d: %w", n, err)
+		}
+		if k.attachedLocked(cowFile) {
+			k.sys.violate("%s is attached twice", cowFile)
+		}
+		if err := initCOW(cowFile); err != nil {
+			return fmt.Errorf("attach snapshot %d: %w", n, err)
+		}
+		st.snaps = append(st.snaps, &snap{n: n, dev: k.dev(), cow: cowFile, file: fi, state: session.SnapshotActive})
+		return nil
+	})
+}
+
+// RemoveSnapshot implements session.Kernel.
+func (k *Kernel) RemoveSnapshot(_ context.Context, name string, n int) error {
+	return k.sys.call(fmt.Sprintf("RemoveSnapshot %s %d", name, n), func() error {
+		st, ok := k.stacks[name]
+		if !ok {
+			return nil
+		}
+		i := slices.IndexFunc(st.snaps, func(s *snap) bool { return s.n == n })
+		if i < 0 {
+			return nil
+		}
+		st.snaps = slices.Delete(st.snaps, i, i+1)
+		if st.hasOrigin && st.hasReal && len(st.snaps) == 0 {
+			k.sys.violate("RemoveSnapshot %s %d left the live stack with no snapshot armed", name, n)
+		}
+		return nil
+	})
+}
+
+// StackDown implements session.Kernel.
+func (k *Kernel) StackDown(_ context.Context, name string) error {
+	return k.sys.call("StackDown "+name, func() error {
+		st, ok := k.stacks[name]
+		if !ok {
+			return nil
+		}
+		if st.hasOrigin && k.sys.mountedLocked(st.origin) {
+			return fmt.Errorf("stack down %s: dmsnap-%s is mounted: %w", name, name, ErrBusy)
+		}
+		delete(k.stacks, name)
+		return nil
+	})
+}
+
+// Invalidate makes the kernel drop snapshot n of stack name, as when its
+// COW fills up.
+func (k *Kernel) Invalidate(name string, n int) {
+	k.sys.mu.Lock()
+	defer k.sys.mu.Unlock()
+	if st, ok := k.stacks[name]; ok {
+		for _, s := range st.snaps {
+			if s.n == n {
+				s.state = session.SnapshotInvalid
+			}
+		}
+	}
+}
+
+// OriginDev returns dmsnap-NAME's number (zero when absent).
+func (k *Kernel) OriginDev(name string) session.DevNum {
+	k.sys.mu.Lock()
+	defer k.sys.mu.Unlock()
+	if st, ok := k.stacks[name]; ok && st.hasOrigin {
+		return st.origin
+	}
+	return session.DevNum{}
+}
+
+// Snapshots returns the numbers of stack name's snapshots, sorted.
+func (k *Kernel) Snapshots(name string) []int {
+	k.sys.mu.Lock()
+	defer k.sys.mu.Unlock()
+	var ns []int
+	if st, ok := k.stacks[name]; ok {
+		for _, s := range st.snaps {
+			ns = append(ns, s.n)
+		}
+	}
+	slices.Sort(ns)
+	return ns
+}
+
+// SnapshotCOW returns the COW file snapshot n of stack name was attached
+// with ("" when absent).
+func (k *Kernel) SnapshotCOW(name string, n int) string {
+	k.sys.mu.Lock()
+	defer k.sys.mu.Unlock()
+	if st, ok := k.stacks[name]; ok {
+		for _, s := range st.snaps {
+			if s.n == n {
+				return s.cow
+			}
+		}
+	}
+	return ""
+}
+
+// SnapshotFile returns the COW file snapshot n of stack name holds, as the
+// loop device does: the file itself, whatever its path now (nil when absent).
+func (k *Kernel) SnapshotFile(name string, n int) os.FileInfo {
+	k.sys.mu.Lock()
+	defer k.sys.mu.Unlock()
+	if st, ok := k.stacks[name]; ok {
+		for _, s := range st.snaps {
+			if s.n == n {
+				return s.file
+			}
+		}
+	}
+	return nil
+}
+
+// StackNames returns the names of the stacks present, sorted.
+func (k *Kernel) StackNames() []string {
+	k.sys.mu.Lock()
+	defer k.sys.mu.Unlock()
+	var out []string
+	for n := range k.stacks {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// attachedLocked reports whether the file at path is the COW of a live
+// snapshot (compared by inode, as a loop device holds the file itself).
+func (k *Kernel) attachedLocked(path string) bool {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return false
+	}
+	for _, st := range k.stacks {
+		for _, s := range st.snaps {
+			if os.SameFile(fi, s.file) {
+				return true
+			}
+		}
+	}
+	return false
+}
