@@ -400,9 +400,22 @@ func TestRotationCrashAtEveryStep(t *testing.T) {
 					crashedAt := w.sys.Calls[len(w.sys.Calls)-1]
 					if reboot {
 						w.sys.Reboot()
+						w.sys.ResetCalls()
 						if _, err := w.manager().Attach(bgctx, rawDev); err != nil {
 							t.Fatalf("attach after crash at %s: %v", crashedAt, err)
 						}
+						// attach (from udev) protects at once and leaves the
+						// conversion to the watcher.
+						if cur := w.device().Current(); cur == nil || cur.N != 2 || cur.State != session.SessionArmed {
+							t.Fatalf("after attach: sessions %v", sessions(w.device()))
+						}
+						if got := w.sys.Kernel.Snapshots("sdb1"); !slices.Equal(got, []int{2}) {
+							t.Fatalf("after attach: snapshots %v", got)
+						}
+						if got := w.sys.CallsMatching("Convert"); len(got) != 0 {
+							t.Fatalf("attach converted: %v", got)
+						}
+						w.reconcile()
 					} else {
 						w.reconcile()
 					}
@@ -776,5 +789,52 @@ func TestLockIsHeldDuringOperations(t *testing.T) {
 	}
 	if len(w.sys.Calls) != 0 {
 		t.Fatalf("calls without the lock: %v", w.sys.Calls)
+	}
+}
+
+// TestOpenCrashAtEveryStep crashes the opening of a session (the rename of
+// its directory to the mount time) and checks that a reconcile finishes it
+// with the mount time first seen.
+func TestOpenCrashAtEveryStep(t *testing.T) {
+	prepare := func(t *testing.T) *world {
+		w := newWorld(t)
+		w.activate()
+		w.tick(time.Minute)
+		w.mount()
+		return w
+	}
+	w := prepare(t)
+	start := w.sys.MutatingCalls()
+	w.reconcile()
+	steps := w.sys.MutatingCalls() - start
+	if steps != 1 {
+		t.Fatalf("opening made %d calls, want 1 (MarkMounted)", steps)
+	}
+	mountedAt := w.clock
+	for _, after := range []bool{false, true} {
+		t.Run(fmt.Sprintf("after=%v", after), func(t *testing.T) {
+			w := prepare(t)
+			if after {
+				w.sys.CrashAfter(1)
+			} else {
+				w.sys.CrashBefore(1)
+			}
+			if !crashes(t, func() { w.manager().Reconcile(bgctx) }) {
+				t.Fatal("no crash")
+			}
+			if got := w.device().Sessions[0].State; got != session.SessionOpening {
+				t.Fatalf("after the crash the session is %s, want the intent (opening)", got)
+			}
+			w.tick(time.Hour) // the restart comes later: the mount time must not move
+			w.reconcile()
+			s := w.steady(1, true)
+			if !s.Mounted.Equal(mountedAt) || filepath.Base(s.Dir) != session.SessionDirName("sdb1", mountedAt) {
+				t.Fatalf("session mounted at %v in %s, want %v", s.Mounted, s.Dir, mountedAt)
+			}
+			if n := len(w.sys.Store.Sessions(w.store)); n != 1 {
+				t.Fatalf("%d session directories: %v", n, w.sys.Store.Sessions(w.store))
+			}
+			w.settled()
+		})
 	}
 }

@@ -55,6 +55,11 @@ type Manager struct {
 	LockWait time.Duration
 	// Log receives what reconcile does (nil: discarded).
 	Log *slog.Logger
+	// UdevRule, when set, is the udev rule file kept in step with the
+	// registry (UdevRules with Gen): rewritten whenever the set of devices
+	// or their identities change.
+	UdevRule string
+	Gen      GenOptions
 }
 
 func (m *Manager) now() time.Time {
@@ -187,27 +192,40 @@ func rawCandidates(d *Device, hint string) []string {
 	return c
 }
 
-// reconcile plans and applies until nothing is left to do, for the devices
-// in only (all devices and the orphans when only is nil). It stops a device
-// at its first failed step and goes on with the others.
-func (m *Manager) reconcile(ctx context.Context, reg *Registry, only []string, hints map[string]string) (Report, error) {
+// scope limits a reconcile.
+type scope struct {
+	only  []string          // these devices only (nil: all devices and the orphans)
+	hints map[string]string // where to look for a device's raw device first
+	// deferConvert leaves conversions (and forgetting the converted
+	// sessions) to a later reconcile: `dmsnap attach` runs from udev, which
+	// kills slow programs, and converting can take minutes.
+	deferConvert bool
+}
+
+// reconcile plans and applies until nothing is left to do. It stops a
+// device at its first failed step and goes on with the others.
+func (m *Manager) reconcile(ctx context.Context, reg *Registry, sc scope) (Report, error) {
 	var rep Report
+	defer m.syncUdev(reg)
 	for round := 0; round < maxRounds; round++ {
-		obs, err := m.Observe(ctx, reg, hints)
+		obs, err := m.Observe(ctx, reg, sc.hints)
 		if err != nil {
 			return rep, err
 		}
 		var acts []Action
 		var issues []Issue
-		if only == nil {
+		if sc.only == nil {
 			acts, issues = Plan(reg, obs)
 		} else {
-			for _, name := range only {
+			for _, name := range sc.only {
 				if d := reg.Device(name); d != nil {
 					a, is := PlanDevice(d, obs)
 					acts, issues = append(acts, a...), append(issues, is...)
 				}
 			}
+		}
+		if sc.deferConvert {
+			acts = withoutConversions(acts)
 		}
 		rep.Issues = issues
 		if len(acts) == 0 {
@@ -222,6 +240,55 @@ func (m *Manager) reconcile(ctx context.Context, reg *Registry, only []string, h
 	return rep, fmt.Errorf("reconcile did not settle after %d rounds; last steps: %v", maxRounds, rep.Done[max(0, len(rep.Done)-5):])
 }
 
+// withoutConversions drops the conversions from a plan, with the steps that
+// forget the sessions they convert.
+func withoutConversions(acts []Action) []Action {
+	type key struct {
+		dev string
+		n   int
+	}
+	skip := map[key]bool{}
+	var out []Action
+	for _, a := range acts {
+		switch a.Kind {
+		case ActConvert:
+			skip[key{a.Device, a.Session}] = true
+			continue
+		case ActConvertDir:
+			continue
+		case ActForgetSession:
+			if skip[key{a.Device, a.Session}] {
+				continue
+			}
+		case ActForgetDevice:
+			if len(skip) > 0 {
+				continue
+			}
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// syncUdev rewrites the udev rule when it no longer matches the registry.
+// A failure is logged, not returned: the rule only matters at the next
+// boot, and the next change retries.
+func (m *Manager) syncUdev(reg *Registry) {
+	if m.UdevRule == "" {
+		return
+	}
+	want, err := UdevRules(reg, m.Gen)
+	if err == nil {
+		if have, rerr := os.ReadFile(m.UdevRule); rerr == nil && string(have) == want {
+			return
+		}
+		err = WriteUdevRules(m.UdevRule, reg, m.Gen)
+	}
+	if err != nil {
+		m.log().Error("udev rule not updated; activated devices may not be re-attached at boot", "file", m.UdevRule, "err", err)
+	}
+}
+
 // Reconcile brings the kernel and the stores in line with the registry:
 // re-stacks registered devices whose tables are gone, re-attaches the armed
 // sessions' COW, opens and closes sessions after mounts and unmounts it did
@@ -231,7 +298,7 @@ func (m *Manager) Reconcile(ctx context.Context) (Report, error) {
 	var rep Report
 	err := m.withLock(ctx, func(reg *Registry) error {
 		var err error
-		rep, err = m.reconcile(ctx, reg, nil, nil)
+		rep, err = m.reconcile(ctx, reg, scope{})
 		return err
 	})
 	return rep, err
@@ -553,7 +620,7 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 		if err := reg.Save(m.StateDir); err != nil {
 			return deviceErr(op, req.Device, "", err)
 		}
-		rep, err := m.reconcile(ctx, reg, []string{name}, map[string]string{name: req.Device})
+		rep, err := m.reconcile(ctx, reg, scope{only: []string{name}, hints: map[string]string{name: req.Device}})
 		if err == nil && (reg.Device(name) == nil || reg.Device(name).State != DeviceActive) {
 			err = fmt.Errorf("activation did not finish: %s", issuesText(rep.Issues))
 		}
@@ -577,7 +644,7 @@ func (m *Manager) rollback(ctx context.Context, reg *Registry, name string) erro
 	if err := reg.Save(m.StateDir); err != nil {
 		return err
 	}
-	rep, err := m.reconcile(ctx, reg, []string{name}, nil)
+	rep, err := m.reconcile(ctx, reg, scope{only: []string{name}})
 	if err == nil && reg.Device(name) != nil {
 		err = fmt.Errorf("%v", rep.Issues)
 	}
@@ -624,7 +691,7 @@ func (m *Manager) Deactivate(ctx context.Context, arg string) error {
 		if err := reg.Save(m.StateDir); err != nil {
 			return deviceErr(op, name, "", err)
 		}
-		rep, err := m.reconcile(ctx, reg, []string{name}, nil)
+		rep, err := m.reconcile(ctx, reg, scope{only: []string{name}})
 		if err != nil {
 			return deviceErr(op, name, "", err)
 		}
@@ -677,6 +744,8 @@ func issuesText(is []Issue) string {
 // found by number, then by filesystem UUID, and must match the registered
 // identity; then its stack is rebuilt and its armed session's COW
 // re-attached. Attaching a device whose stack is up does nothing.
+// Conversions of sessions a crash left closing are left to the watcher (udev
+// kills slow programs): attach is quick.
 func (m *Manager) Attach(ctx context.Context, devicePath string) (Report, error) {
 	const op = "attach"
 	var rep Report
@@ -698,7 +767,7 @@ func (m *Manager) Attach(ctx context.Context, devicePath string) (Report, error)
 		if err := d.Identity.Matches(id); err != nil {
 			return deviceErr(op, devicePath, "if it really is the same device, deactivate "+d.Name+" and activate it again", err)
 		}
-		rep, err = m.reconcile(ctx, reg, []string{d.Name}, map[string]string{d.Name: devicePath})
+		rep, err = m.reconcile(ctx, reg, scope{only: []string{d.Name}, hints: map[string]string{d.Name: devicePath}, deferConvert: true})
 		if err != nil {
 			return deviceErr(op, d.Name, "", err)
 		}
@@ -728,7 +797,7 @@ func (m *Manager) Rotate(ctx context.Context, arg, reason string) (Report, error
 			}
 			m.log().Info("rotate", "device", d.Name, "session", cur.N, "reason", reason)
 		}
-		rep, err = m.reconcile(ctx, reg, []string{d.Name}, nil)
+		rep, err = m.reconcile(ctx, reg, scope{only: []string{d.Name}})
 		if err != nil {
 			return deviceErr(op, d.Name, "", err)
 		}

@@ -40,10 +40,16 @@ func OpenMountTable(path string) (*MountTable, error) {
 	if path == "" {
 		path = SelfMountInfo
 	}
-	f, err := os.Open(path)
+	// Not os.Open: it would register the descriptor with Go's epoll-based
+	// poller, and every epoll check calls the file's poll method, which
+	// consumes the "changed" flag (it is per open file, reset by whoever
+	// polls first), so Wait would miss changes. A descriptor opened
+	// blocking stays out of the poller.
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open mount table: %w", err)
+		return nil, fmt.Errorf("open mount table %s: %w", path, err)
 	}
+	f := os.NewFile(uintptr(fd), path)
 	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		f.Close()

@@ -1,0 +1,171 @@
+package session
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestLockExcludesAndNamesHolder(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	l1, err := AcquireLock(ctx, dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, LockFile)); strings.TrimSpace(string(b)) != fmt.Sprint(os.Getpid()) {
+		t.Fatalf("lock file holds %q, want our pid", b)
+	}
+	start := time.Now()
+	_, err = AcquireLock(ctx, dir, 200*time.Millisecond)
+	waited := time.Since(start)
+	var le *LockedError
+	if !errors.As(err, &le) || !errors.Is(err, ErrLocked) {
+		t.Fatalf("second lock: %v, want a LockedError", err)
+	}
+	if le.PID != os.Getpid() || le.Path != filepath.Join(dir, LockFile) {
+		t.Fatalf("LockedError %+v", le)
+	}
+	want := fmt.Sprintf("another dmsnap command (pid %d) holds the lock on %s; retry", os.Getpid(), le.Path)
+	if err.Error() != want {
+		t.Fatalf("message %q, want %q", err, want)
+	}
+	if waited < 200*time.Millisecond || waited > 2*time.Second {
+		t.Fatalf("waited %v for a 200ms wait", waited)
+	}
+	if err := l1.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l1.Release(); err != nil {
+		t.Fatalf("second release: %v", err)
+	}
+	l2, err := AcquireLock(ctx, dir, 200*time.Millisecond)
+	if err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	l2.Release()
+}
+
+func TestLockWaitsForRelease(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	l1, err := AcquireLock(ctx, dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Many goroutines contend; the critical sections must never overlap.
+	var mu sync.Mutex
+	inside, maxInside, done := 0, 0, 0
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l, err := AcquireLock(ctx, dir, 10*time.Second)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			inside++
+			maxInside = max(maxInside, inside)
+			mu.Unlock()
+			time.Sleep(5 * time.Millisecond)
+			mu.Lock()
+			inside--
+			done++
+			mu.Unlock()
+			l.Release()
+		}()
+	}
+	time.Sleep(150 * time.Millisecond)
+	mu.Lock()
+	if done != 0 {
+		t.Fatalf("%d goroutines got the lock while it was held", done)
+	}
+	mu.Unlock()
+	l1.Release()
+	wg.Wait()
+	if done != 8 || maxInside != 1 {
+		t.Fatalf("done %d, max holders at once %d", done, maxInside)
+	}
+}
+
+func TestLockContext(t *testing.T) {
+	dir := t.TempDir()
+	l, err := AcquireLock(context.Background(), dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { time.Sleep(50 * time.Millisecond); cancel() }()
+	start := time.Now()
+	_, err = AcquireLock(ctx, dir, 10*time.Second)
+	if !errors.Is(err, context.Canceled) || time.Since(start) > 2*time.Second {
+		t.Fatalf("err %v after %v, want context.Canceled soon", err, time.Since(start))
+	}
+}
+
+// TestLockHelperProcess is not a test: TestLockAcrossProcesses runs the test
+// binary with it to hold the lock in another process.
+func TestLockHelperProcess(t *testing.T) {
+	dir := os.Getenv("DMSNAP_LOCK_HELPER_DIR")
+	if dir == "" {
+		return
+	}
+	l, err := AcquireLock(context.Background(), dir, time.Second)
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	fmt.Println("locked")
+	// Hold it until stdin closes, or die holding it.
+	bufio.NewReader(os.Stdin).ReadString('\n')
+	l.Release()
+	os.Exit(0)
+}
+
+func TestLockAcrossProcesses(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestLockHelperProcess$")
+	cmd.Env = append(os.Environ(), "DMSNAP_LOCK_HELPER_DIR="+dir)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "locked" {
+		t.Fatalf("helper: %q %v", line, err)
+	}
+	_, err = AcquireLock(context.Background(), dir, 100*time.Millisecond)
+	var le *LockedError
+	if !errors.As(err, &le) || le.PID != cmd.Process.Pid {
+		t.Fatalf("err %v, want a LockedError naming pid %d", err, cmd.Process.Pid)
+	}
+	// The holder dies without releasing: the kernel drops the lock.
+	cmd.Process.Kill()
+	cmd.Wait()
+	stdin.Close()
+	l, err := AcquireLock(context.Background(), dir, 2*time.Second)
+	if err != nil {
+		t.Fatalf("lock after the holder died: %v", err)
+	}
+	l.Release()
+}

@@ -1,0 +1,262 @@
+package session
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// fastArgon2 keeps the tests quick; production uses DefaultArgon2.
+var fastArgon2 = Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1, SaltLen: 16, KeyLen: 32}
+
+func testSecret(t *testing.T) *Secret {
+	s := NewSecret(filepath.Join(t.TempDir(), "state"))
+	s.Params = fastArgon2
+	s.RefusalDelay = -1
+	return s
+}
+
+func TestSecretSetVerify(t *testing.T) {
+	ctx := context.Background()
+	s := testSecret(t)
+	if set, err := s.IsSet(); set || err != nil {
+		t.Fatalf("IsSet on a fresh state dir: %v %v", set, err)
+	}
+	if err := s.Verify(ctx, []byte("anything")); err != nil {
+		t.Fatalf("with no secret every password passes: %v", err)
+	}
+	if err := s.Set([]byte("correct horse")); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(s.Path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("passwd file mode %v, %v; want 0600", fi.Mode(), err)
+	}
+	b, _ := os.ReadFile(s.Path)
+	if bytes.Contains(b, []byte("correct horse")) || !bytes.HasPrefix(b, []byte("$argon2id$v=19$m=64,t=1,p=1$")) {
+		t.Fatalf("passwd file %q", b)
+	}
+	if err := s.Verify(ctx, []byte("correct horse")); err != nil {
+		t.Fatalf("right password: %v", err)
+	}
+	for _, wrong := range []string{"correct hors", "correct horse ", "", "Correct horse"} {
+		if err := s.Verify(ctx, []byte(wrong)); !errors.Is(err, ErrWrongPassword) {
+			t.Fatalf("%q: %v, want ErrWrongPassword", wrong, err)
+		}
+	}
+	// A new salt each time: the same password hashes differently.
+	if err := s.Set([]byte("correct horse")); err != nil {
+		t.Fatal(err)
+	}
+	b2, _ := os.ReadFile(s.Path)
+	if bytes.Equal(b, b2) {
+		t.Fatal("two Sets wrote the same hash")
+	}
+	if err := s.Set(nil); !errors.Is(err, ErrNoPassword) {
+		t.Fatalf("empty password: %v", err)
+	}
+	if err := s.Clear(); err != nil {
+		t.Fatal(err)
+	}
+	if set, _ := s.IsSet(); set {
+		t.Fatal("still set after Clear")
+	}
+}
+
+func TestSecretRefusalDelay(t *testing.T) {
+	ctx := context.Background()
+	s := testSecret(t)
+	s.RefusalDelay = 150 * time.Millisecond
+	if err := s.Set([]byte("pw")); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := s.Verify(ctx, []byte("pw")); err != nil || time.Since(start) > 100*time.Millisecond {
+		t.Fatalf("right password: %v after %v (no delay expected)", err, time.Since(start))
+	}
+	start = time.Now()
+	if err := s.Verify(ctx, []byte("no")); !errors.Is(err, ErrWrongPassword) || time.Since(start) < 150*time.Millisecond {
+		t.Fatalf("wrong password: %v after %v, want the 150ms delay", err, time.Since(start))
+	}
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	s.RefusalDelay = time.Hour
+	start = time.Now()
+	if err := s.Verify(cctx, []byte("no")); !errors.Is(err, ErrWrongPassword) || time.Since(start) > time.Second {
+		t.Fatalf("cancelled delay: %v after %v", err, time.Since(start))
+	}
+}
+
+func TestSecretDamagedFile(t *testing.T) {
+	s := testSecret(t)
+	os.MkdirAll(filepath.Dir(s.Path), 0o755)
+	for _, text := range []string{
+		"", "plain", "$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",
+		"$argon2id$v=16$m=64,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",
+		"$argon2id$v=19$m=64,t=0,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",
+		"$argon2id$v=19$m=64,t=1,p=1,x=2$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",
+		"$argon2id$v=19$m=64,t=1,p=1$!!$aGFzaGhhc2hoYXNoaGFzaA",
+	} {
+		os.WriteFile(s.Path, []byte(text), 0o600)
+		err := s.Verify(context.Background(), []byte("x"))
+		if err == nil || errors.Is(err, ErrWrongPassword) || !strings.Contains(err.Error(), "dmsnap passwd") {
+			t.Errorf("%q: %v, want a damage report (not a wrong password)", text, err)
+		}
+	}
+}
+
+func TestSecretRequire(t *testing.T) {
+	ctx := context.Background()
+	s := testSecret(t)
+	asked := 0
+	read := func(pw string) func() ([]byte, error) {
+		return func() ([]byte, error) { asked++; return []byte(pw), nil }
+	}
+	if err := s.Require(ctx, read("x")); err != nil || asked != 0 {
+		t.Fatalf("no secret: %v, asked %d times", err, asked)
+	}
+	s.Set([]byte("pw"))
+	if err := s.Require(ctx, read("pw")); err != nil || asked != 1 {
+		t.Fatalf("right: %v", err)
+	}
+	if err := s.Require(ctx, read("no")); !errors.Is(err, ErrWrongPassword) {
+		t.Fatalf("wrong: %v", err)
+	}
+	boom := errors.New("no terminal")
+	if err := s.Require(ctx, func() ([]byte, error) { return nil, boom }); !errors.Is(err, boom) {
+		t.Fatalf("read error: %v", err)
+	}
+}
+
+func TestPasswordInputStdinAndFile(t *testing.T) {
+	cases := map[string]string{
+		"secret\n":           "secret",
+		"secret\r\n":         "secret",
+		"secret":             "secret",
+		"two words\nignored": "two words",
+		" spaced \n":         " spaced ",
+	}
+	for in, want := range cases {
+		got, err := PasswordInput{Stdin: true, StdinReader: strings.NewReader(in)}.Read("")
+		if err != nil || string(got) != want {
+			t.Errorf("stdin %q: %q %v, want %q", in, got, err, want)
+		}
+		f := filepath.Join(t.TempDir(), "pw")
+		os.WriteFile(f, []byte(in), 0o600)
+		got, err = PasswordInput{File: f}.ReadNew("")
+		if err != nil || string(got) != want {
+			t.Errorf("file %q: %q %v, want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "\n", "\r\n"} {
+		if _, err := (PasswordInput{Stdin: true, StdinReader: strings.NewReader(in)}).Read(""); !errors.Is(err, ErrNoPassword) {
+			t.Errorf("stdin %q: %v, want ErrNoPassword", in, err)
+		}
+	}
+	long := strings.Repeat("x", maxPasswordLen)
+	if got, err := (PasswordInput{Stdin: true, StdinReader: strings.NewReader(long + "\r\n")}).Read(""); err != nil || len(got) != maxPasswordLen {
+		t.Errorf("longest password: %d %v", len(got), err)
+	}
+	if _, err := (PasswordInput{Stdin: true, StdinReader: strings.NewReader(long + "x\n")}).Read(""); err == nil {
+		t.Error("over-long password accepted")
+	}
+	if _, err := (PasswordInput{Stdin: true, File: "x"}).Read(""); err == nil {
+		t.Error("both sources accepted")
+	}
+	if _, err := (PasswordInput{File: "/nonexistent/pw"}).Read(""); err == nil {
+		t.Error("missing file accepted")
+	}
+	// Not a terminal: a clear error naming the flags.
+	r, w, _ := os.Pipe()
+	defer r.Close()
+	defer w.Close()
+	if _, err := (PasswordInput{Terminal: r}).Read("Password: "); err == nil || !strings.Contains(err.Error(), "--password-stdin") {
+		t.Errorf("pipe as terminal: %v", err)
+	}
+}
+
+// openPTY returns the master and slave of a new pseudo-terminal.
+func openPTY(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatalf("open /dev/ptmx: %v", err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatalf("unlock pty: %v", err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatalf("pty number: %v", err)
+	}
+	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatalf("open pty slave: %v", err)
+	}
+	t.Cleanup(func() { m.Close(); s.Close() })
+	return m, s
+}
+
+func TestPasswordInputTerminalNoEcho(t *testing.T) {
+	master, slave := openPTY(t)
+	type result struct {
+		pw  []byte
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		pw, err := PasswordInput{Terminal: slave}.ReadNew("New password: ")
+		res <- result{pw, err}
+	}()
+	// Read what the terminal shows while typing.
+	var shown bytes.Buffer
+	readUntil := func(want string) {
+		buf := make([]byte, 256)
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.Contains(shown.String(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("terminal never showed %q; showed %q", want, shown.String())
+			}
+			master.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			n, _ := master.Read(buf)
+			shown.Write(buf[:n])
+		}
+	}
+	readUntil("New password: ")
+	master.Write([]byte("hunter2\n"))
+	readUntil("Repeat it: ")
+	master.Write([]byte("hunter2\n"))
+	r := <-res
+	if r.err != nil || string(r.pw) != "hunter2" {
+		t.Fatalf("ReadNew: %q %v", r.pw, r.err)
+	}
+	master.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	rest := make([]byte, 256)
+	n, _ := master.Read(rest)
+	shown.Write(rest[:n])
+	if strings.Contains(shown.String(), "hunter2") {
+		t.Fatalf("the password was echoed: %q", shown.String())
+	}
+
+	// Two different entries are refused.
+	go func() {
+		pw, err := PasswordInput{Terminal: slave}.ReadNew("New password: ")
+		res <- result{pw, err}
+	}()
+	shown.Reset()
+	readUntil("New password: ")
+	master.Write([]byte("one\n"))
+	readUntil("Repeat it: ")
+	master.Write([]byte("two\n"))
+	if r := <-res; r.err == nil || !strings.Contains(r.err.Error(), "differ") {
+		t.Fatalf("mismatch: %q %v", r.pw, r.err)
+	}
+}

@@ -1,0 +1,101 @@
+package session
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestUdevRules(t *testing.T) {
+	reg := sampleRegistry()
+	reg.Devices = append(reg.Devices, &Device{Name: "gone", Path: "/dev/sdz", State: DeviceDeactivating, NextSession: 1,
+		Identity: Identity{Dev: DevNum{8, 240}, FSUUID: "ffff"}})
+	text, err := UdevRules(reg, GenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `# dmsnap: re-attach activated devices when they appear (boot, hot-plug).
+# Generated from /var/lib/dmsnap/registry.json by ` + "`dmsnap activate` and `dmsnap deactivate`" + `; edits are lost.
+ACTION!="add", GOTO="dmsnap_end"
+SUBSYSTEM!="block", GOTO="dmsnap_end"
+ENV{DM_NAME}=="dmsnap-*", GOTO="dmsnap_end"
+
+# sdb1 (/dev/sdb1)
+ENV{ID_FS_UUID}=="0b9a4c8e-1111-4d7e-9d43-5a1b2c3d4e5f", RUN+="/usr/local/sbin/dmsnap --state /var/lib/dmsnap attach $devnode"
+
+# a-disk (/dev/vdb)
+ENV{MAJOR}=="254", ENV{MINOR}=="16", RUN+="/usr/local/sbin/dmsnap --state /var/lib/dmsnap attach $devnode"
+
+LABEL="dmsnap_end"
+`
+	if text != want {
+		t.Fatalf("rule text:\n%s\nwant:\n%s", text, want)
+	}
+
+	empty, err := UdevRules(&Registry{}, GenOptions{Binary: "/usr/bin/dmsnap", StateDir: "/srv/state"})
+	if err != nil || strings.Contains(empty, "RUN") || !strings.Contains(empty, "/srv/state/registry.json") {
+		t.Fatalf("empty registry: %v\n%s", err, empty)
+	}
+
+	// A UUID that is not safe in a rule falls back to the device number.
+	reg = &Registry{Devices: []*Device{{Name: "x", Path: "/dev/x\nRUN+=\"/bin/evil\"", State: DeviceActive, NextSession: 1,
+		Identity: Identity{Dev: DevNum{7, 3}, FSUUID: `a", RUN+="/bin/evil`}}}}
+	text, err = UdevRules(reg, GenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, "#") && strings.Contains(line, "evil") {
+			t.Fatalf("unsafe values reached a rule line %q:\n%s", line, text)
+		}
+	}
+	if !strings.Contains(text, `ENV{MAJOR}=="7", ENV{MINOR}=="3"`) {
+		t.Fatalf("no fallback to the device number:\n%s", text)
+	}
+	for _, bad := range []GenOptions{{Binary: "dmsnap"}, {Binary: "/opt/my dmsnap"}, {StateDir: "/var/lib/$x"}, {Store: "/a/../b"}} {
+		if _, err := UdevRules(&Registry{}, bad); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+		if _, err := SystemdUnit(bad); err == nil {
+			t.Errorf("unit: %+v accepted", bad)
+		}
+	}
+}
+
+func TestWriteUdevRules(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rules.d", "90-dmsnap.rules")
+	if err := WriteUdevRules(path, sampleRegistry(), GenOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil || !strings.Contains(string(b), "0b9a4c8e-1111") {
+		t.Fatalf("%s: %v", b, err)
+	}
+	fi, _ := os.Stat(path)
+	if fi.Mode().Perm() != 0o644 {
+		t.Fatalf("mode %v", fi.Mode())
+	}
+}
+
+func TestSystemdUnit(t *testing.T) {
+	text, err := SystemdUnit(GenOptions{Binary: "/usr/bin/dmsnap", Store: "/data/snapshots"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"\n[Service]\nType=simple\nExecStart=/usr/bin/dmsnap --state /var/lib/dmsnap --store /data/snapshots watch\n",
+		"RequiresMountsFor=/var/lib/dmsnap /data/snapshots\n",
+		"Restart=on-failure\n",
+		"\n[Install]\nWantedBy=multi-user.target\n",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("unit lacks %q:\n%s", want, text)
+		}
+	}
+	for _, bad := range []string{"PrivateMounts", "ProtectSystem", "MountFlags"} {
+		if strings.Contains(text, bad) {
+			t.Errorf("unit sets %s: the watcher would not see the host's mounts", bad)
+		}
+	}
+}
