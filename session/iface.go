@@ -36,6 +36,11 @@ type Kernel interface {
 	// StackDown removes the whole stack (origin, snapshots, -real), whatever
 	// of it exists. It refuses, changing nothing, while any of it is open.
 	StackDown(ctx context.Context, name string) error
+	// Repair finishes what a crash in the middle of a stack operation left
+	// (StackInfo.NeedsRepair): resumes a device left suspended — all I/O to
+	// it blocks until then —, settles inactive tables, removes snapshot
+	// devices that never got a table. Live snapshots are left alone.
+	Repair(ctx context.Context, name string) error
 }
 
 // StackInfo is one dmsnap stack as the kernel shows it.
@@ -46,7 +51,11 @@ type StackInfo struct {
 	OriginDev  DevNum // dmsnap-NAME's number, when HasOrigin
 	RawDev     DevNum // the device -real maps, when HasReal
 	OriginOpen int    // openers of dmsnap-NAME (mounts, open descriptors)
-	Snapshots  []SnapshotInfo
+	// NeedsRepair: a device of the stack is suspended, holds an inactive
+	// table, or is a snapshot device without a table — a crash interrupted
+	// an operation (see Kernel.Repair).
+	NeedsRepair bool
+	Snapshots   []SnapshotInfo // snapshot devices with a snapshot table, by number
 }
 
 // Complete reports whether the origin and -real are both there.

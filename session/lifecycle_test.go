@@ -838,3 +838,21 @@ func TestOpenCrashAtEveryStep(t *testing.T) {
 		})
 	}
 }
+
+func TestInterruptedStackOperationIsRepaired(t *testing.T) {
+	w := newWorld(t)
+	w.activate()
+	w.tick(time.Minute)
+	w.mount()
+	w.reconcile()
+	w.unmount()
+	w.sys.Kernel.Break("sdb1")
+	w.sys.ResetCalls()
+	w.reconcile()
+	calls := w.sys.Calls
+	if index(t, calls, "Repair sdb1") != 0 {
+		t.Fatalf("calls %v: repair first", calls)
+	}
+	w.steady(2, false)
+	w.settled()
+}

@@ -415,6 +415,8 @@ func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
 		return m.Kernel.StackUp(ctx, d.Name, a.Path)
 	case ActStackDown:
 		return m.Kernel.StackDown(ctx, d.Name)
+	case ActRepair:
+		return m.Kernel.Repair(ctx, d.Name)
 	case ActNewSession:
 		if d.Session(a.Session) == nil {
 			d.Sessions = append(d.Sessions, &Session{N: a.Session, State: SessionArming, Armed: a.At.UTC()})

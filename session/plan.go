@@ -47,6 +47,7 @@ const (
 	ActForgetSession  ActionKind = "forget-session"  // registry: session N is done
 	ActMarkActive     ActionKind = "mark-active"     // registry: activation finished
 	ActForgetDevice   ActionKind = "forget-device"   // registry: deactivation finished
+	ActRepair         ActionKind = "repair"          // kernel: finish an interrupted stack operation
 	ActRemoveStack    ActionKind = "remove-stack"    // kernel: a stack no registered device owns
 	ActDiscardDir     ActionKind = "discard-dir"     // store: an orphan directory whose COW was never used
 	ActCloseDir       ActionKind = "close-dir"       // store: an orphan directory left armed/open: mark closing
@@ -117,8 +118,9 @@ func (i Issue) String() string {
 //
 //  1. relocate session directories renamed by a crash-interrupted mount;
 //     flag sessions whose snapshot the kernel invalidated;
-//  2. rebuild the stack when it is gone or half-built (boot, crash) and the
-//     raw device is present, unmounted and the one that was activated;
+//  2. repair the stack after an interrupted operation; rebuild it when it
+//     is gone or half-built (boot, crash) and the raw device is present,
+//     unmounted and the one that was activated;
 //  3. close the open session when the device is no longer mounted;
 //  4. make sure the live session is armed — the current one re-attached
 //     with its COW, or a new one created, armed and attached — and opened
@@ -214,6 +216,9 @@ func (p *devicePlanner) plan() {
 		p.issue(0, "dmsnap-%s maps device %s, but %s was activated as %s: not touching it; deactivate and activate again",
 			d.Name, p.stack.RawDev, d.Path, d.Identity.Dev)
 		return
+	}
+	if kernelOK && p.stack.NeedsRepair {
+		p.add(Action{Kind: ActRepair, Reason: "an interrupted stack operation (suspended device, inactive table)"})
 	}
 	if !kernelOK {
 		raw, ok := obs.Raw[d.Name]

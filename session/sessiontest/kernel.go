@@ -20,6 +20,7 @@ type stack struct {
 	name      string
 	hasOrigin bool
 	hasReal   bool
+	broken    bool // an operation was interrupted: the origin is left suspended
 	origin    session.DevNum
 	raw       session.DevNum
 	snaps     []*snap
@@ -46,7 +47,7 @@ func (k *Kernel) Stacks(context.Context) ([]session.StackInfo, error) {
 	defer k.sys.mu.Unlock()
 	var out []session.StackInfo
 	for _, st := range k.stacks {
-		info := session.StackInfo{Name: st.name, HasOrigin: st.hasOrigin, HasReal: st.hasReal, OriginDev: st.origin, RawDev: st.raw}
+		info := session.StackInfo{Name: st.name, HasOrigin: st.hasOrigin, HasReal: st.hasReal, OriginDev: st.origin, RawDev: st.raw, NeedsRepair: st.broken}
 		if st.hasOrigin && k.sys.mountedLocked(st.origin) {
 			info.OriginOpen = 1
 		}
@@ -113,6 +114,9 @@ func (k *Kernel) AttachSnapshot(_ context.Context, name string, n int, cowFile s
 		if !ok || !st.hasOrigin || !st.hasReal {
 			return fmt.Errorf("attach snapshot %d: stack %s is not complete: %w", n, name, os.ErrNotExist)
 		}
+		if st.broken {
+			return fmt.Errorf("attach snapshot %d: dmsnap-%s is suspended", n, name)
+		}
 		if chunkSectors == 0 {
 			return fmt.Errorf("attach snapshot %d: chunk size 0", n)
 		}
@@ -143,6 +147,9 @@ func (k *Kernel) RemoveSnapshot(_ context.Context, name string, n int) error {
 		if !ok {
 			return nil
 		}
+		if st.broken {
+			return fmt.Errorf("remove snapshot %d: dmsnap-%s is suspended", n, name)
+		}
 		i := slices.IndexFunc(st.snaps, func(s *snap) bool { return s.n == n })
 		if i < 0 {
 			return nil
@@ -168,6 +175,26 @@ func (k *Kernel) StackDown(_ context.Context, name string) error {
 		delete(k.stacks, name)
 		return nil
 	})
+}
+
+// Repair implements session.Kernel.
+func (k *Kernel) Repair(_ context.Context, name string) error {
+	return k.sys.call("Repair "+name, func() error {
+		if st, ok := k.stacks[name]; ok {
+			st.broken = false
+		}
+		return nil
+	})
+}
+
+// Break leaves stack name as a crash in the middle of a snapshot operation
+// does: the origin suspended, so snapshot operations fail until Repair.
+func (k *Kernel) Break(name string) {
+	k.sys.mu.Lock()
+	defer k.sys.mu.Unlock()
+	if st, ok := k.stacks[name]; ok {
+		st.broken = true
+	}
 }
 
 // Invalidate makes the kernel drop snapshot n of stack name, as when its
