@@ -3,7 +3,6 @@ package snapstore
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -209,7 +208,7 @@ func FuzzMeta(f *testing.F) {
 		}
 		b2, _ := EncodeMeta(m2)
 		if !bytes.Equal(b1, b2) {
-			t.Fatal(fmt.Sprintf("encoding is not stable:\n%s\n%s", b1, b2))
+			t.Fatalf("encoding is not stable:\n%s\n%s", b1, b2)
 		}
 	})
 }
