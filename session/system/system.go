@@ -1,0 +1,363 @@
+// Package system wires the session life cycle to the running system: the
+// session.Kernel interface over package dm (device-mapper stacks and loop
+// devices), the session.Store interface over package snapstore (session
+// directories, state.json, conversion), and the superblock prober. Each
+// method is a thin translation; the logic lives in the packages on either
+// side.
+package system
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/snapstore"
+)
+
+// NewManager returns a Manager for the running system with the given state
+// directory, also scanning store for unfinished sessions.
+func NewManager(stateDir, store string) *session.Manager {
+	return &session.Manager{
+		StateDir: stateDir,
+		Kernel:   Kernel{},
+		Store:    Store{},
+		Prober:   session.SystemProber{},
+		Stores:   []string{store},
+	}
+}
+
+// Kernel is session.Kernel over package dm. DM nil means the running kernel
+// (dm.System); tests give dmtest.Fake.
+type Kernel struct {
+	DM dm.Kernel
+}
+
+var _ session.Kernel = Kernel{}
+
+func (k Kernel) dm() dm.Kernel {
+	if k.DM == nil {
+		return dm.System{}
+	}
+	return k.DM
+}
+
+func (k Kernel) stack(name, device string) dm.Stack {
+	return dm.Stack{Name: name, Device: device, DM: k.dm()}
+}
+
+func dev(d dm.Dev) session.DevNum { return session.DevNum{Major: d.Major, Minor: d.Minor} }
+
+// uuidPrefix starts the device-mapper UUID of every device of a dmsnap
+// stack: DMSNAP-<name>-origin, -real, -snap<N> (dm.Stack). Devices are
+// recognised by UUID, not by name, so that another dmsnap-* device (a
+// restore view, say) is never taken for part of a stack.
+const uuidPrefix = "DMSNAP-"
+
+// Stacks implements session.Kernel.
+func (k Kernel) Stacks(ctx context.Context) ([]session.StackInfo, error) {
+	m := k.dm()
+	items, err := m.List()
+	if err != nil {
+		return nil, err
+	}
+	stacks := map[string]*session.StackInfo{}
+	get := func(name string) *session.StackInfo {
+		if s, ok := stacks[name]; ok {
+			return s
+		}
+		s := &session.StackInfo{Name: name}
+		stacks[name] = s
+		return s
+	}
+	for _, it := range items {
+		if !strings.HasPrefix(it.Name, dm.Prefix) {
+			continue
+		}
+		info, err := m.Info(it.Name)
+		if errors.Is(err, dm.ErrNotFound) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		rest, ok := strings.CutPrefix(info.UUID, uuidPrefix)
+		if !ok {
+			continue
+		}
+		i := strings.LastIndexByte(rest, '-')
+		if i <= 0 {
+			continue
+		}
+		name, part := rest[:i], rest[i+1:]
+		if it.Name != dm.Prefix+name+partSuffix(part) {
+			continue // a UUID that does not match its name: not ours
+		}
+		broken := info.Suspended || info.Inactive
+		switch {
+		case part == "origin":
+			s := get(name)
+			s.HasOrigin, s.OriginDev, s.OriginOpen = info.LiveTable, dev(info.Dev), int(info.OpenCount)
+			s.NeedsRepair = s.NeedsRepair || broken
+		case part == "real":
+			s := get(name)
+			s.HasReal = info.LiveTable
+			s.NeedsRepair = s.NeedsRepair || broken
+			if info.LiveTable {
+				if tbl, err := m.Table(it.Name); err == nil && len(tbl) == 1 {
+					if t, err := dm.ParseTarget(tbl[0]); err == nil {
+						if l, ok := t.(dm.Linear); ok {
+							s.RawDev = dev(l.Device)
+						}
+					}
+				}
+			}
+		case strings.HasPrefix(part, "snap"):
+			n, err := strconv.Atoi(part[len("snap"):])
+			if err != nil || n < 0 {
+				continue
+			}
+			s := get(name)
+			if !info.LiveTable {
+				s.NeedsRepair = true // a snapshot device that never got its table
+				continue
+			}
+			s.NeedsRepair = s.NeedsRepair || broken
+			snap, ok, err := k.snapshot(it.Name, n, info)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				s.Snapshots = append(s.Snapshots, snap)
+			}
+		}
+	}
+	out := make([]session.StackInfo, 0, len(stacks))
+	for _, s := range stacks {
+		out = append(out, *s)
+	}
+	return out, nil
+}
+
+func partSuffix(part string) string {
+	if part == "origin" {
+		return ""
+	}
+	return "-" + part
+}
+
+// snapshot reads a snapshot device's status. A snapshot-merge (a restore
+// in progress) is not reported: it belongs to the restore, not to a session.
+func (k Kernel) snapshot(name string, n int, info dm.DeviceInfo) (session.SnapshotInfo, bool, error) {
+	st, err := k.dm().Status(name)
+	if errors.Is(err, dm.ErrNotFound) {
+		return session.SnapshotInfo{}, false, nil
+	}
+	if err != nil {
+		return session.SnapshotInfo{}, false, err
+	}
+	if len(st) != 1 || st[0].Type != "snapshot" {
+		return session.SnapshotInfo{}, false, nil
+	}
+	ss, err := dm.ParseSnapshotStatus(st[0].Params)
+	if err != nil {
+		return session.SnapshotInfo{}, false, fmt.Errorf("%s: %w", name, err)
+	}
+	out := session.SnapshotInfo{N: n, Dev: dev(info.Dev), Allocated: ss.Allocated, Total: ss.Total, Metadata: ss.Metadata}
+	switch ss.State {
+	case dm.SnapshotActive:
+		out.State = session.SnapshotActive
+	case dm.SnapshotInvalid:
+		out.State = session.SnapshotInvalid
+	case dm.SnapshotOverflow:
+		out.State = session.SnapshotOverflow
+	default:
+		out.State = session.SnapshotUnknown
+	}
+	return out, true, nil
+}
+
+// StackUp implements session.Kernel.
+func (k Kernel) StackUp(_ context.Context, name, devicePath string) error {
+	return k.stack(name, devicePath).Build()
+}
+
+// AttachSnapshot implements session.Kernel: a loop device over cowFile,
+// auto-clear (it goes away with the snapshot), then the snapshot over it
+// without zeroing the COW (dm.Stack.ReattachSnapshot).
+func (k Kernel) AttachSnapshot(_ context.Context, name string, n int, cowFile string, chunkSectors uint32) error {
+	loop, err := k.dm().AttachLoop(cowFile, dm.LoopOptions{AutoClear: true})
+	if err != nil {
+		return err
+	}
+	// Once the table holds the loop device, closing our descriptor leaves
+	// it to device-mapper; if the table load failed, the close detaches it.
+	defer loop.Close()
+	return k.stack(name, "").ReattachSnapshot(n, loop.Path, chunkSectors)
+}
+
+// RemoveSnapshot implements session.Kernel.
+func (k Kernel) RemoveSnapshot(_ context.Context, name string, n int) error {
+	err := k.stack(name, "").RemoveSnapshot(n)
+	if errors.Is(err, dm.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// StackDown implements session.Kernel.
+func (k Kernel) StackDown(_ context.Context, name string) error {
+	return k.stack(name, "").Teardown()
+}
+
+// Repair implements session.Kernel.
+func (k Kernel) Repair(_ context.Context, name string) error {
+	return k.stack(name, "").Repair()
+}
+
+// Store is session.Store over package snapstore. Options are passed to
+// snapstore.Convert.
+type Store struct {
+	Options snapstore.ConvertOptions
+}
+
+var _ session.Store = Store{}
+
+// ArmSession implements session.Store (snapstore.CreateSession).
+func (Store) ArmSession(_ context.Context, store string, spec session.ArmSpec) (string, error) {
+	return snapstore.CreateSession(store, snapstore.State{
+		Name: spec.Name,
+		Device: snapstore.Device{
+			Path:   spec.DevicePath,
+			Size:   spec.Identity.Size,
+			DevNum: snapstore.DevNum{Major: spec.Identity.Dev.Major, Minor: spec.Identity.Dev.Minor},
+			FSUUID: spec.Identity.FSUUID,
+		},
+		ChunkSize: spec.ChunkSize,
+		Times:     snapstore.Times{Armed: spec.Armed},
+	})
+}
+
+// COWFile implements session.Store.
+func (Store) COWFile(dir string) string { return filepath.Join(dir, snapstore.CowFile) }
+
+// MarkMounted implements session.Store.
+func (Store) MarkMounted(_ context.Context, dir string, at time.Time, fsType string) (string, error) {
+	return snapstore.MarkMounted(dir, at, fsType)
+}
+
+// MarkUnmounted implements session.Store.
+func (Store) MarkUnmounted(_ context.Context, dir string, at time.Time) error {
+	return snapstore.MarkUnmounted(dir, at)
+}
+
+// MarkClosing implements session.Store.
+func (Store) MarkClosing(_ context.Context, dir string) error { return snapstore.MarkClosing(dir) }
+
+// MarkInvalid implements session.Store.
+func (Store) MarkInvalid(_ context.Context, dir, reason string) error {
+	return snapstore.MarkInvalid(dir, reason)
+}
+
+// Convert implements session.Store.
+func (s Store) Convert(ctx context.Context, dir string) error {
+	_, err := snapstore.Convert(ctx, dir, s.Options)
+	return err
+}
+
+// Discard implements session.Store.
+func (Store) Discard(_ context.Context, dir string) error {
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(dir, snapstore.MetaFile)); err == nil {
+		return fmt.Errorf("discard %s: it is a finished session", dir)
+	}
+	used, err := cowUsed(dir)
+	if err != nil {
+		return fmt.Errorf("discard %s: %w", dir, err)
+	}
+	if used {
+		return fmt.Errorf("discard %s: its COW was used by the kernel and may hold pre-images", dir)
+	}
+	return os.RemoveAll(dir)
+}
+
+// Pending implements session.Store: the directories of store that have a
+// state.json and no meta.json.
+func (Store) Pending(_ context.Context, store string) ([]session.PendingSession, error) {
+	ents, err := os.ReadDir(store)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []session.PendingSession
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		dir := filepath.Join(store, e.Name())
+		if _, err := os.Stat(filepath.Join(dir, snapstore.MetaFile)); err == nil {
+			continue
+		}
+		st, err := snapstore.ReadState(dir)
+		if err != nil {
+			continue // not a dmsnap session directory, or not one we can finish
+		}
+		used, err := cowUsed(dir)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, session.PendingSession{
+			Dir: dir, Name: st.Name, Armed: st.Times.Armed, Phase: phase(st.Phase), COWUsed: used,
+		})
+	}
+	return out, nil
+}
+
+func phase(p snapstore.Phase) session.SessionState {
+	switch p {
+	case snapstore.PhaseArmed:
+		return session.SessionArmed
+	case snapstore.PhaseOpen:
+		return session.SessionOpen
+	case snapstore.PhaseInvalid:
+		return session.SessionInvalid
+	}
+	return session.SessionClosing
+}
+
+// cowUsed reports whether the kernel initialised the session's COW (its
+// first four bytes are no longer zero), or conversion has begun.
+func cowUsed(dir string) (bool, error) {
+	if _, err := os.Stat(filepath.Join(dir, snapstore.DataFile)); err == nil {
+		return true, nil
+	}
+	f, err := os.Open(filepath.Join(dir, snapstore.CowFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	head := make([]byte, 4)
+	if _, err := io.ReadFull(f, head); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return false, nil
+		}
+		return false, err
+	}
+	return !bytes.Equal(head, make([]byte, 4)), nil
+}
