@@ -14,20 +14,26 @@ const DefaultWatchInterval = 30 * time.Second
 
 // WatchOptions tune Watch.
 type WatchOptions struct {
-	MountInfo string        // the mountinfo file to watch ("" : /proc/self/mountinfo)
+	MountInfo string        // the mountinfo file to wait on ("" : /proc/self/mountinfo)
 	Interval  time.Duration // reconcile beat without mount changes (0: DefaultWatchInterval)
-	// Retry is the pause before retrying after a failed reconcile (another
-	// command held the lock, say); 0 means one second.
+	// Retry is the pause before retrying after a failure (another command
+	// held the lock, say); 0 means one second.
 	Retry time.Duration
 }
 
-// Watch is `dmsnap watch`: it reconciles at start, then whenever the mount
-// table changes (woken by the kernel, not by a timer) and on a slow beat,
-// until ctx ends. Mounts and unmounts of the origins open and close
-// sessions through Reconcile; a device unmounted and mounted again between
-// two reads of the table is rotated explicitly, so the session boundary is
-// not lost. Failures are logged and retried; Watch returns only when ctx
-// ends (nil) or the mount table cannot be read.
+// Watch is `dmsnap watch`: it reconciles at start, then handles every mount
+// and unmount of an activated device's origin as it happens (woken by the
+// kernel, not by a timer), and reconciles on a slow beat, until ctx ends.
+//
+// Mounts and unmounts are handled as events (HandleMountEvent), not only
+// as states: a device unmounted and mounted again before the watcher got to
+// it — it was converting a session, or another command held the lock — still
+// ends one session and starts the next. Failures are logged and retried;
+// Watch returns nil when ctx ends, or an error when the mount table cannot
+// be read.
+//
+// The mount table is read through Manager.ReadMounts when set (else the
+// file waited on), so the events and the reconcile see the same table.
 func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 	if opt.Interval <= 0 {
 		opt.Interval = DefaultWatchInterval
@@ -40,22 +46,23 @@ func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 		return err
 	}
 	defer table.Close()
-	if opt.MountInfo != "" && m.ReadMounts == nil {
+	if m.ReadMounts == nil {
 		mm := *m
 		mm.ReadMounts = table.Read
 		m = &mm
 	}
-	prev, err := table.Read()
+	prev, err := m.ReadMounts()
 	if err != nil {
 		return err
 	}
 	log := m.log()
 	log.Info("watching", "mountinfo", table.Path(), "state", m.StateDir)
 
-	pending := m.watchReconcile(ctx)
+	var queue []MountEvent // events not handled yet, in order
+	retry := !m.watchReconcile(ctx)
 	for {
 		wait := opt.Interval
-		if pending {
+		if retry || len(queue) > 0 {
 			wait = opt.Retry
 		}
 		wctx, cancel := context.WithTimeout(ctx, wait)
@@ -68,32 +75,51 @@ func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 			return fmt.Errorf("watch %s: %w", table.Path(), err)
 		}
 		if err == nil {
-			cur, rerr := table.Read()
+			cur, rerr := m.ReadMounts()
 			if rerr != nil {
-				return rerr
+				return fmt.Errorf("watch %s: %w", table.Path(), rerr)
 			}
-			events := m.mountEvents(prev, cur)
+			queue = append(queue, m.mountEvents(prev, cur)...)
 			prev = cur
-			if len(events) == 0 && !pending {
+			if len(queue) == 0 && !retry {
 				continue
 			}
-			m.rotateRemounted(ctx, events)
 		}
-		pending = m.watchReconcile(ctx)
+		queue = m.handleEvents(ctx, queue)
+		retry = !m.watchReconcile(ctx)
 	}
 }
 
-// watchReconcile reconciles and logs; it reports whether to retry soon.
-func (m *Manager) watchReconcile(ctx context.Context) (retry bool) {
+// handleEvents handles queued events in order and returns those to retry:
+// from the first that failed because the lock was held. An event that
+// failed otherwise is dropped after logging; the reconcile that follows
+// repairs what it can from the state it sees.
+func (m *Manager) handleEvents(ctx context.Context, queue []MountEvent) []MountEvent {
+	for i, e := range queue {
+		_, err := m.HandleMountEvent(ctx, e)
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, ErrLocked) && ctx.Err() == nil {
+			m.log().Warn("state locked; will retry", "event", e.Kind.String(), "dev", e.Dev.String(), "err", err)
+			return queue[i:]
+		}
+		m.log().Error("mount event", "event", e.Kind.String(), "dev", e.Dev.String(), "err", err)
+	}
+	return nil
+}
+
+// watchReconcile reconciles and logs; it reports success.
+func (m *Manager) watchReconcile(ctx context.Context) bool {
 	rep, err := m.Reconcile(ctx)
 	for _, is := range rep.Issues {
 		m.log().Warn("needs attention", "device", is.Device, "session", is.Session, "problem", is.Problem)
 	}
 	if err != nil && ctx.Err() == nil {
 		m.log().Error("reconcile failed; retrying", "err", err)
-		return true
+		return false
 	}
-	return false
+	return true
 }
 
 // mountEvents diffs two reads of the mount table for the registered
@@ -117,22 +143,43 @@ func (m *Manager) mountEvents(prev, cur []MountInfo) []MountEvent {
 	return events
 }
 
-// rotateRemounted closes the session of each device that was unmounted and
-// mounted again between two reads: Reconcile alone would see it mounted in
-// both and keep one session across the two mounts.
-func (m *Manager) rotateRemounted(ctx context.Context, events []MountEvent) {
-	for i := 0; i+1 < len(events); i++ {
-		a, b := events[i], events[i+1]
-		if a.Kind == DeviceUnmounted && b.Kind == DeviceMounted && a.Dev == b.Dev {
-			reg, err := m.Registry()
-			if err != nil {
-				continue
+// HandleMountEvent applies a mount event to the session of the device whose
+// origin it concerns (others are ignored): a mount opens the armed session,
+// an unmount closes the open one; then the device is reconciled (arming the
+// next session after an unmount). The event is applied even when the mount
+// table has moved on since — a mount already gone again still makes one
+// session — so no session boundary is lost to a busy watcher.
+func (m *Manager) HandleMountEvent(ctx context.Context, e MountEvent) (Report, error) {
+	var rep Report
+	err := m.withLock(ctx, func(reg *Registry) error {
+		d := reg.ByDevNum(e.Dev)
+		if d == nil || d.Origin != e.Dev || d.State == DeviceDeactivating {
+			return nil
+		}
+		cur := d.Current()
+		var step []Action
+		switch {
+		case cur == nil:
+		case e.Kind == DeviceMounted && cur.State == SessionArmed:
+			fsType := ""
+			if len(e.Mounts) > 0 {
+				fsType = e.Mounts[0].FSType
 			}
-			if d := reg.ByDevNum(a.Dev); d != nil {
-				if _, err := m.Rotate(ctx, d.Name, "unmounted and mounted again"); err != nil {
-					m.log().Error("rotate", "device", d.Name, "err", err)
-				}
+			step = []Action{{Kind: ActOpen, Device: d.Name, Session: cur.N, At: m.now(), FSType: fsType, Reason: "mounted"}}
+		case e.Kind == DeviceUnmounted && (cur.State == SessionOpen || cur.State == SessionOpening):
+			step = []Action{{Kind: ActClose, Device: d.Name, Session: cur.N, At: m.now(), Reason: "unmounted"}}
+		}
+		if len(step) > 0 {
+			done, err := m.Apply(ctx, reg, step)
+			rep.Done = append(rep.Done, done...)
+			if err != nil {
+				return err
 			}
 		}
-	}
+		r, err := m.reconcile(ctx, reg, scope{only: []string{d.Name}})
+		rep.Done = append(rep.Done, r.Done...)
+		rep.Issues = r.Issues
+		return err
+	})
+	return rep, err
 }

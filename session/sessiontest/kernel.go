@@ -211,6 +211,17 @@ func (k *Kernel) Invalidate(name string, n int) {
 	}
 }
 
+// SetOriginDev gives dmsnap-NAME another device number: tests make it the
+// number of a real filesystem they mount and unmount, to drive a watcher
+// with real mount-table events.
+func (k *Kernel) SetOriginDev(name string, dev session.DevNum) {
+	k.sys.mu.Lock()
+	defer k.sys.mu.Unlock()
+	if st, ok := k.stacks[name]; ok {
+		st.origin = dev
+	}
+}
+
 // OriginDev returns dmsnap-NAME's number (zero when absent).
 func (k *Kernel) OriginDev(name string) session.DevNum {
 	k.sys.mu.Lock()
