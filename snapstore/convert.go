@@ -648,6 +648,9 @@ func buildMeta(st State) Meta {
 		if reason == "" && len(conv.Notes) > 0 {
 			reason = conv.Notes[0]
 		}
+		if reason == "" {
+			reason = "the session was marked invalid"
+		}
 	}
 	return Meta{
 		Device:           st.Device.Path,

@@ -338,3 +338,18 @@ func TestConvertLeavesDamagedMetaAlone(t *testing.T) {
 		t.Fatal("Convert rewrote a damaged meta.json")
 	}
 }
+
+func TestConvertHeaderChunkSizeWins(t *testing.T) {
+	// The table asked for 8 KiB chunks but the store says 4 KiB: the kernel
+	// uses the store's, and so does Convert.
+	fx := makeClosedSession(t, t.TempDir(), fixtureOpts{chunkSectors: 8, devSize: 256 << 10, writes: 10, seed: 8})
+	if err := UpdateState(fx.dir, func(s *State) error { s.ChunkSize = 8192; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	res := convertFixture(t, fx, ConvertOptions{})
+	d := res.Meta.Dmsnap
+	if d.ChunkSize != 4096 || res.Meta.BlockSize != 4096 || d.State != StateComplete || len(d.Notes) != 1 || !strings.Contains(d.Notes[0], "overrides 8192") {
+		t.Fatalf("chunk size %d, block size %d, state %s, notes %q", d.ChunkSize, res.Meta.BlockSize, d.State, d.Notes)
+	}
+	checkPreImages(t, fx.dir, fx.sim)
+}

@@ -322,6 +322,9 @@ func renameSession(dir, name string, t time.Time) (string, error) {
 	store := filepath.Dir(dir)
 	for i := 0; i < 100000; i++ {
 		target := filepath.Join(store, SessionID(name, t.Add(time.Duration(i)*time.Second)))
+		if target == dir {
+			return dir, nil // already named for the first free second
+		}
 		err := unix.Renameat2(unix.AT_FDCWD, dir, unix.AT_FDCWD, target, unix.RENAME_NOREPLACE)
 		switch {
 		case err == nil:

@@ -72,6 +72,11 @@ func TestSessionLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Mounting again in the second the directory is already named for
+	// keeps it (armed and mounted in the same second).
+	if again, err := MarkMounted(mounted, fixtureTime.Add(time.Second), "ext4"); err != nil || again != mounted {
+		t.Fatalf("re-mark: %s, %v", again, err)
+	}
 	if s.Phase != PhaseOpen || s.FsType != "ext4" || !s.Times.Mounted.Equal(fixtureTime.Add(time.Second)) || !s.Times.Armed.Equal(fixtureTime) {
 		t.Fatalf("state after mount %+v", s)
 	}
