@@ -138,6 +138,12 @@ func TestSeedSessionListedAndReadable(t *testing.T) {
 	if entries[0].Index != 4 || entries[1].Index != 1 {
 		t.Fatalf("indexes %d, %d", entries[0].Index, entries[1].Index)
 	}
+	for _, e := range entries {
+		p := make([]byte, e.Size)
+		if err := s.ReadRecord(e.Record, p); err != nil || !bytes.Equal(p, pre[e.Start():e.End()]) {
+			t.Fatalf("ReadRecord(sector %d): %v", e.Sector, err)
+		}
+	}
 	rc, err := NewReconstructor(bytes.NewReader(cur), int64(len(cur)), s)
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package snapstore
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
@@ -9,6 +10,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 )
 
 // Session is a finished session directory opened for reading: dmsnap's
@@ -20,6 +23,16 @@ type Session struct {
 
 	dat     *os.File
 	datSize int64
+
+	// For ReadRecord on a dmsnap session: blocks.map and blocks.crc opened
+	// lazily, and the index after the last record found (restore reads in
+	// map order, so the next lookup is usually that one).
+	idxOnce  sync.Once
+	idxErr   error
+	mapFile  *os.File
+	crcFile  *os.File
+	mapCount int64
+	hint     atomic.Int64
 }
 
 // Open opens the finished session in dir. It reads and checks meta.json
@@ -51,8 +64,18 @@ func Open(dir string) (*Session, error) {
 	return &Session{Dir: dir, ID: filepath.Base(dir), Meta: m, dat: dat, datSize: fi.Size()}, nil
 }
 
-// Close closes blocks.dat.
-func (s *Session) Close() error { return s.dat.Close() }
+// Close closes the session's files.
+func (s *Session) Close() error {
+	err := s.dat.Close()
+	for _, f := range []*os.File{s.mapFile, s.crcFile} {
+		if f != nil {
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+	}
+	return err
+}
 
 // Verified reports whether the session carries dmsnap's checksums. Seed
 // sessions do not: they are readable and restorable, but unverified.
@@ -257,6 +280,103 @@ func (s *Session) ReadData(e Entry, buf []byte) ([]byte, error) {
 		}
 	}
 	return buf, nil
+}
+
+// ReadRecord fills p (len(p) == r.Size) with the pre-image of r, a record
+// of this session, checking its CRC-32C when the session has one: it finds
+// r's position in the sorted blocks.map (the next one after the previous
+// call first, else a binary search) and its CRC in blocks.crc, holding
+// nothing in memory. It suits callers that carry plain Records, such as the
+// restore planner. Safe for concurrent use.
+func (s *Session) ReadRecord(r Record, p []byte) error {
+	if len(p) != int(r.Size) {
+		return fmt.Errorf("%s: read record at sector %d: buffer of %d bytes for %d", s.Dir, r.Sector, len(p), r.Size)
+	}
+	e := Entry{Record: r, Index: -1}
+	if s.Verified() {
+		var err error
+		if e, err = s.lookup(r); err != nil {
+			return err
+		}
+	}
+	if end := r.Offset + uint64(r.Size); end > uint64(s.datSize) {
+		return formatErr(filepath.Join(s.Dir, DataFile), int64(s.datSize), e.Index, ErrTruncated,
+			"record at sector %d needs bytes %d-%d, but blocks.dat ends at %d", r.Sector, r.Offset, end-1, s.datSize)
+	}
+	_, err := s.ReadData(e, p)
+	return err
+}
+
+// lookup finds r in the sorted blocks.map of a dmsnap session, with its CRC.
+func (s *Session) lookup(r Record) (Entry, error) {
+	s.idxOnce.Do(func() {
+		mapPath := filepath.Join(s.Dir, MapFile)
+		if s.mapFile, s.idxErr = os.Open(mapPath); s.idxErr != nil {
+			return
+		}
+		if s.crcFile, s.idxErr = os.Open(filepath.Join(s.Dir, CRCFile)); s.idxErr != nil {
+			return
+		}
+		fi, err := s.mapFile.Stat()
+		if err != nil {
+			s.idxErr = err
+			return
+		}
+		if fi.Size()%RecordSize != 0 {
+			s.idxErr = formatErr(mapPath, fi.Size()/RecordSize*RecordSize, fi.Size()/RecordSize, ErrTruncated,
+				"file is %d bytes, not a multiple of %d", fi.Size(), RecordSize)
+		}
+		s.mapCount = fi.Size() / RecordSize
+	})
+	if s.idxErr != nil {
+		return Entry{}, s.idxErr
+	}
+	mapPath := filepath.Join(s.Dir, MapFile)
+	var buf [RecordSize]byte
+	at := func(i int64) (Record, error) {
+		if err := readFull(s.mapFile, buf[:], i*RecordSize); err != nil {
+			return Record{}, fmt.Errorf("%s: record %d: %w", mapPath, i, err)
+		}
+		return ParseRecord(buf[:]), nil
+	}
+	idx := int64(-1)
+	if h := s.hint.Load(); h < s.mapCount {
+		if rec, err := at(h); err == nil && rec == r {
+			idx = h
+		}
+	}
+	if idx < 0 {
+		lo, hi := int64(0), s.mapCount // first index whose sector >= r.Sector
+		for lo < hi {
+			mid := lo + (hi-lo)/2
+			rec, err := at(mid)
+			if err != nil {
+				return Entry{}, err
+			}
+			if rec.Sector < r.Sector {
+				lo = mid + 1
+			} else {
+				hi = mid
+			}
+		}
+		if lo < s.mapCount {
+			if rec, err := at(lo); err != nil {
+				return Entry{}, err
+			} else if rec == r {
+				idx = lo
+			}
+		}
+	}
+	if idx < 0 {
+		return Entry{}, formatErr(mapPath, -1, -1, ErrCorrupt,
+			"no record {sector %d, size %d, offset %d} in this session", r.Sector, r.Size, r.Offset)
+	}
+	s.hint.Store(idx + 1)
+	var c [CRCSize]byte
+	if err := readFull(s.crcFile, c[:], idx*CRCSize); err != nil {
+		return Entry{}, formatErr(filepath.Join(s.Dir, CRCFile), idx*CRCSize, idx, ErrTruncated, "no CRC for record %d: %v", idx, err)
+	}
+	return Entry{Record: r, Index: idx, CRC: binary.LittleEndian.Uint32(c[:]), HasCRC: true}, nil
 }
 
 // AllEntries reads every record in sector order (memory grows with the
