@@ -856,3 +856,99 @@ func TestInterruptedStackOperationIsRepaired(t *testing.T) {
 	w.steady(2, false)
 	w.settled()
 }
+
+func TestStatus(t *testing.T) {
+	w := newWorld(t)
+	w.activate()
+	w.tick(time.Minute)
+	w.mount()
+	w.reconcile()
+	w.unmount()
+	st, err := w.manager().Status(bgctx)
+	if err != nil || len(st) != 1 {
+		t.Fatalf("status %+v %v", st, err)
+	}
+	s := st[0]
+	if s.Device.Name != "sdb1" || s.Stack == nil || len(s.Stack.Snapshots) != 1 || len(s.Mounts) != 0 {
+		t.Fatalf("status %+v", s)
+	}
+	// The unmount is not handled yet: status shows the rotation to come,
+	// and changes nothing.
+	if len(s.Todo) == 0 || s.Todo[0].Kind != session.ActClose {
+		t.Fatalf("todo %v", s.Todo)
+	}
+	if len(w.sys.CallsMatching("ArmSession")) != 1 {
+		t.Fatal("Status made changes")
+	}
+	w.reconcile()
+	st, _ = w.manager().Status(bgctx)
+	if len(st[0].Todo) != 0 || len(st[0].Issues) != 0 {
+		t.Fatalf("after reconcile: todo %v issues %v", st[0].Todo, st[0].Issues)
+	}
+}
+
+func TestUdevRuleFollowsRegistry(t *testing.T) {
+	w := newWorld(t)
+	rule := filepath.Join(t.TempDir(), "90-dmsnap.rules")
+	m := w.manager()
+	m.UdevRule = rule
+	if _, err := m.Activate(bgctx, session.ActivateRequest{Device: rawDev, Store: w.store}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(rule)
+	if err != nil || !strings.Contains(string(b), `ENV{ID_FS_UUID}=="`+sdb1.FSUUID+`"`) {
+		t.Fatalf("rule after activate: %v\n%s", err, b)
+	}
+	if err := m.Deactivate(bgctx, "sdb1"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = os.ReadFile(rule)
+	if strings.Contains(string(b), "RUN") {
+		t.Fatalf("rule after deactivate still runs attach:\n%s", b)
+	}
+}
+
+func TestFailedConversionHoldsUpOnlyItsSession(t *testing.T) {
+	w := newWorld(t)
+	w.activate()
+	w.tick(time.Minute)
+	w.mount()
+	w.reconcile()
+	s1 := w.device().Sessions[0]
+	damaged := errors.New("COW damaged")
+	w.sys.FailCalls("Convert "+s1.Dir, damaged)
+	w.tick(time.Minute)
+	w.unmount()
+	if _, err := w.manager().Reconcile(bgctx); !errors.Is(err, damaged) {
+		t.Fatalf("reconcile: %v, want the conversion's error", err)
+	}
+	d := w.device()
+	if cur := d.Current(); cur == nil || cur.N != 2 || cur.State != session.SessionArmed {
+		t.Fatalf("the next session is not armed: %v", sessions(d))
+	}
+	if s := d.Session(1); s == nil || s.State != session.SessionClosing || !strings.Contains(s.Error, "COW damaged") {
+		t.Fatalf("session 1 %+v", s)
+	}
+	// Session 2 opens, closes and converts while session 1 still fails
+	// (every reconcile reports it).
+	w.tick(time.Minute)
+	w.mount()
+	if _, err := w.manager().Reconcile(bgctx); !errors.Is(err, damaged) {
+		t.Fatalf("reconcile: %v", err)
+	}
+	if cur := w.device().Current(); cur.N != 2 || cur.State != session.SessionOpen {
+		t.Fatalf("session 2 did not open: %v", sessions(w.device()))
+	}
+	w.tick(time.Minute)
+	w.unmount()
+	w.manager().Reconcile(bgctx)
+	d = w.device()
+	if d.Session(2) != nil || d.Session(1) == nil || d.Current().N != 3 {
+		t.Fatalf("sessions %v: want 1 (failing) and 3", sessions(d))
+	}
+	// Once the damage is dealt with, session 1 is finished too.
+	w.sys.FailCalls("Convert "+s1.Dir, nil)
+	w.reconcile()
+	w.steady(3, false)
+	w.settled()
+}

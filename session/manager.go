@@ -307,14 +307,17 @@ func (m *Manager) Reconcile(ctx context.Context) (Report, error) {
 // Apply performs steps in order, writing the registry to disk after each
 // step that changes it. A step that fails is recorded in the registry
 // (Device.Error or Session.Error) and the device's remaining steps are
-// skipped; the other devices' steps still run. It returns the steps done
-// and the failures joined.
+// skipped — except when a closed session's conversion (or discard) fails:
+// then only that session's remaining steps are, so one damaged session does
+// not hold up the others. The other devices' steps still run. It returns
+// the steps done and the failures joined.
 func (m *Manager) Apply(ctx context.Context, reg *Registry, acts []Action) ([]Action, error) {
 	var done []Action
 	var errs []error
 	failed := map[string]bool{}
+	sessionKey := func(a Action) string { return fmt.Sprintf("%s\x00%d", a.Device, a.Session) }
 	for _, a := range acts {
-		if failed[a.Device] {
+		if failed[a.Device] || (a.Session > 0 && failed[sessionKey(a)]) {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
@@ -326,7 +329,11 @@ func (m *Manager) Apply(ctx context.Context, reg *Registry, acts []Action) ([]Ac
 			done = append(done, a)
 			continue
 		}
-		failed[a.Device] = true
+		if a.Kind == ActConvert || a.Kind == ActDiscard {
+			failed[sessionKey(a)] = true
+		} else {
+			failed[a.Device] = true
+		}
 		err = deviceErr(stepOp(a), a.Device, "", err)
 		m.log().Error("reconcile", "step", string(a.Kind), "device", a.Device, "session", a.Session, "err", err)
 		errs = append(errs, err)
@@ -355,7 +362,7 @@ func (m *Manager) Apply(ctx context.Context, reg *Registry, acts []Action) ([]Ac
 			d.Error, dirty = "", true
 		}
 		for _, s := range d.Sessions {
-			if s.Error != "" {
+			if s.Error != "" && !failed[sessionKey(Action{Device: d.Name, Session: s.N})] {
 				s.Error, dirty = "", true
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -258,5 +259,59 @@ func TestPasswordInputTerminalNoEcho(t *testing.T) {
 	master.Write([]byte("two\n"))
 	if r := <-res; r.err == nil || !strings.Contains(r.err.Error(), "differ") {
 		t.Fatalf("mismatch: %q %v", r.pw, r.err)
+	}
+}
+
+// TestPasswordPromptHelperProcess is not a test: TestPasswordPromptRestoresTerminalOnSignal
+// runs the test binary with it to prompt on a given pty.
+func TestPasswordPromptHelperProcess(t *testing.T) {
+	path := os.Getenv("DMSNAP_PTY_HELPER")
+	if path == "" {
+		return
+	}
+	tty, err := os.OpenFile(path, os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		os.Exit(2)
+	}
+	PasswordInput{Terminal: tty}.Read("Password: ")
+	os.Exit(0)
+}
+
+func TestPasswordPromptRestoresTerminalOnSignal(t *testing.T) {
+	master, slave := openPTY(t)
+	before, err := unix.IoctlGetTermios(int(slave.Fd()), unix.TCGETS)
+	if err != nil || before.Lflag&unix.ECHO == 0 {
+		t.Fatalf("a new pty should echo: %v", err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestPasswordPromptHelperProcess$")
+	cmd.Env = append(os.Environ(), "DMSNAP_PTY_HELPER="+slave.Name())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	var shown bytes.Buffer
+	buf := make([]byte, 256)
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(shown.String(), "Password: ") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no prompt; shown %q", shown.String())
+		}
+		master.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		n, _ := master.Read(buf)
+		shown.Write(buf[:n])
+	}
+	during, _ := unix.IoctlGetTermios(int(slave.Fd()), unix.TCGETS)
+	if during.Lflag&unix.ECHO != 0 {
+		t.Fatal("echo is on while the prompt waits")
+	}
+	cmd.Process.Signal(os.Interrupt)
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != -1 {
+		t.Fatalf("helper ended with %v, want death by the signal", err)
+	}
+	after, _ := unix.IoctlGetTermios(int(slave.Fd()), unix.TCGETS)
+	if after.Lflag&unix.ECHO == 0 {
+		t.Fatal("the interrupted prompt left the terminal without echo")
 	}
 }

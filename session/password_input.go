@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"sync"
 
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 )
 
@@ -94,23 +97,82 @@ func (in PasswordInput) terminal() (*os.File, func(), error) {
 	return tty, func() { tty.Close() }, nil
 }
 
+// readHidden prompts on tty and reads a line with echo off. Echo is turned
+// off before the prompt is written, so nothing typed after the prompt shows
+// (term.ReadPassword turns it off only once called, after the prompt, and
+// a fast typist's first keys would be echoed). The terminal is restored
+// afterwards, and also when a signal ends the program meanwhile.
 func readHidden(tty *os.File, prompt string) ([]byte, error) {
 	fd := int(tty.Fd())
 	if !term.IsTerminal(fd) {
 		return nil, fmt.Errorf("%s is not a terminal: use --password-stdin or --password-file", tty.Name())
 	}
-	if _, err := io.WriteString(tty, prompt); err != nil {
-		return nil, err
-	}
-	pw, err := term.ReadPassword(fd)
-	io.WriteString(tty, "\n") // the user's Enter was not echoed either
+	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
 	if err != nil {
 		return nil, fmt.Errorf("read password: %w", err)
 	}
-	if len(pw) == 0 {
+	hidden := *old
+	hidden.Lflag &^= unix.ECHO
+	hidden.Lflag |= unix.ICANON | unix.ISIG
+	hidden.Iflag |= unix.ICRNL
+	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &hidden); err != nil {
+		return nil, fmt.Errorf("read password: %w", err)
+	}
+	var once sync.Once
+	restore := func() { once.Do(func() { unix.IoctlSetTermios(fd, unix.TCSETS, old) }) }
+	defer restore()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
+	defer func() { signal.Stop(sigs); close(sigs) }()
+	go func() {
+		if sig, ok := <-sigs; ok {
+			restore()
+			io.WriteString(tty, "\n")
+			signal.Reset(sig)
+			unix.Kill(os.Getpid(), sig.(unix.Signal))
+		}
+	}()
+
+	if _, err := io.WriteString(tty, prompt); err != nil {
+		return nil, err
+	}
+	line, err := readLine(fd)
+	io.WriteString(tty, "\n") // the user's Enter was not echoed either
+	if err != nil {
+		clear(line)
+		return nil, fmt.Errorf("read password: %w", err)
+	}
+	if len(line) == 0 {
 		return nil, ErrNoPassword
 	}
-	return pw, nil
+	return line, nil
+}
+
+// readLine reads up to a newline, byte by byte (the terminal delivers a
+// line at a time in canonical mode; reading no further leaves what follows
+// for the next reader).
+func readLine(fd int) ([]byte, error) {
+	var line []byte
+	var b [1]byte
+	for {
+		n, err := unix.Read(fd, b[:])
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return line, err
+		}
+		if n == 0 || b[0] == '\n' {
+			if n == 0 && len(line) == 0 {
+				return nil, io.EOF
+			}
+			return bytes.TrimSuffix(line, []byte("\r")), nil
+		}
+		if len(line) >= maxPasswordLen {
+			return line, fmt.Errorf("longer than %d bytes", maxPasswordLen)
+		}
+		line = append(line, b[0])
+	}
 }
 
 func firstLine(r io.Reader, what string) ([]byte, error) {

@@ -59,11 +59,23 @@ func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 	log.Info("watching", "mountinfo", table.Path(), "state", m.StateDir)
 
 	var queue []MountEvent // events not handled yet, in order
-	retry := !m.watchReconcile(ctx)
+	failures := 0          // reconciles failed in a row
+	note := func(ok bool) {
+		if ok {
+			failures = 0
+		} else {
+			failures++
+		}
+	}
+	note(m.watchReconcile(ctx))
 	for {
 		wait := opt.Interval
-		if retry || len(queue) > 0 {
+		if len(queue) > 0 {
 			wait = opt.Retry
+		} else if failures > 0 {
+			// Back off: a failure that persists (a damaged session that
+			// will not convert) must not be retried every second.
+			wait = min(opt.Retry<<min(failures-1, 16), opt.Interval)
 		}
 		wctx, cancel := context.WithTimeout(ctx, wait)
 		err := table.Wait(wctx)
@@ -81,12 +93,12 @@ func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 			}
 			queue = append(queue, m.mountEvents(prev, cur)...)
 			prev = cur
-			if len(queue) == 0 && !retry {
+			if len(queue) == 0 && failures == 0 {
 				continue
 			}
 		}
 		queue = m.handleEvents(ctx, queue)
-		retry = !m.watchReconcile(ctx)
+		note(m.watchReconcile(ctx))
 	}
 }
 

@@ -38,6 +38,8 @@ type System struct {
 	mounts []session.MountInfo
 	nextID int
 
+	failing map[string]error // call-name prefixes that fail (FailCalls)
+
 	calls       int // mutating calls so far
 	crashBefore int // crash before the effect of this call (1-based; 0: never)
 	crashAfter  int // crash after the effect of this call
@@ -74,6 +76,21 @@ func (s *System) at(n int) int {
 	return s.calls + n
 }
 
+// FailCalls makes every mutating call whose name starts with prefix fail
+// with err, without effect, until cleared with a nil err.
+func (s *System) FailCalls(prefix string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failing == nil {
+		s.failing = map[string]error{}
+	}
+	if err == nil {
+		delete(s.failing, prefix)
+	} else {
+		s.failing[prefix] = err
+	}
+}
+
 // MutatingCalls returns how many mutating calls were made so far.
 func (s *System) MutatingCalls() int {
 	s.mu.Lock()
@@ -102,7 +119,15 @@ func (s *System) call(name string, effect func() error) error {
 		s.mu.Unlock()
 		panic(Crash{Call: name})
 	}
-	err := effect()
+	var err error
+	for prefix, ferr := range s.failing {
+		if strings.HasPrefix(name, prefix) {
+			err = ferr
+		}
+	}
+	if err == nil {
+		err = effect()
+	}
 	if s.crashAfter == n {
 		s.crashAfter = 0
 		s.mu.Unlock()

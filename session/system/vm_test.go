@@ -224,3 +224,40 @@ func TestVMSessionLifeCycle(t *testing.T) {
 		}
 	}
 }
+
+// TestVMProberMatchesBlkid checks the superblock prober against blkid on
+// real filesystems.
+func TestVMProberMatchesBlkid(t *testing.T) {
+	vmtest.RequireDM(t)
+	cases := []struct {
+		typ  string
+		mkfs []string
+		size int64
+	}{
+		{"ext2", []string{"mkfs.ext2", "-q", "-F"}, 32 << 20},
+		{"ext4", []string{"mkfs.ext4", "-q", "-F"}, 32 << 20},
+		{"xfs", []string{"mkfs.xfs", "-q", "-f"}, 320 << 20},
+		{"btrfs", []string{"mkfs.btrfs", "-q", "-f"}, 128 << 20},
+	}
+	uuidRE := regexp.MustCompile(`UUID="([^"]+)"`)
+	for _, c := range cases {
+		t.Run(c.typ, func(t *testing.T) {
+			file := vmtest.TempFile(t, t.TempDir(), "fs.img", c.size)
+			l, err := dm.AttachLoop(file, dm.LoopOptions{AutoClear: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			vmtest.Run(t, c.mkfs[0], append(c.mkfs[1:], l.Path)...)
+			id, err := (session.SystemProber{}).Identify(context.Background(), l.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := vmtest.Run(t, "blkid", l.Path)
+			m := uuidRE.FindStringSubmatch(out)
+			if m == nil || id.FSUUID != m[1] || id.FSType != c.typ || id.Size != c.size {
+				t.Fatalf("prober %+v, blkid %q", id, out)
+			}
+		})
+	}
+}
