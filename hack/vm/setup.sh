@@ -38,5 +38,8 @@ if [ ! -f "$kdir/.done" ]; then
 	(cd "$cache/deb" && apt-get download -qq "$pkg" >/dev/null)
 	dpkg-deb -x "$cache"/deb/*.deb "$kdir"
 	rm -rf "$cache/deb"
+	# The package's modules.dep is made by its postinst; make it here.
+	kver=$(ls "$kdir/lib/modules" | head -n1)
+	depmod -b "$kdir" "$kver"
 	touch "$kdir/.done"
 fi
