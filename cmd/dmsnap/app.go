@@ -9,6 +9,10 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
+
+	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/restore"
+	"github.com/dmsnap/dmsnap/session"
 )
 
 // Exit codes, as documented in the README and DESIGN.md.
@@ -46,11 +50,13 @@ func (u usageError) Error() string { return u.msg }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
 
-func commands() []command {
-	return []command{
-		{name: "version", summary: "print the version", run: runVersion},
-	}
-}
+// registered holds the subcommands; each cmd_*.go file adds its own in init,
+// so that subcommands live one to a file.
+var registered []command
+
+func register(c command) { registered = append(registered, c) }
+
+func commands() []command { return registered }
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e := &env{ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr}
@@ -97,6 +103,11 @@ func exitCode(err error) int {
 	switch {
 	case errors.As(err, &u):
 		return exitUsage
+	case errors.Is(err, session.ErrWrongPassword):
+		return exitBadPassword
+	case errors.Is(err, session.ErrBusy), errors.Is(err, dm.ErrBusy),
+		errors.Is(err, restore.ErrDeviceBusy), errors.Is(err, session.ErrLocked):
+		return exitBusy
 	}
 	return exitFailure
 }

@@ -3,8 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/restore"
+	"github.com/dmsnap/dmsnap/session"
 )
 
 // runCLI runs the command line in-process and returns its exit code and output.
@@ -35,5 +41,24 @@ func TestHelpListsCommands(t *testing.T) {
 	code, out, _ := runCLI(t, "help")
 	if code != exitOK || !strings.Contains(out, "version") || !strings.Contains(out, "exit codes") {
 		t.Fatalf("help: code %d, output %q", code, out)
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	cases := []struct {
+		err  error
+		want int
+	}{
+		{usagef("bad"), exitUsage},
+		{fmt.Errorf("activate: %w", session.ErrWrongPassword), exitBadPassword},
+		{fmt.Errorf("activate: %w", dm.ErrBusy), exitBusy},
+		{fmt.Errorf("restore: %w", restore.ErrDeviceBusy), exitBusy},
+		{fmt.Errorf("lock: %w", session.ErrLocked), exitBusy},
+		{errors.New("other"), exitFailure},
+	}
+	for _, c := range cases {
+		if got := exitCode(c.err); got != c.want {
+			t.Errorf("exitCode(%v) = %d, want %d", c.err, got, c.want)
+		}
 	}
 }

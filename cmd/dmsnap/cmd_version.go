@@ -2,6 +2,10 @@ package main
 
 import "fmt"
 
+func init() {
+	register(command{name: "version", summary: "print the version", run: runVersion})
+}
+
 func runVersion(e *env, args []string) error {
 	fs := newFlags(e, "version")
 	if err := parseFlags(fs, args); err != nil {
