@@ -1,21 +1,22 @@
 package snapstore
 
 import (
+	_ "embed"
 	"encoding/hex"
-	"os"
 	"regexp"
 	"strings"
 	"testing"
 )
 
 // The examples in FORMAT.md are checked against the code, so the
-// specification cannot drift from what is written.
+// specification cannot drift from what is written. (Embedded, so the test
+// binary carries it into the VM guest too.)
+
+//go:embed FORMAT.md
+var formatDoc []byte
 
 func TestFormatDocMapExample(t *testing.T) {
-	doc, err := os.ReadFile("FORMAT.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc := formatDoc
 	row := regexp.MustCompile("(?m)^\\| (\\d) \\| +\\d+ +\\| +\\d+ +\\| +\\d+ +\\| `([0-9a-f ]+)` +\\|$")
 	rows := row.FindAllStringSubmatch(string(doc), -1)
 	want := EncodeMap(goldenMap)
@@ -34,10 +35,7 @@ func TestFormatDocMapExample(t *testing.T) {
 }
 
 func TestFormatDocMetaExample(t *testing.T) {
-	doc, err := os.ReadFile("FORMAT.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc := formatDoc
 	i := strings.Index(string(doc), "Example:\n\n```json\n")
 	if i < 0 {
 		t.Fatal("no meta.json example in FORMAT.md")
