@@ -1,0 +1,63 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/dmsnap/dmsnap/session"
+)
+
+func init() {
+	register(command{name: "activate", summary: "put a block device under dmsnap and arm its first session", run: runActivate})
+}
+
+const activateHelp = `usage: dmsnap activate DEVICE [--name NAME] [--chunk-size 4KiB] [--password-stdin|--password-file FILE]
+
+Builds the dmsnap stack over DEVICE (which must not be mounted) and arms its
+first session. Mount /dev/mapper/dmsnap-NAME from then on: every mount to
+unmount of it is one session in the store.
+
+Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device mounted or busy.
+`
+
+func runActivate(e *env, args []string) error {
+	fs := newFlags(e, "activate")
+	name := fs.String("name", "", "dmsnap `NAME` of the device (default: the device's base name)")
+	chunk := fs.String("chunk-size", "4KiB", "snapshot chunk `SIZE`, a power of two from 4KiB to 512KiB")
+	var pw passwordFlags
+	pw.add(fs)
+	fs.Usage = func() { fmt.Fprint(e.stderr, activateHelp, "\nflags:\n", fs.FlagUsages()) }
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("activate takes one DEVICE (see dmsnap activate --help)")
+	}
+	if err := pw.check(); err != nil {
+		return err
+	}
+	size, err := parseSize(*chunk)
+	if err != nil {
+		return usagef("--chunk-size: %v", err)
+	}
+	if size > session.MaxChunkSize || session.ValidateChunkSize(uint32(size)) != nil {
+		return usagef("--chunk-size %s: use a power of two from 4KiB to 512KiB", *chunk)
+	}
+	if *name != "" {
+		if err := session.ValidateName(*name); err != nil {
+			return usagef("--name: %v", err)
+		}
+	}
+	if err := requireSecret(e, &pw); err != nil {
+		return err
+	}
+	m := newManager(e)
+	d, err := m.Activate(e.ctx, session.ActivateRequest{Device: fs.Arg(0), Name: *name, ChunkSize: uint32(size), Store: e.store})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "activated %s as %s: mount /dev/mapper/dmsnap-%s; sessions go to %s\n", d.Path, d.Name, d.Name, d.Store)
+	if cur := d.Current(); cur != nil {
+		fmt.Fprintf(e.stdout, "session %d armed in %s\n", cur.N, cur.Dir)
+	}
+	return nil
+}

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/dmsnap/dmsnap/session"
+)
+
+func init() {
+	register(command{name: "passwd", summary: "set or change the control password of activate/deactivate", run: runPasswd})
+}
+
+const passwdHelp = `usage: dmsnap passwd [--password-stdin|--password-file FILE] [--clear]
+
+Sets the control password that activate and deactivate ask for. When one is
+set already, the old one is asked first. Only a salted Argon2id hash is stored
+(<state>/passwd). With --password-stdin or --password-file, the first line is
+the old password (when one is set) and the next line the new one.
+
+Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong (old) password.
+`
+
+func runPasswd(e *env, args []string) error {
+	fs := newFlags(e, "passwd")
+	var pw passwordFlags
+	pw.add(fs)
+	clear := fs.Bool("clear", false, "remove the control password (the old one is asked)")
+	fs.Usage = func() { fmt.Fprint(e.stderr, passwdHelp, "\nflags:\n", fs.FlagUsages()) }
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("passwd takes no arguments")
+	}
+	if err := pw.check(); err != nil {
+		return err
+	}
+	sec := newSecret(e.state)
+	set, err := sec.IsSet()
+	if err != nil {
+		return err
+	}
+	in := pw.input(e)
+	if pw.stdin || pw.file != "" {
+		// Read both lines at once: a second read of a stream would lose
+		// what the first one buffered.
+		lr, err := newLineSource(e, &pw)
+		if err != nil {
+			return err
+		}
+		in = session.PasswordInput{Stdin: true, StdinReader: lr}
+	}
+	if set {
+		if err := sec.Require(e.ctx, func() ([]byte, error) { return in.Read("current control password: ") }); err != nil {
+			return fmt.Errorf("control password: %w", err)
+		}
+	} else if *clear {
+		fmt.Fprintln(e.stdout, "no control password is set")
+		return nil
+	}
+	if *clear {
+		if err := sec.Clear(); err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout, "control password removed: activate and deactivate no longer ask for one")
+		return nil
+	}
+	p, err := in.ReadNew("new control password: ")
+	if errors.Is(err, session.ErrNoPassword) {
+		return fmt.Errorf("new control password: %w (give it on the next line or at the prompt)", err)
+	}
+	if err != nil {
+		return fmt.Errorf("new control password: %w", err)
+	}
+	if err := sec.Set(p); err != nil {
+		return fmt.Errorf("store the control password in %s: %w", sec.Path, err)
+	}
+	fmt.Fprintln(e.stdout, "control password set")
+	return nil
+}
+
+// lineSource hands out one line per Read, so that each PasswordInput.Read
+// (which buffers what it reads) takes exactly one line of the input.
+type lineSource struct{ lines [][]byte }
+
+func (l *lineSource) Read(p []byte) (int, error) {
+	if len(l.lines) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, l.lines[0])
+	l.lines[0] = l.lines[0][n:]
+	if len(l.lines[0]) == 0 {
+		l.lines = l.lines[1:]
+	}
+	return n, nil
+}
+
+// newLineSource reads the old and new passwords given with
+// --password-stdin or --password-file.
+func newLineSource(e *env, p *passwordFlags) (*lineSource, error) {
+	var r io.Reader = e.stdin
+	what := "standard input"
+	if p.file != "" {
+		f, err := os.Open(p.file)
+		if err != nil {
+			return nil, fmt.Errorf("password file: %w", err)
+		}
+		defer f.Close()
+		r, what = f, p.file
+	}
+	b, err := io.ReadAll(io.LimitReader(r, 3*4100))
+	if err != nil {
+		return nil, fmt.Errorf("read passwords from %s: %w", what, err)
+	}
+	var ls lineSource
+	for line := range bytes.Lines(b) {
+		ls.lines = append(ls.lines, line)
+	}
+	return &ls, nil
+}

@@ -1,0 +1,432 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/snapstore"
+)
+
+func init() {
+	register(command{name: "sessions", summary: "list, show, verify and prune the sessions in the store", run: runSessions})
+}
+
+const sessionsHelp = `usage: dmsnap sessions list [NAME] [--json]
+       dmsnap sessions show ID [--json]
+       dmsnap sessions verify [ID...]
+       dmsnap sessions prune NAME (--keep N | --older-than DURATION) [--dry-run]
+
+list    the sessions of the store (of device NAME only when given), oldest first
+show    one session
+verify  check every checksum of the given sessions (all finished ones when none
+        is given); exit 1 naming each damaged file, offset and record
+prune   remove the oldest finished sessions of device NAME: all but the newest
+        N, or those that started more than DURATION ago (e.g. 36h, 30d). Live
+        sessions are never removed. Runs under the state lock.
+
+--json output of list is an array of sessions, of show one session:
+  {"id": "sdb1_1700000000",          directory name, <name>_<unix seconds>
+   "name": "sdb1",                   dmsnap name of the device
+   "device": "/dev/sdb1",            device path at activation ("" unknown)
+   "dir": "/snapshot/sdb1_1700000000",
+   "state": "closed",                closed | invalid | unverified (a seed
+                                     session, no checksums) | damaged |
+                                     armed | open | closing (not converted yet)
+   "invalid_reason": "...",          when invalid
+   "error": "...",                   why damaged
+   "chunk_size": 4096,               bytes
+   "fs_type": "ext4",
+   "armed": "RFC 3339", "mounted": ..., "unmounted": ..., "closed": ...
+                                     (left out when not known or not yet)
+   "blocks": 12,                     pre-images saved (blocks.map records)
+   "bytes": 49152}                   bytes of pre-images
+show adds "meta": meta.json as stored, for finished sessions.
+
+Exit codes: 0 ok, 1 failure (a damaged session for verify), 2 usage, 4 state locked.
+`
+
+func runSessions(e *env, args []string) error {
+	if len(args) == 0 {
+		return usagef("sessions needs a subcommand: list, show, verify or prune (see dmsnap sessions --help)")
+	}
+	switch args[0] {
+	case "list":
+		return runSessionsList(e, args[1:])
+	case "show":
+		return runSessionsShow(e, args[1:])
+	case "verify":
+		return runSessionsVerify(e, args[1:])
+	case "prune":
+		return runSessionsPrune(e, args[1:])
+	case "-h", "--help", "help":
+		fmt.Fprint(e.stdout, sessionsHelp)
+		return nil
+	}
+	return usagef("sessions: unknown subcommand %q (list, show, verify, prune)", args[0])
+}
+
+// sessionJSON is one session in --json output; its shape is documented in
+// sessionsHelp and kept stable.
+type sessionJSON struct {
+	ID            string          `json:"id"`
+	Name          string          `json:"name"`
+	Device        string          `json:"device"`
+	Dir           string          `json:"dir"`
+	State         string          `json:"state"`
+	InvalidReason string          `json:"invalid_reason,omitempty"`
+	Error         string          `json:"error,omitempty"`
+	ChunkSize     uint32          `json:"chunk_size,omitempty"`
+	FSType        string          `json:"fs_type,omitempty"`
+	Armed         *time.Time      `json:"armed,omitempty"`
+	Mounted       *time.Time      `json:"mounted,omitempty"`
+	Unmounted     *time.Time      `json:"unmounted,omitempty"`
+	Closed        *time.Time      `json:"closed,omitempty"`
+	Blocks        int64           `json:"blocks"`
+	Bytes         int64           `json:"bytes"`
+	Meta          *snapstore.Meta `json:"meta,omitempty"`
+}
+
+// Session states as the CLI shows them.
+const (
+	stateClosed     = "closed"
+	stateInvalid    = "invalid"
+	stateUnverified = "unverified"
+	stateDamaged    = "damaged"
+)
+
+func describeSession(info snapstore.SessionInfo) sessionJSON {
+	s := sessionJSON{ID: info.ID, Name: info.Name, Dir: info.Dir}
+	if info.Err != nil {
+		s.Error = info.Err.Error()
+	}
+	switch info.Status {
+	case snapstore.StatusComplete:
+		s.State = stateClosed
+	case snapstore.StatusInvalid:
+		s.State = stateInvalid
+	case snapstore.StatusUnverified:
+		s.State = stateUnverified
+	case snapstore.StatusDamaged:
+		s.State = stateDamaged
+	case snapstore.StatusIncomplete:
+		s.State = string(info.Phase)
+		if st, err := snapstore.ReadState(info.Dir); err == nil {
+			s.Device, s.ChunkSize, s.FSType, s.InvalidReason = st.Device.Path, st.ChunkSize, st.FsType, st.InvalidReason
+			s.Armed, s.Mounted, s.Unmounted = timeOrNil(st.Times.Armed), timeOrNil(st.Times.Mounted), timeOrNil(st.Times.Unmounted)
+		}
+		if s.State == "" {
+			s.State = "incomplete"
+		}
+	default:
+		s.State = string(info.Status)
+	}
+	if m := info.Meta; m != nil {
+		s.Device, s.FSType, s.ChunkSize = m.Device, m.FsType, m.BlockSize
+		s.Blocks, s.Bytes = m.TotalBlocksSaved, m.TotalBlocksSaved*int64(m.BlockSize)
+		if d := m.Dmsnap; d != nil {
+			s.ChunkSize, s.InvalidReason = d.ChunkSize, d.InvalidReason
+			s.Armed, s.Mounted, s.Unmounted, s.Closed = timeOrNil(d.Times.Armed), timeOrNil(d.Times.Mounted), timeOrNil(d.Times.Unmounted), timeOrNil(d.Times.Closed)
+		} else if m.Timestamp != 0 {
+			s.Mounted = timeOrNil(time.Unix(0, m.Timestamp))
+		}
+	}
+	return s
+}
+
+func runSessionsList(e *env, args []string) error {
+	fs := newFlags(e, "sessions list")
+	asJSON := fs.Bool("json", false, "print JSON (see dmsnap sessions --help)")
+	fs.Usage = func() { fmt.Fprint(e.stderr, sessionsHelp) }
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		return usagef("sessions list takes at most one NAME")
+	}
+	infos, err := snapstore.ListSessions(e.store)
+	if err != nil {
+		return fmt.Errorf("list the store %s: %w", e.store, err)
+	}
+	out := []sessionJSON{}
+	for _, info := range infos {
+		if fs.NArg() == 1 && info.Name != fs.Arg(0) {
+			continue
+		}
+		out = append(out, describeSession(info))
+	}
+	if *asJSON {
+		return printJSON(e.stdout, out)
+	}
+	if len(out) == 0 {
+		fmt.Fprintf(e.stdout, "no sessions in %s\n", e.store)
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tDEVICE\tSTATE\tMOUNTED\tUNMOUNTED\tBLOCKS\tBYTES")
+	for _, s := range out {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, s.Device, s.State, fmtTime(s.Mounted), fmtTime(s.Unmounted), s.Blocks, humanBytes(uint64(max(s.Bytes, 0))))
+	}
+	return tw.Flush()
+}
+
+func fmtTime(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return t.Local().Format("2006-01-02 15:04:05")
+}
+
+// resolveSession finds session id in the store, refusing IDs that are
+// not plain names inside it.
+func resolveSession(e *env, id string) (string, error) {
+	dir, err := session.ResolveSessionDir(e.store, id)
+	if err != nil {
+		return "", fmt.Errorf("session %s in %s: %w (`dmsnap sessions list` shows the IDs)", id, e.store, err)
+	}
+	return dir, nil
+}
+
+func runSessionsShow(e *env, args []string) error {
+	fs := newFlags(e, "sessions show")
+	asJSON := fs.Bool("json", false, "print JSON (see dmsnap sessions --help)")
+	fs.Usage = func() { fmt.Fprint(e.stderr, sessionsHelp) }
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("sessions show takes one session ID")
+	}
+	dir, err := resolveSession(e, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	info := snapstore.Inspect(dir)
+	s := describeSession(info)
+	s.Meta = info.Meta
+	if *asJSON {
+		return printJSON(e.stdout, s)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	row := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
+		}
+	}
+	row("id", s.ID)
+	row("device", s.Device)
+	row("directory", s.Dir)
+	row("state", s.State)
+	row("invalid because", s.InvalidReason)
+	row("problem", s.Error)
+	row("filesystem", s.FSType)
+	if s.ChunkSize > 0 {
+		row("chunk size", humanBytes(uint64(s.ChunkSize)))
+	}
+	for _, t := range []struct {
+		k string
+		v *time.Time
+	}{{"armed", s.Armed}, {"mounted", s.Mounted}, {"unmounted", s.Unmounted}, {"closed", s.Closed}} {
+		if t.v != nil {
+			row(t.k, fmtTime(t.v))
+		}
+	}
+	row("blocks", strconv.FormatInt(s.Blocks, 10))
+	row("bytes", fmt.Sprintf("%d (%s)", s.Bytes, humanBytes(uint64(max(s.Bytes, 0)))))
+	if s.Meta != nil && s.Meta.Dmsnap != nil {
+		for _, n := range s.Meta.Dmsnap.Notes {
+			row("note", n)
+		}
+	}
+	return tw.Flush()
+}
+
+func runSessionsVerify(e *env, args []string) error {
+	fs := newFlags(e, "sessions verify")
+	fs.Usage = func() { fmt.Fprint(e.stderr, sessionsHelp) }
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var dirs []string
+	if fs.NArg() == 0 {
+		infos, err := snapstore.ListSessions(e.store)
+		if err != nil {
+			return fmt.Errorf("list the store %s: %w", e.store, err)
+		}
+		for _, info := range infos {
+			if info.Status == snapstore.StatusIncomplete {
+				continue // live or not converted yet: nothing to verify
+			}
+			dirs = append(dirs, info.Dir)
+		}
+		if len(dirs) == 0 {
+			fmt.Fprintf(e.stdout, "no finished sessions in %s\n", e.store)
+			return nil
+		}
+	}
+	for _, id := range fs.Args() {
+		dir, err := resolveSession(e, id)
+		if err != nil {
+			return err
+		}
+		dirs = append(dirs, dir)
+	}
+	damaged := 0
+	for _, dir := range dirs {
+		if err := e.ctx.Err(); err != nil {
+			return err
+		}
+		if !verifyOne(e, dir) {
+			damaged++
+		}
+	}
+	if damaged > 0 {
+		return fmt.Errorf("%d of %d sessions failed verification: restoring through them would be wrong; see the problems above", damaged, len(dirs))
+	}
+	return nil
+}
+
+// verifyOne verifies a session and prints the outcome; it reports success.
+func verifyOne(e *env, dir string) bool {
+	id := filepath.Base(dir)
+	if _, err := os.Stat(filepath.Join(dir, snapstore.MetaFile)); errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(e.stdout, "%s: not finished (no meta.json): it is live or waiting for `dmsnap watch` to convert it\n", id)
+		return false
+	}
+	res, err := snapstore.Verify(e.ctx, dir)
+	var ve *snapstore.VerifyError
+	if err != nil && !errors.As(err, &ve) {
+		fmt.Fprintf(e.stdout, "%s: cannot verify: %v\n", id, err)
+		return false
+	}
+	if len(res.Problems) > 0 {
+		fmt.Fprintf(e.stdout, "%s: DAMAGED\n", id)
+		for _, p := range res.Problems {
+			fmt.Fprintf(e.stdout, "  %v\n", p)
+		}
+		return false
+	}
+	var notes []string
+	if res.Unverified {
+		notes = append(notes, "unverified: a seed session without checksums, structure checked only")
+	}
+	if res.Invalid {
+		notes = append(notes, "flagged invalid: the kernel dropped its snapshot, its pre-images are incomplete")
+	}
+	extra := ""
+	if len(notes) > 0 {
+		extra = "; " + strings.Join(notes, "; ")
+	}
+	fmt.Fprintf(e.stdout, "%s: ok, %d records, %s%s\n", id, res.Records, humanBytes(uint64(max(res.Bytes, 0))), extra)
+	return true
+}
+
+func runSessionsPrune(e *env, args []string) error {
+	fs := newFlags(e, "sessions prune")
+	keep := fs.Int("keep", -1, "keep the newest `N` finished sessions")
+	older := fs.String("older-than", "", "remove sessions that started more than `DURATION` ago (e.g. 36h, 30d)")
+	dry := fs.Bool("dry-run", false, "show what would be removed")
+	fs.Usage = func() { fmt.Fprint(e.stderr, sessionsHelp) }
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("sessions prune takes one device NAME")
+	}
+	if (*keep >= 0) == (*older != "") {
+		return usagef("sessions prune needs exactly one of --keep N and --older-than DURATION")
+	}
+	var age time.Duration
+	if *older != "" {
+		var err error
+		if age, err = parseAge(*older); err != nil {
+			return usagef("--older-than: %v", err)
+		}
+	}
+	name := fs.Arg(0)
+	lock, err := session.AcquireLock(e.ctx, e.state, cliLockWait)
+	if err != nil {
+		return fmt.Errorf("prune %s: %w", name, err)
+	}
+	defer lock.Release()
+	reg, err := session.LoadRegistry(e.state)
+	if err != nil {
+		return fmt.Errorf("prune %s: %w", name, err)
+	}
+	tracked := map[string]bool{} // directories the registry still owns
+	for _, d := range reg.Devices {
+		for _, s := range d.Sessions {
+			if s.Dir != "" {
+				tracked[filepath.Clean(s.Dir)] = true
+			}
+		}
+	}
+	infos, err := snapstore.ListSessions(e.store)
+	if err != nil {
+		return fmt.Errorf("list the store %s: %w", e.store, err)
+	}
+	victims := pruneVictims(infos, name, tracked, *keep, age, time.Now())
+	for _, info := range victims {
+		if *dry {
+			fmt.Fprintf(e.stdout, "would remove %s\n", info.ID)
+			continue
+		}
+		if err := os.RemoveAll(info.Dir); err != nil {
+			return fmt.Errorf("remove session %s: %w", info.Dir, err)
+		}
+		fmt.Fprintf(e.stdout, "removed %s\n", info.ID)
+	}
+	if len(victims) == 0 {
+		fmt.Fprintf(e.stdout, "nothing to prune for %s\n", name)
+	}
+	return nil
+}
+
+// pruneVictims picks the finished sessions of name to remove, oldest first.
+// Only the oldest go, so the sessions left still restore the device to any
+// state they cover (a restore needs every session from the chosen one to
+// the newest). Sessions not finished, or still in the registry, are kept;
+// so are damaged ones, which a person should look at.
+func pruneVictims(infos []snapstore.SessionInfo, name string, tracked map[string]bool, keep int, age time.Duration, now time.Time) []snapstore.SessionInfo {
+	var done []snapstore.SessionInfo
+	for _, info := range infos {
+		if info.Name != name || tracked[filepath.Clean(info.Dir)] || info.Meta == nil {
+			continue
+		}
+		done = append(done, info)
+	}
+	slices.SortStableFunc(done, func(a, b snapstore.SessionInfo) int { return a.Time.Compare(b.Time) })
+	if keep >= 0 {
+		return done[:max(len(done)-keep, 0)]
+	}
+	var out []snapstore.SessionInfo
+	for _, info := range done {
+		if now.Sub(info.Time) > age {
+			out = append(out, info)
+		}
+	}
+	return out
+}
+
+// parseAge reads a Go duration, or a number of days ("30d").
+func parseAge(s string) (time.Duration, error) {
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseUint(d, 10, 32)
+		if err != nil {
+			return 0, fmt.Errorf("%q: want a duration such as 36h or 30d", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("%q: want a duration such as 36h or 30d", s)
+	}
+	return d, nil
+}

@@ -1,0 +1,263 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/snapstore"
+)
+
+func init() {
+	register(command{name: "status", summary: "show the activated devices, their stacks and sessions", run: runStatus})
+}
+
+const statusHelp = `usage: dmsnap status [NAME] [--json]
+
+Shows each activated device (or only NAME): its stack, where it is mounted,
+its live session and COW use, the store's free space, the sessions flagged
+invalid, and anything that needs attention.
+
+--json prints {"devices": [...]}, each device:
+  {"name": "sdb1", "path": "/dev/sdb1", "state": "active",
+   "identity": {"dev": "8:17", "size": 1073741824, "fs_type": "ext4", "fs_uuid": "..."},
+   "chunk_size": 4096, "store": "/snapshot", "activated": "RFC 3339",
+   "stack": {"origin": "/dev/mapper/dmsnap-sdb1", "origin_dev": "253:1",
+             "complete": true, "openers": 0, "needs_repair": false},   (null: no stack)
+   "mounted_on": ["/mnt"],
+   "sessions": [{"n": 4, "dir": "...", "state": "armed", "armed": ..., "mounted": ...,
+                 "unmounted": ..., "invalid_reason": "...", "error": "...",
+                 "snapshot": {"state": "active", "cow_used_bytes": 65536,
+                              "cow_size_bytes": 67239936, "metadata_bytes": 8192},
+                 "cow_direct_io": true}],       (null snapshot: none in the kernel)
+   "store_space": {"free_bytes": 1, "total_bytes": 2},   (null: store unreadable)
+   "invalid_sessions": ["sdb1_1700000000"],   finished sessions flagged invalid
+   "error": "last failed step",
+   "todo": ["convert sdb1 session 3", ...],   what the watcher still has to do
+   "issues": ["...", ...]}                     what needs a person
+
+Exit codes: 0 ok, 1 failure, 2 usage.
+`
+
+type statusJSON struct {
+	Devices []deviceJSON `json:"devices"`
+}
+
+type deviceJSON struct {
+	Name            string              `json:"name"`
+	Path            string              `json:"path"`
+	State           session.DeviceState `json:"state"`
+	Identity        session.Identity    `json:"identity"`
+	ChunkSize       uint32              `json:"chunk_size"`
+	Store           string              `json:"store"`
+	Activated       *time.Time          `json:"activated,omitempty"`
+	Stack           *stackJSON          `json:"stack"`
+	MountedOn       []string            `json:"mounted_on"`
+	Sessions        []liveSessionJSON   `json:"sessions"`
+	StoreSpace      *spaceJSON          `json:"store_space"`
+	InvalidSessions []string            `json:"invalid_sessions"`
+	Error           string              `json:"error,omitempty"`
+	Todo            []string            `json:"todo"`
+	Issues          []string            `json:"issues"`
+}
+
+type stackJSON struct {
+	Origin      string `json:"origin"`
+	OriginDev   string `json:"origin_dev"`
+	Complete    bool   `json:"complete"`
+	Openers     int    `json:"openers"`
+	NeedsRepair bool   `json:"needs_repair"`
+}
+
+type liveSessionJSON struct {
+	N             int                  `json:"n"`
+	Dir           string               `json:"dir"`
+	State         session.SessionState `json:"state"`
+	Armed         *time.Time           `json:"armed,omitempty"`
+	Mounted       *time.Time           `json:"mounted,omitempty"`
+	Unmounted     *time.Time           `json:"unmounted,omitempty"`
+	InvalidReason string               `json:"invalid_reason,omitempty"`
+	Error         string               `json:"error,omitempty"`
+	Snapshot      *snapshotJSON        `json:"snapshot"`
+	CowDirectIO   *bool                `json:"cow_direct_io,omitempty"`
+}
+
+type snapshotJSON struct {
+	State         session.SnapshotState `json:"state"`
+	CowUsedBytes  uint64                `json:"cow_used_bytes"`
+	CowSizeBytes  uint64                `json:"cow_size_bytes"`
+	MetadataBytes uint64                `json:"metadata_bytes"`
+}
+
+type spaceJSON struct {
+	FreeBytes  uint64 `json:"free_bytes"`
+	TotalBytes uint64 `json:"total_bytes"`
+}
+
+// storeSpace returns the free and total bytes of the filesystem holding dir.
+func storeSpace(dir string) (*spaceJSON, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return nil, err
+	}
+	bs := uint64(st.Bsize)
+	return &spaceJSON{FreeBytes: st.Bavail * bs, TotalBytes: st.Blocks * bs}, nil
+}
+
+// cowDirectIO reports whether the loop device over a session's COW file
+// uses direct I/O (nil when the COW is not on a loop device now).
+var cowDirectIO = func(cowFile string) *bool {
+	l, err := dm.FindLoop(cowFile)
+	if err != nil || l == nil {
+		return nil
+	}
+	v := l.DirectIO
+	return &v
+}
+
+func describeDevice(st session.DeviceStatus) deviceJSON {
+	d := st.Device
+	out := deviceJSON{
+		Name: d.Name, Path: d.Path, State: d.State, Identity: d.Identity, ChunkSize: d.ChunkSize,
+		Store: d.Store, Activated: timeOrNil(d.Activated), Error: d.Error,
+		MountedOn: []string{}, Sessions: []liveSessionJSON{}, InvalidSessions: []string{},
+		Todo: []string{}, Issues: []string{},
+	}
+	if s := st.Stack; s != nil {
+		out.Stack = &stackJSON{Origin: dm.MapperPath(dm.Prefix + d.Name), OriginDev: s.OriginDev.String(),
+			Complete: s.Complete(), Openers: s.OriginOpen, NeedsRepair: s.NeedsRepair}
+	}
+	for _, m := range st.Mounts {
+		out.MountedOn = append(out.MountedOn, m.MountPoint)
+	}
+	for _, s := range d.Sessions {
+		ls := liveSessionJSON{N: s.N, Dir: s.Dir, State: s.State, Armed: timeOrNil(s.Armed), Mounted: timeOrNil(s.Mounted),
+			Unmounted: timeOrNil(s.Unmounted), InvalidReason: s.InvalidReason, Error: s.Error}
+		if st.Stack != nil {
+			if snap, ok := st.Stack.Snapshot(s.N); ok {
+				ls.Snapshot = &snapshotJSON{State: snap.State, CowUsedBytes: snap.Allocated * dm.SectorSize,
+					CowSizeBytes: snap.Total * dm.SectorSize, MetadataBytes: snap.Metadata * dm.SectorSize}
+				if s.Dir != "" {
+					ls.CowDirectIO = cowDirectIO(filepath.Join(s.Dir, snapstore.CowFile))
+				}
+			}
+		}
+		out.Sessions = append(out.Sessions, ls)
+	}
+	if sp, err := storeSpace(d.Store); err == nil {
+		out.StoreSpace = sp
+	} else {
+		out.Issues = append(out.Issues, fmt.Sprintf("store %s: %v", d.Store, err))
+	}
+	if infos, err := snapstore.ListSessions(d.Store); err == nil {
+		for _, info := range infos {
+			if info.Name == d.Name && info.Status == snapstore.StatusInvalid {
+				out.InvalidSessions = append(out.InvalidSessions, info.ID)
+			}
+		}
+	}
+	for _, a := range st.Todo {
+		out.Todo = append(out.Todo, a.String())
+	}
+	for _, is := range st.Issues {
+		out.Issues = append(out.Issues, is.String())
+	}
+	return out
+}
+
+func runStatus(e *env, args []string) error {
+	fs := newFlags(e, "status")
+	asJSON := fs.Bool("json", false, "print JSON (see dmsnap status --help)")
+	fs.Usage = func() { fmt.Fprint(e.stderr, statusHelp) }
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		return usagef("status takes at most one NAME")
+	}
+	sts, err := newManager(e).Status(e.ctx)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	out := statusJSON{Devices: []deviceJSON{}}
+	for _, st := range sts {
+		if fs.NArg() == 1 && st.Device.Name != fs.Arg(0) && st.Device.Path != fs.Arg(0) {
+			continue
+		}
+		out.Devices = append(out.Devices, describeDevice(st))
+	}
+	if fs.NArg() == 1 && len(out.Devices) == 0 {
+		return fmt.Errorf("%s: %w; `dmsnap status` lists the activated devices", fs.Arg(0), session.ErrNotActivated)
+	}
+	if *asJSON {
+		return printJSON(e.stdout, out)
+	}
+	if len(out.Devices) == 0 {
+		fmt.Fprintln(e.stdout, "no device is activated")
+	}
+	for i, d := range out.Devices {
+		if i > 0 {
+			fmt.Fprintln(e.stdout)
+		}
+		printDevice(e, d)
+	}
+	return nil
+}
+
+func printDevice(e *env, d deviceJSON) {
+	w := e.stdout
+	fmt.Fprintf(w, "%s (%s): %s\n", d.Name, d.Path, d.State)
+	if d.Stack == nil {
+		fmt.Fprintln(w, "  stack:    none in the kernel (`dmsnap attach "+d.Path+"` rebuilds it)")
+	} else {
+		state := "complete"
+		if !d.Stack.Complete {
+			state = "INCOMPLETE"
+		}
+		if d.Stack.NeedsRepair {
+			state += ", needs repair"
+		}
+		fmt.Fprintf(w, "  stack:    %s (%s) %s\n", d.Stack.Origin, d.Stack.OriginDev, state)
+	}
+	if len(d.MountedOn) > 0 {
+		fmt.Fprintf(w, "  mounted:  %v\n", d.MountedOn)
+	} else {
+		fmt.Fprintln(w, "  mounted:  no")
+	}
+	for _, s := range d.Sessions {
+		fmt.Fprintf(w, "  session %d: %s, %s\n", s.N, s.State, s.Dir)
+		if s.Snapshot != nil {
+			dio := ""
+			if s.CowDirectIO != nil {
+				dio = map[bool]string{true: ", COW direct I/O", false: ", COW buffered I/O"}[*s.CowDirectIO]
+			}
+			fmt.Fprintf(w, "    snapshot %s, COW %s used of %s%s\n", s.Snapshot.State,
+				humanBytes(s.Snapshot.CowUsedBytes), humanBytes(s.Snapshot.CowSizeBytes), dio)
+		}
+		if s.InvalidReason != "" {
+			fmt.Fprintf(w, "    INVALID: %s\n", s.InvalidReason)
+		}
+		if s.Error != "" {
+			fmt.Fprintf(w, "    error: %s\n", s.Error)
+		}
+	}
+	if d.StoreSpace != nil {
+		fmt.Fprintf(w, "  store:    %s, %s free of %s\n", d.Store, humanBytes(d.StoreSpace.FreeBytes), humanBytes(d.StoreSpace.TotalBytes))
+	}
+	for _, id := range d.InvalidSessions {
+		fmt.Fprintf(w, "  INVALID session %s: the kernel dropped its snapshot (store full or I/O error); its pre-images are incomplete\n", id)
+	}
+	if d.Error != "" {
+		fmt.Fprintf(w, "  error:    %s\n", d.Error)
+	}
+	for _, t := range d.Todo {
+		fmt.Fprintf(w, "  pending:  %s (dmsnap watch does it)\n", t)
+	}
+	for _, is := range d.Issues {
+		fmt.Fprintf(w, "  ATTENTION: %s\n", is)
+	}
+}

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/dmsnap/dmsnap/session"
+)
+
+func init() {
+	register(command{name: "watch", summary: "run the watcher: open and close sessions on mount and unmount", run: runWatch})
+}
+
+const watchHelp = `usage: dmsnap watch [--interval 30s] [--json-logs]
+
+The long-running watcher (run by the dmsnap-watch systemd unit). It
+reconciles at start (re-stacking devices, finishing conversions), then opens
+a session at each mount of /dev/mapper/dmsnap-NAME and closes it at the
+unmount, arming the next one at once. On every beat it also checks the
+snapshots and the stores: COW use and store free space are logged, a
+snapshot the kernel invalidated (store full, I/O error) is marked invalid,
+kept, and a fresh session armed as soon as there is room. Logs go to
+standard error (log/slog) with device and session attributes. SIGINT or
+SIGTERM stops it.
+
+Exit codes: 0 stopped by a signal, 1 failure, 2 usage.
+`
+
+// Store free space below which the watcher warns: the larger of
+// lowSpaceBytes and lowSpaceFraction of the store's filesystem.
+const (
+	lowSpaceBytes    = 64 << 20
+	lowSpaceFraction = 0.05
+)
+
+func runWatch(e *env, args []string) error {
+	fs := newFlags(e, "watch")
+	interval := fs.Duration("interval", session.DefaultWatchInterval, "how often to check snapshots and store space without mount changes")
+	jsonLogs := fs.Bool("json-logs", false, "log JSON lines instead of text")
+	fs.Usage = func() { fmt.Fprint(e.stderr, watchHelp, "\nflags:\n", fs.FlagUsages()) }
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("watch takes no arguments")
+	}
+	if *interval <= 0 {
+		return usagef("--interval must be positive")
+	}
+	var h slog.Handler = slog.NewTextHandler(e.stderr, nil)
+	if *jsonLogs {
+		h = slog.NewJSONHandler(e.stderr, nil)
+	}
+	log := slog.New(h)
+	m := newManager(e)
+	m.Log = log
+
+	ctx, cancel := context.WithCancel(e.ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		monitor(ctx, m, log, *interval)
+	}()
+	err := m.Watch(ctx, session.WatchOptions{Interval: *interval})
+	cancel()
+	<-done
+	if err != nil {
+		return fmt.Errorf("watch: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// monitor looks at the snapshots and the stores on every beat: it logs
+// COW use and low store space, and when the kernel has invalidated a
+// snapshot it reconciles at once, which marks the session invalid, keeps
+// it, and arms a fresh one (retried by the watcher until the store has
+// room again).
+func monitor(ctx context.Context, m *session.Manager, log *slog.Logger, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	low := map[string]bool{}     // stores warned about
+	invalid := map[string]bool{} // "device/session" warned about
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		sts, err := m.Status(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Error("status", "err", err)
+			}
+			continue
+		}
+		reconcile := false
+		for _, st := range sts {
+			d := st.Device
+			if sp, err := storeSpace(d.Store); err == nil {
+				limit := max(uint64(lowSpaceBytes), uint64(float64(sp.TotalBytes)*lowSpaceFraction))
+				switch {
+				case sp.FreeBytes < limit && !low[d.Store]:
+					low[d.Store] = true
+					log.Warn("store nearly full: the kernel drops a snapshot whose COW cannot grow", "device", d.Name, "store", d.Store,
+						"free_bytes", sp.FreeBytes, "total_bytes", sp.TotalBytes)
+				case sp.FreeBytes >= limit && low[d.Store]:
+					delete(low, d.Store)
+					log.Info("store has room again", "device", d.Name, "store", d.Store, "free_bytes", sp.FreeBytes)
+				}
+			} else {
+				log.Warn("store unreadable", "device", d.Name, "store", d.Store, "err", err)
+			}
+			if st.Stack == nil {
+				continue
+			}
+			for _, snap := range st.Stack.Snapshots {
+				s := d.Session(snap.N)
+				if s == nil {
+					continue
+				}
+				key := fmt.Sprintf("%s/%d", d.Name, snap.N)
+				switch {
+				case snap.State == session.SnapshotInvalid && s.State != session.SessionInvalid:
+					reconcile = true
+					if !invalid[key] {
+						invalid[key] = true
+						log.Error("snapshot invalidated by the kernel (store full or I/O error): session marked invalid, a new one will be armed",
+							"device", d.Name, "session", snap.N, "dir", s.Dir)
+					}
+				case snap.State == session.SnapshotActive:
+					log.Debug("cow use", "device", d.Name, "session", snap.N,
+						"cow_used_bytes", snap.Allocated*512, "cow_size_bytes", snap.Total*512)
+				}
+			}
+		}
+		if reconcile {
+			if _, err := m.Reconcile(ctx); err != nil && ctx.Err() == nil {
+				log.Error("reconcile after invalidation failed; retrying on the next beat", "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/session/system"
+)
+
+// cliLockWait is how long a command waits for the state lock. The watcher
+// converts a closed session while it holds the lock; conversion copies no
+// data but reads every pre-image once for its checksums, so a session with
+// gigabytes of changes holds the lock for a while. Commands therefore wait
+// longer than session.DefaultLockWait (10 s) before giving up with exit 4:
+// long enough for a conversion of a few GiB on a slow disk, short enough
+// that a wedged holder is reported rather than waited on forever. (The
+// alternative, converting outside the lock, needs the Manager to hand the
+// session over to a lock-free phase; the wait is the smaller change.)
+const cliLockWait = 3 * time.Minute
+
+// newManager builds the Manager the session commands use. Tests replace it
+// with one over session/sessiontest's fakes.
+var newManager = systemManager
+
+// systemManager is the Manager of the running system: device-mapper, loop
+// devices, snapstore, with the udev rule kept in step when udev is there.
+func systemManager(e *env) *session.Manager {
+	m := system.NewManager(e.state, e.store)
+	m.LockWait = cliLockWait
+	m.Log = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m.UdevRule = udevRulePath()
+	m.Gen = genOptions(e)
+	return m
+}
+
+// udevRulePath is where the udev rule is kept: session.UdevRulePath when
+// the system has udev's configuration directory, else nowhere (a system
+// without udev, such as the test VM, gets no rule and no error).
+func udevRulePath() string {
+	if st, err := os.Stat("/etc/udev"); err == nil && st.IsDir() {
+		return session.UdevRulePath
+	}
+	return ""
+}
+
+// genOptions are the paths the generated udev rule and systemd unit run
+// dmsnap with: this executable and the global flags in effect.
+func genOptions(e *env) session.GenOptions {
+	bin, err := os.Executable()
+	if err != nil || strings.HasPrefix(bin, os.TempDir()) {
+		bin = ""
+	}
+	return session.GenOptions{Binary: bin, StateDir: e.state, Store: e.store}
+}
+
+// passwordFlags are the ways a command can be given the control secret.
+// There is deliberately no flag taking the password itself.
+type passwordFlags struct {
+	stdin bool
+	file  string
+}
+
+func (p *passwordFlags) add(fs *pflag.FlagSet) {
+	fs.BoolVar(&p.stdin, "password-stdin", false, "read the control password from the first line of standard input")
+	fs.StringVar(&p.file, "password-file", "", "read the control password from the first line of `FILE`")
+}
+
+func (p *passwordFlags) check() error {
+	if p.stdin && p.file != "" {
+		return usagef("give --password-stdin or --password-file, not both")
+	}
+	return nil
+}
+
+func (p *passwordFlags) input(e *env) session.PasswordInput {
+	return session.PasswordInput{Stdin: p.stdin, StdinReader: e.stdin, File: p.file}
+}
+
+// newSecret returns the control secret of the state directory; tests
+// shorten its refusal delay.
+var newSecret = session.NewSecret
+
+// requireSecret asks for the control secret when one is set and checks it.
+// A wrong password returns (after the refusal delay) an error wrapping
+// session.ErrWrongPassword: exit code 3, and nothing has been changed.
+func requireSecret(e *env, p *passwordFlags) error {
+	in := p.input(e)
+	err := newSecret(e.state).Require(e.ctx, func() ([]byte, error) { return in.Read("dmsnap control password: ") })
+	if err != nil {
+		return fmt.Errorf("control password: %w", err)
+	}
+	return nil
+}
+
+// parseSize reads a size such as 4096, 4k, 4KiB, 64KiB, 1MiB (binary units).
+func parseSize(s string) (uint64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && t[i] >= '0' && t[i] <= '9' {
+		i++
+	}
+	if i == 0 {
+		return 0, fmt.Errorf("size %q: want a number with an optional unit (4096, 4KiB, 1MiB)", s)
+	}
+	n, err := strconv.ParseUint(t[:i], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("size %q: %w", s, err)
+	}
+	var mult uint64
+	switch strings.ToLower(strings.TrimSpace(t[i:])) {
+	case "", "b":
+		mult = 1
+	case "k", "kb", "kib":
+		mult = 1 << 10
+	case "m", "mb", "mib":
+		mult = 1 << 20
+	case "g", "gb", "gib":
+		mult = 1 << 30
+	default:
+		return 0, fmt.Errorf("size %q: unknown unit (use KiB, MiB or GiB)", s)
+	}
+	if n > (1<<64-1)/mult {
+		return 0, fmt.Errorf("size %q: too large", s)
+	}
+	return n * mult, nil
+}
+
+// humanBytes renders a byte count for people (binary units).
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// printJSON writes v indented, with a final newline.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// timeOrNil returns a pointer to t in UTC, nil when zero, so JSON omits it.
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
