@@ -191,11 +191,21 @@ func (k Kernel) StackUp(_ context.Context, name, devicePath string) error {
 	return k.stack(name, devicePath).Build()
 }
 
+// cowLoop are the loop options of a COW file. Direct I/O keeps the COW's
+// pre-images out of the page cache (they are written once and read only at
+// conversion) and saves a copy per chunk; it needs the loop device's block
+// size at least the store filesystem's, hence 4096 (chunks are 4 KiB or
+// more). Where the store's filesystem cannot do direct I/O (tmpfs before
+// Linux 6.6, for one) the kernel silently keeps buffered I/O; `dmsnap
+// status` shows which one took (dm.Loop.DirectIO).
+var cowLoop = dm.LoopOptions{AutoClear: true, DirectIO: true, BlockSize: 4096}
+
 // AttachSnapshot implements session.Kernel: a loop device over cowFile,
-// auto-clear (it goes away with the snapshot), then the snapshot over it
-// without zeroing the COW (dm.Stack.ReattachSnapshot).
+// auto-clear (it goes away with the snapshot), with direct I/O where the
+// store allows it (cowLoop), then the snapshot over it without zeroing the
+// COW (dm.Stack.ReattachSnapshot).
 func (k Kernel) AttachSnapshot(_ context.Context, name string, n int, cowFile string, chunkSectors uint32) error {
-	loop, err := k.dm().AttachLoop(cowFile, dm.LoopOptions{AutoClear: true})
+	loop, err := k.dm().AttachLoop(cowFile, cowLoop)
 	if err != nil {
 		return err
 	}
