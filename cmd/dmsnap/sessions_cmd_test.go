@@ -114,10 +114,10 @@ func TestActivateStatusDeactivate(t *testing.T) {
 	}
 	var st struct {
 		Devices []struct {
-			Name     string `json:"name"`
-			Path     string `json:"path"`
-			State    string `json:"state"`
-			Stack    *struct {
+			Name  string `json:"name"`
+			Path  string `json:"path"`
+			State string `json:"state"`
+			Stack *struct {
 				Origin   string `json:"origin"`
 				Complete bool   `json:"complete"`
 			} `json:"stack"`
