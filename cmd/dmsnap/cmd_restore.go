@@ -1,0 +1,807 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"golang.org/x/term"
+
+	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/restore"
+	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/session/system"
+	"github.com/dmsnap/dmsnap/snapstore"
+)
+
+func init() {
+	register(command{name: "restore", summary: "return a device to its state before a session", run: runRestore})
+}
+
+const restoreUsage = `usage: dmsnap restore [NAME|DEVICE] [--session ID|latest] [--to FILE] [--dry-run] [--no-undo] [--yes] [--json]
+
+Returns the device to its state before session ID: the pre-images of that
+session and of every later one are written back, the oldest winning. Every
+session of the plan is verified before a byte is written.
+
+An activated device is restored through dmsnap-NAME while a new session
+records what the restore overwrites, so the restore can itself be undone
+(the output names the session to restore); --no-undo writes dmsnap-NAME-real
+directly instead. A device that is not activated is restored directly.
+
+Without --session on a terminal, the device's sessions are listed and one is
+asked for; then the restore is confirmed (--yes skips that). Without a
+terminal, --session and --yes are required for a restore of the device.
+
+exit codes: 0 ok, 1 failure (a damaged session, a device of another size, ...),
+2 usage, 4 device mounted or open elsewhere
+`
+
+type restoreFlags struct {
+	session string
+	to      string
+	dryRun  bool
+	noUndo  bool
+	yes     bool
+	json    bool
+}
+
+func runRestore(e *env, args []string) error {
+	fs := newFlags(e, "restore")
+	var f restoreFlags
+	fs.StringVar(&f.session, "session", "", "restore to the state before this session (an ID, or latest)")
+	fs.StringVar(&f.to, "to", "", "write the restored image to FILE; the device is not touched")
+	fs.BoolVar(&f.dryRun, "dry-run", false, "print the plan and write nothing")
+	fs.BoolVar(&f.noUndo, "no-undo", false, "write the raw device directly: faster, but the restore cannot be undone")
+	fs.BoolVarP(&f.yes, "yes", "y", false, "do not ask for confirmation")
+	fs.BoolVar(&f.json, "json", false, "print the result as JSON")
+	fs.Usage = func() {
+		fmt.Fprint(e.stderr, restoreUsage, "\nflags:\n", fs.FlagUsages())
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		return usagef("restore takes at most one device (NAME or DEVICE), got %q", fs.Args())
+	}
+	if f.to != "" && f.noUndo {
+		return usagef("--no-undo and --to do not go together: --to leaves the device untouched")
+	}
+	if f.session != "" && f.session != "latest" {
+		if err := session.ValidateSessionID(f.session); err != nil {
+			return usagef("--session %q: %v", f.session, err)
+		}
+	}
+	r := &restorer{e: e, f: f, arg: fs.Arg(0), tty: isTerminal(e.stdin)}
+	return r.run()
+}
+
+// isTerminal reports whether r is a terminal one can ask questions on.
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// restorer is one run of `dmsnap restore`.
+type restorer struct {
+	e   *env
+	f   restoreFlags
+	arg string
+	tty bool // stdin is a terminal: the session may be picked and the restore confirmed
+
+	name   string          // session name: the <name> of <name>_<secs>
+	device string          // raw device (or image file) path
+	active *session.Device // registry entry when the device is activated
+	store  string          // where the device's sessions live
+	in     *bufio.Reader   // answers, on a terminal
+	warns  []string        // for the output
+	opened []*snapstore.Session
+}
+
+// restoreResult is the --json output of a restore (and of --to, --dry-run).
+type restoreResult struct {
+	Device   string             `json:"device"`
+	Name     string             `json:"name"`
+	Session  string             `json:"session"`  // the target: restored to the state before it
+	Sessions []string           `json:"sessions"` // the plan, oldest first
+	DryRun   bool               `json:"dry_run,omitempty"`
+	To       string             `json:"to,omitempty"`
+	Image    *restore.CopyStats `json:"image,omitempty"`
+	// Through is where the restore wrote: dmsnap-NAME (undoable), -real
+	// (--no-undo) or the raw device (not activated); "" for --to and --dry-run.
+	Through string `json:"through,omitempty"`
+	// Undo is the session to restore to undo this restore; "" when it
+	// cannot be undone.
+	Undo     string          `json:"undo_session,omitempty"`
+	Undoable bool            `json:"undoable"`
+	Written  uint64          `json:"bytes_written"`
+	Writes   int64           `json:"writes"`
+	Summary  restore.Summary `json:"summary"`
+	// ArmedCloses: a dry run of an activated device; the real restore first
+	// closes the armed session, which then joins the plan.
+	ArmedCloses bool     `json:"armed_session_closes_first,omitempty"`
+	Warnings    []string `json:"warnings"`
+}
+
+func (r *restorer) close() {
+	for _, s := range r.opened {
+		s.Close()
+	}
+	r.opened = nil
+}
+
+func (r *restorer) run() error {
+	defer r.close()
+	if r.tty {
+		r.in = bufio.NewReader(r.e.stdin)
+	}
+	if err := r.resolveDevice(); err != nil {
+		return err
+	}
+	sessions, err := r.deviceSessions()
+	if err != nil {
+		return err
+	}
+	if len(sessions) == 0 {
+		return fmt.Errorf("no closed sessions of %s in %s: nothing to restore", r.name, r.store)
+	}
+	target, err := r.pickTarget(sessions)
+	if err != nil {
+		return err
+	}
+	switch {
+	case r.f.dryRun:
+		return r.dryRun(sessions, target)
+	case r.f.to != "":
+		return r.toFile(sessions, target)
+	}
+	return r.restoreDevice(sessions, target)
+}
+
+// resolveDevice finds the device from the argument, the registry and the
+// store.
+func (r *restorer) resolveDevice() error {
+	reg, err := session.LoadRegistry(r.e.state)
+	if err != nil {
+		return err
+	}
+	r.store = r.e.store
+	arg := r.arg
+	if arg == "" && r.f.session != "" && r.f.session != "latest" {
+		info := snapstore.Inspect(filepath.Join(r.store, r.f.session))
+		if info.Name == "" {
+			return fmt.Errorf("no session %s in %s (see dmsnap sessions list)", r.f.session, r.store)
+		}
+		arg = info.Name
+	}
+	if arg != "" {
+		d, err := reg.Lookup(arg)
+		switch {
+		case err == nil:
+			r.active, r.name, r.device = d, d.Name, d.Path
+			if d.Store != "" {
+				r.store = d.Store
+			}
+			return nil
+		case !errors.Is(err, session.ErrNotActivated):
+			return err
+		case strings.Contains(arg, "/"):
+			r.device, r.name = arg, snapstore.SanitizeName(arg)
+			return nil
+		}
+		r.name = arg
+	} else {
+		names, err := storeNames(r.store)
+		if err != nil {
+			return err
+		}
+		switch len(names) {
+		case 0:
+			return fmt.Errorf("no sessions in %s: nothing to restore", r.store)
+		case 1:
+			r.name = names[0]
+		default:
+			return usagef("the store %s holds sessions of %s: name the device to restore", r.store, strings.Join(names, ", "))
+		}
+		if d := reg.Device(r.name); d != nil {
+			r.active, r.device = d, d.Path
+			return nil
+		}
+	}
+	// Not activated, given by name: the device the newest session recorded.
+	sessions, err := r.deviceSessions()
+	if err != nil {
+		return err
+	}
+	for i := len(sessions) - 1; i >= 0; i-- {
+		if m := sessions[i].Meta; m != nil && m.Device != "" {
+			r.device = m.Device
+			return nil
+		}
+	}
+	return fmt.Errorf("%s is not activated and no session of it in %s records its device: give the device path", r.name, r.store)
+}
+
+func storeNames(store string) ([]string, error) {
+	list, err := snapstore.ListSessions(store)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, s := range list {
+		if len(names) == 0 || names[len(names)-1] != s.Name {
+			names = append(names, s.Name)
+		}
+	}
+	return names, nil
+}
+
+// deviceSessions lists the device's sessions, oldest first, without the
+// live session of an activated device (it is still recording).
+func (r *restorer) deviceSessions() ([]snapstore.SessionInfo, error) {
+	list, err := snapstore.ListSessions(r.store)
+	if err != nil {
+		return nil, err
+	}
+	live := ""
+	if r.active != nil {
+		if cur := r.active.Current(); cur != nil {
+			live = filepath.Base(cur.Dir)
+		}
+	}
+	var out []snapstore.SessionInfo
+	for _, s := range list {
+		if s.Name == r.name && s.ID != live {
+			out = append(out, s)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].Time.Equal(out[j].Time) {
+			return out[i].Time.Before(out[j].Time)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// pickTarget finds the session --session names, or asks for one.
+func (r *restorer) pickTarget(sessions []snapstore.SessionInfo) (int, error) {
+	switch r.f.session {
+	case "latest":
+		return len(sessions) - 1, nil
+	case "":
+		if !r.tty {
+			return 0, usagef("--session ID is required when stdin is not a terminal (see dmsnap sessions list %s)", r.name)
+		}
+		return pickSession(r.in, r.e.stdout, r.name, sessions)
+	}
+	for i, s := range sessions {
+		if s.ID == r.f.session {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("no closed session %s of %s in %s (see dmsnap sessions list %s)", r.f.session, r.name, r.store, r.name)
+}
+
+// pickSession lists the sessions and asks which one to restore to.
+func pickSession(in *bufio.Reader, out io.Writer, name string, sessions []snapstore.SessionInfo) (int, error) {
+	fmt.Fprintf(out, "Sessions of %s (restoring to one undoes it and every later one):\n", name)
+	fmt.Fprintf(out, "  %3s  %-28s  %-20s  %8s  %10s  %s\n", "#", "SESSION", "TIME (UTC)", "BLOCKS", "SIZE", "STATUS")
+	for i, s := range sessions {
+		blocks, size := "-", "-"
+		if m := s.Meta; m != nil {
+			blocks = strconv.FormatInt(m.TotalBlocksSaved, 10)
+			size = restore.FormatBytes(uint64(m.TotalBlocksSaved) * uint64(m.BlockSize))
+		}
+		fmt.Fprintf(out, "  %3d  %-28s  %-20s  %8s  %10s  %s\n", i+1, s.ID, s.Time.UTC().Format(time.DateTime), blocks, size, s.Status)
+	}
+	for {
+		fmt.Fprintf(out, "Restore to the state before which session? [1-%d, q to quit]: ", len(sessions))
+		line, err := in.ReadString('\n')
+		ans := strings.TrimSpace(line)
+		if ans == "q" || (err != nil && ans == "") {
+			return 0, errors.New("no session chosen: nothing was written")
+		}
+		n, cerr := strconv.Atoi(ans)
+		if cerr == nil && n >= 1 && n <= len(sessions) {
+			return n - 1, nil
+		}
+		for i, s := range sessions {
+			if s.ID == ans {
+				return i, nil
+			}
+		}
+		fmt.Fprintf(out, "%q is not one of the sessions above.\n", ans)
+		if err != nil {
+			return 0, errors.New("no session chosen: nothing was written")
+		}
+	}
+}
+
+// confirm asks a yes/no question; only "y" or "yes" is yes.
+func confirm(in *bufio.Reader, out io.Writer, question string) bool {
+	fmt.Fprintf(out, "%s [y/N]: ", question)
+	line, _ := in.ReadString('\n')
+	ans := strings.ToLower(strings.TrimSpace(line))
+	return ans == "y" || ans == "yes"
+}
+
+// plan opens the sessions from target to the newest, runs the preflight
+// checks against dev (nil: none) and verifies every session's files.
+func (r *restorer) plan(sessions []snapstore.SessionInfo, dev restore.Device) (*restore.Plan, []string, error) {
+	chain := sessions
+	var infos []restore.SessionInfo
+	for _, s := range chain {
+		info := restore.SessionInfo{ID: s.ID}
+		switch s.Status {
+		case snapstore.StatusComplete:
+			info.State, info.Verified = restore.StateComplete, true
+		case snapstore.StatusUnverified:
+			info.State = restore.StateComplete
+		case snapstore.StatusInvalid:
+			info.State, info.Verified = restore.StateInvalid, true
+		case snapstore.StatusIncomplete:
+			info.State = restore.StateIncomplete
+		default:
+			return nil, nil, fmt.Errorf("session %s is damaged: %v; nothing was written (dmsnap sessions verify %s tells more)", s.ID, s.Err, s.ID)
+		}
+		if m := s.Meta; m != nil && m.Dmsnap != nil {
+			info.Identity = restore.Identity{Size: uint64(m.Dmsnap.Device.Size), FSUUID: m.Dmsnap.Device.FSUUID}
+		}
+		infos = append(infos, info)
+	}
+	var warns []string
+	if dev != nil {
+		w, err := restore.Preflight(dev, infos, restore.PreflightOptions{})
+		if err != nil {
+			return nil, nil, err
+		}
+		warns = append(warns, w...)
+		if d, ok := dev.(*deviceProbe); ok {
+			warns = append(warns, d.warns...)
+		}
+		if d, ok := dev.(*deviceProbe); ok && d.uuid != "" {
+			// The UUID only warns: a session records the identity of the
+			// device at arming, so a mkfs inside a later session, or a
+			// restore across one, legitimately changes it. The size cannot
+			// change and is compared strictly.
+			for i := len(infos) - 1; i >= 0; i-- {
+				if u := infos[i].Identity.FSUUID; u != "" {
+					if u != d.uuid {
+						warns = append(warns, fmt.Sprintf("%s holds filesystem UUID %s, session %s recorded %s: make sure this is the device the sessions were taken of", d.path, d.uuid, infos[i].ID, u))
+					}
+					break
+				}
+			}
+		}
+	} else {
+		for _, info := range infos {
+			if info.State != restore.StateComplete {
+				return nil, nil, &restore.StateError{Session: info.ID, State: info.State}
+			}
+		}
+	}
+	var plan []restore.Session
+	for _, s := range chain {
+		if _, err := snapstore.Verify(r.e.ctx, s.Dir); err != nil {
+			return nil, nil, fmt.Errorf("session %s failed verification; nothing was written: %w", s.ID, err)
+		}
+		ss, err := snapstore.Open(s.Dir)
+		if err != nil {
+			return nil, nil, fmt.Errorf("session %s: %w", s.ID, err)
+		}
+		r.opened = append(r.opened, ss)
+		plan = append(plan, restore.NewStoreSession(ss))
+	}
+	p, err := restore.NewPlan(plan)
+	return p, warns, err
+}
+
+func ids(sessions []snapstore.SessionInfo) []string {
+	out := make([]string, len(sessions))
+	for i, s := range sessions {
+		out[i] = s.ID
+	}
+	return out
+}
+
+func (r *restorer) result(chain []snapstore.SessionInfo) *restoreResult {
+	return &restoreResult{Device: r.device, Name: r.name, Session: chain[0].ID, Sessions: ids(chain), Warnings: []string{}}
+}
+
+func (r *restorer) progress() restore.Progress {
+	if f, ok := r.e.stderr.(*os.File); ok && !r.f.json {
+		return restore.ForFile(f)
+	}
+	return restore.Quiet{}
+}
+
+func (r *restorer) dryRun(sessions []snapstore.SessionInfo, target int) error {
+	chain := sessions[target:]
+	dev := r.probe(r.device, r.device)
+	if r.active != nil {
+		dev = r.probe(dm.Stack{Name: r.name}.OriginPath(), r.device)
+	}
+	dev.busyWarns = true
+	p, warns, err := r.plan(chain, dev)
+	if err != nil {
+		return err
+	}
+	sum, err := p.Summarize(r.e.ctx)
+	if err != nil {
+		return err
+	}
+	res := r.result(chain)
+	res.DryRun, res.Summary, res.Warnings = true, sum, append(res.Warnings, warns...)
+	res.ArmedCloses = r.active != nil
+	if r.f.json {
+		return writeJSON(r.e.stdout, res)
+	}
+	w := r.e.stdout
+	printWarnings(r.e.stderr, warns)
+	fmt.Fprintf(w, "Dry run: restoring %s (%s) to its state before session %s would write:\n", r.name, r.device, chain[0].ID)
+	if err := sum.WriteText(w); err != nil {
+		return err
+	}
+	if r.active != nil {
+		fmt.Fprintf(w, "%s is activated: the restore first closes its armed session, whose pre-images then join the plan.\n", r.name)
+	}
+	fmt.Fprintln(w, "Nothing was written.")
+	return nil
+}
+
+func (r *restorer) toFile(sessions []snapstore.SessionInfo, target int) error {
+	chain := sessions[target:]
+	// The source is the device as it was when its live session was armed:
+	// that session's snapshot device, for an activated device, so that the
+	// writes the live session holds are undone too without closing it.
+	src := r.device
+	if r.active != nil {
+		cur := r.active.Current()
+		if cur == nil {
+			return fmt.Errorf("%s is activated but has no live session (run dmsnap watch, or dmsnap attach %s)", r.name, r.device)
+		}
+		src = dm.Stack{Name: r.name}.SnapshotPath(cur.N)
+	}
+	p, warns, err := r.plan(chain, nil)
+	if err != nil {
+		return err
+	}
+	sf, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer sf.Close()
+	size, err := deviceSize(sf)
+	if err != nil {
+		return fmt.Errorf("%s: %w", src, err)
+	}
+	for i := len(chain) - 1; i >= 0; i-- {
+		if m := chain[i].Meta; m != nil && m.Dmsnap != nil && m.Dmsnap.Device.Size != size {
+			return &restore.IdentityError{Device: src, Session: chain[i].ID, Field: "size",
+				Want: fmt.Sprintf("%d bytes", m.Dmsnap.Device.Size), Got: fmt.Sprintf("%d bytes", size)}
+		}
+	}
+	out, err := os.OpenFile(r.f.to, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	res, stats, err := p.ApplyToImage(r.e.ctx, out, sf, size, restore.ApplyOptions{SkipVerify: true, Progress: r.progress()})
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", r.f.to, err)
+	}
+	rr := r.result(chain)
+	rr.To, rr.Image, rr.Summary, rr.Written, rr.Writes = r.f.to, &stats, res.Summary, res.Bytes, res.Writes
+	rr.Warnings = append(rr.Warnings, warns...)
+	if r.f.json {
+		return writeJSON(r.e.stdout, rr)
+	}
+	printWarnings(r.e.stderr, warns)
+	fmt.Fprintf(r.e.stdout, "Wrote %s: %s as it was before session %s (%s of the device copied, %s from %d session(s)); %s was not touched.\n",
+		r.f.to, r.name, chain[0].ID, restore.FormatBytes(uint64(size)), restore.FormatBytes(res.Bytes), len(chain), r.device)
+	return nil
+}
+
+func (r *restorer) restoreDevice(sessions []snapstore.SessionInfo, target int) error {
+	if !r.tty && !r.f.yes {
+		return usagef("restoring %s overwrites it: pass --yes to confirm when stdin is not a terminal", r.device)
+	}
+	chain := sessions[target:]
+	write := r.device
+	through := "the raw device (" + r.device + ")"
+	stack := dm.Stack{Name: r.name}
+	if r.active != nil {
+		write = stack.OriginPath()
+		through = write
+	}
+	dev := r.probe(write, r.device)
+	p, warns, err := r.plan(chain, dev)
+	if err != nil {
+		return err
+	}
+	// Hold the device exclusively from here on: nobody mounts it while it
+	// is restored.
+	hold, err := openExclusive(write)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if hold != nil {
+			hold.Close()
+		}
+	}()
+	sum, err := p.Summarize(r.e.ctx)
+	if err != nil {
+		return err
+	}
+	printWarnings(r.e.stderr, warns)
+	if !r.f.yes {
+		q := fmt.Sprintf("Restore %s (%s) to its state before session %s? %s in %d session(s) will be written",
+			r.name, r.device, chain[0].ID, restore.FormatBytes(sum.Bytes), len(chain))
+		if r.active != nil {
+			q += ", plus what its armed session recorded"
+		}
+		if r.active == nil || r.f.noUndo {
+			q += "; this cannot be undone"
+		}
+		if !confirm(r.in, r.e.stdout, q) {
+			return errors.New("not confirmed: nothing was written")
+		}
+	}
+
+	var m *session.Manager
+	if r.active != nil {
+		// Close the armed session so its pre-images count: it joins the plan.
+		m = system.NewManager(r.e.state, r.store)
+		if _, err := m.Rotate(r.e.ctx, r.name, "restore: closing the armed session"); err != nil {
+			return fmt.Errorf("closing the armed session of %s before the restore: %w", r.name, err)
+		}
+		if err := r.reload(); err != nil {
+			return err
+		}
+		sessions, err = r.deviceSessions()
+		if err != nil {
+			return err
+		}
+		i := indexOf(sessions, chain[0].ID)
+		if i < 0 {
+			return fmt.Errorf("session %s vanished from %s", chain[0].ID, r.store)
+		}
+		chain = sessions[i:]
+		r.close()
+		if p, _, err = r.plan(chain, nil); err != nil {
+			return err
+		}
+		if r.f.noUndo {
+			write, through = stack.RealPath(), stack.RealPath()
+		}
+	}
+	var dst *os.File
+	if write == stack.RealPath() {
+		// -real is held by device-mapper: no exclusive open, but the origin
+		// stays held exclusively above.
+		if dst, err = os.OpenFile(write, os.O_RDWR, 0); err != nil {
+			return err
+		}
+	} else {
+		dst, hold = hold, nil
+	}
+	res, err := p.Apply(r.e.ctx, dst, restore.ApplyOptions{SkipVerify: true, TargetSize: dev.size, Progress: r.progress()})
+	if r.active != nil && r.f.noUndo {
+		// The origin's page cache may hold blocks written behind its back.
+		if hold != nil {
+			unix.IoctlSetInt(int(hold.Fd()), unix.BLKFLSBUF, 0)
+		}
+	}
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("restoring %s: %w", write, err)
+	}
+	rr := r.result(chain)
+	rr.Through, rr.Summary, rr.Written, rr.Writes = through, res.Summary, res.Bytes, res.Writes
+	rr.Warnings = append(rr.Warnings, warns...)
+	if r.active != nil && !r.f.noUndo {
+		// Close the session that recorded the restore, so that it has an ID
+		// the user can restore to undo this one.
+		cur, err := r.current()
+		if err != nil {
+			return err
+		}
+		if _, err := m.Rotate(r.e.ctx, r.name, "restore finished: closing the session that recorded it"); err != nil {
+			return fmt.Errorf("restored %s, but closing the session that recorded the restore failed: %w", r.name, err)
+		}
+		if cur != nil {
+			if info := snapstore.Inspect(cur.Dir); info.Status == snapstore.StatusComplete {
+				rr.Undo, rr.Undoable = info.ID, true
+			}
+		}
+	}
+	if r.f.json {
+		return writeJSON(r.e.stdout, rr)
+	}
+	w := r.e.stdout
+	fmt.Fprintf(w, "Restored %s to its state before session %s: %s written in %d write(s) through %s, from %d session(s).\n",
+		r.name, chain[0].ID, restore.FormatBytes(res.Bytes), res.Writes, through, len(chain))
+	switch {
+	case rr.Undoable:
+		fmt.Fprintf(w, "To undo: dmsnap restore %s --session %s\n", r.name, rr.Undo)
+	case r.active == nil:
+		fmt.Fprintf(w, "%s is not activated: it was restored directly, and this restore cannot be undone.\n", r.name)
+	case r.f.noUndo:
+		fmt.Fprintln(w, "--no-undo: written to the raw device behind dmsnap, this restore cannot be undone.")
+	default:
+		fmt.Fprintln(w, "The session that recorded the restore could not be closed: see dmsnap status.")
+	}
+	return nil
+}
+
+func (r *restorer) reload() error {
+	reg, err := session.LoadRegistry(r.e.state)
+	if err != nil {
+		return err
+	}
+	d := reg.Device(r.name)
+	if d == nil {
+		return fmt.Errorf("%s left the registry during the restore: %w", r.name, session.ErrNotActivated)
+	}
+	r.active = d
+	return nil
+}
+
+func (r *restorer) current() (*session.Session, error) {
+	if err := r.reload(); err != nil {
+		return nil, err
+	}
+	return r.active.Current(), nil
+}
+
+func indexOf(sessions []snapstore.SessionInfo, id string) int {
+	for i, s := range sessions {
+		if s.ID == id {
+			return i
+		}
+	}
+	return -1
+}
+
+func printWarnings(w io.Writer, warns []string) {
+	for _, s := range warns {
+		fmt.Fprintln(w, "warning:", s)
+	}
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// deviceProbe is restore.Device over a block device (or an image file):
+// writePath is checked for use, idPath probed for identity. It gives
+// Preflight the size only and keeps the filesystem UUID for a warning.
+type deviceProbe struct {
+	path   string
+	idPath string
+	size   uint64
+	uuid   string
+	// busyWarns: a dry run reports a busy device as a warning, since it
+	// writes nothing.
+	busyWarns bool
+	warns     []string
+}
+
+func (r *restorer) probe(writePath, idPath string) *deviceProbe {
+	return &deviceProbe{path: writePath, idPath: idPath}
+}
+
+func (d *deviceProbe) Path() string { return d.path }
+
+// Busy implements restore.Device: mounted (per the mount table), or held
+// exclusively, or opened by anyone when it is a device-mapper device.
+func (d *deviceProbe) Busy() (string, error) {
+	reason, err := d.busy()
+	if err == nil && reason != "" && d.busyWarns {
+		d.warns = append(d.warns, (&restore.BusyError{Device: d.path, Reason: reason}).Error())
+		return "", nil
+	}
+	return reason, err
+}
+
+func (d *deviceProbe) busy() (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(d.path, &st); err != nil {
+		return "", err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return "", nil
+	}
+	num := session.DevNumFromRdev(st.Rdev)
+	if f, err := os.Open(session.SelfMountInfo); err == nil {
+		table, perr := session.ParseMountInfo(f)
+		f.Close()
+		if perr == nil {
+			for _, m := range table {
+				if m.Dev == num {
+					return "mounted on " + m.MountPoint, nil
+				}
+			}
+		}
+	}
+	if name, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/dm/name", num.Major, num.Minor)); err == nil {
+		if info, err := dm.Info(strings.TrimSpace(string(name))); err == nil && info.OpenCount > 0 {
+			return fmt.Sprintf("open %d time(s)", info.OpenCount), nil
+		}
+	}
+	f, err := os.OpenFile(d.path, os.O_RDWR|unix.O_EXCL, 0)
+	if errors.Is(err, unix.EBUSY) {
+		return "held open exclusively by another process or device", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	f.Close()
+	return "", nil
+}
+
+// Identity implements restore.Device.
+func (d *deviceProbe) Identity() (restore.Identity, error) {
+	f, err := os.Open(d.idPath)
+	if err != nil {
+		return restore.Identity{}, err
+	}
+	defer f.Close()
+	size, err := deviceSize(f)
+	if err != nil {
+		return restore.Identity{}, err
+	}
+	_, uuid, err := session.ProbeFilesystem(f)
+	if err != nil {
+		return restore.Identity{}, err
+	}
+	d.size, d.uuid = uint64(size), uuid
+	return restore.Identity{Size: uint64(size)}, nil
+}
+
+// deviceSize is the size of a block device or a file.
+func deviceSize(f *os.File) (int64, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if fi.Mode()&os.ModeDevice == 0 {
+		return fi.Size(), nil
+	}
+	n, err := unix.IoctlGetUint64(int(f.Fd()), unix.BLKGETSIZE64)
+	if err != nil {
+		return 0, fmt.Errorf("BLKGETSIZE64: %w", err)
+	}
+	return int64(n), nil
+}
+
+// openExclusive opens the device for writing with O_EXCL, so nobody can
+// mount it while the restore runs. A busy device is *restore.BusyError.
+func openExclusive(path string) (*os.File, error) {
+	flags := os.O_RDWR
+	if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeDevice != 0 {
+		flags |= unix.O_EXCL
+	}
+	f, err := os.OpenFile(path, flags, 0)
+	if errors.Is(err, unix.EBUSY) {
+		return nil, &restore.BusyError{Device: path, Reason: "opened exclusively by someone else (a mount?)"}
+	}
+	return f, err
+}
