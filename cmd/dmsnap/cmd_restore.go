@@ -103,7 +103,6 @@ type restorer struct {
 	active *session.Device // registry entry when the device is activated
 	store  string          // where the device's sessions live
 	in     *bufio.Reader   // answers, on a terminal
-	warns  []string        // for the output
 	opened []*snapstore.Session
 }
 
@@ -185,6 +184,10 @@ func (r *restorer) resolveDevice() error {
 	}
 	if arg != "" {
 		d, err := reg.Lookup(arg)
+		if fi, serr := os.Stat(arg); err != nil && serr == nil && fi.Mode().IsRegular() {
+			// An image file of the device: never activated.
+			err = session.ErrNotActivated
+		}
 		switch {
 		case err == nil:
 			r.active, r.name, r.device = d, d.Name, d.Path
