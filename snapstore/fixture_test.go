@@ -3,6 +3,7 @@ package snapstore
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -14,8 +15,8 @@ import (
 // dm-snap.c and dm-snap-persistent.c behave: the first write to an origin
 // chunk copies its old bytes (only up to the device end) into the next
 // free data chunk, then the exception is committed to the current metadata
-// area; a full area continues in the next one. It is a test-only writer of
-// kernel-format COW files.
+// area; a full area continues in the next one. Its files are written by
+// CowWriter.
 type cowSim struct {
 	g      Geometry
 	pre    []byte // the device before the session
@@ -85,22 +86,33 @@ func (c *cowSim) bytes() []byte {
 	return b
 }
 
+// render writes the COW file into b through CowWriter, so the format is
+// written in one place: the list in commit order, each exception's data in
+// the chunk the simulated kernel allocated for it.
 func (c *cowSim) render(b []byte) {
-	valid := uint32(0)
-	if c.valid {
-		valid = 1
+	w := &fixedCow{b: b}
+	cw, err := NewCowWriter(w, c.g.ChunkBytes(), CowWriterOptions{Invalid: !c.valid})
+	if err != nil {
+		panic(err)
 	}
-	copy(b, CowHeader{Magic: CowMagic, Valid: valid, Version: CowVersion, ChunkSectors: c.g.ChunkSectors}.Append(nil))
-	cb := c.g.ChunkBytes()
-	e := c.g.PerArea()
-	for i, ex := range c.list {
-		off := c.g.AreaChunk(int64(i)/e)*cb + (int64(i)%e)*CowExceptionSize
-		putU64(b[off:], ex.OldChunk)
-		putU64(b[off+8:], ex.NewChunk)
+	for _, ex := range c.list {
+		if err := cw.AddAt(ex, c.cow[int64(ex.NewChunk)]); err != nil {
+			panic(err)
+		}
 	}
-	for nc, data := range c.cow {
-		copy(b[nc*cb:], data)
+	if _, err := cw.Close(); err != nil {
+		panic(err)
 	}
+}
+
+// fixedCow is an io.WriterAt over a byte slice that does not grow.
+type fixedCow struct{ b []byte }
+
+func (f *fixedCow) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > int64(len(f.b)) {
+		return 0, fmt.Errorf("write of %d bytes at %d outside the %d-byte buffer", len(p), off, len(f.b))
+	}
+	return copy(f.b[off:], p), nil
 }
 
 func putU64(b []byte, v uint64) {
@@ -109,8 +121,9 @@ func putU64(b []byte, v uint64) {
 	}
 }
 
-// writeCowFile writes the COW file at path, sparse: only the header,
-// areas and data chunks are written.
+// writeCowFile writes the COW file at path through CowWriter, sparse (only
+// the header, entries and data chunks are written), sized as CreateSession
+// sizes a new store.
 func (c *cowSim) writeCowFile(t testing.TB, path string) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
@@ -118,34 +131,20 @@ func (c *cowSim) writeCowFile(t testing.TB, path string) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	cb := c.g.ChunkBytes()
-	size := c.g.CowFileSize(int64(len(c.dev)))
-	if err := f.Truncate(size); err != nil {
+	if err := f.Truncate(c.g.CowFileSize(int64(len(c.dev)))); err != nil {
 		t.Fatal(err)
 	}
-	valid := uint32(0)
-	if c.valid {
-		valid = 1
-	}
-	hdr := CowHeader{Magic: CowMagic, Valid: valid, Version: CowVersion, ChunkSectors: c.g.ChunkSectors}.Append(nil)
-	if _, err := f.WriteAt(hdr, 0); err != nil {
+	cw, err := NewCowWriter(f, c.g.ChunkBytes(), CowWriterOptions{Invalid: !c.valid})
+	if err != nil {
 		t.Fatal(err)
 	}
-	e := c.g.PerArea()
-	area := make([]byte, 0, 16)
-	for i, ex := range c.list {
-		off := c.g.AreaChunk(int64(i)/e)*cb + (int64(i)%e)*CowExceptionSize
-		area = area[:16]
-		putU64(area, ex.OldChunk)
-		putU64(area[8:], ex.NewChunk)
-		if _, err := f.WriteAt(area, off); err != nil {
+	for _, ex := range c.list {
+		if err := cw.AddAt(ex, c.cow[int64(ex.NewChunk)]); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for nc, data := range c.cow {
-		if _, err := f.WriteAt(data, nc*cb); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := cw.Close(); err != nil {
+		t.Fatal(err)
 	}
 }
 
