@@ -104,6 +104,8 @@ type restorer struct {
 	store  string          // where the device's sessions live
 	in     *bufio.Reader   // answers, on a terminal
 	opened []*snapstore.Session
+	// verified: sessions whose files snapstore.Verify checked in this run.
+	verified map[string]bool
 }
 
 // restoreResult is the --json output of a restore (and of --to, --dry-run).
@@ -395,8 +397,14 @@ func (r *restorer) plan(sessions []snapstore.SessionInfo, dev restore.Device) (*
 	}
 	var plan []restore.Session
 	for _, s := range chain {
-		if _, err := snapstore.Verify(r.e.ctx, s.Dir); err != nil {
-			return nil, nil, fmt.Errorf("session %s failed verification; nothing was written: %w", s.ID, err)
+		if !r.verified[s.ID] {
+			if _, err := snapstore.Verify(r.e.ctx, s.Dir); err != nil {
+				return nil, nil, fmt.Errorf("session %s failed verification; nothing was written: %w", s.ID, err)
+			}
+			if r.verified == nil {
+				r.verified = map[string]bool{}
+			}
+			r.verified[s.ID] = true
 		}
 		ss, err := snapstore.Open(s.Dir)
 		if err != nil {
@@ -611,27 +619,30 @@ func (r *restorer) restoreDevice(sessions []snapstore.SessionInfo, target int) e
 	if cerr := dst.Close(); err == nil {
 		err = cerr
 	}
+	undoable := r.active != nil && !r.f.noUndo
 	if err != nil {
-		return fmt.Errorf("restoring %s: %w", write, err)
+		err = fmt.Errorf("restoring %s: %w", write, err)
+		var pw *restore.PartialWriteError
+		if undoable && errors.As(err, &pw) {
+			// Half the plan is on the device: close the session that
+			// recorded it, so the device can be put back as it was.
+			if undo, cerr := r.closeRecording(m); cerr == nil && undo != "" {
+				err = fmt.Errorf("%w; to put the device back as it was before this restore: dmsnap restore %s --session %s", err, r.name, undo)
+			}
+		}
+		return err
 	}
 	rr := r.result(chain)
 	rr.Through, rr.Summary, rr.Written, rr.Writes = through, res.Summary, res.Bytes, res.Writes
 	rr.Warnings = append(rr.Warnings, warns...)
-	if r.active != nil && !r.f.noUndo {
+	if undoable {
 		// Close the session that recorded the restore, so that it has an ID
 		// the user can restore to undo this one.
-		cur, err := r.current()
+		undo, err := r.closeRecording(m)
 		if err != nil {
-			return err
-		}
-		if _, err := m.Rotate(r.e.ctx, r.name, "restore finished: closing the session that recorded it"); err != nil {
 			return fmt.Errorf("restored %s, but closing the session that recorded the restore failed: %w", r.name, err)
 		}
-		if cur != nil {
-			if info := snapstore.Inspect(cur.Dir); info.Status == snapstore.StatusComplete {
-				rr.Undo, rr.Undoable = info.ID, true
-			}
-		}
+		rr.Undo, rr.Undoable = undo, undo != ""
 	}
 	if r.f.json {
 		return writeJSON(r.e.stdout, rr)
@@ -650,6 +661,26 @@ func (r *restorer) restoreDevice(sessions []snapstore.SessionInfo, target int) e
 		fmt.Fprintln(w, "The session that recorded the restore could not be closed: see dmsnap status.")
 	}
 	return nil
+}
+
+// closeRecording closes the live session of the activated device, the one
+// that recorded the restore's writes, and returns its ID once it is a
+// complete session ("" when it is not).
+func (r *restorer) closeRecording(m *session.Manager) (string, error) {
+	cur, err := r.current()
+	if err != nil {
+		return "", err
+	}
+	if _, err := m.Rotate(r.e.ctx, r.name, "restore finished: closing the session that recorded it"); err != nil {
+		return "", err
+	}
+	if cur == nil {
+		return "", nil
+	}
+	if info := snapstore.Inspect(cur.Dir); info.Status == snapstore.StatusComplete {
+		return info.ID, nil
+	}
+	return "", nil
 }
 
 func (r *restorer) reload() error {

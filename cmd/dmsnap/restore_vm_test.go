@@ -12,6 +12,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -238,6 +239,19 @@ func TestVMRestoreToFile(t *testing.T) {
 	of.Sync()
 	of.Close()
 	h1 := hash(t, d.origin)
+
+	// A dry run of an activated device lists the closed sessions and says
+	// the armed one closes first; it writes nothing.
+	code, out := d.restore(d.name, "--session", s1, "--dry-run", "--json")
+	var dry restoreResult
+	if code != 0 || json.Unmarshal([]byte(out), &dry) != nil || !dry.ArmedCloses || !dry.DryRun ||
+		len(dry.Sessions) != 1 || dry.Sessions[0] != s1 || dry.Summary.Bytes == 0 {
+		t.Fatalf("dry run: exit %d: %s", code, out)
+	}
+	if got := hash(t, d.origin); got != h1 {
+		t.Fatal("the dry run changed the device")
+	}
+
 	img := filepath.Join(filepath.Dir(d.store), "restored.img")
 	d.mustRestore(d.name, "--session", s1, "--to", img)
 	if got := vmtest.SHA256(t, img); got != h0 {
