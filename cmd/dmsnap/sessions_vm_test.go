@@ -1,0 +1,631 @@
+//go:build vm
+
+package main
+
+// End-to-end tests of the session commands: the real dmsnap binary
+// (/usr/bin/dmsnap, copied in by hack/vm/exec after `make build`) against
+// the guest's kernel, with store and state under /tmp (tmpfs) and ext4 on
+// loop devices over small sparse files.
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/internal/vmtest"
+	"github.com/dmsnap/dmsnap/snapstore"
+)
+
+const dmsnapBin = "/usr/bin/dmsnap"
+
+// cli is one state directory and store the dmsnap binary runs with.
+type cli struct {
+	state, store string
+}
+
+func newCLI(t *testing.T) *cli {
+	t.Helper()
+	vmtest.RequireDM(t)
+	if _, err := os.Stat(dmsnapBin); err != nil {
+		t.Fatalf("%s missing: run `make build` before the VM tests (%v)", dmsnapBin, err)
+	}
+	base := t.TempDir()
+	return &cli{state: filepath.Join(base, "state"), store: filepath.Join(base, "store")}
+}
+
+func (c *cli) cmd(stdin string, args ...string) *exec.Cmd {
+	cmd := exec.Command(dmsnapBin, append([]string{"--state", c.state, "--store", c.store}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	return cmd
+}
+
+// try runs dmsnap and returns its exit code and output.
+func (c *cli) try(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	cmd := c.cmd(stdin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("dmsnap %q: %v", args, err)
+	}
+	return code, out.String(), errOut.String()
+}
+
+// ok runs dmsnap and fails the test unless it exits 0.
+func (c *cli) ok(t *testing.T, args ...string) string {
+	t.Helper()
+	code, out, errOut := c.try(t, "", args...)
+	if code != 0 {
+		t.Fatalf("dmsnap %q: exit %d\n%s%s", args, code, out, errOut)
+	}
+	return out
+}
+
+// activate activates raw as name and makes sure the test leaves no stack
+// behind, whatever happens: another test's watcher would take it for an
+// orphan.
+func (c *cli) activate(t *testing.T, raw, name string) {
+	t.Helper()
+	c.ok(t, "activate", raw, "--name", name)
+	t.Cleanup(func() {
+		exec.Command("umount", "/dev/mapper/dmsnap-"+name).Run()
+		if active, _ := (dm.Stack{Name: name}).Active(); !active {
+			return
+		}
+		if code, out, errOut := c.try(t, "", "deactivate", name); code != 0 {
+			t.Errorf("cleanup: deactivate %s: exit %d: %s%s", name, code, out, errOut)
+			(dm.Stack{Name: name}).Teardown()
+		}
+	})
+}
+
+// dropCaches makes reads of a raw device see what device-mapper wrote to
+// it, not what its own page cache held from before.
+func dropCaches(t *testing.T) {
+	t.Helper()
+	vmtest.Sh(t, "sync; echo 3 > /proc/sys/vm/drop_caches")
+}
+
+// watcher is a running `dmsnap watch`.
+type watcher struct {
+	cmd *exec.Cmd
+	log *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (c *cli) watch(t *testing.T) *watcher {
+	t.Helper()
+	w := &watcher{cmd: c.cmd("", "watch", "--interval", "1s"), log: &syncBuffer{}}
+	w.cmd.Stdout, w.cmd.Stderr = w.log, w.log
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Mounts before the watcher has read the mount table are not events to
+	// it (the session stays armed and takes them): wait until it has.
+	eventually(t, "the watcher to start", 30*time.Second, func() bool { return strings.Contains(w.log.String(), "msg=watching") })
+	t.Cleanup(func() {
+		if w.cmd.ProcessState == nil {
+			w.cmd.Process.Kill()
+			w.cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("watcher log:\n%s", w.log.String())
+		}
+	})
+	return w
+}
+
+// stop sends SIGTERM and checks the watcher exits 0.
+func (w *watcher) stop(t *testing.T) {
+	t.Helper()
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- w.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("watcher after SIGTERM: %v\n%s", err, w.log.String())
+		}
+	case <-time.After(20 * time.Second):
+		w.cmd.Process.Kill()
+		t.Fatalf("watcher did not stop on SIGTERM\n%s", w.log.String())
+	}
+}
+
+func (w *watcher) kill(t *testing.T) {
+	t.Helper()
+	w.cmd.Process.Kill()
+	w.cmd.Wait()
+}
+
+// rawDevice makes ext4 on a loop device over a sparse file of size bytes.
+func rawDevice(t *testing.T, size int64) string {
+	t.Helper()
+	file := vmtest.TempFile(t, t.TempDir(), "raw.img", size)
+	l, err := dm.AttachLoop(file, dm.LoopOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	t.Cleanup(func() { dm.DetachLoop(l.Path) })
+	vmtest.Run(t, "mkfs.ext4", "-q", "-F", l.Path)
+	return l.Path
+}
+
+type listed struct {
+	ID            string `json:"id"`
+	Name          string `json:"name"`
+	Dir           string `json:"dir"`
+	State         string `json:"state"`
+	InvalidReason string `json:"invalid_reason"`
+	Blocks        int64  `json:"blocks"`
+	Bytes         int64  `json:"bytes"`
+}
+
+func (c *cli) list(t *testing.T, name string) []listed {
+	t.Helper()
+	var out []listed
+	if err := json.Unmarshal([]byte(c.ok(t, "sessions", "list", name, "--json")), &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+type statusOut struct {
+	Devices []struct {
+		Name  string `json:"name"`
+		Stack *struct {
+			Complete bool `json:"complete"`
+		} `json:"stack"`
+		MountedOn []string `json:"mounted_on"`
+		Sessions  []struct {
+			N        int    `json:"n"`
+			Dir      string `json:"dir"`
+			State    string `json:"state"`
+			Snapshot *struct {
+				State   string `json:"state"`
+				CowUsed uint64 `json:"cow_used_bytes"`
+			} `json:"snapshot"`
+			CowDirectIO *bool `json:"cow_direct_io"`
+		} `json:"sessions"`
+		InvalidSessions []string `json:"invalid_sessions"`
+		Error           string   `json:"error"`
+	} `json:"devices"`
+}
+
+func (c *cli) status(t *testing.T) statusOut {
+	t.Helper()
+	var st statusOut
+	out := c.ok(t, "status", "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	return st
+}
+
+// eventually polls cond until it holds or the timeout passes.
+func eventually(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func countStates(ss []listed) map[string]int {
+	n := map[string]int{}
+	for _, s := range ss {
+		n[s.State]++
+	}
+	return n
+}
+
+func mountWriteUnmount(t *testing.T, dev, mnt string, i int) {
+	t.Helper()
+	vmtest.Run(t, "mount", dev, mnt)
+	vmtest.Sh(t, fmt.Sprintf("dd if=/dev/urandom of=%s/f%d bs=64k count=8 2>/dev/null && echo %d >> %s/log && sync", mnt, i, i, mnt))
+	vmtest.Run(t, "umount", mnt)
+}
+
+// dmsnapDevices lists the device-mapper devices whose name starts dmsnap-.
+func dmsnapDevices(t *testing.T) []string {
+	t.Helper()
+	items, err := dm.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, it := range items {
+		if strings.HasPrefix(it.Name, dm.Prefix) {
+			out = append(out, it.Name)
+		}
+	}
+	return out
+}
+
+func TestCLISessionsThreeMounts(t *testing.T) {
+	c := newCLI(t)
+	raw := rawDevice(t, 64<<20)
+	c.activate(t, raw, "vol")
+	w := c.watch(t)
+	origin := "/dev/mapper/dmsnap-vol"
+	mnt := t.TempDir()
+	for i := 1; i <= 3; i++ {
+		mountWriteUnmount(t, origin, mnt, i)
+		eventually(t, fmt.Sprintf("session %d closed", i), 60*time.Second, func() bool {
+			n := countStates(c.list(t, "vol"))
+			return n["closed"] == i && n["armed"] == 1
+		})
+	}
+	ss := c.list(t, "vol")
+	if len(ss) != 4 {
+		t.Fatalf("sessions: %+v", ss)
+	}
+	idRe := regexp.MustCompile(`^vol_[0-9]{10}$`)
+	var ids []string
+	for i, s := range ss {
+		if !idRe.MatchString(s.ID) || s.Dir != filepath.Join(c.store, s.ID) {
+			t.Errorf("session %d: id %q dir %q", i, s.ID, s.Dir)
+		}
+		if i < 3 {
+			if s.State != "closed" || s.Blocks == 0 || s.Bytes != s.Blocks*4096 {
+				t.Errorf("session %d: %+v", i, s)
+			}
+			for _, f := range []string{"blocks.dat", "blocks.map", "meta.json"} {
+				if _, err := os.Stat(filepath.Join(s.Dir, f)); err != nil {
+					t.Error(err)
+				}
+			}
+			ids = append(ids, s.ID)
+		} else if s.State != "armed" {
+			t.Errorf("last session: %+v, want armed", s)
+		}
+	}
+	out := c.ok(t, append([]string{"sessions", "verify"}, ids...)...)
+	if strings.Count(out, ": ok") != 3 {
+		t.Errorf("verify:\n%s", out)
+	}
+	st := c.status(t)
+	if len(st.Devices) != 1 || len(st.Devices[0].Sessions) != 1 || st.Devices[0].Sessions[0].State != "armed" ||
+		st.Devices[0].Sessions[0].Snapshot == nil || st.Devices[0].Sessions[0].CowDirectIO == nil {
+		t.Errorf("status: %+v", st)
+	}
+	w.stop(t)
+	if log := w.log.String(); !strings.Contains(log, "device=vol") {
+		t.Errorf("watcher log has no device attribute:\n%s", log)
+	}
+	c.ok(t, "deactivate", "vol")
+	if left := dmsnapDevices(t); len(left) != 0 {
+		t.Errorf("left after deactivate: %v", left)
+	}
+	if n := countStates(c.list(t, "vol")); n["closed"] < 3 || n["armed"] != 0 || len(n) != 1 {
+		t.Errorf("after deactivate: %v, want only closed sessions", n)
+	}
+}
+
+func TestCLIRefusals(t *testing.T) {
+	c := newCLI(t)
+	raw := rawDevice(t, 32<<20)
+
+	// Wrong password: exit 3, nothing changed.
+	if code, _, errOut := c.try(t, "s3cret\n", "passwd", "--password-stdin"); code != 0 {
+		t.Fatalf("passwd: %d %s", code, errOut)
+	}
+	start := time.Now()
+	code, _, errOut := c.try(t, "guess\n", "activate", raw, "--name", "r", "--password-stdin")
+	if code != 3 || !strings.Contains(errOut, "wrong password") || time.Since(start) < time.Second {
+		t.Fatalf("wrong password: exit %d after %v: %s", code, time.Since(start), errOut)
+	}
+	if left := dmsnapDevices(t); len(left) != 0 {
+		t.Fatalf("devices after a wrong password: %v", left)
+	}
+	if _, err := os.Stat(filepath.Join(c.state, "registry.json")); err == nil {
+		if b, _ := os.ReadFile(filepath.Join(c.state, "registry.json")); bytes.Contains(b, []byte(`"r"`)) {
+			t.Fatalf("registry after a wrong password: %s", b)
+		}
+	}
+	if code, _, errOut := c.try(t, "s3cret\n", "passwd", "--password-stdin", "--clear"); code != 0 {
+		t.Fatalf("passwd --clear: %d %s", code, errOut)
+	}
+
+	// A mounted device: exit 4, nothing left behind.
+	mnt := t.TempDir()
+	vmtest.Run(t, "mount", raw, mnt)
+	code, _, errOut = c.try(t, "", "activate", raw, "--name", "r")
+	vmtest.Run(t, "umount", mnt)
+	if code != 4 || !strings.Contains(errOut, "mounted on "+mnt) {
+		t.Fatalf("activate of a mounted device: exit %d: %s", code, errOut)
+	}
+	if left := dmsnapDevices(t); len(left) != 0 {
+		t.Fatalf("devices after refusing a mounted device: %v", left)
+	}
+
+	// A regular file: a clear error.
+	file := vmtest.TempFile(t, t.TempDir(), "plain.img", 1<<20)
+	code, _, errOut = c.try(t, "", "activate", file)
+	if code != 1 || !strings.Contains(errOut, file) || !strings.Contains(errOut, "block device") {
+		t.Fatalf("activate of a regular file: exit %d: %s", code, errOut)
+	}
+
+	// Two activations racing on one device: one wins, one fails cleanly.
+	type result struct {
+		code   int
+		stderr string
+	}
+	res := make([]result, 2)
+	var wg sync.WaitGroup
+	for i := range res {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var errOut bytes.Buffer
+			cmd := c.cmd("", "activate", raw, "--name", fmt.Sprintf("race%d", i))
+			cmd.Stderr = &errOut
+			err := cmd.Run()
+			res[i].stderr = errOut.String()
+			if ee, ok := err.(*exec.ExitError); ok {
+				res[i].code = ee.ExitCode()
+			}
+		}()
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, n := range []string{"race0", "race1"} {
+			if active, _ := (dm.Stack{Name: n}).Active(); active {
+				c.try(t, "", "deactivate", n)
+			}
+		}
+	})
+	wins := 0
+	for _, r := range res {
+		switch {
+		case r.code == 0:
+			wins++
+		case r.code != 1 && r.code != 4, !strings.Contains(r.stderr, raw):
+			t.Errorf("losing activate: exit %d: %s", r.code, r.stderr)
+		}
+	}
+	if wins != 1 {
+		t.Fatalf("racing activations: %+v", res)
+	}
+	st := c.status(t)
+	if len(st.Devices) != 1 || st.Devices[0].Stack == nil || !st.Devices[0].Stack.Complete {
+		t.Fatalf("after the race: %+v", st)
+	}
+	if n := len(dmsnapDevices(t)); n != 3 { // origin, -real, one snapshot
+		t.Errorf("after the race: dm devices %v", dmsnapDevices(t))
+	}
+	c.ok(t, "deactivate", raw)
+}
+
+func TestCLIWatcherKilledMidSession(t *testing.T) {
+	c := newCLI(t)
+	raw := rawDevice(t, 32<<20)
+	c.activate(t, raw, "k")
+	origin := "/dev/mapper/dmsnap-k"
+	dropCaches(t)
+	pre, err := os.ReadFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := c.watch(t)
+	mnt := t.TempDir()
+	vmtest.Run(t, "mount", origin, mnt)
+	eventually(t, "session open", 30*time.Second, func() bool {
+		st := c.status(t)
+		return len(st.Devices) == 1 && len(st.Devices[0].Sessions) == 1 && st.Devices[0].Sessions[0].State == "open"
+	})
+	vmtest.Sh(t, "dd if=/dev/urandom of="+mnt+"/a bs=64k count=16 2>/dev/null; sync")
+	w.kill(t)
+	vmtest.Sh(t, "dd if=/dev/urandom of="+mnt+"/b bs=64k count=16 2>/dev/null; rm "+mnt+"/a; sync")
+	w = c.watch(t)
+	vmtest.Sh(t, "dd if=/dev/urandom of="+mnt+"/c bs=64k count=4 2>/dev/null; sync")
+	vmtest.Run(t, "umount", mnt)
+	var closed listed
+	eventually(t, "session closed", 60*time.Second, func() bool {
+		for _, s := range c.list(t, "k") {
+			if s.State == "closed" {
+				closed = s
+				return true
+			}
+		}
+		return false
+	})
+	w.stop(t)
+	c.ok(t, "sessions", "verify", closed.ID)
+	dropCaches(t)
+
+	// Every pre-image is there: the device rebuilt from the session equals
+	// the device before the mount, byte for byte.
+	s, err := snapstore.Open(closed.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cur, err := os.Open(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cur.Close()
+	rc, err := snapstore.NewReconstructor(cur, int64(len(pre)), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(io.NewSectionReader(rc, 0, rc.Size()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, pre) {
+		t.Fatal("the device rebuilt from the session differs from the device before the mount")
+	}
+	now, _ := os.ReadFile(raw)
+	if bytes.Equal(now, pre) {
+		t.Fatal("the writes did not reach the device")
+	}
+	c.ok(t, "deactivate", "k")
+}
+
+func TestCLIAttachAfterReboot(t *testing.T) {
+	c := newCLI(t)
+	raw := rawDevice(t, 32<<20)
+	c.activate(t, raw, "b")
+	dropCaches(t)
+	pre, err := os.ReadFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	origin := "/dev/mapper/dmsnap-b"
+	// Raw writes while unmounted land in the armed session.
+	vmtest.Sh(t, "dd if=/dev/urandom of="+origin+" bs=4k seek=100 count=50 conv=fsync 2>/dev/null")
+	before := c.status(t).Devices[0].Sessions[0]
+	if before.Snapshot == nil || before.Snapshot.CowUsed == 0 {
+		t.Fatalf("before: %+v", before)
+	}
+
+	// "Reboot": the tables go, the registry and the store stay.
+	if err := (dm.Stack{Name: "b"}).Teardown(); err != nil {
+		t.Fatal(err)
+	}
+	if left := dmsnapDevices(t); len(left) != 0 {
+		t.Fatalf("after teardown: %v", left)
+	}
+	c.ok(t, "attach", raw)
+	st := c.status(t)
+	if len(st.Devices) != 1 || st.Devices[0].Stack == nil || !st.Devices[0].Stack.Complete || len(st.Devices[0].Sessions) != 1 {
+		t.Fatalf("after attach: %+v", st)
+	}
+	after := st.Devices[0].Sessions[0]
+	if after.N != before.N || after.Dir != before.Dir || after.State != "armed" || after.Snapshot == nil ||
+		after.Snapshot.State != "active" || after.Snapshot.CowUsed != before.Snapshot.CowUsed {
+		t.Fatalf("session after attach: %+v, before: %+v", after, before)
+	}
+	// A second attach does nothing.
+	c.ok(t, "attach", raw)
+
+	// The re-attached session still holds the pre-images written before.
+	c.ok(t, "deactivate", "b")
+	dropCaches(t)
+	ss := c.list(t, "b")
+	if len(ss) != 1 || ss[0].State != "closed" || ss[0].Blocks < 50 {
+		t.Fatalf("sessions: %+v", ss)
+	}
+	s, err := snapstore.Open(ss[0].Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cur, err := os.Open(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cur.Close()
+	rc, err := snapstore.NewReconstructor(cur, int64(len(pre)), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(io.NewSectionReader(rc, 0, rc.Size()))
+	if err != nil || !bytes.Equal(got, pre) {
+		t.Fatalf("device rebuilt from the re-attached session differs from the device before it (%v)", err)
+	}
+}
+
+func TestCLIStoreFills(t *testing.T) {
+	c := newCLI(t)
+	// The store on a 4 MiB tmpfs, most of it taken by a filler file.
+	if err := os.MkdirAll(c.store, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	vmtest.Run(t, "mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", c.store)
+	t.Cleanup(func() { exec.Command("umount", "-l", c.store).Run() })
+	filler := filepath.Join(c.store, "filler")
+	vmtest.Sh(t, "dd if=/dev/zero of="+filler+" bs=64k count=40 2>/dev/null")
+
+	raw := rawDevice(t, 32<<20)
+	c.activate(t, raw, "f")
+	w := c.watch(t)
+	mnt := t.TempDir()
+	origin := "/dev/mapper/dmsnap-f"
+	vmtest.Run(t, "mount", origin, mnt)
+	// 8 MiB of new data overwrite more chunks than the store holds.
+	vmtest.Sh(t, "dd if=/dev/urandom of="+mnt+"/big bs=64k count=128 2>/dev/null; sync")
+	vmtest.Sh(t, "dd if=/dev/urandom of="+mnt+"/big bs=64k count=128 conv=notrunc 2>/dev/null; sync")
+	eventually(t, "session flagged invalid", 60*time.Second, func() bool {
+		st := c.status(t)
+		if len(st.Devices) != 1 {
+			return false
+		}
+		for _, s := range st.Devices[0].Sessions {
+			if s.State == "invalid" {
+				return true
+			}
+		}
+		return len(st.Devices[0].InvalidSessions) > 0
+	})
+	if out := c.ok(t, "status"); !strings.Contains(out, "INVALID") {
+		t.Errorf("status does not say the session is invalid:\n%s", out)
+	}
+	// The device stays usable.
+	vmtest.Sh(t, "echo still-here > "+mnt+"/after && sync && grep -q still-here "+mnt+"/after")
+
+	// Space returns: a fresh session is armed (and opened, as the device is mounted).
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a fresh session", 60*time.Second, func() bool {
+		st := c.status(t)
+		if len(st.Devices) != 1 {
+			return false
+		}
+		for _, s := range st.Devices[0].Sessions {
+			if (s.State == "open" || s.State == "armed") && s.Snapshot != nil && s.Snapshot.State == "active" {
+				return true
+			}
+		}
+		return false
+	})
+	vmtest.Run(t, "umount", mnt)
+	eventually(t, "the invalid session kept and flagged", 60*time.Second, func() bool {
+		n := countStates(c.list(t, "f"))
+		return n["invalid"] == 1 && n["armed"] == 1
+	})
+	w.stop(t)
+	if log := w.log.String(); !strings.Contains(log, "invalid") {
+		t.Errorf("watcher log does not mention the invalidation:\n%s", log)
+	}
+	c.ok(t, "deactivate", "f")
+	vmtest.Run(t, "e2fsck", "-fn", raw)
+}
