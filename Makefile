@@ -6,7 +6,7 @@ PKG ?= ./...
 FUZZTIME ?= 10s
 export CGO_ENABLED := 0
 
-.PHONY: all build test lint unit fuzz test-vm vm-setup demo bench soak install clean
+.PHONY: all build test lint unit fuzz test-vm vm-setup demo bench install clean
 
 all: build
 
@@ -48,8 +48,11 @@ demo: build vm-setup
 bench: build vm-setup
 	hack/bench/run.sh
 
+# The binary, the systemd unit of the watcher and the udev rule (which dmsnap
+# keeps in step with its registry from then on).
 install: build
 	install -D -m 0755 bin/dmsnap $(DESTDIR)/usr/local/sbin/dmsnap
+	bin/dmsnap install-files --binary /usr/local/sbin/dmsnap "$(or $(DESTDIR),/)"
 
 clean:
 	rm -rf bin
