@@ -1,0 +1,348 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/dmsnap/dmsnap/dm"
+	"golang.org/x/sys/unix"
+)
+
+// Where the benchmark lives in the guest: a private tmpfs holding the ext4
+// store's image and the restore target's backing file.
+const (
+	benchRoot  = "/bench"
+	storeMount = "/mnt/store"
+)
+
+// Measure is one child process: wall time and peak resident memory.
+type Measure struct {
+	Seconds  float64 `json:"seconds"`
+	MaxRSSKB int64   `json:"max_rss_kib"`
+}
+
+// ConvRow is one conversion size.
+type ConvRow struct {
+	PreImageBytes int64   `json:"pre_image_bytes"`
+	Records       int64   `json:"records"`
+	GenSeconds    float64 `json:"gen_seconds"` // CowWriter writing cow.img (not a baseline)
+	Convert       Measure `json:"convert"`
+	Cp            Measure `json:"cp"`
+	Ratio         float64 `json:"convert_over_cp"`
+}
+
+// RestoreRun is one restore of the plan.
+type RestoreRun struct {
+	Name       string  `json:"name"`
+	Measure    Measure `json:"measure"`
+	Bytes      uint64  `json:"bytes"`
+	Writes     int64   `json:"writes"`
+	MBps       float64 `json:"mb_per_s"`
+	RatioVsDD  float64 `json:"throughput_over_dd"`
+	DeviceOKed bool    `json:"device_checked"`
+}
+
+// Report is the whole run.
+type Report struct {
+	Started      time.Time    `json:"started"`
+	Kernel       string       `json:"kernel"`
+	Store        string       `json:"store"`
+	ChunkSize    int          `json:"chunk_size"`
+	Conversion   []ConvRow    `json:"conversion"`
+	RestoreDev   int64        `json:"restore_device_bytes"`
+	RestorePre   int64        `json:"restore_pre_image_bytes"`
+	RestoreSess  int          `json:"restore_sessions"`
+	DD           Measure      `json:"dd"`
+	DDBytes      uint64       `json:"dd_bytes"`
+	DDMBps       float64      `json:"dd_mb_per_s"`
+	Restores     []RestoreRun `json:"restores"`
+	TotalSeconds float64      `json:"total_seconds"`
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+func run(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// dropCaches writes back and drops the page cache, so every timed step
+// reads from the store's device.
+func dropCaches() error {
+	unix.Sync()
+	return os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0)
+}
+
+// measure runs a child and returns its wall time, its peak RSS and stdout.
+func measure(name string, args ...string) (Measure, []byte, error) {
+	if err := dropCaches(); err != nil {
+		return Measure{}, nil, err
+	}
+	cmd := exec.Command(name, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	err := cmd.Run()
+	el := time.Since(start)
+	if err != nil {
+		return Measure{}, nil, fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, errb.Bytes())
+	}
+	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	return Measure{Seconds: el.Seconds(), MaxRSSKB: ru.Maxrss}, out.Bytes(), nil
+}
+
+func runAll(args []string) error {
+	fs := flag.NewFlagSet("all", flag.ContinueOnError)
+	scale := fs.Int64("scale", 1, "divide every size by this (a quick trial)")
+	writeOnly := fs.Bool("write-only", false, "also time a restore with -skip-verify (slow in the guest: random 4 KiB reads of cold blocks.dat)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	rep := Report{Started: time.Now().UTC(), ChunkSize: chunkSize, Store: "ext4 on a loop device over a tmpfs file (mounted -o discard)"}
+	var uts unix.Utsname
+	if unix.Uname(&uts) == nil {
+		rep.Kernel = unix.ByteSliceToString(uts.Release[:])
+	}
+
+	// The store: ext4 on a loop device over a sparse file on a private
+	// tmpfs; discard returns deleted files' space to the tmpfs.
+	if err := os.MkdirAll(benchRoot, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("tmpfs", benchRoot, "tmpfs", 0, "size=8g"); err != nil {
+		return fmt.Errorf("mount tmpfs on %s: %w", benchRoot, err)
+	}
+	defer unix.Unmount(benchRoot, 0)
+	storeImg := filepath.Join(benchRoot, "store.img")
+	if err := sparse(storeImg, 6<<30); err != nil {
+		return err
+	}
+	storeLoop, err := dm.AttachLoop(storeImg, dm.LoopOptions{AutoClear: true})
+	if err != nil {
+		return err
+	}
+	if err := run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard", storeLoop.Path); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(storeMount, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(storeLoop.Path, storeMount, "ext4", 0, "discard"); err != nil {
+		return fmt.Errorf("mount %s: %w", storeLoop.Path, err)
+	}
+	storeLoop.Close()
+	defer unix.Unmount(storeMount, 0)
+	logf("store: ext4 on %s at %s", storeLoop.Path, storeMount)
+
+	// 1. Conversion against cp of the same cow.img.
+	var ddSource string
+	for i, size := range []int64{1 << 20, 64 << 20, 1 << 30} {
+		size /= *scale
+		size = max(size, 1<<20)
+		chunks := uint64(size / chunkSize)
+		store := filepath.Join(storeMount, fmt.Sprintf("conv%d", i))
+		start := time.Now()
+		dir, err := makeSession(store, "conv", time.Unix(1700000000, 0), size, 0, chunks, uint64(i+1))
+		if err != nil {
+			return err
+		}
+		row := ConvRow{PreImageBytes: size, Records: int64(chunks), GenSeconds: time.Since(start).Seconds()}
+		cow := filepath.Join(dir, "cow.img")
+		cp := filepath.Join(store, "copy.img")
+		if row.Cp, _, err = measure("sh", "-c", fmt.Sprintf("cp %s %s && sync", cow, cp)); err != nil {
+			return err
+		}
+		if err := os.Remove(cp); err != nil {
+			return err
+		}
+		if row.Convert, _, err = measure(self, "convert", dir); err != nil {
+			return err
+		}
+		if _, err := os.Stat(filepath.Join(dir, "meta.json")); err != nil {
+			return fmt.Errorf("conversion left no meta.json: %w", err)
+		}
+		row.Ratio = row.Convert.Seconds / row.Cp.Seconds
+		logf("convert %d MiB: convert %.3fs (max RSS %d KiB), cp %.3fs, ratio %.3f", size>>20, row.Convert.Seconds, row.Convert.MaxRSSKB, row.Cp.Seconds, row.Ratio)
+		rep.Conversion = append(rep.Conversion, row)
+		ddSource = filepath.Join(dir, "blocks.dat")
+	}
+
+	// 2. Restore of a 3-session plan against dd of as many bytes.
+	devSize := max(int64(1<<30) / *scale, 16<<20)
+	n := uint64(devSize / chunkSize)
+	ranges := [][2]uint64{{0, n * 34 / 100}, {n * 33 / 100, n * 67 / 100}, {n * 66 / 100, n}}
+	var dirs []string
+	for i, r := range ranges {
+		dir, err := makeSession(filepath.Join(storeMount, "restore"), "vdx", time.Unix(1700000000+int64(i)*3600, 0), devSize, r[0], r[1], uint64(100+i))
+		if err != nil {
+			return err
+		}
+		if _, _, err := measure(self, "convert", dir); err != nil {
+			return err
+		}
+		dirs = append(dirs, dir)
+		rep.RestorePre += int64(r[1]-r[0]) * chunkSize
+	}
+	rep.RestoreDev, rep.RestoreSess = devSize, len(dirs)
+	targetImg := filepath.Join(benchRoot, "target.img")
+	if err := sparse(targetImg, devSize); err != nil {
+		return err
+	}
+	target, err := dm.AttachLoop(targetImg, dm.LoopOptions{})
+	if err != nil {
+		return err
+	}
+	defer dm.DetachLoop(target.Path)
+	defer target.Close()
+	logf("restore: %d sessions, %d MiB of pre-images, target %s (%d MiB)", len(dirs), rep.RestorePre>>20, target.Path, devSize>>20)
+
+	// Every run starts from an empty target (blkdiscard punches the backing
+	// file), so each allocates the same tmpfs pages.
+	ddCount := devSize >> 20
+	if err := run("blkdiscard", target.Path); err != nil {
+		return err
+	}
+	if rep.DD, _, err = measure("dd", "if="+ddSource, "of="+target.Path, "bs=1M", fmt.Sprintf("count=%d", ddCount), "conv=fsync"); err != nil {
+		return err
+	}
+	rep.DDBytes = uint64(ddCount) << 20
+	rep.DDMBps = float64(rep.DDBytes) / 1e6 / rep.DD.Seconds
+	logf("dd: %d MiB in %.3fs (%.1f MB/s)", ddCount, rep.DD.Seconds, rep.DDMBps)
+
+	runs := []bool{false}
+	if *writeOnly {
+		runs = append(runs, true)
+	}
+	for _, skip := range runs {
+		if err := run("blkdiscard", target.Path); err != nil {
+			return err
+		}
+		args := []string{"restore", "-target", target.Path}
+		name := "restore (verify, then write)"
+		if skip {
+			args = append(args, "-skip-verify")
+			name = "restore -skip-verify (write only)"
+		}
+		m, out, err := measure(self, append(args, dirs...)...)
+		if err != nil {
+			return err
+		}
+		var ro restoreOut
+		if err := json.Unmarshal(out, &ro); err != nil {
+			return fmt.Errorf("restore output %q: %w", out, err)
+		}
+		rr := RestoreRun{Name: name, Measure: m, Bytes: ro.Bytes, Writes: ro.Writes, MBps: float64(ro.Bytes) / 1e6 / m.Seconds}
+		rr.RatioVsDD = rr.MBps / rep.DDMBps
+		if err := checkRestored(target.Path, devSize, ranges); err != nil {
+			return err
+		}
+		rr.DeviceOKed = true
+		logf("%s: %d MiB in %.3fs (%.1f MB/s, %.2f× dd), max RSS %d KiB", name, ro.Bytes>>20, m.Seconds, rr.MBps, rr.RatioVsDD, m.MaxRSSKB)
+		rep.Restores = append(rep.Restores, rr)
+	}
+	rep.TotalSeconds = time.Since(rep.Started).Seconds()
+
+	js, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	fmt.Println("@@BENCH-MD-BEGIN@@")
+	writeMarkdown(os.Stdout, rep)
+	fmt.Println("@@BENCH-MD-END@@")
+	fmt.Println("@@BENCH-JSON-BEGIN@@")
+	fmt.Println(string(js))
+	fmt.Println("@@BENCH-JSON-END@@")
+	return nil
+}
+
+func sparse(path string, size int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// checkRestored reads the whole device back: every chunk must hold the
+// pre-image of the oldest session that saved it.
+func checkRestored(dev string, size int64, ranges [][2]uint64) error {
+	f, err := os.Open(dev)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	tmpl := template()
+	buf := make([]byte, 1<<20)
+	want := make([]byte, chunkSize)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		b := buf[:min(int64(len(buf)), size-off)]
+		if _, err := io.ReadFull(io.NewSectionReader(f, off, int64(len(b))), b); err != nil {
+			return fmt.Errorf("read %s at %d: %w", dev, off, err)
+		}
+		for i := 0; i < len(b); i += chunkSize {
+			c := uint64(off+int64(i)) / chunkSize
+			s := -1
+			for k, r := range ranges {
+				if c >= r[0] && c < r[1] {
+					s = k
+					break
+				}
+			}
+			if s < 0 {
+				clear(want)
+			} else {
+				chunkData(want, tmpl, c, uint64(100+s))
+			}
+			if !bytes.Equal(b[i:i+chunkSize], want) {
+				return fmt.Errorf("restored %s: chunk %d does not hold the pre-image of session %d", dev, c, s)
+			}
+		}
+	}
+	return nil
+}
+
+func writeMarkdown(w io.Writer, r Report) {
+	fmt.Fprintf(w, "# dmsnap bench (%s, kernel %s)\n\n", r.Started.Format(time.RFC3339), r.Kernel)
+	fmt.Fprintf(w, "Store: %s; chunks of %d bytes. Page cache dropped before every timed step; each step is a child process (time = wall clock, RSS = wait4 ru_maxrss).\n\n", r.Store, r.ChunkSize)
+	fmt.Fprintf(w, "## Conversion (snapstore.Convert) vs `cp cow.img copy.img && sync`\n\n")
+	fmt.Fprintf(w, "| pre-images | records | convert | cp | convert/cp | convert max RSS |\n|---:|---:|---:|---:|---:|---:|\n")
+	for _, c := range r.Conversion {
+		fmt.Fprintf(w, "| %s | %d | %.3f s | %.3f s | **%.3f** | %.1f MiB |\n", mib(c.PreImageBytes), c.Records, c.Convert.Seconds, c.Cp.Seconds, c.Ratio, float64(c.Convert.MaxRSSKB)/1024)
+	}
+	fmt.Fprintf(w, "\n## Restore (restore.Plan.Apply, %d sessions, %s of pre-images, %s device) vs `dd bs=1M conv=fsync`\n\n", r.RestoreSess, mib(r.RestorePre), mib(r.RestoreDev))
+	fmt.Fprintf(w, "| run | bytes written | time | MB/s | throughput / dd | max RSS |\n|---|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(w, "| dd (baseline) | %s | %.3f s | %.1f | 1.00 | %.1f MiB |\n", mib(int64(r.DDBytes)), r.DD.Seconds, r.DDMBps, float64(r.DD.MaxRSSKB)/1024)
+	for _, x := range r.Restores {
+		fmt.Fprintf(w, "| %s | %s | %.3f s | %.1f | **%.2f** | %.1f MiB |\n", x.Name, mib(int64(x.Bytes)), x.Measure.Seconds, x.MBps, x.RatioVsDD, float64(x.Measure.MaxRSSKB)/1024)
+	}
+	fmt.Fprintf(w, "\nRestored device checked chunk by chunk after each restore. Total %.0f s.\n", r.TotalSeconds)
+}
+
+func mib(b int64) string {
+	if b >= 1<<30 && b%(1<<30) == 0 {
+		return fmt.Sprintf("%d GiB", b>>30)
+	}
+	return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20))
+}

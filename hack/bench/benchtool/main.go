@@ -1,0 +1,47 @@
+// Command benchtool measures dmsnap's session conversion and restore
+// against cp(1) and dd(1) in the same run (make bench). It runs inside the
+// test guest (hack/bench/run.sh boots it): `benchtool all` sets up the
+// stores, runs each measured step as a child process (benchtool convert,
+// benchtool restore, cp, dd) so its wall time and peak memory (wait4's
+// rusage) are its own, and prints a markdown report, with the same figures
+// as JSON between markers for run.sh to file.
+//
+// Subcommands:
+//
+//	all [-scale N]                 the whole benchmark (guest only, as root)
+//	session -store DIR -name NAME -armed UNIX -dev-size BYTES -from CHUNK -to CHUNK -seed N
+//	                               make a closed session whose cow.img CowWriter wrote
+//	convert DIR                    snapstore.Convert one session
+//	restore -target DEV [-skip-verify] DIR...
+//	                               restore.Plan.Apply of the sessions (oldest first) to DEV
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: benchtool all|session|convert|restore ...")
+		os.Exit(2)
+	}
+	var err error
+	args := os.Args[2:]
+	switch os.Args[1] {
+	case "all":
+		err = runAll(args)
+	case "session":
+		err = runSession(args)
+	case "convert":
+		err = runConvert(args)
+	case "restore":
+		err = runRestore(args)
+	default:
+		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "benchtool %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# make bench: builds hack/bench/benchtool (static) and runs `benchtool all`
+# in the test guest (10 GiB of memory), then files its report under
+# hack/bench/out/: bench.md, bench.json and the full log.
+#   hack/bench/run.sh [-scale N] [-write-only]
+#   (-scale N > 1 shrinks every size: a quick trial; -write-only adds a
+#   restore -skip-verify run)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+out=$here/out
+mkdir -p "$out"
+cd "$top"
+CGO_ENABLED=0 go build -trimpath -o "$out/benchtool" ./hack/bench/benchtool
+log=$out/bench.log
+set +e
+DMSNAP_VM_MEM=${DMSNAP_VM_MEM:-10G} DMSNAP_VM_TIMEOUT=${DMSNAP_VM_TIMEOUT:-1500} \
+	"$top/hack/vm/run" --file "$out/benchtool:/work/benchtool" -- /work/benchtool all "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+[ "$rc" = 0 ] || { echo "bench: the guest run failed (exit $rc); see $log" >&2; exit "$rc"; }
+sed -n '/@@BENCH-MD-BEGIN@@/,/@@BENCH-MD-END@@/p' "$log" | sed '1d;$d' >"$out/bench.md"
+sed -n '/@@BENCH-JSON-BEGIN@@/,/@@BENCH-JSON-END@@/p' "$log" | sed '1d;$d' >"$out/bench.json"
+[ -s "$out/bench.md" ] && [ -s "$out/bench.json" ] || { echo "bench: no report in $log" >&2; exit 1; }
+echo
+echo "bench: report in $out/bench.md and $out/bench.json"
