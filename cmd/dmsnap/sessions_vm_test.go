@@ -629,11 +629,19 @@ func TestCLIStoreFills(t *testing.T) {
 		return false
 	})
 	vmtest.Run(t, "umount", mnt)
+	// The invalid session is kept and flagged; the one armed when space
+	// returned closed normally; failed attempts to arm left nothing behind.
 	eventually(t, "the invalid session kept and flagged", 60*time.Second, func() bool {
 		n := countStates(c.list(t, "f"))
-		return n["invalid"] == 1 && n["armed"] == 1
+		return n["invalid"] == 1 && n["closed"] == 1 && n["armed"] == 1
 	})
+	if n := countStates(c.list(t, "f")); len(n) != 3 {
+		t.Errorf("sessions: %v, want one invalid, one closed, one armed", n)
+	}
 	w.stop(t)
+	if testing.Verbose() {
+		t.Logf("watcher log:\n%s", w.log.String())
+	}
 	if log := w.log.String(); !strings.Contains(log, "invalid") {
 		t.Errorf("watcher log does not mention the invalidation:\n%s", log)
 	}

@@ -242,8 +242,35 @@ type Store struct {
 
 var _ session.Store = Store{}
 
-// ArmSession implements session.Store (snapstore.CreateSession).
+// ArmSession implements session.Store (snapstore.CreateSession). When
+// that fails — typically a full store, which the watcher retries until it
+// has room — the empty directory it may have made is removed, so retries
+// do not litter the store with one empty <name>_<seconds> per attempt.
 func (Store) ArmSession(_ context.Context, store string, spec session.ArmSpec) (string, error) {
+	dir, err := createSession(store, spec)
+	if err != nil {
+		removeEmptySessionDirs(store, spec.Name)
+	}
+	return dir, err
+}
+
+// removeEmptySessionDirs removes the empty session directories of name in
+// store. An empty directory is never a session (CreateSession writes
+// state.json first thing), and os.Remove leaves any other one alone. The
+// caller holds the state lock, under which sessions are created.
+func removeEmptySessionDirs(store, name string) {
+	infos, err := snapstore.ListSessions(store)
+	if err != nil {
+		return
+	}
+	for _, info := range infos {
+		if info.Name == name && info.Status == snapstore.StatusIncomplete && info.Phase == "" {
+			os.Remove(info.Dir)
+		}
+	}
+}
+
+func createSession(store string, spec session.ArmSpec) (string, error) {
 	return snapstore.CreateSession(store, snapstore.State{
 		Name: spec.Name,
 		Device: snapstore.Device{

@@ -279,3 +279,34 @@ func TestStoreDiscardAndPending(t *testing.T) {
 		t.Fatalf("discarding twice: %v", err)
 	}
 }
+
+func TestRemoveEmptySessionDirs(t *testing.T) {
+	store := t.TempDir()
+	mk := func(name string, files ...string) string {
+		dir := filepath.Join(store, name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	empty1, empty2 := mk("sdb1_1700000000"), mk("sdb1_1700000001")
+	full := mk("sdb1_1700000002", "cow.img")
+	other := mk("sdc1_1700000003")
+	notSession := mk("lost+found")
+	removeEmptySessionDirs(store, "sdb1")
+	for _, d := range []string{empty1, empty2} {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: still there (%v)", d, err)
+		}
+	}
+	for _, d := range []string{full, other, notSession} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s removed: %v", d, err)
+		}
+	}
+}
