@@ -19,13 +19,15 @@ import (
 // cliLockWait is how long a command waits for the state lock. The watcher
 // converts a closed session while it holds the lock; conversion copies no
 // data but reads every pre-image once for its checksums, so a session with
-// gigabytes of changes holds the lock for a while. Commands therefore wait
-// longer than session.DefaultLockWait (10 s) before giving up with exit 4:
-// long enough for a conversion of a few GiB on a slow disk, short enough
-// that a wedged holder is reported rather than waited on forever. (The
-// alternative, converting outside the lock, needs the Manager to hand the
-// session over to a lock-free phase; the wait is the smaller change.)
-const cliLockWait = 3 * time.Minute
+// gigabytes of changes holds the lock for a while, and the default wait
+// (session.DefaultLockWait, 10 s) made commands fail behind it. Commands
+// therefore wait up to two minutes — a conversion of ten or so GiB on a
+// slow disk — and then fail with exit 4 naming the holder's PID. Two
+// minutes also stays under udev's 180 s event timeout, which would kill a
+// waiting `dmsnap attach`. (The alternative, converting outside the lock,
+// needs a per-session claim so that two reconciles never convert one
+// directory at once; the longer wait is the smaller, safer change.)
+const cliLockWait = 2 * time.Minute
 
 // newManager builds the Manager the session commands use. Tests replace it
 // with one over session/sessiontest's fakes.
