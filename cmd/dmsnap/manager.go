@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -97,10 +98,15 @@ var newSecret = session.NewSecret
 func requireSecret(e *env, p *passwordFlags) error {
 	in := p.input(e)
 	err := newSecret(e.state).Require(e.ctx, func() ([]byte, error) { return in.Read("dmsnap control password: ") })
-	if err != nil {
-		return fmt.Errorf("control password: %w", err)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, session.ErrWrongPassword):
+		return fmt.Errorf("control password: %w; nothing was changed", err)
+	case errors.Is(err, session.ErrNoPassword):
+		return fmt.Errorf("control password: %w; a control password is set (dmsnap passwd): type it at the prompt or give it with --password-stdin or --password-file", err)
 	}
-	return nil
+	return fmt.Errorf("control password: %w", err)
 }
 
 // parseSize reads a size such as 4096, 4k, 4KiB, 64KiB, 1MiB (binary units).
