@@ -130,7 +130,7 @@ func runRestore(args []string) error {
 		return err
 	}
 	if *target == "" || fs.NArg() == 0 {
-		return errors.New("usage: restore -target DEV DIR...")
+		return errors.New("usage: restore -target DEV DIR [DIR ...]")
 	}
 	var sessions []restore.Session
 	for _, dir := range fs.Args() {
