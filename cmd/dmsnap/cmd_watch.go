@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/snapstore"
 )
 
 func init() {
@@ -59,10 +60,11 @@ func runWatch(e *env, args []string) error {
 
 	ctx, cancel := context.WithCancel(e.ctx)
 	defer cancel()
+	mon := newMonitor(m, log)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		monitor(ctx, m, log, *interval)
+		mon.run(ctx, *interval)
 	}()
 	err := m.Watch(ctx, session.WatchOptions{Interval: *interval})
 	cancel()
@@ -75,72 +77,125 @@ func runWatch(e *env, args []string) error {
 }
 
 // monitor looks at the snapshots and the stores on every beat: it logs
-// COW use and low store space, and when the kernel has invalidated a
-// snapshot it reconciles at once, which marks the session invalid, keeps
-// it, and arms a fresh one (retried by the watcher until the store has
-// room again).
-func monitor(ctx context.Context, m *session.Manager, log *slog.Logger, every time.Duration) {
+// COW use and low store space; when the kernel has invalidated a snapshot
+// it reconciles at once, which marks the session invalid, keeps it, and
+// arms a fresh one (retried by the watcher until the store has room again);
+// and it logs an error for every session that ends up kept as invalid,
+// whichever reconcile (its own or the watcher's) got to it first.
+type monitor struct {
+	m        *session.Manager
+	log      *slog.Logger
+	low      map[string]bool // stores warned about
+	snapshot map[string]bool // "device/session" invalid snapshots warned about
+	invalid  map[string]bool // invalid session directories known
+}
+
+// newMonitor notes the sessions already invalid, so that only new ones are
+// reported as they appear (`dmsnap status` lists them all).
+func newMonitor(m *session.Manager, log *slog.Logger) *monitor {
+	mon := &monitor{m: m, log: log, low: map[string]bool{}, snapshot: map[string]bool{}, invalid: map[string]bool{}}
+	if reg, err := m.Registry(); err == nil {
+		for _, d := range reg.Devices {
+			for _, info := range invalidSessions(d) {
+				mon.invalid[info.Dir] = true
+			}
+		}
+	}
+	return mon
+}
+
+// invalidSessions lists the finished sessions of d flagged invalid.
+func invalidSessions(d *session.Device) []snapstore.SessionInfo {
+	infos, err := snapstore.ListSessions(d.Store)
+	if err != nil {
+		return nil
+	}
+	var out []snapstore.SessionInfo
+	for _, info := range infos {
+		if info.Name == d.Name && info.Status == snapstore.StatusInvalid {
+			out = append(out, info)
+		}
+	}
+	return out
+}
+
+func (mon *monitor) run(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	low := map[string]bool{}     // stores warned about
-	invalid := map[string]bool{} // "device/session" warned about
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		sts, err := m.Status(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				log.Error("status", "err", err)
-			}
-			continue
+		mon.beat(ctx)
+	}
+}
+
+func (mon *monitor) beat(ctx context.Context) {
+	log := mon.log
+	sts, err := mon.m.Status(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Error("status", "err", err)
 		}
-		reconcile := false
-		for _, st := range sts {
-			d := st.Device
-			if sp, err := storeSpace(d.Store); err == nil {
-				limit := max(uint64(lowSpaceBytes), uint64(float64(sp.TotalBytes)*lowSpaceFraction))
-				switch {
-				case sp.FreeBytes < limit && !low[d.Store]:
-					low[d.Store] = true
-					log.Warn("store nearly full: the kernel drops a snapshot whose COW cannot grow", "device", d.Name, "store", d.Store,
-						"free_bytes", sp.FreeBytes, "total_bytes", sp.TotalBytes)
-				case sp.FreeBytes >= limit && low[d.Store]:
-					delete(low, d.Store)
-					log.Info("store has room again", "device", d.Name, "store", d.Store, "free_bytes", sp.FreeBytes)
-				}
-			} else {
-				log.Warn("store unreadable", "device", d.Name, "store", d.Store, "err", err)
+		return
+	}
+	reconcile := false
+	for _, st := range sts {
+		d := st.Device
+		if sp, err := storeSpace(d.Store); err == nil {
+			limit := max(uint64(lowSpaceBytes), uint64(float64(sp.TotalBytes)*lowSpaceFraction))
+			switch {
+			case sp.FreeBytes < limit && !mon.low[d.Store]:
+				mon.low[d.Store] = true
+				log.Warn("store nearly full: the kernel drops a snapshot whose COW cannot grow", "device", d.Name, "store", d.Store,
+					"free_bytes", sp.FreeBytes, "total_bytes", sp.TotalBytes)
+			case sp.FreeBytes >= limit && mon.low[d.Store]:
+				delete(mon.low, d.Store)
+				log.Info("store has room again", "device", d.Name, "store", d.Store, "free_bytes", sp.FreeBytes)
 			}
-			if st.Stack == nil {
+		} else {
+			log.Warn("store unreadable", "device", d.Name, "store", d.Store, "err", err)
+		}
+		for _, info := range invalidSessions(d) {
+			if mon.invalid[info.Dir] {
 				continue
 			}
-			for _, snap := range st.Stack.Snapshots {
-				s := d.Session(snap.N)
-				if s == nil {
-					continue
+			mon.invalid[info.Dir] = true
+			reason := ""
+			if info.Meta != nil && info.Meta.Dmsnap != nil {
+				reason = info.Meta.Dmsnap.InvalidReason
+			}
+			log.Error("session kept as invalid: its pre-images are incomplete and restoring through it cannot give the device back exactly",
+				"device", d.Name, "session", info.ID, "reason", reason)
+		}
+		if st.Stack == nil {
+			continue
+		}
+		for _, snap := range st.Stack.Snapshots {
+			s := d.Session(snap.N)
+			if s == nil {
+				continue
+			}
+			key := fmt.Sprintf("%s/%d", d.Name, snap.N)
+			switch {
+			case snap.State == session.SnapshotInvalid && s.State != session.SessionInvalid:
+				reconcile = true
+				if !mon.snapshot[key] {
+					mon.snapshot[key] = true
+					log.Warn("snapshot invalidated by the kernel (store full or I/O error): marking the session invalid and arming a new one",
+						"device", d.Name, "session", snap.N, "dir", s.Dir)
 				}
-				key := fmt.Sprintf("%s/%d", d.Name, snap.N)
-				switch {
-				case snap.State == session.SnapshotInvalid && s.State != session.SessionInvalid:
-					reconcile = true
-					if !invalid[key] {
-						invalid[key] = true
-						log.Error("snapshot invalidated by the kernel (store full or I/O error): session marked invalid, a new one will be armed",
-							"device", d.Name, "session", snap.N, "dir", s.Dir)
-					}
-				case snap.State == session.SnapshotActive:
-					log.Debug("cow use", "device", d.Name, "session", snap.N,
-						"cow_used_bytes", snap.Allocated*512, "cow_size_bytes", snap.Total*512)
-				}
+			case snap.State == session.SnapshotActive:
+				log.Debug("cow use", "device", d.Name, "session", snap.N,
+					"cow_used_bytes", snap.Allocated*512, "cow_size_bytes", snap.Total*512)
 			}
 		}
-		if reconcile {
-			if _, err := m.Reconcile(ctx); err != nil && ctx.Err() == nil {
-				log.Error("reconcile after invalidation failed; retrying on the next beat", "err", err)
-			}
+	}
+	if reconcile {
+		if _, err := mon.m.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			log.Error("reconcile after invalidation failed; retrying on the next beat", "err", err)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -462,5 +463,85 @@ func TestInstallFiles(t *testing.T) {
 	}
 	if _, out, _ := w.run(t, "", "help"); strings.Contains(out, "install-files") {
 		t.Error("install-files is listed in help; it is meant to be hidden")
+	}
+}
+
+// syncWriter is a bytes.Buffer safe for the watcher's goroutines.
+type syncWriter struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestWatchHandlesInvalidationAndStops(t *testing.T) {
+	w := newWorld(t)
+	w.sys.Prober.Add("/dev/sdb1", sdb1)
+	if code, _, errOut := w.run(t, "", "activate", "/dev/sdb1"); code != exitOK {
+		t.Fatalf("activate: %s", errOut)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logs := &syncWriter{}
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"--state", w.state, "--store", w.store, "watch", "--interval", "100ms", "--json-logs"},
+			strings.NewReader(""), io.Discard, logs)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), `"msg":"watching"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("watcher did not start:\n%s", logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	w.sys.Kernel.Invalidate("sdb1", 1)
+	for {
+		d := w.registry(t).Device("sdb1")
+		if d.Session(1) == nil && d.Current() != nil && d.Current().N == 2 && d.Current().State == session.SessionArmed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("session 1 not ended and session 2 not armed: %+v\n%s", d, logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != exitOK {
+			t.Fatalf("watch: exit %d\n%s", code, logs)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch did not stop when its context ended")
+	}
+	out := logs.String()
+	for _, want := range []string{`"step":"invalidate","device":"sdb1","session":1`, `"msg":"stopped"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("watcher log lacks %s:\n%s", want, out)
+		}
+	}
+	dirs := w.sys.Store.Sessions(w.store)
+	if len(dirs) != 2 {
+		t.Fatalf("store: %v", dirs)
+	}
+	invalid := 0
+	for _, d := range dirs {
+		if m, err := sessiontest.ReadMeta(filepath.Join(w.store, d)); err == nil && m.Final == "invalid" {
+			invalid++
+		}
+	}
+	if invalid != 1 {
+		t.Fatalf("store %v: %d sessions kept as invalid, want 1", dirs, invalid)
 	}
 }

@@ -638,11 +638,14 @@ func TestCLIStoreFills(t *testing.T) {
 	if n := countStates(c.list(t, "f")); len(n) != 3 {
 		t.Errorf("sessions: %v, want one invalid, one closed, one armed", n)
 	}
+	eventually(t, "the watcher to report the invalid session", 30*time.Second, func() bool {
+		return strings.Contains(w.log.String(), "session kept as invalid")
+	})
 	w.stop(t)
 	if testing.Verbose() {
 		t.Logf("watcher log:\n%s", w.log.String())
 	}
-	if log := w.log.String(); !strings.Contains(log, "invalid") {
+	if log := w.log.String(); !strings.Contains(log, "level=ERROR msg=\"session kept as invalid") || !strings.Contains(log, "device=f") {
 		t.Errorf("watcher log does not mention the invalidation:\n%s", log)
 	}
 	c.ok(t, "deactivate", "f")
