@@ -512,6 +512,13 @@ func TestCLIWatcherKilledMidSession(t *testing.T) {
 
 func TestCLIAttachAfterReboot(t *testing.T) {
 	c := newCLI(t)
+	// The store on ext4, where the COW's loop device can use direct I/O.
+	storeDev := rawDevice(t, 64<<20)
+	if err := os.MkdirAll(c.store, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	vmtest.Run(t, "mount", storeDev, c.store)
+	t.Cleanup(func() { exec.Command("umount", c.store).Run() })
 	raw := rawDevice(t, 32<<20)
 	c.activate(t, raw, "b")
 	dropCaches(t)
@@ -523,8 +530,8 @@ func TestCLIAttachAfterReboot(t *testing.T) {
 	// Raw writes while unmounted land in the armed session.
 	vmtest.Sh(t, "dd if=/dev/urandom of="+origin+" bs=4k seek=100 count=50 conv=fsync 2>/dev/null")
 	before := c.status(t).Devices[0].Sessions[0]
-	if before.Snapshot == nil || before.Snapshot.CowUsed == 0 {
-		t.Fatalf("before: %+v", before)
+	if before.Snapshot == nil || before.Snapshot.CowUsed == 0 || before.CowDirectIO == nil || !*before.CowDirectIO {
+		t.Fatalf("before: %+v (want COW in use, on a loop device with direct I/O)", before)
 	}
 
 	// "Reboot": the tables go, the registry and the store stay.
@@ -541,7 +548,7 @@ func TestCLIAttachAfterReboot(t *testing.T) {
 	}
 	after := st.Devices[0].Sessions[0]
 	if after.N != before.N || after.Dir != before.Dir || after.State != "armed" || after.Snapshot == nil ||
-		after.Snapshot.State != "active" || after.Snapshot.CowUsed != before.Snapshot.CowUsed {
+		after.Snapshot.State != "active" || after.Snapshot.CowUsed != before.Snapshot.CowUsed || after.CowDirectIO == nil || !*after.CowDirectIO {
 		t.Fatalf("session after attach: %+v, before: %+v", after, before)
 	}
 	// A second attach does nothing.
