@@ -545,3 +545,35 @@ func TestWatchHandlesInvalidationAndStops(t *testing.T) {
 		t.Fatalf("store %v: %d sessions kept as invalid, want 1", dirs, invalid)
 	}
 }
+
+func TestAttachAfterReboot(t *testing.T) {
+	w := newWorld(t)
+	w.sys.Prober.Add("/dev/sdb1", sdb1)
+	if code, _, errOut := w.run(t, "", "activate", "/dev/sdb1"); code != exitOK {
+		t.Fatalf("activate: %s", errOut)
+	}
+	before := *w.registry(t).Device("sdb1").Current()
+	w.sys.Reboot()
+	if code, out, _ := w.run(t, "", "status"); code != exitOK || !strings.Contains(out, "stack:    none") || !strings.Contains(out, "dmsnap attach /dev/sdb1") {
+		t.Errorf("status after reboot: exit %d\n%s", code, out)
+	}
+	code, out, errOut := w.run(t, "", "attach", "/dev/sdb1")
+	if code != exitOK || !strings.Contains(out, "stack-up") || !strings.Contains(out, "attach") {
+		t.Fatalf("attach: exit %d\n%s%s", code, out, errOut)
+	}
+	after := w.registry(t).Device("sdb1").Current()
+	if after == nil || after.N != before.N || after.Dir != before.Dir || after.State != session.SessionArmed {
+		t.Fatalf("session after attach: %+v, before %+v", after, before)
+	}
+	if got := w.sys.Kernel.Snapshots("sdb1"); len(got) != 1 || got[0] != before.N {
+		t.Fatalf("snapshots after attach: %v", got)
+	}
+	// Attaching again changes nothing; an unknown device is an error.
+	w.sys.ResetCalls()
+	if code, _, _ := w.run(t, "", "attach", "/dev/sdb1"); code != exitOK || len(w.sys.Calls) != 0 {
+		t.Errorf("second attach: exit %d, calls %v", code, w.sys.Calls)
+	}
+	if code, _, errOut := w.run(t, "", "attach", "/dev/sdz9"); code != exitFailure || !strings.Contains(errOut, "/dev/sdz9") {
+		t.Errorf("attach of an unknown device: exit %d: %s", code, errOut)
+	}
+}
