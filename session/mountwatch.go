@@ -123,6 +123,14 @@ func (t *MountTable) Wait(ctx context.Context) error {
 					werr = os.ErrClosed
 					return
 				}
+				// This poll(2) has consumed the kernel's change flag if it
+				// was up: report the change even when the context ended
+				// meanwhile or the wake-up was a stale one, or it is lost
+				// (the next poll would not see it, and the watcher would
+				// miss a mount or an unmount).
+				if fds[0].Revents&(unix.POLLPRI|unix.POLLERR) != 0 {
+					return
+				}
 				if ctx.Err() != nil {
 					werr = ctx.Err()
 					return

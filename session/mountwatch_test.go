@@ -155,6 +155,36 @@ func TestMountTableWaitsForChanges(t *testing.T) {
 	})
 }
 
+// A change that arrives together with a wake-up (a context ending, or a
+// stale wake-up from an earlier Wait) is reported, not swallowed: poll(2)
+// has consumed the kernel's flag, so a later Wait would never see it.
+func TestMountTableChangeWithWakeUp(t *testing.T) {
+	dir := t.TempDir()
+	point := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(point, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	inMountNamespace(t, func(mountinfo string) {
+		tab, err := OpenMountTable(mountinfo)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer tab.Close()
+		tab.interrupt() // a stale wake-up, as an earlier Wait's ended context leaves
+		if err := unix.Mount("dmsnaptest", point, "tmpfs", 0, ""); err != nil {
+			t.Errorf("mount: %v", err)
+			return
+		}
+		defer unix.Unmount(point, 0)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := tab.Wait(ctx); err != nil {
+			t.Errorf("Wait with a change and a stale wake-up pending: %v, want the change", err)
+		}
+	})
+}
+
 func TestMountTableDeadline(t *testing.T) {
 	tab, err := OpenMountTable("")
 	if err != nil {
