@@ -40,6 +40,9 @@ func main() {
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}
+	if os.Args[1] != "all" {
+		reportHWM()
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "benchtool %s: %v\n", os.Args[1], err)
 		os.Exit(1)
