@@ -93,9 +93,11 @@ func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 			}
 			queue = append(queue, m.mountEvents(prev, cur)...)
 			prev = cur
-			if len(queue) == 0 && failures == 0 {
-				continue
-			}
+			// Reconcile on every change, even one that yields no event:
+			// a mount and unmount that both happened while the watcher
+			// was busy leave prev and cur alike, yet a reconcile run
+			// meanwhile may have opened a session on the mount it saw.
+			// Only a reconcile now closes that session.
 		}
 		queue = m.handleEvents(ctx, queue)
 		note(m.watchReconcile(ctx))
