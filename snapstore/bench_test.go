@@ -47,8 +47,8 @@ func BenchmarkConvert(b *testing.B) {
 	}
 }
 
-// benchCow writes a COW file in which every 4 KiB chunk of a device of
-// size bytes was copied once, in random order.
+// benchCow writes a COW file (through CowWriter) in which every 4 KiB
+// chunk of a device of size bytes was copied once, in random order.
 func benchCow(b *testing.B, size int64) string {
 	b.Helper()
 	g := Geometry{ChunkSectors: 8}
@@ -63,23 +63,21 @@ func benchCow(b *testing.B, size int64) string {
 	if err := f.Truncate(g.CowFileSize(size)); err != nil {
 		b.Fatal(err)
 	}
-	f.WriteAt(CowHeader{Magic: CowMagic, Valid: 1, Version: CowVersion, ChunkSectors: 8}.Append(nil), 0)
+	w, err := NewCowWriter(f, cb, CowWriterOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
 	r := rand.New(rand.NewPCG(1, 1))
 	order := r.Perm(int(chunks))
 	data := make([]byte, cb)
-	ent := make([]byte, CowExceptionSize)
-	for k, old := range order {
-		nc := g.DataChunk(int64(k))
+	for _, old := range order {
 		fillRandom(r, data)
-		if _, err := f.WriteAt(data, nc*cb); err != nil {
+		if err := w.Add(uint64(old), data); err != nil {
 			b.Fatal(err)
 		}
-		putU64(ent, uint64(old))
-		putU64(ent[8:], uint64(nc))
-		off := g.AreaChunk(int64(k)/g.PerArea())*cb + (int64(k)%g.PerArea())*CowExceptionSize
-		if _, err := f.WriteAt(ent, off); err != nil {
-			b.Fatal(err)
-		}
+	}
+	if _, err := w.Close(); err != nil {
+		b.Fatal(err)
 	}
 	return path
 }
