@@ -37,6 +37,8 @@ type Measure struct {
 	Seconds  float64 `json:"seconds"`
 	MaxRSSKB int64   `json:"max_rss_kib"`
 	PeakKB   int64   `json:"vm_hwm_kib,omitempty"`
+	// Steps is a conversion's time per step (benchtool convert only).
+	Steps []stepTime `json:"steps,omitempty"`
 }
 
 // peak is the figure the report shows: the child's own peak when known.
@@ -143,6 +145,9 @@ func measure(name string, args ...string) (Measure, []byte, error) {
 	for _, l := range strings.Split(errb.String(), "\n") {
 		if v, ok := strings.CutPrefix(l, hwmPrefix); ok {
 			m.PeakKB, _ = strconv.ParseInt(v, 10, 64)
+		}
+		if v, ok := strings.CutPrefix(l, stepsPrefix); ok {
+			json.Unmarshal([]byte(v), &m.Steps)
 		}
 	}
 	return m, out.Bytes(), nil
@@ -377,6 +382,13 @@ func writeMarkdown(w io.Writer, r Report) {
 	for _, c := range r.Conversion {
 		fmt.Fprintf(w, "| %s | %d | %.3f s | %.3f s | **%.3f** | %.1f MiB (%.1f) | %.3f s | %.2f | %.3f s |\n", mib(c.PreImageBytes), c.Records, c.Convert.Seconds, c.Cp.Seconds, c.Ratio,
 			c.Convert.peak(), float64(c.Convert.MaxRSSKB)/1024, c.Read.Seconds, c.Convert.Seconds/c.Read.Seconds, c.GenSeconds)
+	}
+	for _, c := range r.Conversion {
+		var parts []string
+		for _, st := range c.Convert.Steps {
+			parts = append(parts, fmt.Sprintf("%s %.3f s", st.Step, st.Seconds))
+		}
+		fmt.Fprintf(w, "\nConversion steps at %s: %s.\n", mib(c.PreImageBytes), strings.Join(parts, ", "))
 	}
 	fmt.Fprintf(w, "\n## Restore (restore.Plan.Apply, %d sessions, %s of pre-images, %s device) vs `dd bs=1M conv=fsync`\n\n", r.RestoreSess, mib(r.RestorePre), mib(r.RestoreDev))
 	fmt.Fprintf(w, "| run | bytes written | time | MB/s | throughput / dd | peak RSS (ru_maxrss) |\n|---|---:|---:|---:|---:|---:|\n")

@@ -112,9 +112,29 @@ func runConvert(args []string) error {
 	if len(args) != 1 {
 		return errors.New("usage: convert DIR")
 	}
-	_, err := snapstore.Convert(context.Background(), args[0], snapstore.ConvertOptions{})
+	// Each step's wall time, for the report: where a conversion spends it.
+	var steps []stepTime
+	last := time.Now()
+	_, err := snapstore.Convert(context.Background(), args[0], snapstore.ConvertOptions{AfterStep: func(step string) error {
+		now := time.Now()
+		steps = append(steps, stepTime{Step: step, Seconds: now.Sub(last).Seconds()})
+		last = now
+		return nil
+	}})
+	if b, jerr := json.Marshal(steps); jerr == nil {
+		fmt.Fprintf(os.Stderr, "%s%s\n", stepsPrefix, b)
+	}
 	return err
 }
+
+// stepTime is the wall time of one conversion step (snapstore.ConvertSteps).
+type stepTime struct {
+	Step    string  `json:"step"`
+	Seconds float64 `json:"seconds"`
+}
+
+// stepsPrefix starts the line the convert child writes with its steps.
+const stepsPrefix = "benchtool-steps "
 
 // restoreOut is what the restore child reports on stdout.
 type restoreOut struct {
