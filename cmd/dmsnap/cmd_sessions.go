@@ -23,6 +23,7 @@ const sessionsHelp = `usage: dmsnap sessions list [NAME] [--json]
        dmsnap sessions show ID [--json]
        dmsnap sessions verify [ID...]
        dmsnap sessions prune NAME (--keep N | --older-than DURATION) [--dry-run]
+       dmsnap sessions open ID;  dmsnap sessions mount ID DIR;  dmsnap sessions close ID
 
 list    the sessions of the store (of device NAME only when given), oldest first
 show    one session
@@ -31,6 +32,12 @@ verify  check every checksum of the given sessions (all finished ones when none
 prune   remove the oldest finished sessions of device NAME: all but the newest
         N, or those that started more than DURATION ago (e.g. 36h, 30d). Live
         sessions are never removed. Runs under the state lock.
+open    a read-only view of activated device NAME as it was before session ID:
+        /dev/mapper/dmsnap-NAME-atSECS, a snapshot over dmsnap-NAME-real (the
+        device may be mounted and written while the view is open)
+mount   open the view if needed and mount it read-only on DIR (ext4 ro,noload;
+        xfs ro,norecovery,nouuid; btrfs ro)
+close   unmount the view, remove its device and delete its COW
 
 --json output of list is an array of sessions, of show one session:
   {"id": "sdb1_1700000000",          directory name, <name>_<unix seconds>
@@ -66,11 +73,17 @@ func runSessions(e *env, args []string) error {
 		return runSessionsVerify(e, args[1:])
 	case "prune":
 		return runSessionsPrune(e, args[1:])
+	case "open":
+		return runSessionsOpen(e, args[1:])
+	case "mount":
+		return runSessionsMount(e, args[1:])
+	case "close":
+		return runSessionsClose(e, args[1:])
 	case "-h", "--help", "help":
 		fmt.Fprint(e.stdout, sessionsHelp)
 		return nil
 	}
-	return usagef("sessions: unknown subcommand %q (list, show, verify, prune)", args[0])
+	return usagef("sessions: unknown subcommand %q (list, show, verify, prune, open, mount, close)", args[0])
 }
 
 // sessionJSON is one session in --json output; its shape is documented in
