@@ -63,6 +63,7 @@ type deviceJSON struct {
 	Error           string              `json:"error,omitempty"`
 	Todo            []string            `json:"todo"`
 	Issues          []string            `json:"issues"`
+	Views           []viewRecord        `json:"views,omitempty"` // open views (dmsnap sessions open)
 }
 
 type stackJSON struct {
@@ -188,7 +189,9 @@ func runStatus(e *env, args []string) error {
 		if fs.NArg() == 1 && st.Device.Name != fs.Arg(0) && st.Device.Path != fs.Arg(0) {
 			continue
 		}
-		out.Devices = append(out.Devices, describeDevice(st))
+		d := describeDevice(st)
+		d.Views = viewsOf(e.state, d.Name)
+		out.Devices = append(out.Devices, d)
 	}
 	if fs.NArg() == 1 && len(out.Devices) == 0 {
 		return fmt.Errorf("%s: %w; `dmsnap status` lists the activated devices", fs.Arg(0), session.ErrNotActivated)
@@ -247,6 +250,9 @@ func printDevice(e *env, d deviceJSON) {
 	}
 	if d.StoreSpace != nil {
 		fmt.Fprintf(w, "  store:    %s, %s free of %s\n", d.Store, humanBytes(d.StoreSpace.FreeBytes), humanBytes(d.StoreSpace.TotalBytes))
+	}
+	for _, v := range d.Views {
+		fmt.Fprintf(w, "  view:     %s, before session %s%s\n", v.path(), v.ID, map[bool]string{true: ", mounted on " + v.Mount}[v.Mount != ""])
 	}
 	for _, id := range d.InvalidSessions {
 		fmt.Fprintf(w, "  INVALID session %s: the kernel dropped its snapshot (store full or I/O error); its pre-images are incomplete\n", id)

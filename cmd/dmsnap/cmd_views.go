@@ -74,6 +74,19 @@ func saveViews(state string, vs []viewRecord) error {
 	return os.Rename(tmp, path)
 }
 
+// viewsOf lists the open views of device name, for status; nil when there
+// are none or the views file cannot be read.
+func viewsOf(state, name string) []viewRecord {
+	vs, _ := loadViews(state)
+	var out []viewRecord
+	for _, v := range vs {
+		if v.Name == name {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
 func findView(vs []viewRecord, id string) int {
 	for i, v := range vs {
 		if v.ID == id {

@@ -152,6 +152,20 @@ func TestViewsOfThreeSessions(t *testing.T) {
 		t.Fatal("wrote into a read-only view")
 	}
 
+	// status lists the open views.
+	var sout, serr bytes.Buffer
+	if code := run(d.ctx, []string{"--store", d.store, "--state", d.state, "status", d.name}, strings.NewReader(""), &sout, &serr); code != 0 {
+		t.Fatalf("status: exit %d: %s", code, serr.String())
+	}
+	for _, id := range ids {
+		if !strings.Contains(sout.String(), paths[id]+", before session "+id) {
+			t.Fatalf("status does not list the view of %s:\n%s", id, sout.String())
+		}
+	}
+	if !strings.Contains(sout.String(), "mounted on "+mid) {
+		t.Fatalf("status does not say where the view is mounted:\n%s", sout.String())
+	}
+
 	// Close removes the mount, the device, the loop and the COW.
 	for _, id := range ids {
 		d.mustViews("close", id)
