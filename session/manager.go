@@ -85,7 +85,11 @@ func (m *Manager) mounts() ([]MountInfo, error) {
 		return nil, err
 	}
 	defer f.Close()
-	return ParseMountInfo(f)
+	ms, err := ParseMountInfo(f)
+	if err != nil {
+		return nil, err
+	}
+	return ResolveSourceDevs(ms, BlockDevNum), nil
 }
 
 // Report is what a reconcile did and what it could not fix.

@@ -173,3 +173,21 @@ func clip(s string, n int) string {
 	}
 	return s[:n] + "…"
 }
+
+// ResolveSourceDevs replaces the device number of mounts whose filesystem
+// reports an anonymous one (major 0: btrfs gives every mount such a number,
+// not its block device's) with the number of the block device named as the
+// mount's source, when the source is one. Without it a btrfs mount of an
+// origin is not recognised as one, and its session never opens or closes.
+// blockDev is BlockDevNum in production.
+func ResolveSourceDevs(ms []MountInfo, blockDev func(path string) (DevNum, error)) []MountInfo {
+	for i := range ms {
+		if ms[i].Dev.Major != 0 || !strings.HasPrefix(ms[i].Source, "/dev/") {
+			continue
+		}
+		if n, err := blockDev(ms[i].Source); err == nil {
+			ms[i].Dev = n
+		}
+	}
+	return ms
+}

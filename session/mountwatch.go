@@ -72,7 +72,7 @@ func (t *MountTable) Read() ([]MountInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", t.path, err)
 	}
-	return m, nil
+	return ResolveSourceDevs(m, BlockDevNum), nil
 }
 
 // Wait blocks until the mount table has changed since the descriptor last

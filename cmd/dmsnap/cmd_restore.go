@@ -768,7 +768,7 @@ func (d *deviceProbe) busy() (string, error) {
 		table, perr := session.ParseMountInfo(f)
 		f.Close()
 		if perr == nil {
-			for _, m := range table {
+			for _, m := range session.ResolveSourceDevs(table, session.BlockDevNum) {
 				if m.Dev == num {
 					return "mounted on " + m.MountPoint, nil
 				}
