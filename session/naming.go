@@ -7,9 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dmsnap/dmsnap/snapstore"
 )
 
 // MaxNameLen bounds a dmsnap name so that the longest device-mapper name
@@ -21,20 +22,8 @@ const MaxNameLen = 100
 // into '_' (byte by byte, as the seed's C code did: "é" becomes "__").
 // A path with no usable base name ("", "/", ".", "..") gives "dev".
 func SanitizeName(devicePath string) string {
-	base := filepath.Base(devicePath)
-	if strings.HasSuffix(devicePath, "/") {
-		base = ""
-	}
-	b := []byte(base)
-	for i, c := range b {
-		if !nameByte(c) {
-			b[i] = '_'
-		}
-	}
-	if s := string(b); s != "" && s != "." && s != ".." {
-		return s
-	}
-	return "dev"
+	// The rule is the on-disk layout's, so snapstore owns it.
+	return snapstore.SanitizeName(devicePath)
 }
 
 func nameByte(c byte) bool {
@@ -71,7 +60,7 @@ func ValidateName(name string) error {
 // SessionDirName is the directory name of a session started at t:
 // <name>_<Unix seconds>, as the seed named its sessions.
 func SessionDirName(name string, t time.Time) string {
-	return name + "_" + strconv.FormatInt(t.Unix(), 10)
+	return snapstore.SessionID(name, t)
 }
 
 // maxSecondsAhead bounds the search for a free session name.
