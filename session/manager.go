@@ -329,6 +329,7 @@ func (m *Manager) Apply(ctx context.Context, reg *Registry, acts []Action) ([]Ac
 		}
 		err := m.apply(ctx, reg, a)
 		if err == nil {
+			Crashpoint(string(a.Kind))
 			m.log().Info("reconcile", "step", string(a.Kind), "device", a.Device, "session", a.Session, "dir", a.Dir, "reason", a.Reason)
 			done = append(done, a)
 			continue
@@ -476,6 +477,7 @@ func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
 		if err := save(); err != nil {
 			return err
 		}
+		Crashpoint(CrashpointOpenMarked)
 		dir, err := m.Store.MarkMounted(ctx, s.Dir, s.Mounted, s.FSType)
 		if err != nil {
 			return err

@@ -306,8 +306,18 @@ func (Store) MarkInvalid(_ context.Context, dir, reason string) error {
 }
 
 // Convert implements session.Store.
+// Each conversion step is a crash point (session.CrashpointConvert).
 func (s Store) Convert(ctx context.Context, dir string) error {
-	_, err := snapstore.Convert(ctx, dir, s.Options)
+	opts := s.Options
+	after := opts.AfterStep
+	opts.AfterStep = func(step string) error {
+		session.Crashpoint(session.CrashpointConvert + step)
+		if after != nil {
+			return after(step)
+		}
+		return nil
+	}
+	_, err := snapstore.Convert(ctx, dir, opts)
 	return err
 }
 
