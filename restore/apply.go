@@ -2,6 +2,7 @@ package restore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 )
@@ -117,15 +118,71 @@ func (p *Plan) Verify(ctx context.Context, prog Progress) error {
 	return p.verify(ctx, sum, prog)
 }
 
+// maxBad bounds the failed records a storage-order check keeps while it
+// looks for more; a session with more falls back to the per-record check.
+const maxBad = 1024
+
+// verify checks every record the plan uses. A session that can check its
+// records in storage order (a StoreSession: blocks.dat read sequentially, in
+// large reads) is checked whole that way when the plan uses at least a
+// quarter of its bytes, and the failures it finds count only if the plan
+// uses the record; the other sessions' used records are read one by one in
+// device order. The first failure of a used record, in device order, is
+// returned.
 func (p *Plan) verify(ctx context.Context, sum Summary, prog Progress) error {
+	k := len(p.sessions)
+	ordered := make([]storageOrderChecker, k)
+	var total uint64
+	for i, s := range p.sessions {
+		ss := sum.Sessions[i]
+		if c, ok := s.(storageOrderChecker); ok && ss.UsedRecordBytes > 0 && ss.UsedRecordBytes >= ss.RecordBytes/4 {
+			ordered[i] = c
+			total += ss.RecordBytes
+		} else {
+			total += ss.UsedRecordBytes
+		}
+	}
+	prog.Begin("verify", total)
+	defer prog.End()
+	type key struct {
+		session int
+		idx     int64
+	}
+	bad := map[key]error{}
+	perRecord := false
+	for i, c := range ordered {
+		if c == nil {
+			perRecord = perRecord || sum.Sessions[i].RecordsUsed > 0
+			continue
+		}
+		n := 0
+		done, err := c.checkInStorageOrder(ctx, prog.Add, func(idx int64, _ Record, err error) bool {
+			bad[key{i, idx}] = err
+			n++
+			return n < maxBad
+		})
+		if err != nil {
+			return &SessionError{Session: p.sessions[i].ID(), Index: -1, Err: err}
+		}
+		if !done || n >= maxBad {
+			for kk := range bad {
+				if kk.session == i {
+					delete(bad, kk)
+				}
+			}
+			ordered[i] = nil
+			perRecord = true
+		}
+	}
+	if len(bad) == 0 && !perRecord {
+		return nil
+	}
 	it, err := p.Extents()
 	if err != nil {
 		return err
 	}
 	defer it.Close()
-	prog.Begin("verify", sum.UsedRecordBytes())
-	defer prog.End()
-	last := make([]int64, len(p.sessions))
+	last := make([]int64, k)
 	for i := range last {
 		last[i] = -1
 	}
@@ -142,6 +199,12 @@ func (p *Plan) verify(ctx context.Context, sum Summary, prog Progress) error {
 			continue // another piece of a record already checked
 		}
 		last[e.Session] = e.Index
+		if ordered[e.Session] != nil {
+			if err := bad[key{e.Session, e.Index}]; err != nil {
+				return &RecordError{Session: p.sessions[e.Session].ID(), Index: e.Index, Record: e.Record, Err: err}
+			}
+			continue
+		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -179,6 +242,21 @@ type recordCache struct {
 	buf []byte
 }
 
+// writeAhead is how many write buffers the write pass holds: the reading
+// goroutine fills the next ones while the current one is written.
+const writeAhead = 4
+
+// chunkOut is one write of the write pass, or the reader's error.
+type chunkOut struct {
+	start uint64
+	p     []byte
+	err   error
+}
+
+// write runs the write pass: a goroutine reads the plan's records in
+// device order into buffers of up to opts.BufferSize contiguous bytes
+// (writeAhead of them), while this one writes them. Records are checked as
+// they are read unless the verify pass has just checked them.
 func (p *Plan) write(ctx context.Context, dst io.WriterAt, sum Summary, opts ApplyOptions) (Result, error) {
 	res := Result{Summary: sum}
 	prog := opts.progress()
@@ -190,103 +268,168 @@ func (p *Plan) write(ctx context.Context, dst io.WriterAt, sum Summary, opts App
 	if err != nil {
 		return res, &PartialWriteError{Total: sum.Bytes, Err: err}
 	}
-	defer it.Close()
+	readers := make([]recordReader, len(p.sessions))
+	closeReaders := func() {
+		for _, r := range readers {
+			if r != nil {
+				r.close()
+			}
+		}
+	}
+	for i, s := range p.sessions {
+		if readers[i], err = openRecordReader(s, opts.SkipVerify); err != nil {
+			it.Close()
+			closeReaders()
+			return res, &PartialWriteError{Total: sum.Bytes, Err: &SessionError{Session: s.ID(), Index: -1, Err: err}}
+		}
+	}
 	prog.Begin("write", sum.Bytes)
 	defer prog.End()
+
+	free := make(chan []byte, writeAhead)
+	full := make(chan chunkOut, writeAhead)
+	for range writeAhead {
+		free <- make([]byte, size)
+	}
+	stop := make(chan struct{})
+	go func() {
+		defer close(full)
+		defer closeReaders()
+		defer it.Close()
+		if err := p.fill(ctx, it, readers, opts.TargetSize, free, full, stop); err != nil {
+			full <- chunkOut{err: err}
+		}
+	}()
+	var werr error
+	for c := range full {
+		if werr != nil {
+			continue // drain until the reader stops
+		}
+		if c.err != nil {
+			werr = c.err
+			continue
+		}
+		if _, err := dst.WriteAt(c.p, int64(c.start)); err != nil {
+			werr = fmt.Errorf("writing %d bytes at byte %d: %w", len(c.p), c.start, err)
+			close(stop)
+			continue
+		}
+		res.Writes++
+		res.Bytes += uint64(len(c.p))
+		prog.Add(uint64(len(c.p)))
+		free <- c.p[:cap(c.p)]
+	}
+	if werr == nil {
+		if s, ok := dst.(Syncer); ok {
+			if err := s.Sync(); err != nil {
+				werr = fmt.Errorf("syncing the target: %w", err)
+			}
+		}
+	}
+	if werr != nil {
+		return res, &PartialWriteError{Written: res.Bytes, Total: sum.Bytes, Err: werr}
+	}
+	return res, nil
+}
+
+// fill is the write pass's reading side: it gathers the plan's bytes into
+// buffers from free and sends each full or discontiguous one to full. It
+// returns at the end of the plan, at the first error, or when stop closes.
+func (p *Plan) fill(ctx context.Context, it *ExtentIter, readers []recordReader, targetSize uint64, free <-chan []byte, full chan<- chunkOut, stop <-chan struct{}) error {
 	cache := make([]recordCache, len(p.sessions))
 	for i := range cache {
 		cache[i].idx = -1
 	}
-	w := coalescer{dst: dst, buf: make([]byte, size), prog: prog}
-	fail := func(err error) (Result, error) {
-		res.Writes, res.Bytes = w.writes, w.written
-		return res, &PartialWriteError{Written: w.written, Total: sum.Bytes, Err: err}
+	var cur []byte // buffer being filled
+	var n int      // bytes held in cur
+	var at uint64  // device offset of cur[0]
+	send := func() {
+		if n > 0 {
+			full <- chunkOut{start: at, p: cur[:n]}
+			cur, n = nil, 0
+		}
 	}
+	take := func() bool {
+		if cur != nil {
+			return true
+		}
+		select {
+		case cur = <-free:
+			return true
+		case <-stop:
+			return false
+		}
+	}
+	errStopped := errors.New("write pass stopped")
 	for {
 		e, err := it.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return fail(err)
+			return err
 		}
 		if err := ctx.Err(); err != nil {
-			return fail(err)
+			return err
 		}
-		if opts.TargetSize > 0 && e.End() > opts.TargetSize {
-			return fail(fmt.Errorf("%w: extent [%d, %d) of session %s, target has %d bytes",
-				ErrOutOfBounds, e.Start, e.End(), p.sessions[e.Session].ID(), opts.TargetSize))
+		if targetSize > 0 && e.End() > targetSize {
+			return fmt.Errorf("%w: extent [%d, %d) of session %s, target has %d bytes",
+				ErrOutOfBounds, e.Start, e.End(), p.sessions[e.Session].ID(), targetSize)
+		}
+		if n > 0 && e.Start != at+uint64(n) {
+			send()
+		}
+		if !take() {
+			return errStopped
+		}
+		if n == 0 {
+			at = e.Start
 		}
 		c := &cache[e.Session]
+		size := int(e.Record.Size)
+		if size > MaxRecordSize {
+			return &RecordError{Session: p.sessions[e.Session].ID(), Index: e.Index, Record: e.Record,
+				Err: fmt.Errorf("%w: %d bytes, more than %d", ErrRecordTooLarge, size, MaxRecordSize)}
+		}
+		// A whole record that fits is read straight into the buffer.
+		if e.RecordOffset() == 0 && e.Length == uint64(size) && size <= len(cur)-n {
+			if err := readers[e.Session].readRecord(e.Index, e.Record, cur[n:n+size]); err != nil {
+				return &RecordError{Session: p.sessions[e.Session].ID(), Index: e.Index, Record: e.Record, Err: err}
+			}
+			n += size
+			if n == len(cur) {
+				send()
+			}
+			continue
+		}
 		if c.idx != e.Index {
 			c.idx = -1
-			if c.buf, err = p.readRecord(e, c.buf); err != nil {
-				return fail(err)
+			if cap(c.buf) < size {
+				c.buf = make([]byte, size)
+			}
+			c.buf = c.buf[:size]
+			if err := readers[e.Session].readRecord(e.Index, e.Record, c.buf); err != nil {
+				return &RecordError{Session: p.sessions[e.Session].ID(), Index: e.Index, Record: e.Record, Err: err}
 			}
 			c.idx = e.Index
 		}
 		off := e.RecordOffset()
-		if err := w.add(e.Start, c.buf[off:off+e.Length]); err != nil {
-			return fail(err)
-		}
-	}
-	if err := w.flush(); err != nil {
-		return fail(err)
-	}
-	if s, ok := dst.(Syncer); ok {
-		if err := s.Sync(); err != nil {
-			return fail(fmt.Errorf("syncing the target: %w", err))
-		}
-	}
-	res.Writes, res.Bytes = w.writes, w.written
-	return res, nil
-}
-
-// coalescer gathers contiguous bytes into one buffer and writes it when the
-// next bytes are not contiguous or the buffer is full.
-type coalescer struct {
-	dst     io.WriterAt
-	buf     []byte
-	prog    Progress
-	start   uint64 // device offset of buf[0]
-	n       int    // bytes held
-	writes  int64
-	written uint64
-}
-
-func (w *coalescer) add(start uint64, data []byte) error {
-	if w.n > 0 && start != w.start+uint64(w.n) {
-		if err := w.flush(); err != nil {
-			return err
-		}
-	}
-	for len(data) > 0 {
-		if w.n == 0 {
-			w.start = start
-		}
-		c := copy(w.buf[w.n:], data)
-		w.n += c
-		data = data[c:]
-		start += uint64(c)
-		if w.n == len(w.buf) {
-			if err := w.flush(); err != nil {
-				return err
+		data := c.buf[off : off+e.Length]
+		for len(data) > 0 {
+			if !take() {
+				return errStopped
+			}
+			if n == 0 {
+				at = e.Start + e.Length - uint64(len(data))
+			}
+			k := copy(cur[n:], data)
+			n += k
+			data = data[k:]
+			if n == len(cur) {
+				send()
 			}
 		}
 	}
-	return nil
-}
-
-func (w *coalescer) flush() error {
-	if w.n == 0 {
-		return nil
-	}
-	if _, err := w.dst.WriteAt(w.buf[:w.n], int64(w.start)); err != nil {
-		return fmt.Errorf("writing %d bytes at byte %d: %w", w.n, w.start, err)
-	}
-	w.writes++
-	w.written += uint64(w.n)
-	w.prog.Add(uint64(w.n))
-	w.n = 0
+	send()
 	return nil
 }

@@ -1,0 +1,331 @@
+package restore
+
+import (
+	"bufio"
+	"cmp"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/dmsnap/dmsnap/snapstore"
+	"golang.org/x/sys/unix"
+)
+
+// Reading a store session's pre-images fast. A session of layout cow keeps
+// its chunks in blocks.dat in the order the kernel first copied them, so
+// reading its records in sector order (the plan's order) means reading
+// blocks.dat at random offsets. The verify pass instead reads blocks.dat in
+// file order (StoreSession.checkInStorageOrder), in large sequential reads,
+// which also brings the data into the page cache for the write pass.
+
+// segRecords bounds the records a storage-order check holds at once:
+// blocks.dat is checked one segment of segRecords chunks at a time, and the
+// map is streamed once per segment. (A variable so tests can shrink it.)
+var segRecords = 1 << 16
+
+const (
+	// storageReadBlock is one read of a storage-order check;
+	// storageReadAhead reads are in flight or being checked at once.
+	storageReadBlock = 1 << 20
+	storageReadAhead = 4
+	// storageGap: holes between records up to this size are read through,
+	// so neighbouring records come in one read.
+	storageGap = 256 << 10
+)
+
+// storageOrderChecker is a Session that can check all of its records by
+// reading its storage in file order.
+type storageOrderChecker interface {
+	// checkInStorageOrder reads every record of the session in storage
+	// order and checks it. It calls add with the bytes of each record
+	// checked and bad for each record that fails (idx is its position in
+	// the record stream); it stops when bad returns false. It returns
+	// done = false, having called bad for nothing that matters, when the
+	// session cannot be checked this way (the caller then reads its
+	// records one by one); err is fatal.
+	checkInStorageOrder(ctx context.Context, add func(uint64), bad func(idx int64, r Record, err error) bool) (done bool, err error)
+}
+
+// storedRec is a record with its position in blocks.map and its CRC.
+type storedRec struct {
+	rec Record
+	idx int64
+	crc uint32
+	sum uint32 // CRC-32C computed so far
+	got uint32 // bytes summed so far
+}
+
+// checkInStorageOrder implements storageOrderChecker for a session dmsnap
+// wrote (with blocks.crc): for each segment of blocks.dat holding at most
+// segRecords chunks it streams blocks.map and blocks.crc, keeps the records
+// inside the segment, sorts them by offset and reads them in large
+// sequential reads while it checks their CRC-32C. A seed session (no
+// checksums) is not done here. blocks.map and blocks.crc themselves are
+// checked by Records (their SHA-256), which the plan has called before.
+func (a *StoreSession) checkInStorageOrder(ctx context.Context, add func(uint64), bad func(int64, Record, error) bool) (bool, error) {
+	d := a.S.Meta.Dmsnap
+	if !a.S.Verified() || d == nil || d.ChunkSize == 0 {
+		return false, nil
+	}
+	dat, err := os.Open(filepath.Join(a.S.Dir, snapstore.DataFile))
+	if err != nil {
+		return false, err
+	}
+	defer dat.Close()
+	unix.Fadvise(int(dat.Fd()), 0, 0, unix.FADV_SEQUENTIAL) // a hint
+	span := uint64(segRecords) * uint64(d.ChunkSize)
+	size := uint64(a.S.DataSize())
+	var recs []storedRec
+	for lo := uint64(0); lo < size; lo += span {
+		if recs, err = a.segment(recs[:0], lo, lo+span); err != nil {
+			if errors.Is(err, errSegmentFull) {
+				return false, nil
+			}
+			return false, err
+		}
+		if len(recs) == 0 {
+			continue
+		}
+		slices.SortFunc(recs, func(x, y storedRec) int { return cmp.Compare(x.rec.Offset, y.rec.Offset) })
+		if !checkSorted(ctx, dat, recs, add, bad) {
+			return true, ctx.Err()
+		}
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+var errSegmentFull = errors.New("more records than chunks in a segment of blocks.dat")
+
+// segment appends to recs every record whose offset is in [lo, hi).
+func (a *StoreSession) segment(recs []storedRec, lo, hi uint64) ([]storedRec, error) {
+	mf, err := os.Open(filepath.Join(a.S.Dir, snapstore.MapFile))
+	if err != nil {
+		return recs, err
+	}
+	defer mf.Close()
+	cf, err := os.Open(filepath.Join(a.S.Dir, snapstore.CRCFile))
+	if err != nil {
+		return recs, err
+	}
+	defer cf.Close()
+	mr, cr := bufio.NewReaderSize(mf, 256<<10), bufio.NewReaderSize(cf, 64<<10)
+	var rb [snapstore.RecordSize]byte
+	var cb [snapstore.CRCSize]byte
+	for idx := int64(0); ; idx++ {
+		if _, err := io.ReadFull(mr, rb[:]); err != nil {
+			if err == io.EOF {
+				return recs, nil
+			}
+			return recs, fmt.Errorf("%s: record %d: %w", mf.Name(), idx, err)
+		}
+		if _, err := io.ReadFull(cr, cb[:]); err != nil {
+			return recs, fmt.Errorf("%s: CRC %d: %w", cf.Name(), idx, err)
+		}
+		r := snapstore.ParseRecord(rb[:])
+		if r.Offset < lo || r.Offset >= hi || r.Size == 0 {
+			continue
+		}
+		if len(recs) >= 2*segRecords {
+			return recs, errSegmentFull
+		}
+		recs = append(recs, storedRec{rec: Record{Sector: r.Sector, Size: r.Size, Offset: r.Offset}, idx: idx, crc: binary.LittleEndian.Uint32(cb[:])})
+	}
+}
+
+// checkSorted reads the records (sorted by offset) from dat in blocks of
+// storageReadBlock bytes, holes of up to storageGap read through, a
+// goroutine keeping the next reads in flight while this one checks. It
+// returns false when bad asked to stop or ctx ended.
+func checkSorted(ctx context.Context, dat io.ReaderAt, recs []storedRec, add func(uint64), bad func(int64, Record, error) bool) bool {
+	type block struct {
+		off uint64
+		p   []byte
+		err error
+	}
+	free := make(chan []byte, storageReadAhead)
+	full := make(chan block, storageReadAhead)
+	for range storageReadAhead {
+		free <- make([]byte, storageReadBlock)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(full)
+		emit := func(off, end uint64) bool {
+			for off < end {
+				var b []byte
+				select {
+				case b = <-free:
+				case <-stop:
+					return false
+				}
+				n := min(uint64(len(b)), end-off)
+				_, err := dat.ReadAt(b[:n], int64(off))
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				full <- block{off: off, p: b[:n], err: err}
+				off += n
+			}
+			return true
+		}
+		start, end := recs[0].rec.Offset, recs[0].rec.Offset
+		for _, r := range recs {
+			if r.rec.Offset > end+storageGap {
+				if !emit(start, end) {
+					return
+				}
+				start = r.rec.Offset
+			}
+			end = max(end, r.rec.Offset+uint64(r.rec.Size))
+		}
+		emit(start, end)
+	}()
+	// j is the first record not finished; records that overlap (a damaged
+	// map) are each summed over their own bytes.
+	j := 0
+	for b := range full {
+		if ctx.Err() != nil {
+			return false
+		}
+		bend := b.off + uint64(len(b.p))
+		for k := j; k < len(recs) && recs[k].rec.Offset < bend; k++ {
+			r := &recs[k]
+			rs, re := r.rec.Offset+uint64(r.got), r.rec.Offset+uint64(r.rec.Size)
+			if r.got == r.rec.Size || re <= b.off || rs >= bend || rs < b.off {
+				continue
+			}
+			if b.err != nil {
+				r.got = r.rec.Size
+				if !bad(r.idx, r.rec, fmt.Errorf("reading blocks.dat at byte %d: %w", b.off, b.err)) {
+					return false
+				}
+				continue
+			}
+			u := min(re, bend) - rs
+			r.sum = crc32.Update(r.sum, crcTable, b.p[rs-b.off:rs-b.off+u])
+			r.got += uint32(u)
+			if r.got == r.rec.Size {
+				add(uint64(r.rec.Size))
+				if r.sum != r.crc {
+					err := fmt.Errorf("%w: pre-image has CRC-32C %08x, blocks.crc says %08x", snapstore.ErrChecksum, r.sum, r.crc)
+					if !bad(r.idx, r.rec, err) {
+						return false
+					}
+				}
+			}
+		}
+		for j < len(recs) && recs[j].got == recs[j].rec.Size {
+			j++
+		}
+		free <- b.p[:cap(b.p)]
+	}
+	return ctx.Err() == nil
+}
+
+// recordReader reads whole records for the write pass.
+type recordReader interface {
+	// readRecord fills p (len(p) == r.Size) with record r, at position idx
+	// of its session's record stream.
+	readRecord(idx int64, r Record, p []byte) error
+	close() error
+}
+
+// openRecordReader returns the write pass's reader of session s. When
+// checked is false the records were verified moments ago by the verify
+// pass and a StoreSession reads them straight from blocks.dat (from the
+// page cache, normally) without checking them again; otherwise every record
+// is checked as it is read.
+func openRecordReader(s Session, checked bool) (recordReader, error) {
+	if a, ok := s.(*StoreSession); ok && a.S.Verified() {
+		dat, err := os.Open(filepath.Join(a.S.Dir, snapstore.DataFile))
+		if err != nil {
+			return nil, err
+		}
+		r := &storeReader{dat: dat, size: uint64(a.S.DataSize())}
+		if checked {
+			if r.crc, err = os.Open(filepath.Join(a.S.Dir, snapstore.CRCFile)); err != nil {
+				dat.Close()
+				return nil, err
+			}
+		}
+		return r, nil
+	}
+	return sessionReader{s}, nil
+}
+
+// sessionReader reads through Session.ReadRecord, which checks.
+type sessionReader struct{ s Session }
+
+func (r sessionReader) readRecord(_ int64, rec Record, p []byte) error { return r.s.ReadRecord(rec, p) }
+func (r sessionReader) close() error                                   { return nil }
+
+// storeReader reads a dmsnap session's records by position: one read of
+// blocks.dat per record, and, when checking, the CRC from a window of
+// blocks.crc (the write pass asks for a session's records in increasing
+// position, so the window moves forward).
+type storeReader struct {
+	dat, crc *os.File
+	size     uint64
+	win      []byte
+	winStart int64 // record index of win[0:4]
+}
+
+func (r *storeReader) readRecord(idx int64, rec Record, p []byte) error {
+	if end := rec.Offset + uint64(rec.Size); end > r.size {
+		return fmt.Errorf("%w: needs bytes %d-%d, but blocks.dat ends at %d", snapstore.ErrTruncated, rec.Offset, end-1, r.size)
+	}
+	if _, err := r.dat.ReadAt(p, int64(rec.Offset)); err != nil {
+		return fmt.Errorf("reading blocks.dat at byte %d: %w", rec.Offset, err)
+	}
+	if r.crc == nil {
+		return nil
+	}
+	want, err := r.crcOf(idx)
+	if err != nil {
+		return err
+	}
+	if got := crc32.Checksum(p, crcTable); got != want {
+		return fmt.Errorf("%w: pre-image has CRC-32C %08x, blocks.crc says %08x", snapstore.ErrChecksum, got, want)
+	}
+	return nil
+}
+
+func (r *storeReader) crcOf(idx int64) (uint32, error) {
+	if idx < r.winStart || idx >= r.winStart+int64(len(r.win)/snapstore.CRCSize) {
+		if r.win == nil {
+			r.win = make([]byte, 64<<10)
+		}
+		n, err := r.crc.ReadAt(r.win[:cap(r.win)], idx*snapstore.CRCSize)
+		if n < snapstore.CRCSize {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, fmt.Errorf("%w: no CRC for record %d in blocks.crc: %v", snapstore.ErrTruncated, idx, err)
+		}
+		r.win, r.winStart = r.win[:n/snapstore.CRCSize*snapstore.CRCSize], idx
+	}
+	i := (idx - r.winStart) * snapstore.CRCSize
+	return binary.LittleEndian.Uint32(r.win[i:]), nil
+}
+
+func (r *storeReader) close() error {
+	err := r.dat.Close()
+	if r.crc != nil {
+		if cerr := r.crc.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return err
+}
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
