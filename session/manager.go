@@ -810,6 +810,7 @@ func (m *Manager) Rotate(ctx context.Context, arg, reason string) (Report, error
 			if err := reg.Save(m.StateDir); err != nil {
 				return deviceErr(op, d.Name, "", err)
 			}
+			Crashpoint(string(ActClose))
 			m.log().Info("rotate", "device", d.Name, "session", cur.N, "reason", reason)
 		}
 		rep, err = m.reconcile(ctx, reg, scope{only: []string{d.Name}})

@@ -1,0 +1,251 @@
+//go:build vm
+
+package main
+
+// Crashes at every step of the session life cycle: the watcher (or the
+// restore) is started with DMSNAP_CRASHPOINT set, SIGKILLs itself at that
+// step, and a watcher started again without it must finish the work: no
+// session lost, every finished session verifies, and restoring the session
+// gives the device back as it was before it, byte for byte.
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dmsnap/dmsnap/internal/vmtest"
+	"github.com/dmsnap/dmsnap/session"
+)
+
+// crashRounds is how many times the crash tests go through every point
+// (DMSNAP_CRASH_ROUNDS; the soak tier raises it).
+func crashRounds(t *testing.T) int {
+	t.Helper()
+	if s := os.Getenv("DMSNAP_CRASH_ROUNDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("DMSNAP_CRASH_ROUNDS=%q: want a positive number", s)
+		}
+		return n
+	}
+	return 1
+}
+
+// watchCrashing starts a watcher armed to die at point.
+func (c *cli) watchCrashing(t *testing.T, point string) *watcher {
+	t.Helper()
+	w := &watcher{cmd: c.cmd("", "watch", "--interval", "1s"), log: &syncBuffer{}}
+	w.cmd.Env = append(os.Environ(), session.CrashpointEnv+"="+point)
+	w.cmd.Stdout, w.cmd.Stderr = w.log, w.log
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the watcher to start", 30*time.Second, func() bool { return strings.Contains(w.log.String(), "msg=watching") })
+	t.Cleanup(func() {
+		if w.cmd.ProcessState == nil {
+			w.cmd.Process.Kill()
+			w.cmd.Wait()
+		}
+	})
+	return w
+}
+
+// killedAt checks that err, a dmsnap process's end, is a SIGKILL by the
+// crash point named in its log.
+func killedAt(t *testing.T, what string, err error, log, point string) {
+	t.Helper()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		t.Fatalf("%s with %s=%s: ended with %v, want SIGKILL\n%s", what, session.CrashpointEnv, point, err, log)
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("%s with %s=%s: %v, want SIGKILL\n%s", what, session.CrashpointEnv, point, err, log)
+	}
+	name, _, _ := strings.Cut(point, "#")
+	if !strings.Contains(log, "crash point "+name+" reached") {
+		t.Fatalf("%s died without reaching %s:\n%s", what, point, log)
+	}
+}
+
+// waitDead waits for the watcher to end by itself.
+func (w *watcher) waitDead(t *testing.T, timeout time.Duration) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- w.cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(timeout):
+		w.cmd.Process.Kill()
+		<-done
+		t.Fatalf("the watcher did not reach its crash point within %v\n%s", timeout, w.log.String())
+		return nil
+	}
+}
+
+// settled waits until the device has exactly one live (armed) session,
+// every other one closed, and returns the closed sessions' IDs.
+func settled(t *testing.T, c *cli, name string) []string {
+	t.Helper()
+	var ids []string
+	eventually(t, "every session of "+name+" closed and one armed", 90*time.Second, func() bool {
+		ss := c.list(t, name)
+		ids = ids[:0]
+		armed := 0
+		for _, s := range ss {
+			switch s.State {
+			case "closed":
+				ids = append(ids, s.ID)
+			case "armed":
+				armed++
+			default:
+				return false
+			}
+		}
+		if armed != 1 {
+			return false
+		}
+		// The store says so; the registry must too (a session it still
+		// has closing is not finished, whatever its directory shows).
+		st := c.status(t)
+		return len(st.Devices) == 1 && len(st.Devices[0].Sessions) == 1 && st.Devices[0].Sessions[0].State == "armed"
+	})
+	return ids
+}
+
+// newClosed is the one session in after and not in before; anything else
+// (a session lost, or more than one new) fails.
+func newClosed(t *testing.T, before, after []string) string {
+	t.Helper()
+	for _, id := range before {
+		if !slices.Contains(after, id) {
+			t.Fatalf("session %s lost: closed before %v, after %v", id, before, after)
+		}
+	}
+	var added []string
+	for _, id := range after {
+		if !slices.Contains(before, id) {
+			added = append(added, id)
+		}
+	}
+	if len(added) != 1 {
+		t.Fatalf("closed sessions: before %v, after %v; want exactly one new", before, after)
+	}
+	return added[0]
+}
+
+func writeSome(t *testing.T, mnt string, i int) {
+	t.Helper()
+	vmtest.Sh(t, fmt.Sprintf("dd if=/dev/urandom of=%s/c%d bs=64k count=4 2>/dev/null && echo %d >> %s/log && sync", mnt, i, i, mnt))
+}
+
+// restoreCrashpoints are the restore's own crashes: in the rotation that
+// closes the armed session before it writes (#1), and in the one that closes
+// the session that recorded the writes (#2). The armed session is empty
+// (the watcher armed it at the unmount) and is discarded, not converted, so
+// the first conversion is the second rotation's.
+var restoreCrashpoints = []string{"close", "new-session", "forget-session", "close#2", "attach#2", "convert:data"}
+
+// fastRestoreCrashpoints are those the fast tier (CI) runs; DMSNAP_CRASH_ALL=1
+// (the soak tier) runs them all.
+var fastRestoreCrashpoints = []string{"close", "forget-session", "close#2", "convert:data"}
+
+// TestCrashpoints kills the watcher at every step of a mount → unmount →
+// rotation → conversion, then the restore at the steps of its rotations,
+// and checks the next start finishes the work without losing anything.
+func TestCrashpoints(t *testing.T) {
+	c := newCLI(t)
+	raw := rawDevice(t, 32<<20)
+	const name = "cr"
+	origin := "/dev/mapper/dmsnap-" + name
+	c.activate(t, raw, name)
+	mnt := t.TempDir()
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := exec.Command("sh", "-c", "ls -l "+c.store+"/*; cat "+c.state+"/registry.json").CombinedOutput()
+			t.Logf("store and registry at the failure:\n%s", out)
+		}
+	})
+	rounds := crashRounds(t)
+	crashes, restores, restorePoints := 0, 0, 0
+	start := time.Now()
+
+	// The restore is checked against the state before the session, after
+	// every finished session verified.
+	check := func(t *testing.T, id, before string) {
+		t.Helper()
+		c.ok(t, "sessions", "verify", id)
+		c.ok(t, "restore", name, "--session", id, "--yes")
+		restores++
+		if h := hash(t, origin); h != before {
+			t.Fatalf("after restoring %s: sha256 %s, before the session %s", id, h, before)
+		}
+	}
+
+	for round := 0; round < rounds; round++ {
+		for i, point := range session.Crashpoints {
+			ok := t.Run(fmt.Sprintf("watch/%s", point), func(t *testing.T) {
+				closed := settled(t, c, name)
+				before := hash(t, origin)
+				w := c.watchCrashing(t, point)
+				vmtest.Run(t, "mount", origin, mnt)
+				writeSome(t, mnt, i)
+				vmtest.Run(t, "umount", mnt)
+				killedAt(t, "the watcher", w.waitDead(t, 60*time.Second), w.log.String(), point)
+				crashes++
+				clean := c.watch(t)
+				id := newClosed(t, closed, settled(t, c, name))
+				check(t, id, before)
+				settled(t, c, name)
+				clean.stop(t)
+			})
+			if !ok {
+				t.FailNow() // the device's state is unknown: later points would fail for this one's reason
+			}
+		}
+
+		points := fastRestoreCrashpoints
+		if os.Getenv("DMSNAP_CRASH_ALL") == "1" {
+			points = restoreCrashpoints
+		}
+		clean := c.watch(t)
+		for i, point := range points {
+			ok := t.Run("restore/"+point, func(t *testing.T) {
+				closed := settled(t, c, name)
+				before := hash(t, origin)
+				vmtest.Run(t, "mount", origin, mnt)
+				writeSome(t, mnt, 100+i)
+				vmtest.Run(t, "umount", mnt)
+				id := newClosed(t, closed, settled(t, c, name))
+				cmd := c.cmd("", "restore", name, "--session", id, "--yes")
+				cmd.Env = append(os.Environ(), session.CrashpointEnv+"="+point)
+				out, err := cmd.CombinedOutput()
+				killedAt(t, "the restore", err, string(out), point)
+				crashes++
+				restorePoints++
+				settled(t, c, name)
+				check(t, id, before)
+				settled(t, c, name)
+			})
+			if !ok {
+				t.FailNow()
+			}
+		}
+		clean.stop(t)
+	}
+	// Every finished session verifies, not only the one restored each time.
+	if out := c.ok(t, "sessions", "verify"); strings.Count(out, ": ok") < len(settled(t, c, name)) {
+		t.Errorf("sessions verify:\n%s", out)
+	}
+	c.ok(t, "deactivate", name)
+	t.Logf("crashes injected: %d (%d in the watcher at %d points, %d in the restore, over %d rounds); restores checked: %d; in %v",
+		crashes, crashes-restorePoints, len(session.Crashpoints), restorePoints, rounds, restores, time.Since(start).Round(time.Second))
+}
