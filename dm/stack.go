@@ -156,10 +156,12 @@ type live struct {
 	real    Dev
 	origin  Dev
 	sectors uint64
+	merging bool // the origin is a snapshot-merge (an instant restore), see merge.go
 }
 
 // live reads the stack back from the kernel and checks it is ours: the
-// origin is a snapshot-origin over -real.
+// origin is a snapshot-origin over -real, or a snapshot-merge over -real
+// (an instant restore running).
 func (s Stack) live(op string) (live, error) {
 	if err := s.check(op); err != nil {
 		return live{}, err
@@ -181,6 +183,12 @@ func (s Stack) live(op string) (live, error) {
 		return live{}, errorf(op, s.OriginName(), nil, "", "has %d targets, want one snapshot-origin", len(tbl))
 	}
 	t, err := ParseTarget(tbl[0])
+	if sm, ok := t.(SnapshotMerge); err == nil && ok {
+		if sm.Origin != ri.Dev {
+			return live{}, errorf(op, s.OriginName(), nil, "", "merges onto %s, not onto %s (%s)", sm.Origin, s.RealName(), ri.Dev)
+		}
+		return live{real: ri.Dev, origin: oi.Dev, sectors: sm.Length, merging: true}, nil
+	}
 	so, ok := t.(SnapshotOrigin)
 	if err != nil || !ok {
 		return live{}, errorf(op, s.OriginName(), nil, "", "is %q, not a snapshot-origin", tbl[0].String())
@@ -271,9 +279,13 @@ func (s Stack) add(op string, n int, cow string, chunk uint32, fresh bool, old i
 	}
 	// Reloading the origin's (unchanged) table is what LVM does; the origin
 	// recomputes its split boundary from its snapshots' chunk sizes when it
-	// resumes.
-	if err := m.Load(origin, SnapshotOrigin{Length: l.sectors, Origin: l.real}); err != nil {
-		return undo(err, rm(name))
+	// resumes. A merging origin keeps its table: a reloaded snapshot-merge
+	// would be a second merging snapshot, and it splits I/O by its own
+	// chunk size anyway.
+	if !l.merging {
+		if err := m.Load(origin, SnapshotOrigin{Length: l.sectors, Origin: l.real}); err != nil {
+			return undo(err, rm(name))
+		}
 	}
 	if err := m.Suspend(origin); err != nil {
 		return undo(err, func() error { return m.ClearTable(origin) }, rm(name))
@@ -529,6 +541,11 @@ func (s Stack) Teardown() error {
 	}
 	var names []string
 	if oi, err := m.Info(s.OriginName()); err == nil {
+		if _, merging, err := s.merging(); err != nil {
+			return err
+		} else if merging {
+			return mergingError(op, s.OriginName())
+		}
 		if oi.OpenCount > 0 {
 			return &Error{Op: op, Device: s.OriginName(), Kind: ErrBusy,
 				Err:  fmt.Errorf("%s is open or mounted (%d openers)", s.OriginPath(), oi.OpenCount),

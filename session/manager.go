@@ -683,6 +683,11 @@ func (m *Manager) Deactivate(ctx context.Context, arg string) error {
 		name := d.Name
 		// Refuse before recording the intent: a device left "deactivating"
 		// while mounted would be deactivated by the watcher at its unmount.
+		if why, err := BlockersOf(m.StateDir, name); err != nil {
+			return deviceErr(op, name, "", err)
+		} else if why != "" {
+			return deviceErrf(op, name, "nothing was changed", ErrBusy, "%s", why)
+		}
 		stacks, err := m.Kernel.Stacks(ctx)
 		if err != nil {
 			return deviceErr(op, name, "", err)

@@ -27,7 +27,7 @@ func init() {
 	register(command{name: "restore", summary: "return a device to its state before a session", run: runRestore})
 }
 
-const restoreUsage = `usage: dmsnap restore [NAME|DEVICE] [--session ID|latest] [--to FILE] [--dry-run] [--no-undo] [--yes] [--json]
+const restoreUsage = `usage: dmsnap restore [NAME|DEVICE] [--session ID|latest] [--to FILE] [--dry-run] [--no-undo] [--merge] [--yes] [--json]
 
 Returns the device to its state before session ID: the pre-images of that
 session and of every later one are written back, the oldest winning. Every
@@ -37,6 +37,16 @@ An activated device is restored through dmsnap-NAME while a new session
 records what the restore overwrites, so the restore can itself be undone
 (the output names the session to restore); --no-undo writes dmsnap-NAME-real
 directly instead. A device that is not activated is restored directly.
+
+--merge restores instantly (an activated device only): the plan is written
+as a COW store and loaded as a snapshot-merge target in place of the origin,
+which shows the restored state at once while the kernel copies the chunks
+back in the background (progress in dmsnap status; dmsnap watch puts the
+stack back when the kernel is done). The session armed for the restore
+records what the merge overwrites, so a merge restore can be undone too:
+once that session is closed (dmsnap watch closes it after the merge, or the
+next unmount does), restoring it puts the device back. Where the kernel
+refuses the merge table, the normal restore runs instead and says so.
 
 Without --session on a terminal, the device's sessions are listed and one is
 asked for; then the restore is confirmed (--yes skips that). Without a
@@ -51,6 +61,7 @@ type restoreFlags struct {
 	to      string
 	dryRun  bool
 	noUndo  bool
+	merge   bool
 	yes     bool
 	json    bool
 }
@@ -62,6 +73,7 @@ func runRestore(e *env, args []string) error {
 	fs.StringVar(&f.to, "to", "", "write the restored image to FILE; the device is not touched")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print the plan and write nothing")
 	fs.BoolVar(&f.noUndo, "no-undo", false, "write the raw device directly: faster, but the restore cannot be undone")
+	fs.BoolVar(&f.merge, "merge", false, "restore instantly: the kernel merges the plan back in the background (snapshot-merge)")
 	fs.BoolVarP(&f.yes, "yes", "y", false, "do not ask for confirmation")
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON")
 	fs.Usage = func() {
@@ -75,6 +87,9 @@ func runRestore(e *env, args []string) error {
 	}
 	if f.to != "" && f.noUndo {
 		return usagef("--no-undo and --to do not go together: --to leaves the device untouched")
+	}
+	if f.merge && (f.to != "" || f.noUndo) {
+		return usagef("--merge goes with neither --to nor --no-undo: it merges through the origin, recorded by a session")
 	}
 	if f.session != "" && f.session != "latest" {
 		if err := session.ValidateSessionID(f.session); err != nil {
@@ -129,8 +144,11 @@ type restoreResult struct {
 	Summary  restore.Summary `json:"summary"`
 	// ArmedCloses: a dry run of an activated device; the real restore first
 	// closes the armed session, which then joins the plan.
-	ArmedCloses bool     `json:"armed_session_closes_first,omitempty"`
-	Warnings    []string `json:"warnings"`
+	ArmedCloses bool `json:"armed_session_closes_first,omitempty"`
+	// Merge: --merge was given; whether the merge started or the normal
+	// restore ran instead (and why).
+	Merge    *mergeJSON `json:"merge,omitempty"`
+	Warnings []string   `json:"warnings"`
 }
 
 func (r *restorer) close() {
@@ -530,6 +548,14 @@ func (r *restorer) restoreDevice(sessions []snapstore.SessionInfo, target int) e
 		return usagef("restoring %s overwrites it: pass --yes to confirm when stdin is not a terminal", r.device)
 	}
 	chain := sessions[target:]
+	if r.active != nil {
+		if err := refuseWhileMerging(r.e.state, r.name, "a restore"); err != nil {
+			return err
+		}
+	}
+	if r.f.merge && r.active == nil {
+		return fmt.Errorf("--merge: %s is not activated; an instant restore loads a snapshot-merge in place of dmsnap-%s (restore without --merge writes the device directly)", r.device, r.name)
+	}
 	write := r.device
 	through := "the raw device (" + r.device + ")"
 	stack := dm.Stack{Name: r.name}
@@ -573,6 +599,7 @@ func (r *restorer) restoreDevice(sessions []snapstore.SessionInfo, target int) e
 	}
 
 	var m *session.Manager
+	var fallback *mergeJSON // --merge refused by the kernel: the normal restore runs
 	if r.active != nil {
 		// Close the armed session so its pre-images count: it joins the plan.
 		m = system.NewManager(r.e.state, r.store)
@@ -597,6 +624,13 @@ func (r *restorer) restoreDevice(sessions []snapstore.SessionInfo, target int) e
 		}
 		if r.f.noUndo {
 			write, through = stack.RealPath(), stack.RealPath()
+		}
+		if r.f.merge {
+			done, mj, err := r.restoreMerge(p, chain)
+			if done || err != nil {
+				return err
+			}
+			fallback = mj
 		}
 	}
 	var dst *os.File
@@ -635,6 +669,7 @@ func (r *restorer) restoreDevice(sessions []snapstore.SessionInfo, target int) e
 	rr := r.result(chain)
 	rr.Through, rr.Summary, rr.Written, rr.Writes = through, res.Summary, res.Bytes, res.Writes
 	rr.Warnings = append(rr.Warnings, warns...)
+	rr.Merge = fallback
 	if undoable {
 		// Close the session that recorded the restore, so that it has an ID
 		// the user can restore to undo this one.

@@ -63,7 +63,8 @@ type deviceJSON struct {
 	Error           string              `json:"error,omitempty"`
 	Todo            []string            `json:"todo"`
 	Issues          []string            `json:"issues"`
-	Views           []viewRecord        `json:"views,omitempty"` // open views (dmsnap sessions open)
+	Views           []session.View      `json:"views,omitempty"` // open views (dmsnap sessions open)
+	Merge           *mergeJSON          `json:"merge,omitempty"` // an instant restore running (restore --merge)
 }
 
 type stackJSON struct {
@@ -191,6 +192,7 @@ func runStatus(e *env, args []string) error {
 		}
 		d := describeDevice(st)
 		d.Views = viewsOf(e.state, d.Name)
+		d.Merge = mergeOf(e.state, d.Name)
 		out.Devices = append(out.Devices, d)
 	}
 	if fs.NArg() == 1 && len(out.Devices) == 0 {
@@ -251,8 +253,11 @@ func printDevice(e *env, d deviceJSON) {
 	if d.StoreSpace != nil {
 		fmt.Fprintf(w, "  store:    %s, %s free of %s\n", d.Store, humanBytes(d.StoreSpace.FreeBytes), humanBytes(d.StoreSpace.TotalBytes))
 	}
+	if d.Merge != nil {
+		fmt.Fprintf(w, "  merge:    %s\n", d.Merge.text())
+	}
 	for _, v := range d.Views {
-		fmt.Fprintf(w, "  view:     %s, before session %s%s\n", v.path(), v.ID, map[bool]string{true: ", mounted on " + v.Mount}[v.Mount != ""])
+		fmt.Fprintf(w, "  view:     %s, before session %s%s\n", viewPath(v), v.ID, map[bool]string{true: ", mounted on " + v.Mount}[v.Mount != ""])
 	}
 	for _, id := range d.InvalidSessions {
 		fmt.Fprintf(w, "  INVALID session %s: the kernel dropped its snapshot (store full or I/O error); its pre-images are incomplete\n", id)

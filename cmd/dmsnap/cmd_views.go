@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -21,64 +20,14 @@ import (
 // restore plan's pre-images. The origin stays in use: what is written to it
 // while the view is open is copied into the view's COW by the kernel.
 
-const viewsFile = "views.json"
-
-// viewRecord is one open view, kept in STATE/views.json.
-type viewRecord struct {
-	ID    string `json:"id"`              // session the view shows the state before
-	Name  string `json:"name"`            // device name (dmsnap-NAME)
-	DM    string `json:"dm"`              // device-mapper name of the view
-	COW   string `json:"cow"`             // the view's COW file
-	Mount string `json:"mount,omitempty"` // where `sessions mount` mounted it
-}
-
-func (v viewRecord) path() string { return dm.MapperPath(v.DM) }
-
-func loadViews(state string) ([]viewRecord, error) {
-	b, err := os.ReadFile(filepath.Join(state, viewsFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var vs []viewRecord
-	if err := json.Unmarshal(b, &vs); err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(state, viewsFile), err)
-	}
-	return vs, nil
-}
-
-func saveViews(state string, vs []viewRecord) error {
-	b, err := json.MarshalIndent(vs, "", "  ")
-	if err != nil {
-		return err
-	}
-	path := filepath.Join(state, viewsFile)
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
+// viewPath is /dev/mapper/<the view's name>.
+func viewPath(v session.View) string { return dm.MapperPath(v.DM) }
 
 // viewsOf lists the open views of device name, for status; nil when there
 // are none or the views file cannot be read.
-func viewsOf(state, name string) []viewRecord {
-	vs, _ := loadViews(state)
-	var out []viewRecord
+func viewsOf(state, name string) []session.View {
+	vs, _ := session.LoadViews(state)
+	var out []session.View
 	for _, v := range vs {
 		if v.Name == name {
 			out = append(out, v)
@@ -87,7 +36,7 @@ func viewsOf(state, name string) []viewRecord {
 	return out
 }
 
-func findView(vs []viewRecord, id string) int {
+func findView(vs []session.View, id string) int {
 	for i, v := range vs {
 		if v.ID == id {
 			return i
@@ -133,7 +82,7 @@ func runSessionsOpen(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(e.stdout, v.path())
+	fmt.Fprintln(e.stdout, viewPath(v))
 	return nil
 }
 
@@ -158,24 +107,24 @@ func runSessionsMount(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	fstype, opts, err := viewFS(v.path())
+	fstype, opts, err := viewFS(viewPath(v))
 	if err != nil {
 		return err
 	}
-	if err := unix.Mount(v.path(), dir, fstype, unix.MS_RDONLY, opts); err != nil {
-		return fmt.Errorf("mount %s (%s, ro,%s) on %s: %w; the view stays open (dmsnap sessions close %s)", v.path(), fstype, opts, dir, err, v.ID)
+	if err := unix.Mount(viewPath(v), dir, fstype, unix.MS_RDONLY, opts); err != nil {
+		return fmt.Errorf("mount %s (%s, ro,%s) on %s: %w; the view stays open (dmsnap sessions close %s)", viewPath(v), fstype, opts, dir, err, v.ID)
 	}
-	vs, err := loadViews(e.state)
+	vs, err := session.LoadViews(e.state)
 	if err != nil {
 		return err
 	}
 	if i := findView(vs, v.ID); i >= 0 {
 		vs[i].Mount = dir
 	}
-	if err := saveViews(e.state, vs); err != nil {
+	if err := session.SaveViews(e.state, vs); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "%s (before session %s) mounted read-only on %s\n", v.path(), v.ID, dir)
+	fmt.Fprintf(e.stdout, "%s (before session %s) mounted read-only on %s\n", viewPath(v), v.ID, dir)
 	return nil
 }
 
@@ -204,10 +153,10 @@ func viewFS(dev string) (fstype, opts string, err error) {
 
 // openView opens the view of session id, or returns it when it is open.
 // The caller holds the state lock.
-func openView(e *env, id string) (viewRecord, error) {
-	vs, err := loadViews(e.state)
+func openView(e *env, id string) (session.View, error) {
+	vs, err := session.LoadViews(e.state)
 	if err != nil {
-		return viewRecord{}, err
+		return session.View{}, err
 	}
 	if i := findView(vs, id); i >= 0 {
 		return vs[i], nil
@@ -215,71 +164,74 @@ func openView(e *env, id string) (viewRecord, error) {
 	r := &restorer{e: e, f: restoreFlags{session: id}}
 	defer r.close()
 	if err := r.resolveDevice(); err != nil {
-		return viewRecord{}, err
+		return session.View{}, err
 	}
 	if r.active == nil {
-		return viewRecord{}, fmt.Errorf("%s is not activated: a view is stacked over dmsnap-%s-real (dmsnap activate %s first, or dmsnap restore --session %s --to FILE)", r.name, r.name, r.device, id)
+		return session.View{}, fmt.Errorf("%s is not activated: a view is stacked over dmsnap-%s-real (dmsnap activate %s first, or dmsnap restore --session %s --to FILE)", r.name, r.name, r.device, id)
+	}
+	if err := refuseWhileMerging(e.state, r.name, "opening a view"); err != nil {
+		return session.View{}, err
 	}
 	stack := dm.Stack{Name: r.name}
 	if ok, err := stack.Active(); err != nil {
-		return viewRecord{}, err
+		return session.View{}, err
 	} else if !ok {
-		return viewRecord{}, fmt.Errorf("%s is activated but its stack is not up (is %s present? dmsnap attach %s)", r.name, r.device, r.device)
+		return session.View{}, fmt.Errorf("%s is activated but its stack is not up (is %s present? dmsnap attach %s)", r.name, r.device, r.device)
 	}
 	sessions, err := r.deviceSessions()
 	if err != nil {
-		return viewRecord{}, err
+		return session.View{}, err
 	}
 	target, err := r.pickTarget(sessions)
 	if err != nil {
-		return viewRecord{}, err
+		return session.View{}, err
 	}
 	// The plan ends at the last closed session: -real must hold the state
 	// that session closed with, so nothing may have been written since.
 	for _, s := range r.active.Sessions {
 		if s.State.Ending() {
-			return viewRecord{}, fmt.Errorf("session %d of %s is still closing: retry when dmsnap watch has converted it", s.N, r.name)
+			return session.View{}, fmt.Errorf("session %d of %s is still closing: retry when dmsnap watch has converted it", s.N, r.name)
 		}
 	}
 	origin, err := dm.Info(stack.OriginName())
 	if err != nil {
-		return viewRecord{}, err
+		return session.View{}, err
 	}
 	if origin.OpenCount > 0 {
-		return viewRecord{}, fmt.Errorf("%s is in use (%d openers): unmount it and let its session close, then open the view (it may be mounted again once the view is open)", stack.OriginPath(), origin.OpenCount)
+		return session.View{}, fmt.Errorf("%s is in use (%d openers): unmount it and let its session close, then open the view (it may be mounted again once the view is open)", stack.OriginPath(), origin.OpenCount)
 	}
 	if cur := r.active.Current(); cur != nil {
 		st, err := stack.SnapshotStatus(cur.N)
 		if err != nil {
-			return viewRecord{}, err
+			return session.View{}, err
 		}
 		if st.DataSectors() > 0 {
-			return viewRecord{}, fmt.Errorf("%s was written since its last session closed (armed session %d holds %d sectors): a view would not show the state before %s; mount and unmount it to close that session first", stack.OriginPath(), cur.N, st.DataSectors(), id)
+			return session.View{}, fmt.Errorf("%s was written since its last session closed (armed session %d holds %d sectors): a view would not show the state before %s; mount and unmount it to close that session first", stack.OriginPath(), cur.N, st.DataSectors(), id)
 		}
 	}
 	p, _, err := r.plan(sessions[target:], nil)
 	if err != nil {
-		return viewRecord{}, err
+		return session.View{}, err
 	}
 
-	v := viewRecord{ID: id, Name: r.name, DM: viewName(r.name, id), COW: filepath.Join(e.state, "views", id+".cow")}
+	v := session.View{ID: id, Name: r.name, DM: viewName(r.name, id), COW: filepath.Join(e.state, "views", id+".cow")}
 	if err := dm.ValidateName(strings.TrimPrefix(v.DM, dm.Prefix)); err != nil {
-		return viewRecord{}, fmt.Errorf("view name %s: %w", v.DM, err)
+		return session.View{}, fmt.Errorf("view name %s: %w", v.DM, err)
 	}
 	real, err := dm.Inspect(stack.RealPath())
 	if err != nil {
-		return viewRecord{}, err
+		return session.View{}, err
 	}
 	if err := os.MkdirAll(filepath.Dir(v.COW), 0o700); err != nil {
-		return viewRecord{}, err
+		return session.View{}, err
 	}
 	cow, err := os.OpenFile(v.COW, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return viewRecord{}, err
+		return session.View{}, err
 	}
-	fail := func(err error) (viewRecord, error) {
+	fail := func(err error) (session.View, error) {
 		os.Remove(v.COW)
-		return viewRecord{}, err
+		return session.View{}, err
 	}
 	src, err := os.Open(stack.RealPath())
 	if err != nil {
@@ -307,8 +259,8 @@ func openView(e *env, id string) (viewRecord, error) {
 		return fail(err)
 	}
 	vs = append(vs, v)
-	if err := saveViews(e.state, vs); err != nil {
-		return v, fmt.Errorf("view %s is up but not recorded: %w", v.path(), err)
+	if err := session.SaveViews(e.state, vs); err != nil {
+		return v, fmt.Errorf("view %s is up but not recorded: %w", viewPath(v), err)
 	}
 	return v, nil
 }
@@ -361,7 +313,7 @@ func runSessionsClose(e *env, args []string) error {
 		return fmt.Errorf("close view of %s: %w", a[0], err)
 	}
 	defer lock.Release()
-	vs, err := loadViews(e.state)
+	vs, err := session.LoadViews(e.state)
 	if err != nil {
 		return err
 	}
@@ -385,10 +337,10 @@ func runSessionsClose(e *env, args []string) error {
 		return err
 	}
 	vs = append(vs[:i], vs[i+1:]...)
-	if err := saveViews(e.state, vs); err != nil {
+	if err := session.SaveViews(e.state, vs); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "closed the view of %s (%s)\n", v.ID, v.path())
+	fmt.Fprintf(e.stdout, "closed the view of %s (%s)\n", v.ID, viewPath(v))
 	return nil
 }
 

@@ -122,6 +122,7 @@ func invalidSessions(d *session.Device) []snapstore.SessionInfo {
 func (mon *monitor) run(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	finishMerges(ctx, mon.m, mon.log) // a merge that finished while no watcher ran
 	for {
 		select {
 		case <-ctx.Done():
@@ -134,6 +135,7 @@ func (mon *monitor) run(ctx context.Context, every time.Duration) {
 
 func (mon *monitor) beat(ctx context.Context) {
 	log := mon.log
+	finishMerges(ctx, mon.m, log)
 	sts, err := mon.m.Status(ctx)
 	if err != nil {
 		if ctx.Err() == nil {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/session"
 )
 
 // views runs `dmsnap sessions SUB ARGS` in-process.
@@ -203,7 +204,7 @@ func TestViewsOfThreeSessions(t *testing.T) {
 			t.Errorf("loop %s of a view COW left: %s", l.Path, l.Backing)
 		}
 	}
-	vs, err := loadViews(d.state)
+	vs, err := session.LoadViews(d.state)
 	if err != nil || len(vs) != 0 {
 		t.Errorf("views file after close: %+v, %v", vs, err)
 	}

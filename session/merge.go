@@ -1,0 +1,228 @@
+package session
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/google/renameio/v2"
+)
+
+// Instant restores (`dmsnap restore --merge`, DESIGN.md "Views and instant
+// restore"): the origin's table is a snapshot-merge over -real with a COW
+// store holding the restored state while the kernel copies it back. The
+// session armed when the merge started stays loaded and records what the
+// merge overwrites (the kernel copies into other snapshots before merging a
+// chunk), so the restore is undone by restoring that session.
+//
+// Each running merge is a Merge record in STATE/merges.json, written before
+// the merge starts and removed after the watcher has put the snapshot-origin
+// table back, so a merge outlives any restart of the watcher: on its next
+// beat the watcher sees the record, asks the kernel how far the merge is and
+// finishes it when it is done (FinishMerges). A record whose origin is not
+// merging is a merge that ended (or never started): its store is removed.
+
+// MergesFile is the file, in the state directory, of the running merges.
+const MergesFile = "merges.json"
+
+// Merge is one instant restore in progress.
+type Merge struct {
+	Device  string    `json:"device"`  // dmsnap name
+	Session string    `json:"session"` // restored to the state before this session
+	COW     string    `json:"cow"`     // the merge store (a file in the state directory)
+	Started time.Time `json:"started"`
+	// Recording is the session armed when the merge started: it records
+	// what the merge overwrites, so restoring it undoes the restore.
+	Recording int `json:"recording_session"`
+}
+
+// LoadMerges reads the running merges; none when the file is missing.
+func LoadMerges(stateDir string) ([]Merge, error) {
+	path := filepath.Join(stateDir, MergesFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ms []Merge
+	if err := json.Unmarshal(b, &ms); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return ms, nil
+}
+
+// SaveMerges replaces the merges file atomically (no file when ms is empty).
+func SaveMerges(stateDir string, ms []Merge) error {
+	path := filepath.Join(stateDir, MergesFile)
+	if len(ms) == 0 {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	b, err := json.MarshalIndent(ms, "", "  ")
+	if err != nil {
+		return err
+	}
+	return renameio.WriteFile(path, append(b, '\n'), 0o644, renameio.WithTempDir(stateDir))
+}
+
+// FindMerge returns the running merge of device name, or nil.
+func FindMerge(ms []Merge, name string) *Merge {
+	for i := range ms {
+		if ms[i].Device == name {
+			return &ms[i]
+		}
+	}
+	return nil
+}
+
+// MergeProgress is how far the kernel is with a merge (its snapshot-merge
+// status, in sectors).
+type MergeProgress struct {
+	Merging   bool // the origin is loaded as snapshot-merge
+	Failed    bool // the kernel stopped the merge ("Merge failed", or the store is invalid)
+	Allocated uint64
+	Metadata  uint64
+	Total     uint64
+}
+
+// Done reports that every chunk has been merged: only metadata is left.
+func (p MergeProgress) Done() bool { return p.Merging && !p.Failed && p.Allocated == p.Metadata }
+
+// Remaining is the sectors still to merge.
+func (p MergeProgress) Remaining() uint64 {
+	if p.Allocated < p.Metadata {
+		return 0
+	}
+	return p.Allocated - p.Metadata
+}
+
+// MergeKernel is the kernel side of finishing merges (dm.Stack behind an
+// adapter; a fake in tests).
+type MergeKernel interface {
+	// MergeStatus reports the merge of the stack of name.
+	MergeStatus(ctx context.Context, name string) (MergeProgress, error)
+	// EndMerge puts the snapshot-origin table back in place of a finished
+	// merge (its store's loop device goes with the old table).
+	EndMerge(ctx context.Context, name string) error
+	// RemoveCOW detaches the store's loop device if one is left and
+	// removes the file. A file already gone is success.
+	RemoveCOW(ctx context.Context, file string) error
+}
+
+// MergeOutcome is what FinishMerges saw or did for one merge.
+type MergeOutcome struct {
+	Merge    Merge
+	Progress MergeProgress
+	Finished bool // the stack is normal again, the record and store gone
+	// Undo is the session to restore to undo the restore, once the
+	// recording session was closed here ("" while it stays open: it then
+	// closes at the next unmount).
+	Undo    string
+	Problem string // a failed merge: it needs a human
+}
+
+// FinishMerges is the watcher's step for instant restores: for every
+// recorded merge it asks the kernel how far it is; a finished one gets its
+// snapshot-origin table back and its store removed, and the session that
+// recorded it is closed when the origin is not in use (so it has an ID one
+// can restore to undo the restore; a mounted origin's session closes at the
+// unmount as usual). It takes the lock.
+func (m *Manager) FinishMerges(ctx context.Context, k MergeKernel) ([]MergeOutcome, error) {
+	ms, err := LoadMerges(m.StateDir)
+	if err != nil || len(ms) == 0 {
+		return nil, err
+	}
+	var out []MergeOutcome
+	err = m.withLock(ctx, func(reg *Registry) error {
+		ms, err := LoadMerges(m.StateDir) // again, under the lock
+		if err != nil {
+			return err
+		}
+		var keep []Merge
+		var errs []error
+		for _, mg := range ms {
+			o, err := m.finishMerge(ctx, reg, k, mg)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("merge of %s: %w", mg.Device, err))
+			}
+			if !o.Finished {
+				keep = append(keep, mg)
+			}
+			out = append(out, o)
+		}
+		if len(keep) != len(ms) {
+			if err := SaveMerges(m.StateDir, keep); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	})
+	return out, err
+}
+
+func (m *Manager) finishMerge(ctx context.Context, reg *Registry, k MergeKernel, mg Merge) (MergeOutcome, error) {
+	o := MergeOutcome{Merge: mg}
+	log := m.log().With("device", mg.Device, "session", mg.Session)
+	p, err := k.MergeStatus(ctx, mg.Device)
+	if err != nil {
+		return o, err
+	}
+	o.Progress = p
+	switch {
+	case p.Failed:
+		o.Problem = "the kernel stopped the merge (Merge failed): the device shows the restored state but its store is still needed; see the kernel log"
+		log.Error("merge failed", "cow", mg.COW)
+		return o, nil
+	case p.Merging && !p.Done():
+		log.Info("merging", "remaining_sectors", p.Remaining())
+		return o, nil
+	case p.Merging:
+		if err := k.EndMerge(ctx, mg.Device); err != nil {
+			return o, err
+		}
+		log.Info("merge done: snapshot-origin is back")
+	default:
+		log.Warn("no merge running for a recorded merge (finished before, or never started): removing its store", "cow", mg.COW)
+	}
+	if err := k.RemoveCOW(ctx, mg.COW); err != nil {
+		return o, err
+	}
+	o.Finished = true
+
+	d := reg.Device(mg.Device)
+	if d == nil {
+		return o, nil
+	}
+	cur := d.Current()
+	if cur == nil || cur.N != mg.Recording || cur.State != SessionArmed || !p.Merging {
+		return o, nil
+	}
+	stacks, err := m.Kernel.Stacks(ctx)
+	if err != nil {
+		return o, err
+	}
+	i := slices.IndexFunc(stacks, func(s StackInfo) bool { return s.Name == d.Name })
+	if i < 0 || stacks[i].OriginOpen > 0 {
+		return o, nil
+	}
+	dir := cur.Dir
+	cur.State = SessionClosing
+	if err := reg.Save(m.StateDir); err != nil {
+		return o, err
+	}
+	if _, err := m.reconcile(ctx, reg, scope{only: []string{d.Name}}); err != nil {
+		return o, fmt.Errorf("closing session %d, which recorded the merge: %w", mg.Recording, err)
+	}
+	o.Undo = filepath.Base(dir)
+	log.Info("closed the session that recorded the merge; restore it to undo the restore", "undo_session", o.Undo)
+	return o, nil
+}
