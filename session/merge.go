@@ -39,7 +39,16 @@ type Merge struct {
 	// Recording is the session armed when the merge started: it records
 	// what the merge overwrites, so restoring it undoes the restore.
 	Recording int `json:"recording_session"`
+	// Phase is MergeStarting until the kernel took the snapshot-merge
+	// table, then MergeRunning.
+	Phase string `json:"phase"`
 }
+
+// Merge phases.
+const (
+	MergeStarting = "starting" // recorded; the table may not be loaded yet
+	MergeRunning  = "merging"  // the kernel took the table
+)
 
 // LoadMerges reads the running merges; none when the file is missing.
 func LoadMerges(stateDir string) ([]Merge, error) {
@@ -116,6 +125,10 @@ type MergeKernel interface {
 	// RemoveCOW detaches the store's loop device if one is left and
 	// removes the file. A file already gone is success.
 	RemoveCOW(ctx context.Context, file string) error
+	// ResumeMerge loads the origin as snapshot-merge again over the store
+	// in file, when the store still holds chunks to merge (the stack was
+	// rebuilt without it: a reboot mid-merge); false when it holds none.
+	ResumeMerge(ctx context.Context, name, file string, chunkSectors uint32) (bool, error)
 }
 
 // MergeOutcome is what FinishMerges saw or did for one merge.
@@ -190,8 +203,41 @@ func (m *Manager) finishMerge(ctx context.Context, reg *Registry, k MergeKernel,
 			return o, err
 		}
 		log.Info("merge done: snapshot-origin is back")
+	case mg.Phase == MergeRunning:
+		// The stack was rebuilt as snapshot-origin while the merge ran (a
+		// reboot): what is not merged yet is still in the store. The
+		// merge goes on from there, but never under a mounted file
+		// system, which would see its blocks change.
+		d := reg.Device(mg.Device)
+		if d == nil {
+			log.Warn("merge of a device no longer activated: removing its store", "cow", mg.COW)
+			break
+		}
+		stacks, err := m.Kernel.Stacks(ctx)
+		if err != nil {
+			return o, err
+		}
+		i := slices.IndexFunc(stacks, func(s StackInfo) bool { return s.Name == d.Name })
+		if i < 0 || !stacks[i].Complete() {
+			return o, nil // the stack comes back first
+		}
+		if stacks[i].OriginOpen > 0 {
+			o.Problem = "the stack was rebuilt in the middle of an instant restore (a reboot?) and the device is in use: it shows a half-merged state; unmount it, and the watcher resumes the merge"
+			log.Error("merge interrupted and the device is in use", "cow", mg.COW)
+			return o, nil
+		}
+		resumed, err := k.ResumeMerge(ctx, d.Name, mg.COW, d.ChunkSectors())
+		if err != nil {
+			return o, err
+		}
+		if resumed {
+			log.Warn("the merge was interrupted (the stack was rebuilt without it): resumed it")
+			o.Progress.Merging = true
+			return o, nil
+		}
+		log.Info("merge finished before the stack was rebuilt: removing its store", "cow", mg.COW)
 	default:
-		log.Warn("no merge running for a recorded merge (finished before, or never started): removing its store", "cow", mg.COW)
+		log.Warn("a recorded merge that never started (the restore was interrupted): removing its store; run the restore again", "cow", mg.COW)
 	}
 	if err := k.RemoveCOW(ctx, mg.COW); err != nil {
 		return o, err

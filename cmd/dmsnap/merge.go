@@ -12,6 +12,7 @@ import (
 	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/snapstore"
 )
 
 // Instant restore, `dmsnap restore --merge` (session/merge.go has the life
@@ -54,6 +55,40 @@ func (dmMerges) RemoveCOW(_ context.Context, file string) error {
 		return err
 	}
 	return nil
+}
+
+func (dmMerges) ResumeMerge(_ context.Context, name, file string, chunkSectors uint32) (bool, error) {
+	f, err := os.Open(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return false, err
+	}
+	c, err := snapstore.OpenCow(f, fi.Size(), file)
+	if err != nil {
+		f.Close()
+		return false, err
+	}
+	st, err := c.Walk(func(snapstore.CowEntry) error { return nil })
+	f.Close()
+	if err != nil || st.Exceptions == 0 {
+		return false, err
+	}
+	loop, err := dm.AttachLoop(file, dm.LoopOptions{AutoClear: true})
+	if err != nil {
+		return false, err
+	}
+	defer loop.Close()
+	if err := (dm.Stack{Name: name}).StartMerge(loop.Path, chunkSectors); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // finishMerges is the watcher's beat for instant restores.
@@ -150,7 +185,7 @@ func (r *restorer) startMerge(p *restore.Plan, target string, recording int) (*s
 	if err != nil {
 		return nil, err
 	}
-	mg := session.Merge{Device: r.name, Session: target, Recording: recording, Started: time.Now().UTC(),
+	mg := session.Merge{Device: r.name, Session: target, Recording: recording, Started: time.Now().UTC(), Phase: session.MergeStarting,
 		COW: filepath.Join(r.e.state, "merges", r.name+".cow")}
 	if err := os.MkdirAll(filepath.Dir(mg.COW), 0o700); err != nil {
 		return nil, err
@@ -201,6 +236,10 @@ func (r *restorer) startMerge(p *restore.Plan, target string, recording int) (*s
 			return nil, fmt.Errorf("%w: %w", errMergeRefused, err)
 		}
 		return nil, err
+	}
+	mg.Phase = session.MergeRunning
+	if err := session.SaveMerges(r.e.state, append(ms, mg)); err != nil {
+		return nil, fmt.Errorf("the merge runs, but recording it failed (dmsnap watch cannot finish it): %w", err)
 	}
 	return &mg, nil
 }

@@ -131,6 +131,14 @@ func TestMergeRestore(t *testing.T) {
 		t.Fatalf("origin mid-merge: %s, want %s", got, before)
 	}
 
+	// A reboot mid-merge brings the stack back as snapshot-origin (dmsnap
+	// attach knows nothing of merges): dropping the merge table does the
+	// same. The next watcher resumes the merge from what is left in the
+	// store.
+	if err := stack.EndMerge(true); err != nil {
+		t.Fatal(err)
+	}
+
 	// A new watcher finishes it once the kernel is done.
 	setThrottle(t, string(throttle))
 	w = c.watch(t)
@@ -140,6 +148,9 @@ func TestMergeRestore(t *testing.T) {
 	})
 	if merging, err := stack.Merging(); err != nil || merging {
 		t.Fatalf("origin still merging after the watcher finished it: %v", err)
+	}
+	if !strings.Contains(w.log.String(), "resumed it") {
+		t.Errorf("the watcher did not say it resumed the interrupted merge:\n%s", w.log.String())
 	}
 	tbl, err := dm.Table(stack.OriginName())
 	if err != nil || len(tbl) != 1 || tbl[0].Type != "snapshot-origin" {
