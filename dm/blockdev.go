@@ -1,17 +1,17 @@
 package dm
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dmsnap/dmsnap/internal/mountinfo"
 )
 
 // BlockDevice is a block device as dmsnap checked it.
@@ -149,70 +149,19 @@ type MountEntry struct {
 	Source     string // e.g. /dev/sdb1
 }
 
-// ParseMountInfo parses the mountinfo format of proc(5):
-//
-//	36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw,errors=continue
-//
-// Fields up to the optional tags are positional; the tags end at "-", then
-// come the file system type, the source and the super options. Paths are
-// octal-escaped (\040 for a space). It names the line of any malformed
-// entry.
+// ParseMountInfo parses the mountinfo format of proc(5) with
+// internal/mountinfo, the parser the session watcher uses too. It names the
+// line of any malformed entry.
 func ParseMountInfo(r io.Reader) ([]MountEntry, error) {
-	var out []MountEntry
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		if line == "" {
-			continue
-		}
-		f := strings.Fields(line)
-		sep := -1
-		for i := 6; i < len(f); i++ {
-			if f[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if len(f) < 6 || sep < 0 || sep+2 >= len(f) {
-			return nil, fmt.Errorf("mountinfo line %d: malformed: %q", n, line)
-		}
-		dev, err := ParseDev(f[2])
-		if err != nil {
-			return nil, fmt.Errorf("mountinfo line %d: %w", n, err)
-		}
-		out = append(out, MountEntry{
-			Dev:        dev,
-			Root:       unescapeMount(f[3]),
-			MountPoint: unescapeMount(f[4]),
-			FSType:     f[sep+1],
-			Source:     unescapeMount(f[sep+2]),
-		})
+	ms, err := mountinfo.Parse(r)
+	if err != nil {
+		return nil, err
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("mountinfo: %w", err)
+	out := make([]MountEntry, len(ms))
+	for i, m := range ms {
+		out[i] = MountEntry{Dev: Dev(m.Dev), Root: m.Root, MountPoint: m.MountPoint, FSType: m.FSType, Source: m.Source}
 	}
 	return out, nil
-}
-
-// unescapeMount undoes the kernel's octal escaping of space, tab, newline
-// and backslash in mountinfo paths.
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // MountsOf returns the entries that mount dev: by the file system's device
@@ -229,6 +178,9 @@ func MountsOf(entries []MountEntry, dev Dev, sourceDev func(string) (Dev, bool))
 			out = append(out, e)
 			continue
 		}
+		// The rule the session watcher follows (mountinfo.ResolveSourceDevs),
+		// widened to any source path: a mount whose source is the device
+		// mounts it, whatever number its filesystem reports.
 		if strings.HasPrefix(e.Source, "/") {
 			if d, ok := sourceDev(e.Source); ok && d == dev {
 				out = append(out, e)

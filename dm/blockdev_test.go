@@ -70,22 +70,6 @@ func TestMountsOf(t *testing.T) {
 	}
 }
 
-func TestUnescapeMount(t *testing.T) {
-	cases := map[string]string{
-		`/a\040b`:     "/a b",
-		`/t\011ab`:    "/t\tab",
-		`/back\134sl`: `/back\sl`,
-		`/trail\04`:   `/trail\04`,
-		`/bad\999`:    `/bad\999`,
-		`/plain`:      "/plain",
-	}
-	for in, want := range cases {
-		if got := unescapeMount(in); got != want {
-			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // fakeSys builds the sysfs files loop and holder lookups read.
 func fakeSys(t *testing.T) string {
 	t.Helper()

@@ -3,43 +3,21 @@ package dm
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/dmsnap/dmsnap/internal/names"
 )
 
 // Prefix starts the name of every device-mapper device dmsnap creates.
 const Prefix = "dmsnap-"
 
-// maxStackName keeps "dmsnap-NAME-snapNNNNNNNNNN" within DM_NAME_LEN.
-const maxStackName = 100
-
-var (
-	stackNameRE = regexp.MustCompile(`^[A-Za-z0-9_.+-]+$`)
-	// Names ending like one of our device suffixes would make two stacks'
-	// device names collide ("a" has dmsnap-a-snap1; a stack "a-snap1"
-	// would be dmsnap-a-snap1 too).
-	reservedSuffixRE = regexp.MustCompile(`-(real|snap[0-9]+)$`)
-)
-
-// ValidateName checks a stack name: [A-Za-z0-9_.+-], at most 100 bytes, not
-// "." or "..", and not ending in "-real" or "-snap<digits>".
-func ValidateName(name string) error {
-	switch {
-	case name == "":
-		return fmt.Errorf("empty name")
-	case len(name) > maxStackName:
-		return fmt.Errorf("name %q is longer than %d bytes", name, maxStackName)
-	case !stackNameRE.MatchString(name):
-		return fmt.Errorf("name %q: use only letters, digits and _ . + -", name)
-	case name == "." || name == "..":
-		return fmt.Errorf("name %q is not allowed", name)
-	case reservedSuffixRE.MatchString(name):
-		return fmt.Errorf("name %q ends like a dmsnap device suffix (-real, -snapN)", name)
-	}
-	return nil
-}
+// ValidateName checks a stack name by dmsnap's one naming rule
+// (internal/names, which package session applies too): [A-Za-z0-9_.-], at
+// most 100 bytes, not "." or "..", and not ending in "-real" or
+// "-snap<digits>".
+func ValidateName(name string) error { return names.Validate(name) }
 
 // Stack is the device-mapper stack of one activated device (DESIGN.md, "The
 // stack"), for Name "sdb1" over Device /dev/sdb1:

@@ -65,12 +65,12 @@ func TestStackNames(t *testing.T) {
 	if s.OriginPath() != "/dev/mapper/dmsnap-sdb1" || s.SnapshotPath(2) != "/dev/mapper/dmsnap-sdb1-snap2" {
 		t.Errorf("paths: %s %s", s.OriginPath(), s.SnapshotPath(2))
 	}
-	for _, bad := range []string{"", "a/b", "a b", "..", "x-real", "x-snap3", strings.Repeat("n", 101)} {
+	for _, bad := range []string{"", "a/b", "a b", "..", "x-real", "x-snap3", strings.Repeat("n", 101), "my.disk_1+x", "a\x00"} {
 		if err := dm.ValidateName(bad); err == nil {
 			t.Errorf("ValidateName(%q) accepted", bad)
 		}
 	}
-	for _, good := range []string{"sdb1", "nvme0n1p2", "my.disk_1+x", "x-snapshot", "real"} {
+	for _, good := range []string{"sdb1", "nvme0n1p2", "my.disk_1-x", "x-snapshot", "real"} {
 		if err := dm.ValidateName(good); err != nil {
 			t.Errorf("ValidateName(%q): %v", good, err)
 		}

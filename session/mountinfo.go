@@ -1,11 +1,9 @@
 package session
 
 import (
-	"bufio"
-	"fmt"
 	"io"
-	"strconv"
-	"strings"
+
+	"github.com/dmsnap/dmsnap/internal/mountinfo"
 )
 
 // MountInfo is one line of /proc/<pid>/mountinfo (proc(5)):
@@ -29,150 +27,34 @@ type MountInfo struct {
 	SuperOptions string   // (11) per-superblock options
 }
 
-// maxMountInfoLine bounds one line: two paths of PATH_MAX, escaped (×4),
-// and the rest.
-const maxMountInfoLine = 64 << 10
-
-// ParseMountInfo parses a mountinfo table. A malformed line is an error
-// naming its line number; nothing is returned then, since a watcher acting
-// on half a table would see every mount after the bad line as unmounted.
+// ParseMountInfo parses a mountinfo table (internal/mountinfo, the parser
+// package dm uses too). A malformed line is an error naming its line
+// number; nothing is returned then, since a watcher acting on half a table
+// would see every mount after the bad line as unmounted.
 func ParseMountInfo(r io.Reader) ([]MountInfo, error) {
-	var out []MountInfo
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 4096), maxMountInfoLine)
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		if line == "" {
-			continue
-		}
-		m, err := parseMountInfoLine(line)
-		if err != nil {
-			return nil, fmt.Errorf("mountinfo line %d: %w: %q", n, err, clip(line, 200))
-		}
-		out = append(out, m)
+	ms, err := mountinfo.Parse(r)
+	if err != nil {
+		return nil, err
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("mountinfo: %w", err)
+	out := make([]MountInfo, len(ms))
+	for i, m := range ms {
+		out[i] = MountInfo{
+			ID: m.ID, ParentID: m.ParentID, Dev: DevNum(m.Dev), Root: m.Root, MountPoint: m.MountPoint,
+			Options: m.Options, Optional: m.Optional, FSType: m.FSType, Source: m.Source, SuperOptions: m.SuperOptions,
+		}
 	}
 	return out, nil
 }
 
-func parseMountInfoLine(line string) (MountInfo, error) {
-	// The kernel separates fields with exactly one space and escapes the
-	// spaces inside them, so splitting on ' ' is exact.
-	f := strings.Split(line, " ")
-	if len(f) < 10 {
-		return MountInfo{}, fmt.Errorf("%d fields, want at least 10", len(f))
+func (m MountInfo) generic() mountinfo.Mount {
+	return mountinfo.Mount{
+		ID: m.ID, ParentID: m.ParentID, Dev: mountinfo.Dev(m.Dev), Root: m.Root, MountPoint: m.MountPoint,
+		Options: m.Options, Optional: m.Optional, FSType: m.FSType, Source: m.Source, SuperOptions: m.SuperOptions,
 	}
-	sep := -1
-	for i := 6; i < len(f); i++ {
-		if f[i] == "-" {
-			sep = i
-			break
-		}
-	}
-	if sep < 0 {
-		return MountInfo{}, fmt.Errorf("no \" - \" separator after the optional fields")
-	}
-	if len(f) != sep+4 {
-		return MountInfo{}, fmt.Errorf("%d fields after the separator, want 3 (type, source, super options)", len(f)-sep-1)
-	}
-	var m MountInfo
-	var err error
-	if m.ID, err = strconv.Atoi(f[0]); err != nil || m.ID < 0 {
-		return MountInfo{}, fmt.Errorf("mount ID %q is not a number", f[0])
-	}
-	if m.ParentID, err = strconv.Atoi(f[1]); err != nil || m.ParentID < 0 {
-		return MountInfo{}, fmt.Errorf("parent ID %q is not a number", f[1])
-	}
-	if m.Dev, err = ParseDevNum(f[2]); err != nil {
-		return MountInfo{}, err
-	}
-	for i, name := range []string{"root", "mount point", "options"} {
-		if f[3+i] == "" {
-			return MountInfo{}, fmt.Errorf("empty %s", name)
-		}
-	}
-	if f[sep+1] == "" {
-		return MountInfo{}, fmt.Errorf("empty filesystem type")
-	}
-	m.Root = unescapeOctal(f[3])
-	m.MountPoint = unescapeOctal(f[4])
-	m.Options = f[5]
-	for _, o := range f[6:sep] {
-		if o != "" {
-			m.Optional = append(m.Optional, o)
-		}
-	}
-	m.FSType = unescapeOctal(f[sep+1])
-	m.Source = unescapeOctal(f[sep+2])
-	m.SuperOptions = f[sep+3]
-	return m, nil
-}
-
-// unescapeOctal decodes the kernel's \ooo escapes (seq_escape/mangle). A
-// backslash not followed by three octal digits giving a byte is kept as is.
-func unescapeOctal(s string) string {
-	i := strings.IndexByte(s, '\\')
-	if i < 0 {
-		return s
-	}
-	var b strings.Builder
-	b.Grow(len(s))
-	b.WriteString(s[:i])
-	for ; i < len(s); i++ {
-		c := s[i]
-		if c == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
-			v := (s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0')
-			if s[i+1] <= '3' { // \400 and above are not a byte
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(c)
-	}
-	return b.String()
-}
-
-func isOctal(c byte) bool { return '0' <= c && c <= '7' }
-
-// escapeOctal is the kernel's escaping of a mountinfo field: space, tab,
-// newline and backslash as \ooo.
-func escapeOctal(s string) string {
-	if !strings.ContainsAny(s, " \t\n\\") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; c {
-		case ' ', '\t', '\n', '\\':
-			fmt.Fprintf(&b, "\\%03o", c)
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return b.String()
 }
 
 // Line renders m as the kernel writes it in mountinfo (without the newline).
-func (m MountInfo) Line() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d %d %s %s %s %s", m.ID, m.ParentID, m.Dev, escapeOctal(m.Root), escapeOctal(m.MountPoint), m.Options)
-	for _, o := range m.Optional {
-		b.WriteString(" ")
-		b.WriteString(o)
-	}
-	fmt.Fprintf(&b, " - %s %s %s", escapeOctal(m.FSType), escapeOctal(m.Source), m.SuperOptions)
-	return b.String()
-}
-
-func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}
+func (m MountInfo) Line() string { return m.generic().Line() }
 
 // ResolveSourceDevs replaces the device number of mounts whose filesystem
 // reports an anonymous one (major 0: btrfs gives every mount such a number,
@@ -182,12 +64,12 @@ func clip(s string, n int) string {
 // blockDev is BlockDevNum in production.
 func ResolveSourceDevs(ms []MountInfo, blockDev func(path string) (DevNum, error)) []MountInfo {
 	for i := range ms {
-		if ms[i].Dev.Major != 0 || !strings.HasPrefix(ms[i].Source, "/dev/") {
-			continue
-		}
-		if n, err := blockDev(ms[i].Source); err == nil {
-			ms[i].Dev = n
-		}
+		one := []mountinfo.Mount{{Dev: mountinfo.Dev(ms[i].Dev), Source: ms[i].Source}}
+		mountinfo.ResolveSourceDevs(one, func(p string) (mountinfo.Dev, error) {
+			n, err := blockDev(p)
+			return mountinfo.Dev(n), err
+		})
+		ms[i].Dev = DevNum(one[0].Dev)
 	}
 	return ms
 }

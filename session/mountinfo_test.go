@@ -134,26 +134,6 @@ func TestParseMountInfoErrors(t *testing.T) {
 	}
 }
 
-func TestUnescapeOctal(t *testing.T) {
-	cases := map[string]string{
-		`plain`:         "plain",
-		`a\040b`:        "a b",
-		`\134`:          `\`,
-		`\134040`:       `\040`,
-		`end\`:          `end\`,
-		`\04`:           `\04`,
-		`\400`:          `\400`,
-		`\08`:           `\08`,
-		`\011\012\134`:  "\t\n\\",
-		`x\040\040\040`: "x   ",
-	}
-	for in, want := range cases {
-		if got := unescapeOctal(in); got != want {
-			t.Errorf("unescapeOctal(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestMountInfoLineRoundTrip(t *testing.T) {
 	for _, name := range []string{"debian12.mountinfo", "bind.mountinfo", "spaces.mountinfo"} {
 		raw, err := os.ReadFile(filepath.Join("testdata", name))

@@ -6,16 +6,16 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
+	"github.com/dmsnap/dmsnap/internal/names"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
 
 // MaxNameLen bounds a dmsnap name so that the longest device-mapper name
 // built from it, "dmsnap-NAME-snapNNNNNNNNNN", fits DM_NAME_LEN (128).
-const MaxNameLen = 100
+const MaxNameLen = names.MaxLen
 
 // SanitizeName turns a device path into a dmsnap name as the seed named its
 // sessions: the base name, with every byte outside [A-Za-z0-9_.-] turned
@@ -26,33 +26,13 @@ func SanitizeName(devicePath string) string {
 	return snapstore.SanitizeName(devicePath)
 }
 
-func nameByte(c byte) bool {
-	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '.' || c == '-'
-}
-
-// reservedSuffix: a name ending like one of the stack's device suffixes
-// would make two stacks' device-mapper names collide ("a" owns
-// dmsnap-a-snap1; a device named "a-snap1" would own it too).
-var reservedSuffix = regexp.MustCompile(`-(real|snap[0-9]+)$`)
-
 // ValidateName checks a dmsnap name (given with --name, or made by
-// SanitizeName): 1 to MaxNameLen bytes of [A-Za-z0-9_.-], not "." or "..",
+// SanitizeName) by the one naming rule, internal/names, which package dm
+// applies too: 1 to MaxNameLen bytes of [A-Za-z0-9_.-], not "." or "..",
 // not ending in "-real" or "-snap<digits>".
 func ValidateName(name string) error {
-	switch {
-	case name == "":
-		return errors.New("empty device name")
-	case len(name) > MaxNameLen:
-		return fmt.Errorf("device name %q is longer than %d bytes; choose a shorter one with --name", name, MaxNameLen)
-	case name == "." || name == "..":
-		return fmt.Errorf("device name %q is not allowed; choose another with --name", name)
-	case reservedSuffix.MatchString(name):
-		return fmt.Errorf("device name %q ends like a dmsnap device (-real, -snapN); choose another with --name", name)
-	}
-	for i := 0; i < len(name); i++ {
-		if !nameByte(name[i]) {
-			return fmt.Errorf("device name %q: use only letters, digits and _ . -", name)
-		}
+	if err := names.Validate(name); err != nil {
+		return fmt.Errorf("%w; choose another with --name", err)
 	}
 	return nil
 }
