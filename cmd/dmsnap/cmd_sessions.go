@@ -385,7 +385,10 @@ func runSessionsPrune(e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("list the store %s: %w", e.store, err)
 	}
-	victims := pruneVictims(infos, name, tracked, *keep, age, time.Now())
+	victims, short := pruneVictims(infos, name, tracked, *keep, age, time.Now())
+	if short != "" {
+		fmt.Fprintf(e.stderr, "dmsnap sessions prune: %s\n", short)
+	}
 	for _, info := range victims {
 		if *dry {
 			fmt.Fprintf(e.stdout, "would remove %s\n", info.ID)
@@ -402,30 +405,67 @@ func runSessionsPrune(e *env, args []string) error {
 	return nil
 }
 
-// pruneVictims picks the finished sessions of name to remove, oldest first.
-// Only the oldest go, so the sessions left still restore the device to any
-// state they cover (a restore needs every session from the chosen one to
-// the newest). Sessions not finished, or still in the registry, are kept;
-// so are damaged ones, which a person should look at.
-func pruneVictims(infos []snapstore.SessionInfo, name string, tracked map[string]bool, keep int, age time.Duration, now time.Time) []snapstore.SessionInfo {
-	var done []snapstore.SessionInfo
+// pruneVictims picks the sessions of name to remove, oldest first, and
+// says why it stopped short of what keep or age asked, if it did.
+//
+// Only the oldest go: a restore to a session needs every session from it to
+// the newest, so a session may be removed only when every older one is
+// removed too. Sessions not finished, still in the registry (armed, open,
+// being converted) or damaged are never removed, so the first of them, in
+// time order, ends the run of victims: removing a newer one would break the
+// chain of pre-images of that older session (a restore through an
+// unfinished session is allowed with an explicit flag, and would then miss
+// the pruned one's pre-images without a word).
+func pruneVictims(infos []snapstore.SessionInfo, name string, tracked map[string]bool, keep int, age time.Duration, now time.Time) ([]snapstore.SessionInfo, string) {
+	var all []snapstore.SessionInfo
+	finished := 0
 	for _, info := range infos {
-		if info.Name != name || tracked[filepath.Clean(info.Dir)] || info.Meta == nil {
+		if info.Name != name {
 			continue
 		}
-		done = append(done, info)
-	}
-	slices.SortStableFunc(done, func(a, b snapstore.SessionInfo) int { return a.Time.Compare(b.Time) })
-	if keep >= 0 {
-		return done[:max(len(done)-keep, 0)]
-	}
-	var out []snapstore.SessionInfo
-	for _, info := range done {
-		if now.Sub(info.Time) > age {
-			out = append(out, info)
+		all = append(all, info)
+		if removable(info, tracked) {
+			finished++
 		}
 	}
-	return out
+	slices.SortStableFunc(all, func(a, b snapstore.SessionInfo) int { return a.Time.Compare(b.Time) })
+	want := 0 // how many of the finished sessions keep or age ask to remove
+	if keep >= 0 {
+		want = max(finished-keep, 0)
+	} else {
+		for _, info := range all {
+			if removable(info, tracked) && now.Sub(info.Time) > age {
+				want++
+			}
+		}
+	}
+	var out []snapstore.SessionInfo
+	for _, info := range all {
+		if len(out) == want {
+			break
+		}
+		if !removable(info, tracked) {
+			return out, fmt.Sprintf("session %s is %s and is kept, so every newer session is kept too: removing one would break the chain of pre-images a restore to %s needs",
+				info.ID, pruneKeptReason(info, tracked), info.ID)
+		}
+		out = append(out, info)
+	}
+	return out, ""
+}
+
+// removable: a finished session no one is working on.
+func removable(info snapstore.SessionInfo, tracked map[string]bool) bool {
+	return !tracked[filepath.Clean(info.Dir)] && info.Meta != nil && info.Status != snapstore.StatusDamaged
+}
+
+func pruneKeptReason(info snapstore.SessionInfo, tracked map[string]bool) string {
+	switch {
+	case tracked[filepath.Clean(info.Dir)]:
+		return "live (armed, open or being converted)"
+	case info.Status == snapstore.StatusDamaged:
+		return "damaged (`dmsnap sessions verify` says where)"
+	}
+	return "not finished (no meta.json)"
 }
 
 // parseAge reads a Go duration, or a number of days ("30d").
@@ -442,4 +482,32 @@ func parseAge(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("%q: want a duration such as 36h or 30d", s)
 	}
 	return d, nil
+}
+
+// errPrunedTarget: a restore target older than every session of the device
+// in the store. Its pre-images, and those of the sessions after it up to
+// the oldest kept one, are gone (pruned), so the device's state before it
+// cannot be rebuilt.
+var errPrunedTarget = errors.New("the chain of pre-images back to it is broken")
+
+// prunedTarget explains why a restore to id, a session ID of device name
+// that is not among sessions (the device's sessions in the store, oldest
+// first), cannot be done when id names a time before the oldest of them:
+// that session was pruned (or removed by hand). It returns nil when id is
+// not such an ID, and the caller says the session is unknown.
+func prunedTarget(id, name string, sessions []snapstore.SessionInfo) error {
+	secs, ok := strings.CutPrefix(id, name+"_")
+	if !ok || len(sessions) == 0 {
+		return nil
+	}
+	n, err := strconv.ParseInt(secs, 10, 64)
+	if err != nil || n < 0 {
+		return nil
+	}
+	oldest := sessions[0]
+	if !time.Unix(n, 0).Before(oldest.Time) {
+		return nil
+	}
+	return fmt.Errorf("session %s of %s is older than the oldest session kept, %s: it was pruned, and with it the pre-images of every change between it and %s, so %w; the oldest state that can be restored is the one before %s (dmsnap restore %s --session %s)",
+		id, name, oldest.ID, oldest.ID, errPrunedTarget, oldest.ID, name, oldest.ID)
 }

@@ -399,7 +399,7 @@ func TestSessionsPrune(t *testing.T) {
 		dirs = append(dirs, closedSession(t, w.store, "sdb1", now.Add(-age)))
 	}
 	other := closedSession(t, w.store, "sdc1", now.Add(-100*time.Hour))
-	live, err := snapstore.CreateSession(w.store, snapstore.State{Name: "sdb1", Device: snapstore.Device{Path: "/dev/sdb1", Size: 16 << 20}, ChunkSize: 4096, Times: snapstore.Times{Armed: now.Add(-200 * time.Hour)}})
+	live, err := snapstore.CreateSession(w.store, snapstore.State{Name: "sdb1", Device: snapstore.Device{Path: "/dev/sdb1", Size: 16 << 20}, ChunkSize: 4096, Times: snapstore.Times{Armed: now}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dmsnap/dmsnap/snapstore"
+)
+
+// Regression: prune removed the oldest *finished* sessions, skipping over an
+// older unfinished one (a conversion that failed, say), which broke that
+// session's chain: a restore to it (allowed with an explicit flag) would
+// have missed the pruned sessions' pre-images. Now the first session prune
+// must keep ends the run of victims, and prune says so.
+func TestPruneStopsAtAKeptSession(t *testing.T) {
+	w := newWorld(t)
+	now := time.Now().Truncate(time.Second)
+	a := closedSession(t, w.store, "sdb1", now.Add(-90*time.Hour))
+	// b: closed but never converted (no meta.json), older than c and d.
+	b, err := snapstore.CreateSession(w.store, snapstore.State{Name: "sdb1", Device: snapstore.Device{Path: "/dev/sdb1", Size: 16 << 20}, ChunkSize: 4096, Times: snapstore.Times{Armed: now.Add(-80 * time.Hour)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := closedSession(t, w.store, "sdb1", now.Add(-70*time.Hour))
+	d := closedSession(t, w.store, "sdb1", now.Add(-time.Hour))
+	exists := func(p string) bool { _, err := os.Stat(p); return err == nil }
+
+	code, out, errOut := w.run(t, "", "sessions", "prune", "sdb1", "--keep", "1")
+	if code != exitOK {
+		t.Fatalf("prune: exit %d\n%s%s", code, out, errOut)
+	}
+	if exists(a) || !exists(b) || !exists(c) || !exists(d) {
+		t.Fatalf("prune --keep 1 with an unfinished session in the middle: a %v b %v c %v d %v; want only a removed\n%s%s",
+			exists(a), exists(b), exists(c), exists(d), out, errOut)
+	}
+	if !strings.Contains(errOut, filepath.Base(b)+" is not finished") || !strings.Contains(errOut, "every newer session is kept") {
+		t.Errorf("prune does not say why it kept more than asked: %q", errOut)
+	}
+	// --older-than stops at it too.
+	if code, out, errOut := w.run(t, "", "sessions", "prune", "sdb1", "--older-than", "2d"); code != exitOK || exists(a) || !exists(c) {
+		t.Fatalf("prune --older-than: exit %d, c removed %v\n%s%s", code, !exists(c), out, errOut)
+	}
+	// Once b is gone (finished or removed by hand), c goes.
+	if err := os.RemoveAll(b); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := w.run(t, "", "sessions", "prune", "sdb1", "--keep", "1"); code != exitOK || exists(c) || !exists(d) || errOut != "" {
+		t.Fatalf("prune after: exit %d, c %v d %v\n%s%s", code, exists(c), exists(d), out, errOut)
+	}
+}
+
+// A damaged session is kept, and so is everything after it.
+func TestPruneKeepsDamaged(t *testing.T) {
+	w := newWorld(t)
+	now := time.Now().Truncate(time.Second)
+	a := closedSession(t, w.store, "sdb1", now.Add(-3*time.Hour))
+	b := closedSession(t, w.store, "sdb1", now.Add(-2*time.Hour))
+	if err := os.WriteFile(filepath.Join(b, snapstore.MetaFile), []byte("{not json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := closedSession(t, w.store, "sdb1", now.Add(-time.Hour))
+	code, out, errOut := w.run(t, "", "sessions", "prune", "sdb1", "--keep", "0")
+	if code != exitOK || strings.Count(out, "removed") != 1 || !strings.Contains(errOut, "is damaged") {
+		t.Fatalf("prune --keep 0: exit %d\n%s%s", code, out, errOut)
+	}
+	for p, want := range map[string]bool{a: false, b: true, c: true} {
+		if _, err := os.Stat(p); (err == nil) != want {
+			t.Errorf("%s exists %v, want %v", filepath.Base(p), err == nil, want)
+		}
+	}
+}
+
+func TestPrunedTarget(t *testing.T) {
+	w := newWorld(t)
+	now := time.Now().Truncate(time.Second)
+	old := closedSession(t, w.store, "sdb1", now.Add(-3*time.Hour))
+	kept := closedSession(t, w.store, "sdb1", now.Add(-time.Hour))
+	if code, out, errOut := w.run(t, "", "sessions", "prune", "sdb1", "--keep", "1"); code != exitOK {
+		t.Fatalf("prune: exit %d\n%s%s", code, out, errOut)
+	}
+	infos, err := snapstore.ListSessions(w.store)
+	if err != nil || len(infos) != 1 {
+		t.Fatalf("after prune: %v %v", infos, err)
+	}
+	err = prunedTarget(filepath.Base(old), "sdb1", infos)
+	if !errors.Is(err, errPrunedTarget) || !strings.Contains(err.Error(), "older than the oldest session kept, "+filepath.Base(kept)) ||
+		!strings.Contains(err.Error(), "--session "+filepath.Base(kept)) {
+		t.Errorf("pruned target: %v", err)
+	}
+	// Not older, another device, not an ID: not a pruned target.
+	for _, id := range []string{filepath.Base(kept), "sdb1_" + "9999999999", "sdc1_1", "sdb1_x", "../sdb1_1"} {
+		if err := prunedTarget(id, "sdb1", infos); err != nil {
+			t.Errorf("prunedTarget(%q) = %v, want nil", id, err)
+		}
+	}
+}
