@@ -456,6 +456,9 @@ func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
 		s.Dir = a.Dir
 		return save()
 	case ActArm:
+		if err := CheckStore(d.Store); err != nil {
+			return err
+		}
 		dir, err := m.Store.ArmSession(ctx, d.Store, ArmSpec{
 			Name: d.Name, DevicePath: d.Path, Identity: d.Identity, ChunkSize: d.ChunkSize, Armed: s.Armed,
 		})
@@ -614,6 +617,9 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 		}
 		if err := os.MkdirAll(store, 0o755); err != nil {
 			return deviceErr(op, req.Device, "", fmt.Errorf("store: %w", err))
+		}
+		if err := CheckStore(store); err != nil {
+			return deviceErr(op, req.Device, "", err)
 		}
 		var st unix.Stat_t
 		if err := unix.Stat(store, &st); err != nil {

@@ -65,6 +65,14 @@ func runSessions(e *env, args []string) error {
 		return usagef("sessions needs a subcommand: list, show, verify or prune (see dmsnap sessions --help)")
 	}
 	switch args[0] {
+	case "list", "show", "verify", "prune", "open", "mount", "close":
+		// What the store holds is restored onto devices: refuse one that
+		// others could have written to.
+		if err := session.CheckStore(e.store); err != nil {
+			return err
+		}
+	}
+	switch args[0] {
 	case "list":
 		return runSessionsList(e, args[1:])
 	case "show":
@@ -364,7 +372,8 @@ func runSessionsPrune(e *env, args []string) error {
 		}
 	}
 	name := fs.Arg(0)
-	lock, err := session.AcquireLock(e.ctx, e.state, cliLockWait)
+	// As long a wait as every other state change (the Manager's).
+	lock, err := session.AcquireLock(e.ctx, e.state, newManager(e).LockWait)
 	if err != nil {
 		return fmt.Errorf("prune %s: %w", name, err)
 	}

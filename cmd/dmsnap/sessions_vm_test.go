@@ -587,7 +587,7 @@ func TestCLIStoreFills(t *testing.T) {
 	if err := os.MkdirAll(c.store, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	vmtest.Run(t, "mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", c.store)
+	vmtest.Run(t, "mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", c.store) // a tmpfs root is 1777 by default, which dmsnap refuses as a store
 	t.Cleanup(func() { exec.Command("umount", "-l", c.store).Run() })
 	filler := filepath.Join(c.store, "filler")
 	vmtest.Sh(t, "dd if=/dev/zero of="+filler+" bs=64k count=40 2>/dev/null")
