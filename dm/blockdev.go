@@ -68,7 +68,8 @@ func CheckUnused(path string) (BlockDevice, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.EBUSY) {
-			return BlockDevice{}, heldError(path, bd.Dev, holders(sysDir, bd.Dev))
+			who := append(holders(sysDir, bd.Dev), busyPartitions(sysDir, "/proc/self/mountinfo", bd.Dev)...)
+			return BlockDevice{}, heldError(path, bd.Dev, who)
 		}
 		return BlockDevice{}, newError("open exclusively", path, err, "")
 	}
@@ -113,6 +114,41 @@ func holders(sys string, dev Dev) []string {
 			name = fmt.Sprintf("%s (device-mapper %s)", name, strings.TrimSpace(string(b)))
 		}
 		out = append(out, name)
+	}
+	return out
+}
+
+// busyPartitions names the partitions of a whole disk dev that are mounted
+// or held (/sys/dev/block/M:m/<partition>): a disk is busy while one of its
+// partitions is, and the kernel's EBUSY alone does not say which.
+func busyPartitions(sys, mountinfo string, dev Dev) []string {
+	dir := filepath.Join(sys, "dev/block", dev.String())
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range entries {
+		if _, err := os.Stat(filepath.Join(dir, e.Name(), "partition")); err != nil {
+			continue
+		}
+		pdev, err := readSysDev(filepath.Join(dir, e.Name(), "dev"))
+		if err != nil {
+			continue
+		}
+		var why []string
+		if ms, err := mountsOfDevice(mountinfo, pdev); err == nil && len(ms) > 0 {
+			points := make([]string, len(ms))
+			for i, m := range ms {
+				points[i] = m.MountPoint
+			}
+			why = append(why, "mounted on "+strings.Join(points, ", "))
+		} else if hs := holders(sys, pdev); len(hs) > 0 {
+			why = append(why, "held by "+strings.Join(hs, ", "))
+		}
+		if len(why) > 0 {
+			out = append(out, fmt.Sprintf("its partition /dev/%s (%s)", e.Name(), strings.Join(why, "; ")))
+		}
 	}
 	return out
 }
