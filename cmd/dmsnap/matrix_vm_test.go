@@ -10,10 +10,12 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -49,6 +51,7 @@ var matrixWorkloads = map[string]matrixWorkload{
 	"fsync":   workloadFsync,
 	"fio":     workloadFio,
 	"discard": workloadDiscard,
+	"meta":    workloadMetaStorm,
 }
 
 // The fast tier: every filesystem and every workload at least once.
@@ -61,7 +64,38 @@ var matrixCases = []struct{ fs, workload string }{
 	{"ext2", "mmap"},
 	{"btrfs", "fsync"},
 	{"btrfs", "files"},
-	{"ext2", "odirect"},
+	// A metadata storm on the filesystem without a journal (odirect runs
+	// on ext4 above; the soak tier runs every pair).
+	{"ext2", "meta"},
+}
+
+// matrixPlan is the cases to run: the fast tier, or with DMSNAP_MATRIX=full
+// (the soak tier) every filesystem × every workload, DMSNAP_MATRIX_ROUNDS
+// times over (default 1), each round with its own seeds.
+func matrixPlan(t *testing.T) (cases []struct{ fs, workload string }, rounds int) {
+	t.Helper()
+	rounds = 1
+	if s := os.Getenv("DMSNAP_MATRIX_ROUNDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("DMSNAP_MATRIX_ROUNDS=%q: want a positive number", s)
+		}
+		rounds = n
+	}
+	switch m := os.Getenv("DMSNAP_MATRIX"); m {
+	case "", "fast":
+		return matrixCases, rounds
+	case "full":
+		for _, fs := range slices.Sorted(maps.Keys(matrixFilesystems)) {
+			for _, w := range slices.Sorted(maps.Keys(matrixWorkloads)) {
+				cases = append(cases, struct{ fs, workload string }{fs, w})
+			}
+		}
+		return cases, rounds
+	default:
+		t.Fatalf("DMSNAP_MATRIX=%q: want fast or full", m)
+	}
+	return nil, 0
 }
 
 func matrixSeed(t *testing.T) uint64 {
@@ -82,14 +116,35 @@ func TestMatrix(t *testing.T) {
 	t.Logf("seed %d (replay with DMSNAP_SEED=%d)", seed, seed)
 	c.watch(t)
 	start := time.Now()
-	for i, mc := range matrixCases {
-		t.Run(mc.fs+"-"+mc.workload, func(t *testing.T) {
-			caseStart := time.Now()
-			runMatrixCase(t, c, matrixFilesystems[mc.fs], mc.workload, rand.New(rand.NewPCG(seed, uint64(i))), i)
-			t.Logf("%s × %s: %v (seed %d, case %d)", mc.fs, mc.workload, time.Since(caseStart).Round(time.Millisecond), seed, i)
-		})
+	cases, rounds := matrixPlan(t)
+	perFS := map[string]int{}
+	run, failed := 0, 0
+	for round := 0; round < rounds; round++ {
+		for j, mc := range cases {
+			i := round*len(cases) + j
+			ran := false
+			ok := t.Run(fmt.Sprintf("%s-%s/round%d", mc.fs, mc.workload, round), func(t *testing.T) {
+				ran = true
+				caseStart := time.Now()
+				runMatrixCase(t, c, matrixFilesystems[mc.fs], mc.workload, rand.New(rand.NewPCG(seed, uint64(i))), i)
+				t.Logf("%s × %s: %v (seed %d, case %d)", mc.fs, mc.workload, time.Since(caseStart).Round(time.Millisecond), seed, i)
+			})
+			if !ran {
+				continue // not selected by -run
+			}
+			perFS[mc.fs]++
+			run++
+			if !ok {
+				failed++
+			}
+		}
 	}
-	t.Logf("matrix: %d cases in %v, seed %d", len(matrixCases), time.Since(start).Round(time.Second), seed)
+	var counts []string
+	for _, fs := range slices.Sorted(maps.Keys(perFS)) {
+		counts = append(counts, fmt.Sprintf("%s=%d", fs, perFS[fs]))
+	}
+	t.Logf("matrix: %d cases (%s) in %v, %d failed, seed %d", run, strings.Join(counts, " "), time.Since(start).Round(time.Second), failed, seed)
+	t.Logf("soak-count matrix-cases %d matrix-failed %d %s", run, failed, strings.Join(counts, " "))
 }
 
 func runMatrixCase(t *testing.T, c *cli, fs matrixFS, workload string, r *rand.Rand, i int) {
@@ -186,6 +241,46 @@ func workloadFiles(t *testing.T, r *rand.Rand, mnt string) {
 				t.Fatal(err)
 			}
 			names[j] = n
+		}
+	}
+	syscall.Sync()
+}
+
+// workloadMetaStorm is a metadata storm: 600 small files in 20
+// directories, then half of them deleted, a third renamed across
+// directories, and a few directories removed whole.
+func workloadMetaStorm(t *testing.T, r *rand.Rand, mnt string) {
+	var files []string
+	for d := 0; d < 20; d++ {
+		dir := filepath.Join(mnt, fmt.Sprintf("d%02d", d))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for f := 0; f < 30; f++ {
+			p := filepath.Join(dir, fmt.Sprintf("f%03d", f))
+			if err := os.WriteFile(p, randBytes(r, r.IntN(3000)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			files = append(files, p)
+		}
+	}
+	r.Shuffle(len(files), func(i, j int) { files[i], files[j] = files[j], files[i] })
+	for i, p := range files {
+		switch {
+		case i%2 == 0:
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+		case i%3 == 0:
+			to := filepath.Join(mnt, fmt.Sprintf("d%02d", r.IntN(20)), fmt.Sprintf("m%05d", i))
+			if err := os.Rename(p, to); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for d := 0; d < 20; d += 7 {
+		if err := os.RemoveAll(filepath.Join(mnt, fmt.Sprintf("d%02d", d))); err != nil {
+			t.Fatal(err)
 		}
 	}
 	syscall.Sync()
