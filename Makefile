@@ -50,6 +50,12 @@ test-vm: build vm-setup
 test-powercut: build vm-setup
 	$(GO) test -count=1 -tags vmhost -run TestPowerCut -v ./cmd/dmsnap/
 
+# The long tier: the full matrix with random seeds, the crash test over
+# several rounds, the bad-input sweeps and repeated power cuts, with counts
+# (SOAK_ROUNDS, SOAK_POWERCUTS; see hack/soak.sh).
+soak: build vm-setup
+	hack/soak.sh
+
 demo: build vm-setup
 	hack/vm/run --file bin/dmsnap:/usr/bin/dmsnap --file hack/demo.sh:/work/demo.sh -- sh /work/demo.sh
 

@@ -57,11 +57,9 @@ func treeDigest(t *testing.T, roots ...string) string {
 	return fmt.Sprintf("%x", h.Sum(nil))
 }
 
-// badInputs counts the bad inputs tried by the tests of this file (the
-// issue's note wants the number).
-var badInputs int
-
 func TestBadSessionIDs(t *testing.T) {
+	badInputs := 0
+	defer func() { t.Logf("soak-count bad-inputs %d", badInputs) }()
 	w := newWorld(t)
 	now := time.Now().Truncate(time.Second)
 	good := filepath.Base(closedSession(t, w.store, "sdb1", now.Add(-time.Hour)))
@@ -113,6 +111,8 @@ func TestBadSessionIDs(t *testing.T) {
 }
 
 func TestInsecureStoreRefused(t *testing.T) {
+	badInputs := 0
+	defer func() { t.Logf("soak-count bad-inputs %d", badInputs) }()
 	w := newWorld(t)
 	w.sys.Prober.Add("/dev/sdb1", sdb1)
 	closedSession(t, w.store, "sdb1", time.Now().Add(-time.Hour))
@@ -151,6 +151,8 @@ func TestInsecureStoreRefused(t *testing.T) {
 // Every state-changing command refuses, busy (exit 4), while another holds
 // the state lock, and changes nothing.
 func TestStateChangesWaitForTheLock(t *testing.T) {
+	badInputs := 0
+	defer func() { t.Logf("soak-count bad-inputs %d", badInputs) }()
 	w := newWorld(t)
 	w.sys.Prober.Add("/dev/sdb1", sdb1)
 	w.sys.Prober.Add("/dev/sdc1", session.Identity{Dev: session.DevNum{Major: 8, Minor: 33}, Size: 32 << 20})
@@ -182,5 +184,4 @@ func TestStateChangesWaitForTheLock(t *testing.T) {
 	if after := treeDigest(t, w.state, w.store); after != before {
 		t.Error("a command refused for the lock changed something")
 	}
-	t.Logf("bad inputs tried on the host so far: %d", badInputs)
 }

@@ -154,5 +154,5 @@ func TestBadInputDevices(t *testing.T) {
 	if left := dmsnapDevices(t); len(left) != 0 {
 		t.Errorf("left after the deactivations: %v", left)
 	}
-	t.Logf("bad inputs tried in the guest: %d", tried)
+	t.Logf("soak-count bad-inputs %d", tried)
 }

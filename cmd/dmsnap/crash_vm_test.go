@@ -246,6 +246,7 @@ func TestCrashpoints(t *testing.T) {
 		t.Errorf("sessions verify:\n%s", out)
 	}
 	c.ok(t, "deactivate", name)
+	t.Logf("soak-count crashes %d restores-after-crash %d", crashes, restores)
 	t.Logf("crashes injected: %d (%d in the watcher at %d points, %d in the restore, over %d rounds); restores checked: %d; in %v",
 		crashes, crashes-restorePoints, len(session.Crashpoints), restorePoints, rounds, restores, time.Since(start).Round(time.Second))
 }

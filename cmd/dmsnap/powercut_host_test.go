@@ -166,6 +166,7 @@ func TestPowerCut(t *testing.T) {
 	if h := fileSHA256(t, origin); h != pre {
 		t.Errorf("%s on the host: sha256 %s, before boot 1's session %s", origin, h, pre)
 	}
+	t.Logf("soak-count power-cuts 1 acked-records %d", acked)
 	t.Logf("power cut after %d acknowledged records; %d found after it; restore of %s gave the pre-session bytes: %v",
 		acked, len(found), field(t, out2, "SESSION"), !t.Failed())
 }
