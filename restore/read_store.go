@@ -33,7 +33,10 @@ const (
 	// storageReadBlock is one read of a storage-order check;
 	// storageReadAhead reads are in flight or being checked at once.
 	storageReadBlock = 1 << 20
-	storageReadAhead = 4
+	storageReadAhead = 6
+	// storageWorkers goroutines checksum the blocks read (CRC-32C is the
+	// CPU's share of the check; a software-emulated CPU is slow at it).
+	storageWorkers = 2
 	// storageGap: holes between records up to this size are read through,
 	// so neighbouring records come in one read.
 	storageGap = 256 << 10
@@ -57,8 +60,6 @@ type storedRec struct {
 	rec Record
 	idx int64
 	crc uint32
-	sum uint32 // CRC-32C computed so far
-	got uint32 // bytes summed so far
 }
 
 // checkInStorageOrder implements storageOrderChecker for a session dmsnap
@@ -142,94 +143,121 @@ func (a *StoreSession) segment(recs []storedRec, lo, hi uint64) ([]storedRec, er
 }
 
 // checkSorted reads the records (sorted by offset) from dat in blocks of
-// storageReadBlock bytes, holes of up to storageGap read through, a
-// goroutine keeping the next reads in flight while this one checks. It
-// returns false when bad asked to stop or ctx ended.
+// whole records of up to storageReadBlock bytes (holes of up to storageGap
+// read through): a goroutine keeps the next reads in flight while
+// storageWorkers goroutines checksum the blocks read, and this one reports.
+// It returns false when bad asked to stop or ctx ended. A record larger
+// than a block is read on its own, into a buffer of its size.
 func checkSorted(ctx context.Context, dat io.ReaderAt, recs []storedRec, add func(uint64), bad func(int64, Record, error) bool) bool {
 	type block struct {
-		off uint64
-		p   []byte
+		off    uint64
+		p      []byte
+		lo, hi int // recs[lo:hi] lie in the block
+		err    error
+	}
+	type failure struct {
+		i   int
 		err error
+	}
+	type result struct {
+		bytes uint64
+		bad   []failure
 	}
 	free := make(chan []byte, storageReadAhead)
 	full := make(chan block, storageReadAhead)
+	results := make(chan result, storageReadAhead)
 	for range storageReadAhead {
 		free <- make([]byte, storageReadBlock)
 	}
 	stop := make(chan struct{})
-	defer close(stop)
 	go func() {
 		defer close(full)
-		emit := func(off, end uint64) bool {
-			for off < end {
-				var b []byte
-				select {
-				case b = <-free:
-				case <-stop:
-					return false
+		for lo := 0; lo < len(recs); {
+			start, end := recs[lo].rec.Offset, recs[lo].rec.Offset+uint64(recs[lo].rec.Size)
+			hi := lo + 1
+			for hi < len(recs) {
+				r := recs[hi].rec
+				e := max(end, r.Offset+uint64(r.Size))
+				if r.Offset > end+storageGap || e-start > storageReadBlock {
+					break
 				}
-				n := min(uint64(len(b)), end-off)
-				_, err := dat.ReadAt(b[:n], int64(off))
-				if err == io.EOF {
-					err = io.ErrUnexpectedEOF
-				}
-				full <- block{off: off, p: b[:n], err: err}
-				off += n
+				end, hi = e, hi+1
 			}
-			return true
-		}
-		start, end := recs[0].rec.Offset, recs[0].rec.Offset
-		for _, r := range recs {
-			if r.rec.Offset > end+storageGap {
-				if !emit(start, end) {
-					return
-				}
-				start = r.rec.Offset
+			var b []byte
+			select {
+			case b = <-free:
+			case <-stop:
+				return
 			}
-			end = max(end, r.rec.Offset+uint64(r.rec.Size))
+			if end-start > uint64(len(b)) {
+				b = make([]byte, end-start) // one record larger than a block
+			}
+			n, err := dat.ReadAt(b[:end-start], int64(start))
+			if err == io.EOF && uint64(n) == end-start {
+				err = nil
+			} else if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			if err != nil {
+				err = fmt.Errorf("reading blocks.dat at byte %d: %w", start, err)
+			}
+			full <- block{off: start, p: b[:end-start], lo: lo, hi: hi, err: err}
+			lo = hi
 		}
-		emit(start, end)
 	}()
-	// j is the first record not finished; records that overlap (a damaged
-	// map) are each summed over their own bytes.
-	j := 0
-	for b := range full {
-		if ctx.Err() != nil {
-			return false
-		}
-		bend := b.off + uint64(len(b.p))
-		for k := j; k < len(recs) && recs[k].rec.Offset < bend; k++ {
-			r := &recs[k]
-			rs, re := r.rec.Offset+uint64(r.got), r.rec.Offset+uint64(r.rec.Size)
-			if r.got == r.rec.Size || re <= b.off || rs >= bend || rs < b.off {
-				continue
-			}
-			if b.err != nil {
-				r.got = r.rec.Size
-				if !bad(r.idx, r.rec, fmt.Errorf("reading blocks.dat at byte %d: %w", b.off, b.err)) {
-					return false
-				}
-				continue
-			}
-			u := min(re, bend) - rs
-			r.sum = crc32.Update(r.sum, crcTable, b.p[rs-b.off:rs-b.off+u])
-			r.got += uint32(u)
-			if r.got == r.rec.Size {
-				add(uint64(r.rec.Size))
-				if r.sum != r.crc {
-					err := fmt.Errorf("%w: pre-image has CRC-32C %08x, blocks.crc says %08x", snapstore.ErrChecksum, r.sum, r.crc)
-					if !bad(r.idx, r.rec, err) {
-						return false
+	done := make(chan struct{})
+	for range storageWorkers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for b := range full {
+				var res result
+				for i := b.lo; i < b.hi; i++ {
+					r := recs[i].rec
+					if b.err != nil {
+						res.bad = append(res.bad, failure{i, b.err})
+						continue
+					}
+					res.bytes += uint64(r.Size)
+					at := r.Offset - b.off
+					if got := crc32.Checksum(b.p[at:at+uint64(r.Size)], crcTable); got != recs[i].crc {
+						res.bad = append(res.bad, failure{i, fmt.Errorf("%w: pre-image has CRC-32C %08x, blocks.crc says %08x", snapstore.ErrChecksum, got, recs[i].crc)})
 					}
 				}
+				if len(b.p) <= storageReadBlock {
+					free <- b.p[:storageReadBlock]
+				} else {
+					free <- make([]byte, storageReadBlock)
+				}
+				results <- res
+			}
+		}()
+	}
+	go func() {
+		for range storageWorkers {
+			<-done
+		}
+		close(results)
+	}()
+	ok := true
+	for res := range results {
+		if !ok {
+			continue // drain
+		}
+		add(res.bytes)
+		for _, f := range res.bad {
+			if !bad(recs[f.i].idx, recs[f.i].rec, f.err) {
+				ok = false
+				break
 			}
 		}
-		for j < len(recs) && recs[j].got == recs[j].rec.Size {
-			j++
+		if ok && ctx.Err() != nil {
+			ok = false
 		}
-		free <- b.p[:cap(b.p)]
+		if !ok {
+			close(stop)
+		}
 	}
-	return ctx.Err() == nil
+	return ok && ctx.Err() == nil
 }
 
 // recordReader reads whole records for the write pass.
