@@ -406,6 +406,9 @@ func runSessionsPrune(e *env, args []string) error {
 		if err := os.RemoveAll(info.Dir); err != nil {
 			return fmt.Errorf("remove session %s: %w", info.Dir, err)
 		}
+		if err := notePruned(e.store, info.ID, time.Now()); err != nil {
+			fmt.Fprintf(e.stderr, "dmsnap sessions prune: removed %s but could not note it in %s: %v\n", info.ID, filepath.Join(e.store, prunedLog), err)
+		}
 		fmt.Fprintf(e.stdout, "removed %s\n", info.ID)
 	}
 	if len(victims) == 0 {
@@ -493,30 +496,54 @@ func parseAge(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// errPrunedTarget: a restore target older than every session of the device
-// in the store. Its pre-images, and those of the sessions after it up to
-// the oldest kept one, are gone (pruned), so the device's state before it
-// cannot be rebuilt.
+// prunedLog is the file in a store that lists the sessions prune removed,
+// one "ID<TAB>RFC 3339 time" line each, so that a restore to one of them is
+// refused with the reason instead of "no such session". It is not a session
+// directory, so listings skip it.
+const prunedLog = "pruned.log"
+
+// notePruned appends id to the store's prunedLog.
+func notePruned(store, id string, at time.Time) error {
+	f, err := os.OpenFile(filepath.Join(store, prunedLog), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintf(f, "%s\t%s\n", id, at.UTC().Format(time.RFC3339)); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// errPrunedTarget: a restore target that prune removed. Its pre-images,
+// and those of every session between it and the oldest kept one, are gone,
+// so the device's state before it cannot be rebuilt.
 var errPrunedTarget = errors.New("the chain of pre-images back to it is broken")
 
-// prunedTarget explains why a restore to id, a session ID of device name
-// that is not among sessions (the device's sessions in the store, oldest
-// first), cannot be done when id names a time before the oldest of them:
-// that session was pruned (or removed by hand). It returns nil when id is
-// not such an ID, and the caller says the session is unknown.
-func prunedTarget(id, name string, sessions []snapstore.SessionInfo) error {
-	secs, ok := strings.CutPrefix(id, name+"_")
-	if !ok || len(sessions) == 0 {
+// prunedTarget explains why a restore to id, a session of device name that
+// is not among sessions (the device's sessions in store, oldest first), is
+// refused when prune removed it; nil when the store's prunedLog does not
+// list it (the caller says the session is unknown).
+func prunedTarget(store, id, name string, sessions []snapstore.SessionInfo) error {
+	b, err := os.ReadFile(filepath.Join(store, prunedLog))
+	if err != nil {
 		return nil
 	}
-	n, err := strconv.ParseInt(secs, 10, 64)
-	if err != nil || n < 0 {
-		return nil
+	for _, line := range strings.Split(string(b), "\n") {
+		gone, at, _ := strings.Cut(line, "\t")
+		if gone != id {
+			continue
+		}
+		oldest := "none is left"
+		if len(sessions) > 0 {
+			oldest = fmt.Sprintf("the oldest state that can be restored is the one before %s (dmsnap restore %s --session %s)", sessions[0].ID, name, sessions[0].ID)
+		}
+		return fmt.Errorf("session %s of %s was pruned (%s) with the pre-images it held, so %w: %s",
+			id, name, at, errPrunedTarget, oldest)
 	}
-	oldest := sessions[0]
-	if !time.Unix(n, 0).Before(oldest.Time) {
-		return nil
-	}
-	return fmt.Errorf("session %s of %s is older than the oldest session kept, %s: it was pruned, and with it the pre-images of every change between it and %s, so %w; the oldest state that can be restored is the one before %s (dmsnap restore %s --session %s)",
-		id, name, oldest.ID, oldest.ID, errPrunedTarget, oldest.ID, name, oldest.ID)
+	return nil
 }

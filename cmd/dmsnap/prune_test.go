@@ -84,17 +84,20 @@ func TestPrunedTarget(t *testing.T) {
 	}
 	infos, err := snapstore.ListSessions(w.store)
 	if err != nil || len(infos) != 1 {
-		t.Fatalf("after prune: %v %v", infos, err)
+		t.Fatalf("after prune: %v %v (the log of pruned sessions must not list as one)", infos, err)
 	}
-	err = prunedTarget(filepath.Base(old), "sdb1", infos)
-	if !errors.Is(err, errPrunedTarget) || !strings.Contains(err.Error(), "older than the oldest session kept, "+filepath.Base(kept)) ||
-		!strings.Contains(err.Error(), "--session "+filepath.Base(kept)) {
+	err = prunedTarget(w.store, filepath.Base(old), "sdb1", infos)
+	if !errors.Is(err, errPrunedTarget) || !strings.Contains(err.Error(), "session "+filepath.Base(old)+" of sdb1 was pruned") ||
+		!strings.Contains(err.Error(), "restore sdb1 --session "+filepath.Base(kept)) {
 		t.Errorf("pruned target: %v", err)
 	}
-	// Not older, another device, not an ID: not a pruned target.
-	for _, id := range []string{filepath.Base(kept), "sdb1_" + "9999999999", "sdc1_1", "sdb1_x", "../sdb1_1"} {
-		if err := prunedTarget(id, "sdb1", infos); err != nil {
+	// Kept, never there, another device, not an ID: not a pruned target.
+	for _, id := range []string{filepath.Base(kept), "sdb1_1", "sdc1_1", "sdb1_x", "../sdb1_1"} {
+		if err := prunedTarget(w.store, id, "sdb1", infos); err != nil {
 			t.Errorf("prunedTarget(%q) = %v, want nil", id, err)
 		}
+	}
+	if code, out, errOut := w.run(t, "", "sessions", "list"); code != exitOK || strings.Contains(out, "pruned") {
+		t.Errorf("sessions list after prune: exit %d\n%s%s", code, out, errOut)
 	}
 }
