@@ -23,7 +23,7 @@ fail=0
 DMSNAP_VM_ENV="DMSNAP_MATRIX=full DMSNAP_MATRIX_ROUNDS=$rounds DMSNAP_SEED=$seed DMSNAP_CRASH_ROUNDS=$rounds DMSNAP_CRASH_ALL=1" \
 	go test -count=1 -timeout 600m -tags vm -exec "$PWD/hack/vm/exec" -v \
 	-run '^(TestMatrix|TestCrashpoints|TestBadInputDevices)$' ./cmd/dmsnap/ >>"$log" 2>&1 || fail=1
-go test -count=1 -v -run '^(TestBadSessionIDs|TestInsecureStoreRefused|TestStateChangesWaitForTheLock|TestPrune.*|TestCheckStore)$' \
+go test -count=1 -v -run '^(TestBadSessionIDs|TestInsecureStoreRefused|TestStateChangesWaitForTheLock|TestInvalidSessionIsNoRestorePoint|TestPrune.*|TestCheckStore)$' \
 	./cmd/dmsnap/ ./session/ >>"$log" 2>&1 || fail=1
 for i in $(seq "$powercuts"); do
 	go test -count=1 -tags vmhost -v -run '^TestPowerCut$' ./cmd/dmsnap/ >>"$log" 2>&1 || fail=1

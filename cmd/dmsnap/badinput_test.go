@@ -6,6 +6,7 @@ package main
 // the error, and that nothing in the state directory or the store changed.
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/snapstore"
 )
 
 // treeDigest fingerprints every file, directory and symlink under roots:
@@ -183,5 +185,71 @@ func TestStateChangesWaitForTheLock(t *testing.T) {
 	}
 	if after := treeDigest(t, w.state, w.store); after != before {
 		t.Error("a command refused for the lock changed something")
+	}
+}
+
+// An invalid session (its snapshot overflowed: pre-images missing) is never
+// a restore point, nor a link of another's chain: restore to it, through
+// it, to a file, as a dry run or as "latest" is refused naming it, and the
+// device is untouched. (No flag lets it in: the CLI has none.)
+func TestInvalidSessionIsNoRestorePoint(t *testing.T) {
+	badInputs := 0
+	defer func() { t.Logf("soak-count bad-inputs %d", badInputs) }()
+	fx := newRestoreFixture(t, []int{1, 2}, []int{2, 3}, []int{4})
+	dir := filepath.Join(fx.store, fx.ids[1])
+	b, err := os.ReadFile(filepath.Join(dir, snapstore.MetaFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := snapstore.ParseMeta(b, snapstore.MetaFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Dmsnap.State, m.Dmsnap.InvalidReason = snapstore.StateInvalid, "snapshot overflowed"
+	if b, err = snapstore.EncodeMeta(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, snapstore.MetaFile), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The newest session invalid too, for "latest".
+	fx2 := newRestoreFixture(t, []int{1}, []int{2})
+	dir2 := filepath.Join(fx2.store, fx2.ids[1])
+	b2, _ := os.ReadFile(filepath.Join(dir2, snapstore.MetaFile))
+	m2, err := snapstore.ParseMeta(b2, snapstore.MetaFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2.Dmsnap.State = snapstore.StateInvalid
+	b2, _ = snapstore.EncodeMeta(m2)
+	os.WriteFile(filepath.Join(dir2, snapstore.MetaFile), b2, 0o644)
+
+	out := filepath.Join(t.TempDir(), "img")
+	for _, tc := range []struct {
+		fx   *restoreFixture
+		args []string
+	}{
+		{fx, []string{fx.dev, "--session", fx.ids[1], "--yes"}},
+		{fx, []string{fx.dev, "--session", fx.ids[0], "--yes"}},
+		{fx, []string{fx.dev, "--session", fx.ids[0], "--dry-run"}},
+		{fx, []string{fx.dev, "--session", fx.ids[0], "--to", out}},
+		{fx2, []string{fx2.dev, "--session", "latest", "--yes"}},
+	} {
+		badInputs++
+		before := tc.fx.device(t)
+		code, stdout, errOut := tc.fx.run(t, nil, tc.args...)
+		if code != exitFailure || !strings.Contains(errOut, "is invalid") || !strings.Contains(errOut, "would not give back the device's old state") {
+			t.Errorf("restore %q through an invalid session: exit %d\n%s%s", tc.args, code, stdout, errOut)
+		}
+		if !bytes.Equal(tc.fx.device(t), before) {
+			t.Errorf("restore %q through an invalid session changed the device", tc.args)
+		}
+		if _, err := os.Stat(out); err == nil {
+			t.Errorf("restore %q through an invalid session wrote %s", tc.args, out)
+		}
+	}
+	// After the invalid one, the chain is whole: restorable.
+	if code, stdout, errOut := fx.run(t, nil, fx.dev, "--session", fx.ids[2], "--yes"); code != exitOK || !bytes.Equal(fx.device(t), fx.states[2]) {
+		t.Errorf("restore to the session after the invalid one: exit %d\n%s%s", code, stdout, errOut)
 	}
 }
