@@ -43,8 +43,9 @@ var ConvertSteps = []string{StepBegin, StepFiles, StepMap, StepData, StepPunch, 
 // convReadBlock bounds one read of the data pass; convReadAhead is how many
 // such reads the cow-layout data pass holds (in flight or being checksummed).
 const (
-	convReadBlock = 1 << 20
-	convReadAhead = 4
+	convReadBlock  = 1 << 20
+	convReadAhead  = 6
+	convCRCWorkers = 2
 )
 
 // ConvertOptions tunes Convert. The zero value is what production uses.
@@ -450,9 +451,11 @@ func writeMapFiles(ctx context.Context, dir string, st State, salvage bool) (*Co
 // crcInCowOrder computes each entry's CRC, reading the COW file once in
 // increasing chunk order; runs of neighbouring chunks are read together.
 // entries must be sorted by new chunk. A reader goroutine keeps the next
-// reads in flight (convReadAhead buffers of len(buf) bytes) while this one
-// checksums, so reading and CRC-32C overlap on two CPUs; the kernel is told
-// the file is read sequentially.
+// reads in flight (convReadAhead buffers of len(buf) bytes) while
+// convCRCWorkers goroutines checksum the blocks read, so reading and
+// CRC-32C overlap on the machine's CPUs; the kernel is told the file is
+// read sequentially. (Chunks larger than a read are summed by one goroutine,
+// in order.)
 func crcInCowOrder(ctx context.Context, r io.ReaderAt, entries []convEntry, cb int64, recSize func(convEntry) int64, buf []byte) error {
 	if f, ok := r.(*os.File); ok {
 		unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL) // a hint: its failure changes nothing
@@ -460,6 +463,7 @@ func crcInCowOrder(ctx context.Context, r io.ReaderAt, entries []convEntry, cb i
 	type block struct {
 		off int64
 		p   []byte
+		k   int // entries[k] is the first entry the block touches
 		err error
 	}
 	free := make(chan []byte, convReadAhead)
@@ -490,7 +494,8 @@ func crcInCowOrder(ctx context.Context, r io.ReaderAt, entries []convEntry, cb i
 				if err != nil {
 					err = fmt.Errorf("read COW data at offset %d: %w", off, err)
 				}
-				full <- block{off: off, p: b[:n], err: err}
+				k := i + int(off/cb-int64(entries[i].new))
+				full <- block{off: off, p: b[:n], k: k, err: err}
 				if err != nil {
 					return
 				}
@@ -499,32 +504,46 @@ func crcInCowOrder(ctx context.Context, r io.ReaderAt, entries []convEntry, cb i
 			i = j
 		}
 	}()
-	// Blocks arrive in increasing offset order and start on chunk
-	// boundaries; k follows them through entries.
-	k := 0
-	for b := range full {
-		if b.err != nil {
-			return b.err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		p, off := b.p, b.off
-		for len(p) > 0 {
-			chunk, within := uint64(off/cb), off%cb
-			for entries[k].new < chunk {
-				k++
-			}
-			take := min(int64(len(p)), cb-within)
-			if size := recSize(entries[k]); within < size {
-				u := min(take, size-within)
-				entries[k].crc = crc32.Update(entries[k].crc, castagnoli, p[:u])
-			}
-			p, off = p[take:], off+take
-		}
-		free <- b.p[:cap(b.p)]
+	workers := convCRCWorkers
+	if cb > int64(len(buf)) {
+		workers = 1 // a chunk spans blocks: sum them in order
 	}
-	return ctx.Err()
+	errs := make(chan error, workers)
+	for range workers {
+		go func() {
+			var err error
+			for b := range full {
+				if err != nil || b.err != nil {
+					err = cmp.Or(err, b.err)
+					cancel()
+					continue // drain
+				}
+				// Blocks start on chunk boundaries or inside a chunk
+				// larger than a block; the entries they touch are
+				// consecutive.
+				p, off, k := b.p, b.off, b.k
+				for len(p) > 0 {
+					within := off % cb
+					take := min(int64(len(p)), cb-within)
+					if size := recSize(entries[k]); within < size {
+						u := min(take, size-within)
+						entries[k].crc = crc32.Update(entries[k].crc, castagnoli, p[:u])
+					}
+					p, off = p[take:], off+take
+					if off%cb == 0 {
+						k++
+					}
+				}
+				free <- b.p[:cap(b.p)]
+			}
+			errs <- err
+		}()
+	}
+	var err error
+	for range workers {
+		err = cmp.Or(err, <-errs)
+	}
+	return cmp.Or(err, ctx.Err())
 }
 
 // copyPacked copies each entry's bytes (sorted by old chunk) to w back to
