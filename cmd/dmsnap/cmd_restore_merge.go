@@ -12,7 +12,7 @@ import (
 // restoreMerge is the --merge part of restoreDevice, after the armed session
 // was closed and p re-planned with it. It reports done once the merge runs
 // (the output written); when the kernel refuses the snapshot-merge table it
-// says so on stderr and returns the fallback record, and the normal restore
+// (or there is no room for its store) says so on stderr and returns the fallback record, and the normal restore
 // goes on.
 func (r *restorer) restoreMerge(p *restore.Plan, chain []snapstore.SessionInfo) (bool, *mergeJSON, error) {
 	cur, err := r.current()
@@ -23,7 +23,7 @@ func (r *restorer) restoreMerge(p *restore.Plan, chain []snapstore.SessionInfo) 
 		return true, nil, fmt.Errorf("%s has no armed session to record the merge (run dmsnap watch, or dmsnap attach %s)", r.name, r.device)
 	}
 	mg, err := r.startMerge(p, chain[0].ID, cur.N)
-	if errors.Is(err, errMergeRefused) {
+	if errors.Is(err, errMergeRefused) || errors.Is(err, errMergeNoSpace) {
 		fmt.Fprintf(r.e.stderr, "dmsnap: no instant restore: %v\ndmsnap: restoring by writing the plan through %s instead (undoable as usual)\n",
 			err, dm.Stack{Name: r.name}.OriginPath())
 		return false, &mergeJSON{Requested: true, FallbackReason: err.Error()}, nil

@@ -63,7 +63,7 @@ type deviceJSON struct {
 	Error           string              `json:"error,omitempty"`
 	Todo            []string            `json:"todo"`
 	Issues          []string            `json:"issues"`
-	Views           []session.View      `json:"views,omitempty"` // open views (dmsnap sessions open)
+	Views           []viewJSON          `json:"views,omitempty"` // open views (dmsnap sessions open)
 	Merge           *mergeJSON          `json:"merge,omitempty"` // an instant restore running (restore --merge)
 }
 
@@ -257,7 +257,7 @@ func printDevice(e *env, d deviceJSON) {
 		fmt.Fprintf(w, "  merge:    %s\n", d.Merge.text())
 	}
 	for _, v := range d.Views {
-		fmt.Fprintf(w, "  view:     %s, before session %s%s\n", viewPath(v), v.ID, map[bool]string{true: ", mounted on " + v.Mount}[v.Mount != ""])
+		fmt.Fprintf(w, "  view:     %s\n", viewText(v))
 	}
 	for _, id := range d.InvalidSessions {
 		fmt.Fprintf(w, "  INVALID session %s: the kernel dropped its snapshot (store full or I/O error); its pre-images are incomplete\n", id)

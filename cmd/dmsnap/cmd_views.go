@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
 )
 
@@ -23,17 +24,78 @@ import (
 // viewPath is /dev/mapper/<the view's name>.
 func viewPath(v session.View) string { return dm.MapperPath(v.DM) }
 
+// viewJSON is an open view in status: its record and what the kernel says.
+type viewJSON struct {
+	session.View
+	// State: active, invalid (the kernel dropped it: its COW could not
+	// take a copy), gone (no device: a reboot removed it), or opening.
+	State        string `json:"state"`
+	CowUsedBytes uint64 `json:"cow_used_bytes,omitempty"`
+}
+
 // viewsOf lists the open views of device name, for status; nil when there
 // are none or the views file cannot be read.
-func viewsOf(state, name string) []session.View {
+func viewsOf(state, name string) []viewJSON {
 	vs, _ := session.LoadViews(state)
-	var out []session.View
+	var out []viewJSON
 	for _, v := range vs {
-		if v.Name == name {
-			out = append(out, v)
+		if v.Name != name {
+			continue
 		}
+		j := viewJSON{View: v, State: "opening"}
+		if !v.Opening {
+			j.State = viewState(v)
+			if st, err := viewStatus(v); err == nil {
+				j.CowUsedBytes = st.Allocated * 512
+			}
+		}
+		out = append(out, j)
 	}
 	return out
+}
+
+func viewStatus(v session.View) (dm.SnapshotStatus, error) {
+	sts, err := dm.Status(v.DM)
+	if err != nil {
+		return dm.SnapshotStatus{}, err
+	}
+	if len(sts) != 1 {
+		return dm.SnapshotStatus{}, fmt.Errorf("%s: %d targets", v.DM, len(sts))
+	}
+	return dm.ParseSnapshotStatus(sts[0].Params)
+}
+
+// viewState is "active", "invalid" or "gone" (see viewJSON).
+func viewState(v session.View) string {
+	st, err := viewStatus(v)
+	switch {
+	case errors.Is(err, dm.ErrNotFound):
+		return "gone"
+	case err != nil:
+		return "unknown"
+	case !st.Valid():
+		return "invalid"
+	}
+	return "active"
+}
+
+// viewText is a view's line in status.
+func viewText(v viewJSON) string {
+	s := fmt.Sprintf("%s, before session %s", viewPath(v.View), v.ID)
+	switch v.State {
+	case "opening":
+		s += ", OPENING (interrupted? dmsnap sessions close " + v.ID + " cleans it up)"
+	case "gone":
+		s += ", GONE (a reboot removes views: dmsnap sessions open " + v.ID + " makes it again, sessions close removes its record and COW)"
+	case "invalid":
+		s += ", INVALID (the kernel dropped it: its COW in the state directory could not take a copy; close it)"
+	default:
+		s += ", COW " + humanBytes(v.CowUsedBytes)
+		if v.Mount != "" {
+			s += ", mounted on " + v.Mount
+		}
+	}
+	return s
 }
 
 func findView(vs []session.View, id string) int {
@@ -112,6 +174,9 @@ func runSessionsMount(e *env, args []string) error {
 		return err
 	}
 	if err := unix.Mount(viewPath(v), dir, fstype, unix.MS_RDONLY, opts); err != nil {
+		if fstype == "btrfs" {
+			return btrfsMountError(v, dir, err)
+		}
 		return fmt.Errorf("mount %s (%s, ro,%s) on %s: %w; the view stays open (dmsnap sessions close %s)", viewPath(v), fstype, opts, dir, err, v.ID)
 	}
 	vs, err := session.LoadViews(e.state)
@@ -125,7 +190,25 @@ func runSessionsMount(e *env, args []string) error {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "%s (before session %s) mounted read-only on %s\n", viewPath(v), v.ID, dir)
+	if fstype == "btrfs" {
+		fmt.Fprintf(e.stdout, "note: while this btrfs view is mounted, %s cannot be mounted (same fsid: the kernel refuses it); unmount the view first (dmsnap sessions close %s)\n",
+			dm.Stack{Name: v.Name}.OriginPath(), v.ID)
+	}
 	return nil
+}
+
+// btrfsMountError explains a refused btrfs view mount. A view is a copy of
+// the device: same fsid, same devid. Linux before 6.7 (no temp-fsid) keeps
+// one device per btrfs fsid and devid: while the origin is mounted the
+// kernel refuses the view with EEXIST and logs "duplicate device" (seen on
+// 6.1); with the origin unmounted it takes the view, and then refuses the
+// origin until the view is unmounted. Changing the view's fsid would write
+// to it, and a view is exact by promise.
+func btrfsMountError(v session.View, dir string, err error) error {
+	return fmt.Errorf("mount %s (btrfs, ro) on %s: %w: the kernel refuses a btrfs that has the same fsid (UUID) as one it already knows, "+
+		"and a view has the same fsid as dmsnap-%s (Linux before 6.7 keeps one device per btrfs fsid; see \"duplicate device\" in the kernel log). "+
+		"The view stays open and exact at %s: copy files out without mounting it (btrfs restore %s DIR), or copy the device; dmsnap sessions close %s removes it",
+		viewPath(v), dir, err, v.Name, viewPath(v), viewPath(v), v.ID)
 }
 
 // viewFS finds the file system on dev and the mount options that keep it
@@ -146,7 +229,9 @@ func viewFS(dev string) (fstype, opts string, err error) {
 	case string(b[0:4]) == "XFSB":
 		return "xfs", "norecovery,nouuid", nil
 	case string(b[0x10040:0x10048]) == "_BHRfS_M":
-		return "btrfs", "", nil
+		// A read-only btrfs mount still replays the log tree, which
+		// writes.
+		return "btrfs", "nologreplay", nil
 	}
 	return "", "", fmt.Errorf("%s: no ext4, xfs or btrfs file system found; the view is open, use the device directly", dev)
 }
@@ -159,7 +244,18 @@ func openView(e *env, id string) (session.View, error) {
 		return session.View{}, err
 	}
 	if i := findView(vs, id); i >= 0 {
-		return vs[i], nil
+		if !vs[i].Opening && viewState(vs[i]) != "gone" {
+			return vs[i], nil
+		}
+		// An open that a crash interrupted, or a view a reboot removed:
+		// clean up what is left, then open again.
+		if err := dropView(vs[i]); err != nil {
+			return session.View{}, fmt.Errorf("cleaning up an interrupted open of the view of %s: %w", id, err)
+		}
+		vs = append(vs[:i], vs[i+1:]...)
+		if err := session.SaveViews(e.state, vs); err != nil {
+			return session.View{}, err
+		}
 	}
 	r := &restorer{e: e, f: restoreFlags{session: id}}
 	defer r.close()
@@ -213,8 +309,11 @@ func openView(e *env, id string) (session.View, error) {
 	if err != nil {
 		return session.View{}, err
 	}
+	if err := r.cowSpace(p, filepath.Join(e.state, "views"), "the view's COW"); err != nil {
+		return session.View{}, err
+	}
 
-	v := session.View{ID: id, Name: r.name, DM: viewName(r.name, id), COW: filepath.Join(e.state, "views", id+".cow")}
+	v := session.View{ID: id, Name: r.name, DM: viewName(r.name, id), COW: filepath.Join(e.state, "views", id+".cow"), Opening: true}
 	if err := dm.ValidateName(strings.TrimPrefix(v.DM, dm.Prefix)); err != nil {
 		return session.View{}, fmt.Errorf("view name %s: %w", v.DM, err)
 	}
@@ -225,13 +324,24 @@ func openView(e *env, id string) (session.View, error) {
 	if err := os.MkdirAll(filepath.Dir(v.COW), 0o700); err != nil {
 		return session.View{}, err
 	}
-	cow, err := os.OpenFile(v.COW, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
+	// The record first, marked opening: whatever a crash leaves from here
+	// on is found by the next open or close of this view (or named by
+	// deactivate), and cleaned up.
+	if err := session.SaveViews(e.state, append(vs, v)); err != nil {
 		return session.View{}, err
 	}
 	fail := func(err error) (session.View, error) {
-		os.Remove(v.COW)
+		if derr := dropView(v); derr != nil {
+			return session.View{}, errors.Join(err, fmt.Errorf("undoing the open left pieces (dmsnap sessions close %s retries): %w", id, derr))
+		}
+		if serr := session.SaveViews(e.state, vs); serr != nil {
+			return session.View{}, errors.Join(err, serr)
+		}
 		return session.View{}, err
+	}
+	cow, err := os.OpenFile(v.COW, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fail(err)
 	}
 	src, err := os.Open(stack.RealPath())
 	if err != nil {
@@ -258,9 +368,9 @@ func openView(e *env, id string) (session.View, error) {
 	if err := stackView(stack, v.DM, real, loop.Dev, r.active.ChunkSectors()); err != nil {
 		return fail(err)
 	}
-	vs = append(vs, v)
-	if err := session.SaveViews(e.state, vs); err != nil {
-		return v, fmt.Errorf("view %s is up but not recorded: %w", viewPath(v), err)
+	v.Opening = false
+	if err := session.SaveViews(e.state, append(vs, v)); err != nil {
+		return v, fmt.Errorf("view %s is up but still recorded as opening (dmsnap sessions close %s removes it): %w", viewPath(v), id, err)
 	}
 	return v, nil
 }
@@ -327,6 +437,50 @@ func runSessionsClose(e *env, args []string) error {
 			return fmt.Errorf("unmount %s: %w", v.Mount, err)
 		}
 	}
+	if err := dropView(v); err != nil {
+		return err
+	}
+	vs = append(vs[:i], vs[i+1:]...)
+	if err := session.SaveViews(e.state, vs); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "closed the view of %s (%s)\n", v.ID, viewPath(v))
+	return nil
+}
+
+// cowSpaceMargin is the free space a COW written from a plan leaves on its
+// file system: the state directory lives there too, and the kernel copies
+// into a view's COW what the origin overwrites while the view is open.
+const cowSpaceMargin = 64 << 20
+
+// cowSpace checks that the file system of dir (made if missing) has room
+// for a COW holding plan p's chunks, plus cowSpaceMargin. A view's COW may
+// grow beyond that while the origin is written; when the file system fills
+// up, the kernel drops the view (status shows it INVALID), never the origin.
+func (r *restorer) cowSpace(p *restore.Plan, dir, what string) error {
+	sum, err := p.Summarize(r.e.ctx)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("%s: %w", dir, err)
+	}
+	free := st.Bavail * uint64(st.Bsize)
+	need := sum.Bytes + uint64(r.active.ChunkSize)*uint64(sum.Runs) + cowSpaceMargin
+	if free < need {
+		return fmt.Errorf("not enough space for %s in %s: it needs about %s, %s is free; free some space there, or use another --state directory",
+			what, dir, humanBytes(need), humanBytes(free))
+	}
+	return nil
+}
+
+// dropView removes whatever of view v exists: its device, the loop device
+// of its COW, the COW file. It refuses an open (mounted) view device.
+func dropView(v session.View) error {
 	if err := removeView(dm.Stack{Name: v.Name}, v.DM); err != nil {
 		return err
 	}
@@ -336,11 +490,6 @@ func runSessionsClose(e *env, args []string) error {
 	if err := os.Remove(v.COW); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	vs = append(vs[:i], vs[i+1:]...)
-	if err := session.SaveViews(e.state, vs); err != nil {
-		return err
-	}
-	fmt.Fprintf(e.stdout, "closed the view of %s (%s)\n", v.ID, viewPath(v))
 	return nil
 }
 

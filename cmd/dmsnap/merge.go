@@ -158,9 +158,19 @@ func (mj *mergeJSON) text() string {
 	return fmt.Sprintf("to the state before %s: recorded, but the origin is not merging (dmsnap watch cleans it up)", mj.Session)
 }
 
+// loadMergeTable loads the origin as snapshot-merge; a variable so that a
+// VM test can play a kernel that refuses the table.
+var loadMergeTable = func(s dm.Stack, cow string, chunkSectors uint32) error {
+	return s.StartMerge(cow, chunkSectors)
+}
+
 // errMergeRefused wraps a kernel refusal of the snapshot-merge table: the
 // restore then falls back to writing the plan.
 var errMergeRefused = errors.New("the kernel refused the snapshot-merge table")
+
+// errMergeNoSpace: no room for the merge store in the state directory; the
+// normal restore, which needs none, runs instead.
+var errMergeNoSpace = errors.New("no room for the merge store")
 
 // startMerge writes the plan p as the merge store and loads the origin as
 // snapshot-merge over it. The armed session (recording) was armed after the
@@ -184,6 +194,9 @@ func (r *restorer) startMerge(p *restore.Plan, target string, recording int) (*s
 	real, err := dm.Inspect(stack.RealPath())
 	if err != nil {
 		return nil, err
+	}
+	if err := r.cowSpace(p, filepath.Join(r.e.state, "merges"), "the merge store"); err != nil {
+		return nil, fmt.Errorf("%w: %w", errMergeNoSpace, err)
 	}
 	mg := session.Merge{Device: r.name, Session: target, Recording: recording, Started: time.Now().UTC(), Phase: session.MergeStarting,
 		COW: filepath.Join(r.e.state, "merges", r.name+".cow")}
@@ -226,7 +239,7 @@ func (r *restorer) startMerge(p *restore.Plan, target string, recording int) (*s
 	if err := session.SaveMerges(r.e.state, append(ms, mg)); err != nil {
 		return drop(err)
 	}
-	if err := stack.StartMerge(loop.Path, r.active.ChunkSectors()); err != nil {
+	if err := loadMergeTable(stack, loop.Path, r.active.ChunkSectors()); err != nil {
 		if serr := session.SaveMerges(r.e.state, ms); serr != nil {
 			return nil, errors.Join(err, serr)
 		}

@@ -195,4 +195,32 @@ func TestMergeRestore(t *testing.T) {
 	if got := hash(t, d.origin); got != after {
 		t.Fatalf("after undoing the merge restore (session %s): %s, want %s", m[1], got, after)
 	}
+
+	// A kernel that refuses the snapshot-merge table: the normal restore
+	// runs instead, says so, and is undoable as usual.
+	loadMergeTable = func(s dm.Stack, _ string, _ uint32) error {
+		return &dm.Error{Op: "load table", Device: s.OriginName(), Err: unix.EINVAL}
+	}
+	t.Cleanup(func() { loadMergeTable = func(s dm.Stack, cow string, c uint32) error { return s.StartMerge(cow, c) } })
+	code, out = d.restore(d.name, "--session", first, "--merge", "--yes", "--json")
+	if code != 0 {
+		t.Fatalf("restore --merge, refused: exit %d: %s", code, out)
+	}
+	res = restoreResult{}
+	if err := json.Unmarshal([]byte(out[:strings.LastIndex(out, "}")+1]), &res); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if res.Merge == nil || res.Merge.Started || !strings.Contains(res.Merge.FallbackReason, "refused") || !res.Undoable || res.Undo == "" ||
+		!strings.Contains(out, "no instant restore") {
+		t.Fatalf("refused merge did not fall back to a normal restore: %s", out)
+	}
+	if got := hash(t, d.origin); got != before {
+		t.Fatalf("after the fallback restore: %s, want %s", got, before)
+	}
+	if merging, err := stack.Merging(); err != nil || merging {
+		t.Fatalf("merging after a refused merge: %v", err)
+	}
+	if ms, _ := session.LoadMerges(d.state); len(ms) != 0 {
+		t.Fatalf("merge records after a refused merge: %+v", ms)
+	}
 }
