@@ -472,6 +472,9 @@ func (r *restorer) dryRun(sessions []snapstore.SessionInfo, target int) error {
 	res := r.result(chain)
 	res.DryRun, res.Summary, res.Warnings = true, sum, append(res.Warnings, warns...)
 	res.ArmedCloses = r.active != nil
+	if r.f.merge {
+		res.Merge = &mergeJSON{Requested: true}
+	}
 	if r.f.json {
 		return writeJSON(r.e.stdout, res)
 	}
@@ -483,6 +486,9 @@ func (r *restorer) dryRun(sessions []snapstore.SessionInfo, target int) error {
 	}
 	if r.active != nil {
 		fmt.Fprintf(w, "%s is activated: the restore first closes its armed session, whose pre-images then join the plan.\n", r.name)
+	}
+	if r.f.merge {
+		fmt.Fprintln(w, "--merge: the plan would be loaded as a snapshot-merge in place of the origin (instant), or written as usual where the kernel refuses it.")
 	}
 	fmt.Fprintln(w, "Nothing was written.")
 	return nil
