@@ -2,9 +2,8 @@
 # make bench: builds hack/bench/benchtool (static) and runs `benchtool all`
 # in the test guest (10 GiB of memory), then files its report under
 # hack/bench/out/: bench.md, bench.json and the full log.
-#   hack/bench/run.sh [-scale N] [-write-only]
-#   (-scale N > 1 shrinks every size: a quick trial; -write-only adds a
-#   restore -skip-verify run)
+#   hack/bench/run.sh [-scale N] [-parts convert,restore,write,sweep]
+#   (-scale N > 1 shrinks every size: a quick trial; -parts runs only some)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -12,10 +11,12 @@ out=$here/out
 mkdir -p "$out"
 cd "$top"
 CGO_ENABLED=0 go build -trimpath -o "$out/benchtool" ./hack/bench/benchtool
+# The write-cost part runs the real CLI (dmsnap activate/deactivate).
+CGO_ENABLED=0 go build -trimpath -o "$out/dmsnap" ./cmd/dmsnap
 log=$out/bench.log
 set +e
 DMSNAP_VM_MEM=${DMSNAP_VM_MEM:-10G} DMSNAP_VM_TIMEOUT=${DMSNAP_VM_TIMEOUT:-1500} \
-	"$top/hack/vm/run" --file "$out/benchtool:/work/benchtool" -- /work/benchtool all "$@" 2>&1 | tee "$log"
+	"$top/hack/vm/run" --file "$out/benchtool:/work/benchtool" --file "$out/dmsnap:/usr/bin/dmsnap" -- /work/benchtool all "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 [ "$rc" = 0 ] || { echo "bench: the guest run failed (exit $rc); see $log" >&2; exit "$rc"; }

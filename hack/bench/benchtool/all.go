@@ -78,13 +78,14 @@ type ConvRow struct {
 
 // RestoreRun is one restore of the plan.
 type RestoreRun struct {
-	Name       string  `json:"name"`
-	Measure    Measure `json:"measure"`
-	Bytes      uint64  `json:"bytes"`
-	Writes     int64   `json:"writes"`
-	MBps       float64 `json:"mb_per_s"`
-	RatioVsDD  float64 `json:"throughput_over_dd"`
-	DeviceOKed bool    `json:"device_checked"`
+	Name       string     `json:"name"`
+	Measure    Measure    `json:"measure"`
+	Bytes      uint64     `json:"bytes"`
+	Writes     int64      `json:"writes"`
+	MBps       float64    `json:"mb_per_s"`
+	RatioVsDD  float64    `json:"throughput_over_dd"`
+	Phases     []stepTime `json:"phases"` // wall time of each part of the restore
+	DeviceOKed bool       `json:"device_checked"`
 }
 
 // Report is the whole run.
@@ -106,6 +107,13 @@ type Report struct {
 	// a conversion computes CRC-32C over every pre-image byte.
 	CRC32CMBps float64 `json:"crc32c_mb_per_s"`
 	SHA256MBps float64 `json:"sha256_mb_per_s"`
+	// Write cost and the chunk size sweep.
+	WriteDevice int64      `json:"write_device_bytes,omitempty"`
+	UntarBytes  int64      `json:"untar_bytes,omitempty"`
+	Write       []WriteRow `json:"write,omitempty"`
+	SweepDevice int64      `json:"sweep_device_bytes,omitempty"`
+	SweepRegion int64      `json:"sweep_random_region_bytes,omitempty"`
+	Sweep       []WriteRow `json:"sweep,omitempty"`
 }
 
 func logf(format string, args ...any) {
@@ -160,9 +168,13 @@ func measure(name string, args ...string) (Measure, []byte, error) {
 func runAll(args []string) error {
 	fs := flag.NewFlagSet("all", flag.ContinueOnError)
 	scale := fs.Int64("scale", 1, "divide every size by this (a quick trial)")
-	writeOnly := fs.Bool("write-only", false, "also time a restore with -skip-verify (slow in the guest: random 4 KiB reads of cold blocks.dat)")
+	partsFlag := fs.String("parts", "convert,restore,write,sweep", "which parts to run (comma-separated)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	parts := map[string]bool{}
+	for _, p := range strings.Split(*partsFlag, ",") {
+		parts[p] = true
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -207,8 +219,10 @@ func runAll(args []string) error {
 	logf("store: ext4 on %s at %s", storeLoop.Path, storeMount)
 
 	// 1. Conversion against cp of the same cow.img.
-	var ddSource string
 	for i, size := range []int64{1 << 20, 64 << 20, 1 << 30} {
+		if !parts["convert"] {
+			break
+		}
 		size /= *scale
 		size = max(size, 1<<20)
 		chunks := uint64(size / chunkSize)
@@ -239,11 +253,43 @@ func runAll(args []string) error {
 		row.Ratio = row.Convert.Seconds / row.Cp.Seconds
 		logf("convert %d MiB: convert %.3fs (peak %d KiB, ru_maxrss %d KiB), cp %.3fs, ratio %.3f, read %.3fs", size>>20, row.Convert.Seconds, row.Convert.PeakKB, row.Convert.MaxRSSKB, row.Cp.Seconds, row.Ratio, row.Read.Seconds)
 		rep.Conversion = append(rep.Conversion, row)
-		ddSource = filepath.Join(dir, "blocks.dat")
 	}
+	if parts["restore"] {
+		if err := benchRestore(&rep, self, *scale); err != nil {
+			return err
+		}
+	}
+	if parts["write"] {
+		if err := benchWrite(&rep, *scale); err != nil {
+			return err
+		}
+	}
+	if parts["sweep"] {
+		if err := benchSweep(&rep, *scale); err != nil {
+			return err
+		}
+	}
+	rep.TotalSeconds = time.Since(rep.Started).Seconds()
 
-	// 2. Restore of a 3-session plan against dd of as many bytes.
-	devSize := max(int64(1<<30) / *scale, 16<<20)
+	js, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	fmt.Println("@@BENCH-MD-BEGIN@@")
+	writeMarkdown(os.Stdout, rep)
+	fmt.Println("@@BENCH-MD-END@@")
+	fmt.Println("@@BENCH-JSON-BEGIN@@")
+	fmt.Println(string(js))
+	fmt.Println("@@BENCH-JSON-END@@")
+	return nil
+}
+
+// benchRestore times restore.Plan.Apply of a 3-session plan, with and
+// without its verify pass, against dd of as many bytes from a file of the
+// same store to the same target.
+func benchRestore(rep *Report, self string, scale int64) error {
+
+	devSize := max(int64(1<<30)/scale, 16<<20)
 	n := uint64(devSize / chunkSize)
 	ranges := [][2]uint64{{0, n * 34 / 100}, {n * 33 / 100, n * 67 / 100}, {n * 66 / 100, n}}
 	var dirs []string
@@ -271,6 +317,13 @@ func runAll(args []string) error {
 	defer target.Close()
 	logf("restore: %d sessions, %d MiB of pre-images, target %s (%d MiB)", len(dirs), rep.RestorePre>>20, target.Path, devSize>>20)
 
+	// dd's source: a file of devSize bytes of pre-image-like data on the
+	// same store, written and synced before (the cache is dropped before
+	// every timed step).
+	ddSource := filepath.Join(storeMount, "dd-source.img")
+	if err := writeDDSource(ddSource, devSize); err != nil {
+		return err
+	}
 	// Every run starts from an empty target (blkdiscard punches the backing
 	// file), so each allocates the same tmpfs pages.
 	ddCount := devSize >> 20
@@ -284,19 +337,15 @@ func runAll(args []string) error {
 	rep.DDMBps = float64(rep.DDBytes) / 1e6 / rep.DD.Seconds
 	logf("dd: %d MiB in %.3fs (%.1f MB/s)", ddCount, rep.DD.Seconds, rep.DDMBps)
 
-	runs := []bool{false}
-	if *writeOnly {
-		runs = append(runs, true)
-	}
-	for _, skip := range runs {
+	for _, skip := range []bool{false, true} {
 		if err := run("blkdiscard", target.Path); err != nil {
 			return err
 		}
 		args := []string{"restore", "-target", target.Path}
-		name := "restore (verify, then write)"
+		name := "restore (verify pass, then write pass)"
 		if skip {
 			args = append(args, "-skip-verify")
-			name = "restore -skip-verify (write only)"
+			name = "restore without the verify pass (records checked as written)"
 		}
 		m, out, err := measure(self, append(args, dirs...)...)
 		if err != nil {
@@ -306,28 +355,37 @@ func runAll(args []string) error {
 		if err := json.Unmarshal(out, &ro); err != nil {
 			return fmt.Errorf("restore output %q: %w", out, err)
 		}
-		rr := RestoreRun{Name: name, Measure: m, Bytes: ro.Bytes, Writes: ro.Writes, MBps: float64(ro.Bytes) / 1e6 / m.Seconds}
+		rr := RestoreRun{Name: name, Measure: m, Bytes: ro.Bytes, Writes: ro.Writes, MBps: float64(ro.Bytes) / 1e6 / m.Seconds, Phases: ro.Phases}
 		rr.RatioVsDD = rr.MBps / rep.DDMBps
 		if err := checkRestored(target.Path, devSize, ranges); err != nil {
 			return err
 		}
 		rr.DeviceOKed = true
-		logf("%s: %d MiB in %.3fs (%.1f MB/s, %.2f× dd), peak %d KiB, ru_maxrss %d KiB", name, ro.Bytes>>20, m.Seconds, rr.MBps, rr.RatioVsDD, m.PeakKB, m.MaxRSSKB)
+		logf("%s: %d MiB in %.3fs (%.1f MB/s, %.2f× dd), peak %d KiB, ru_maxrss %d KiB, phases %v", name, ro.Bytes>>20, m.Seconds, rr.MBps, rr.RatioVsDD, m.PeakKB, m.MaxRSSKB, ro.Phases)
 		rep.Restores = append(rep.Restores, rr)
 	}
-	rep.TotalSeconds = time.Since(rep.Started).Seconds()
+	return os.Remove(ddSource)
+}
 
-	js, err := json.MarshalIndent(rep, "", "  ")
+// writeDDSource writes size bytes of the benchmark's chunk data to path and
+// syncs it.
+func writeDDSource(path string, size int64) error {
+	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
-	fmt.Println("@@BENCH-MD-BEGIN@@")
-	writeMarkdown(os.Stdout, rep)
-	fmt.Println("@@BENCH-MD-END@@")
-	fmt.Println("@@BENCH-JSON-BEGIN@@")
-	fmt.Println(string(js))
-	fmt.Println("@@BENCH-JSON-END@@")
-	return nil
+	defer f.Close()
+	tmpl := template()
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		for i := 0; i < len(buf); i += chunkSize {
+			chunkData(buf[i:i+chunkSize], tmpl, uint64(off+int64(i))/chunkSize, 7)
+		}
+		if _, err := f.Write(buf[:min(int64(len(buf)), size-off)]); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
 }
 
 func sparse(path string, size int64) error {
@@ -383,6 +441,36 @@ func checkRestored(dev string, size int64, ranges [][2]uint64) error {
 func writeMarkdown(w io.Writer, r Report) {
 	fmt.Fprintf(w, "# dmsnap bench (%s, kernel %s)\n\n", r.Started.Format(time.RFC3339), r.Kernel)
 	fmt.Fprintf(w, "Store: %s; chunks of %d bytes. Page cache dropped before every timed step; each step is a child process. Time = wall clock. Peak RSS = the child's VmHWM as it exits; in parentheses wait4's ru_maxrss, which Go's vfork-style start floors at the parent's RSS.\n\n", r.Store, r.ChunkSize)
+	if len(r.Conversion) > 0 {
+		writeConvMarkdown(w, r)
+	}
+	if len(r.Restores) > 0 {
+		writeRestoreMarkdown(w, r)
+	}
+	writeMoreMarkdown(w, r)
+	fmt.Fprintf(w, "\nTotal %.0f s.\n", r.TotalSeconds)
+}
+
+func writeRestoreMarkdown(w io.Writer, r Report) {
+	fmt.Fprintf(w, "\n## Restore (restore.Plan.Apply, %d sessions, %s of pre-images, %s device) vs dd of the same bytes\n\n", r.RestoreSess, mib(r.RestorePre), mib(r.RestoreDev))
+	fmt.Fprintf(w, "Baseline: `dd if=FILE of=TARGET bs=1M conv=fsync` where FILE is a %s file on the same store and TARGET the same loop device (over a tmpfs file) the restores write; page cache dropped before each run, target discarded before each run.\n\n", mib(int64(r.DDBytes)))
+	fmt.Fprintf(w, "| run | bytes written | time | MB/s | throughput / dd | peak RSS (ru_maxrss) |\n|---|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(w, "| dd (baseline) | %s | %.3f s | %.1f | 1.00 | (%.1f MiB) |\n", mib(int64(r.DDBytes)), r.DD.Seconds, r.DDMBps, float64(r.DD.MaxRSSKB)/1024)
+	for _, x := range r.Restores {
+		fmt.Fprintf(w, "| %s | %s | %.3f s | %.1f | **%.2f** | %.1f MiB (%.1f) |\n", x.Name, mib(int64(x.Bytes)), x.Measure.Seconds, x.MBps, x.RatioVsDD, x.Measure.peak(), float64(x.Measure.MaxRSSKB)/1024)
+	}
+	for _, x := range r.Restores {
+		var parts []string
+		for _, st := range x.Phases {
+			parts = append(parts, fmt.Sprintf("%s %.3f s", st.Step, st.Seconds))
+		}
+		fmt.Fprintf(w, "\n%s: %s.\n", x.Name, strings.Join(parts, ", "))
+	}
+	fmt.Fprintf(w, "\nEvery cow.img holds its chunks in a random order (the order of first writes), so blocks.dat (layout cow: the COW file renamed) is in that order too: the worst case for a restore, which writes in device order. The verify pass reads each session's blocks.dat in file order (sequential reads of up to 1 MiB, records sorted by offset one segment of 65536 chunks at a time, CRC-32C on two goroutines), which also leaves the data in the page cache for the write pass; the write pass reads in device order in one goroutine while another writes 1 MiB runs. Without the verify pass the write pass reads cold blocks.dat at random offsets (4 KiB each) and checks each record as it reads it.\n")
+	fmt.Fprintf(w, "\nRestored device checked chunk by chunk after each restore.\n")
+}
+
+func writeConvMarkdown(w io.Writer, r Report) {
 	fmt.Fprintf(w, "## Conversion (snapstore.Convert) vs `cp cow.img copy.img && sync`\n\n")
 	fmt.Fprintf(w, "| pre-images | records | convert | cp | convert/cp | convert peak RSS (ru_maxrss) | read cow.img once (dd to /dev/null) | convert/read | cow.img written by CowWriter |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range r.Conversion {
@@ -397,14 +485,6 @@ func writeMarkdown(w io.Writer, r Report) {
 		}
 		fmt.Fprintf(w, "\nConversion steps at %s: %s.\n", mib(c.PreImageBytes), strings.Join(parts, ", "))
 	}
-	fmt.Fprintf(w, "\n## Restore (restore.Plan.Apply, %d sessions, %s of pre-images, %s device) vs `dd bs=1M conv=fsync`\n\n", r.RestoreSess, mib(r.RestorePre), mib(r.RestoreDev))
-	fmt.Fprintf(w, "| run | bytes written | time | MB/s | throughput / dd | peak RSS (ru_maxrss) |\n|---|---:|---:|---:|---:|---:|\n")
-	fmt.Fprintf(w, "| dd (baseline) | %s | %.3f s | %.1f | 1.00 | (%.1f MiB) |\n", mib(int64(r.DDBytes)), r.DD.Seconds, r.DDMBps, float64(r.DD.MaxRSSKB)/1024)
-	for _, x := range r.Restores {
-		fmt.Fprintf(w, "| %s | %s | %.3f s | %.1f | **%.2f** | %.1f MiB (%.1f) |\n", x.Name, mib(int64(x.Bytes)), x.Measure.Seconds, x.MBps, x.RatioVsDD, x.Measure.peak(), float64(x.Measure.MaxRSSKB)/1024)
-	}
-	fmt.Fprintf(w, "\nEvery cow.img holds its chunks in a random order (the order of first writes), so blocks.dat (layout cow: the COW file renamed) is in that order too and restore, which writes in device order, reads it at random offsets: the worst case for its reads.\n")
-	fmt.Fprintf(w, "\nRestored device checked chunk by chunk after each restore. Total %.0f s.\n", r.TotalSeconds)
 }
 
 func mib(b int64) string {

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	"github.com/dmsnap/dmsnap/restore"
@@ -109,8 +110,25 @@ func runSession(args []string) error {
 }
 
 func runConvert(args []string) error {
+	fs := flag.NewFlagSet("convert", flag.ContinueOnError)
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile (pprof) to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	args = fs.Args()
 	if len(args) != 1 {
-		return errors.New("usage: convert DIR")
+		return errors.New("usage: convert [-cpuprofile FILE] DIR")
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	// Each step's wall time, for the report: where a conversion spends it.
 	var steps []stepTime
@@ -138,8 +156,30 @@ const stepsPrefix = "benchtool-steps "
 
 // restoreOut is what the restore child reports on stdout.
 type restoreOut struct {
-	Bytes  uint64 `json:"bytes"`
-	Writes int64  `json:"writes"`
+	Bytes  uint64     `json:"bytes"`
+	Writes int64      `json:"writes"`
+	Phases []stepTime `json:"phases"`
+}
+
+// phases is a restore.Progress that times each phase (plan and open are
+// the time before the first phase).
+type phases struct {
+	last  time.Time
+	steps []stepTime
+}
+
+func (p *phases) Begin(phase string, _ uint64) {
+	now := time.Now()
+	p.steps = append(p.steps, stepTime{Step: "plan", Seconds: now.Sub(p.last).Seconds()})
+	p.steps[len(p.steps)-1].Step = "before " + phase
+	p.steps = append(p.steps, stepTime{Step: phase})
+	p.last = now
+}
+func (p *phases) Add(uint64) {}
+func (p *phases) End() {
+	now := time.Now()
+	p.steps[len(p.steps)-1].Seconds = now.Sub(p.last).Seconds()
+	p.last = now
 }
 
 func runRestore(args []string) error {
@@ -170,9 +210,10 @@ func runRestore(args []string) error {
 		return err
 	}
 	defer dst.Close()
-	res, err := plan.Apply(context.Background(), dst, restore.ApplyOptions{SkipVerify: *skip})
+	ph := &phases{last: time.Now()}
+	res, err := plan.Apply(context.Background(), dst, restore.ApplyOptions{SkipVerify: *skip, Progress: ph})
 	if err != nil {
 		return err
 	}
-	return json.NewEncoder(os.Stdout).Encode(restoreOut{Bytes: res.Bytes, Writes: res.Writes})
+	return json.NewEncoder(os.Stdout).Encode(restoreOut{Bytes: res.Bytes, Writes: res.Writes, Phases: ph.steps})
 }
