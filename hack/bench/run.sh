@@ -22,6 +22,7 @@ set -e
 [ "$rc" = 0 ] || { echo "bench: the guest run failed (exit $rc); see $log" >&2; exit "$rc"; }
 sed -n '/@@BENCH-MD-BEGIN@@/,/@@BENCH-MD-END@@/p' "$log" | sed '1d;$d' >"$out/bench.md"
 sed -n '/@@BENCH-JSON-BEGIN@@/,/@@BENCH-JSON-END@@/p' "$log" | sed '1d;$d' >"$out/bench.json"
+sed -n '/@@BENCH-PROF-BEGIN@@/,/@@BENCH-PROF-END@@/p' "$log" | sed '1d;$d' | base64 -d >"$out/convert.prof" 2>/dev/null || rm -f "$out/convert.prof"
 [ -s "$out/bench.md" ] && [ -s "$out/bench.json" ] || { echo "bench: no report in $log" >&2; exit 1; }
 echo
 echo "bench: report in $out/bench.md and $out/bench.json"

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -244,7 +245,13 @@ func runAll(args []string) error {
 		if err := os.Remove(cp); err != nil {
 			return err
 		}
-		if row.Convert, _, err = measure(self, "convert", dir); err != nil {
+		convArgs := []string{"convert", dir}
+		if i == 1 {
+			// The middle size is profiled (pprof, 100 samples a second);
+			// run.sh files the profile as out/convert.prof.
+			convArgs = []string{"convert", "-cpuprofile", profPath, dir}
+		}
+		if row.Convert, _, err = measure(self, convArgs...); err != nil {
 			return err
 		}
 		if _, err := os.Stat(filepath.Join(dir, "meta.json")); err != nil {
@@ -281,8 +288,16 @@ func runAll(args []string) error {
 	fmt.Println("@@BENCH-JSON-BEGIN@@")
 	fmt.Println(string(js))
 	fmt.Println("@@BENCH-JSON-END@@")
+	if prof, err := os.ReadFile(profPath); err == nil {
+		fmt.Println("@@BENCH-PROF-BEGIN@@")
+		fmt.Println(base64.StdEncoding.EncodeToString(prof))
+		fmt.Println("@@BENCH-PROF-END@@")
+	}
 	return nil
 }
+
+// profPath is where the profiled conversion writes its CPU profile.
+const profPath = benchRoot + "/convert.prof"
 
 // benchRestore times restore.Plan.Apply of a 3-session plan, with and
 // without its verify pass, against dd of as many bytes from a file of the
