@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/restore"
@@ -45,7 +46,7 @@ func (r *restorer) restoreMerge(p *restore.Plan, chain []snapstore.SessionInfo) 
 	w := r.e.stdout
 	fmt.Fprintf(w, "Restored %s to its state before session %s instantly: %s shows it now, and the kernel copies %s from %d session(s) back in the background (dmsnap status shows how far; dmsnap watch puts the stack back when it is done).\n",
 		r.name, chain[0].ID, origin, restore.FormatBytes(sum.Bytes), len(chain))
-	fmt.Fprintf(w, "To undo: session %d records what the merge overwrites; once it is closed (dmsnap watch closes it after the merge, or the next unmount does), restore it: dmsnap sessions list %s shows it as the newest.\n",
-		mg.Recording, r.name)
+	fmt.Fprintf(w, "This restore can be undone: session %d (armed at %s UTC) records what the merge overwrites. Once it has closed (dmsnap watch closes it when the merge is done, unless the device is mounted; then the unmount does), restore it: it is the first session of %s after this restore in dmsnap sessions list %s; dmsnap watch also logs the command.\n",
+		mg.Recording, cur.Armed.UTC().Format(time.TimeOnly), r.name, r.name)
 	return true, nil, nil
 }

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
@@ -249,6 +251,12 @@ func (r *restorer) startMerge(p *restore.Plan, target string, recording int) (*s
 			return nil, fmt.Errorf("%w: %w", errMergeRefused, err)
 		}
 		return nil, err
+	}
+	// The origin's page cache may hold blocks read before the table
+	// changed under it: drop them, so the next reader sees the restore.
+	if f, err := os.Open(stack.OriginPath()); err == nil {
+		unix.IoctlSetInt(int(f.Fd()), unix.BLKFLSBUF, 0)
+		f.Close()
 	}
 	mg.Phase = session.MergeRunning
 	if err := session.SaveMerges(r.e.state, append(ms, mg)); err != nil {

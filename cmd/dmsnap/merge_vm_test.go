@@ -92,6 +92,7 @@ func TestMergeRestore(t *testing.T) {
 		!strings.Contains(sout.String(), "merge:    to the state before "+first) {
 		t.Fatalf("status during the merge: exit %d:\n%s%s", code, sout.String(), serr.String())
 	}
+	t.Logf("status during the merge:\n%s", sout.String())
 	// A second merge, or deactivating, is refused while this one runs.
 	reg, err := d.m.Registry()
 	if err != nil {
