@@ -52,8 +52,10 @@ Without --session on a terminal, the device's sessions are listed and one is
 asked for; then the restore is confirmed (--yes skips that). Without a
 terminal, --session and --yes are required for a restore of the device.
 
-exit codes: 0 ok, 1 failure (a damaged session, a device of another size, ...),
-2 usage, 4 device mounted or open elsewhere
+exit codes: 0 ok (for --merge: merging, or restored normally where the
+kernel refused the merge), 1 failure (a damaged session, a device of another
+size, ...), 2 usage, 4 device mounted or open elsewhere, or an instant
+restore of it still merging
 `
 
 type restoreFlags struct {

@@ -190,7 +190,7 @@ func (r *restorer) startMerge(p *restore.Plan, target string, recording int) (*s
 		return nil, err
 	}
 	if mg := session.FindMerge(ms, r.name); mg != nil {
-		return nil, fmt.Errorf("%s: an instant restore (to the state before %s) is still merging; wait for it (dmsnap status)", r.name, mg.Session)
+		return nil, fmt.Errorf("%s: an instant restore (to the state before %s) is still merging; wait for it (dmsnap status) (%w)", r.name, mg.Session, session.ErrBusy)
 	}
 	stack := dm.Stack{Name: r.name}
 	real, err := dm.Inspect(stack.RealPath())
@@ -274,7 +274,7 @@ func refuseWhileMerging(state, name, what string) error {
 		return err
 	}
 	if mg := session.FindMerge(ms, name); mg != nil {
-		return fmt.Errorf("%s: an instant restore (to the state before %s) is still merging; %s waits until dmsnap status no longer shows it", name, mg.Session, what)
+		return fmt.Errorf("%s: an instant restore (to the state before %s) is still merging; %s waits until dmsnap status no longer shows it (%w)", name, mg.Session, what, session.ErrBusy)
 	}
 	return nil
 }
