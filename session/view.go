@@ -63,9 +63,10 @@ func SaveViews(stateDir string, vs []View) error {
 }
 
 // BlockersOf says why device name cannot be deactivated now: its open
-// views (they hold its -real) and a running instant restore. Empty when
-// nothing blocks. The files are read without the lock's help only by
-// callers that hold it.
+// views (they hold its -real; views a crash or a reboot left count too,
+// until `sessions close` removes them) and a running instant restore.
+// Empty when nothing blocks. Callers hold the state lock, so the answer
+// stays true while they act on it.
 func BlockersOf(stateDir, name string) (string, error) {
 	var why []string
 	vs, err := LoadViews(stateDir)
