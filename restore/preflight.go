@@ -90,7 +90,7 @@ type StateError struct {
 }
 
 func (e *StateError) Error() string {
-	return fmt.Sprintf("session %s %s; restoring through it would not give back the device's old state (allow it explicitly to restore what there is)",
+	return fmt.Sprintf("session %s %s; restoring through it would not give back the device's old state; restore to a later session, or see dmsnap sessions verify",
 		e.Session, describeState(e.State))
 }
 

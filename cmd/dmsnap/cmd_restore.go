@@ -168,6 +168,11 @@ func (r *restorer) run() error {
 	if err := r.resolveDevice(); err != nil {
 		return err
 	}
+	// A store others could write to may hold planted sessions: never
+	// write them onto a device.
+	if err := session.CheckStore(r.store); err != nil {
+		return err
+	}
 	sessions, err := r.deviceSessions()
 	if err != nil {
 		return err
@@ -178,6 +183,14 @@ func (r *restorer) run() error {
 	target, err := r.pickTarget(sessions)
 	if err != nil {
 		return err
+	}
+	if r.f.dryRun || r.f.to != "" {
+		// Only a restore of the device closes the armed session and
+		// finishes those a crash left closing; without their pre-images
+		// a plan or an image would be wrong without a word.
+		if err := r.refuseUnfinished(); err != nil {
+			return err
+		}
 	}
 	switch {
 	case r.f.dryRun:
@@ -277,15 +290,20 @@ func (r *restorer) deviceSessions() ([]snapstore.SessionInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	live := ""
+	// Sessions the registry still holds: the live one, and any a crash left
+	// closing (not converted yet). The rotation before the restore writes
+	// finishes them, and the chain is listed again after it.
+	held := map[string]bool{}
 	if r.active != nil {
-		if cur := r.active.Current(); cur != nil {
-			live = filepath.Base(cur.Dir)
+		for _, s := range r.active.Sessions {
+			if s.Dir != "" {
+				held[filepath.Base(s.Dir)] = true
+			}
 		}
 	}
 	var out []snapstore.SessionInfo
 	for _, s := range list {
-		if s.Name == r.name && s.ID != live {
+		if s.Name == r.name && !held[s.ID] {
 			out = append(out, s)
 		}
 	}
@@ -296,6 +314,22 @@ func (r *restorer) deviceSessions() ([]snapstore.SessionInfo, error) {
 		return out[i].ID < out[j].ID
 	})
 	return out, nil
+}
+
+// refuseUnfinished fails when the registry holds a session of the device
+// that has ended but is not converted yet (a command was interrupted while
+// closing it): its pre-images are not in the store.
+func (r *restorer) refuseUnfinished() error {
+	if r.active == nil {
+		return nil
+	}
+	for _, s := range r.active.Sessions {
+		if s.State.Ending() {
+			return fmt.Errorf("session %d of %s is still being closed (an interrupted command left it): its pre-images are not in the store yet; run dmsnap attach %s (or start dmsnap watch) to finish it, then retry",
+				s.N, r.name, r.name)
+		}
+	}
+	return nil
 }
 
 // pickTarget finds the session --session names, or asks for one.
@@ -313,6 +347,9 @@ func (r *restorer) pickTarget(sessions []snapstore.SessionInfo) (int, error) {
 		if s.ID == r.f.session {
 			return i, nil
 		}
+	}
+	if err := prunedTarget(r.store, r.f.session, r.name, sessions); err != nil {
+		return 0, err
 	}
 	return 0, fmt.Errorf("no closed session %s of %s in %s (see dmsnap sessions list %s)", r.f.session, r.name, r.store, r.name)
 }
@@ -450,10 +487,21 @@ func (r *restorer) result(chain []snapstore.SessionInfo) *restoreResult {
 }
 
 func (r *restorer) progress() restore.Progress {
+	var p restore.Progress = restore.Quiet{}
 	if f, ok := r.e.stderr.(*os.File); ok && !r.f.json {
-		return restore.ForFile(f)
+		p = restore.ForFile(f)
 	}
-	return restore.Quiet{}
+	return crashProgress{p}
+}
+
+// crashProgress makes every progress step of a restore's write the crash
+// point "restore:write" (DMSNAP_CRASHPOINT=restore:write#K kills the restore
+// after its K-th write): the crash tests kill a restore half-way.
+type crashProgress struct{ restore.Progress }
+
+func (c crashProgress) Add(n uint64) {
+	c.Progress.Add(n)
+	session.Crashpoint("restore:write")
 }
 
 func (r *restorer) dryRun(sessions []snapstore.SessionInfo, target int) error {

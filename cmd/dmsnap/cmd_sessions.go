@@ -425,9 +425,8 @@ func runSessionsPrune(e *env, args []string) error {
 // removed too. Sessions not finished, still in the registry (armed, open,
 // being converted) or damaged are never removed, so the first of them, in
 // time order, ends the run of victims: removing a newer one would break the
-// chain of pre-images of that older session (a restore through an
-// unfinished session is allowed with an explicit flag, and would then miss
-// the pruned one's pre-images without a word).
+// chain of pre-images of that older session (once it is finished, a restore
+// to it would miss the pruned one's pre-images without a word).
 func pruneVictims(infos []snapstore.SessionInfo, name string, tracked map[string]bool, keep int, age time.Duration, now time.Time) ([]snapstore.SessionInfo, string) {
 	var all []snapstore.SessionInfo
 	finished := 0

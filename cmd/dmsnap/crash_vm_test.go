@@ -152,11 +152,11 @@ func writeSome(t *testing.T, mnt string, i int) {
 // the session that recorded the writes (#2). The armed session is empty
 // (the watcher armed it at the unmount) and is discarded, not converted, so
 // the first conversion is the second rotation's.
-var restoreCrashpoints = []string{"close", "new-session", "forget-session", "close#2", "attach#2", "convert:data"}
+var restoreCrashpoints = []string{"close", "new-session", "forget-session", "restore:write", "close#2", "attach#2", "convert:data"}
 
 // fastRestoreCrashpoints are those the fast tier (CI) runs; DMSNAP_CRASH_ALL=1
 // (the soak tier) runs them all.
-var fastRestoreCrashpoints = []string{"close", "forget-session", "close#2", "convert:data"}
+var fastRestoreCrashpoints = []string{"close", "forget-session", "restore:write", "close#2", "convert:data"}
 
 // TestCrashpoints kills the watcher at every step of a mount → unmount →
 // rotation → conversion, then the restore at the steps of its rotations,

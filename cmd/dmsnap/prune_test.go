@@ -13,8 +13,7 @@ import (
 
 // Regression: prune removed the oldest *finished* sessions, skipping over an
 // older unfinished one (a conversion that failed, say), which broke that
-// session's chain: a restore to it (allowed with an explicit flag) would
-// have missed the pruned sessions' pre-images. Now the first session prune
+// session's chain: a restore to it, once finished, would have missed the pruned sessions' pre-images. Now the first session prune
 // must keep ends the run of victims, and prune says so.
 func TestPruneStopsAtAKeptSession(t *testing.T) {
 	w := newWorld(t)
