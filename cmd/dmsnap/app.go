@@ -124,14 +124,36 @@ func printUsage(w io.Writer, global *pflag.FlagSet) {
 	}
 	fmt.Fprintln(w, "\nglobal flags:")
 	global.SetOutput(w)
-	fmt.Fprint(w, strings.TrimRight(global.FlagUsages(), "\n")+"\n")
+	fmt.Fprint(w, strings.TrimRight(flagUsages(global), "\n")+"\n")
 	fmt.Fprintln(w, "\nexit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device busy or mounted")
+}
+
+// flagUsages is fs.FlagUsages without the "[=true|false]" pflag shows after
+// a bool flag: it takes no value on the command line. The columns stay
+// aligned.
+func flagUsages(fs *pflag.FlagSet) string {
+	return strings.ReplaceAll(fs.FlagUsages(), "[=true|false]", strings.Repeat(" ", len("[=true|false]")))
 }
 
 // newFlags makes a subcommand's flag set that reports errors instead of exiting.
 func newFlags(e *env, name string) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("dmsnap "+name, pflag.ContinueOnError)
 	fs.SetOutput(e.stderr)
+	// A command with its own help text replaces this one.
+	fs.Usage = func() {
+		fmt.Fprintf(e.stderr, "usage: dmsnap %s", name)
+		if fs.HasFlags() {
+			fmt.Fprint(e.stderr, " [flags]")
+		}
+		for _, c := range commands() {
+			if c.name == name {
+				fmt.Fprintf(e.stderr, "\n\n%s\n", c.summary)
+			}
+		}
+		if fs.HasFlags() {
+			fmt.Fprint(e.stderr, "\nflags:\n", flagUsages(fs))
+		}
+	}
 	return fs
 }
 

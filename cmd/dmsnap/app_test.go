@@ -62,3 +62,19 @@ func TestExitCodes(t *testing.T) {
 		}
 	}
 }
+
+// Every command's --help prints its usage, and bool flags without pflag's
+// "[=true|false]" (they take no value).
+func TestEveryHelp(t *testing.T) {
+	for _, c := range commands() {
+		args := append(strings.Fields(c.name), "--help")
+		_, out, errOut := runCLI(t, args...)
+		help := out + errOut
+		if !strings.Contains(help, "usage: dmsnap") {
+			t.Errorf("dmsnap %s --help: no usage line: %q", c.name, help)
+		}
+		if strings.Contains(help, "[=true|false]") {
+			t.Errorf("dmsnap %s --help shows [=true|false]:\n%s", c.name, help)
+		}
+	}
+}

@@ -25,7 +25,7 @@ func runActivate(e *env, args []string) error {
 	chunk := fs.String("chunk-size", "4KiB", "snapshot chunk `SIZE`, a power of two from 4KiB to 512KiB")
 	var pw passwordFlags
 	pw.add(fs)
-	fs.Usage = func() { fmt.Fprint(e.stderr, activateHelp, "\nflags:\n", fs.FlagUsages()) }
+	fs.Usage = func() { fmt.Fprint(e.stderr, activateHelp, "\nflags:\n", flagUsages(fs)) }
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

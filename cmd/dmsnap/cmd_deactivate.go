@@ -21,7 +21,7 @@ func runDeactivate(e *env, args []string) error {
 	fs := newFlags(e, "deactivate")
 	var pw passwordFlags
 	pw.add(fs)
-	fs.Usage = func() { fmt.Fprint(e.stderr, deactivateHelp, "\nflags:\n", fs.FlagUsages()) }
+	fs.Usage = func() { fmt.Fprint(e.stderr, deactivateHelp, "\nflags:\n", flagUsages(fs)) }
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

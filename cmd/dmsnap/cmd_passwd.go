@@ -29,7 +29,7 @@ func runPasswd(e *env, args []string) error {
 	var pw passwordFlags
 	pw.add(fs)
 	clear := fs.Bool("clear", false, "remove the control password (the old one is asked)")
-	fs.Usage = func() { fmt.Fprint(e.stderr, passwdHelp, "\nflags:\n", fs.FlagUsages()) }
+	fs.Usage = func() { fmt.Fprint(e.stderr, passwdHelp, "\nflags:\n", flagUsages(fs)) }
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

@@ -79,7 +79,7 @@ func runRestore(e *env, args []string) error {
 	fs.BoolVarP(&f.yes, "yes", "y", false, "do not ask for confirmation")
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON")
 	fs.Usage = func() {
-		fmt.Fprint(e.stderr, restoreUsage, "\nflags:\n", fs.FlagUsages())
+		fmt.Fprint(e.stderr, restoreUsage, "\nflags:\n", flagUsages(fs))
 	}
 	if err := parseFlags(fs, args); err != nil {
 		return err

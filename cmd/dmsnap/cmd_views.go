@@ -115,6 +115,7 @@ func viewName(name, id string) string {
 
 func sessionIDArg(e *env, sub string, args []string, n int) ([]string, error) {
 	fs := newFlags(e, "sessions "+sub)
+	fs.Usage = func() { fmt.Fprint(e.stderr, sessionsHelp) }
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
 	}

@@ -40,7 +40,7 @@ func runWatch(e *env, args []string) error {
 	fs := newFlags(e, "watch")
 	interval := fs.Duration("interval", session.DefaultWatchInterval, "how often to check snapshots and store space without mount changes")
 	jsonLogs := fs.Bool("json-logs", false, "log JSON lines instead of text")
-	fs.Usage = func() { fmt.Fprint(e.stderr, watchHelp, "\nflags:\n", fs.FlagUsages()) }
+	fs.Usage = func() { fmt.Fprint(e.stderr, watchHelp, "\nflags:\n", flagUsages(fs)) }
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
