@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 VM_EXEC := $(CURDIR)/hack/vm/exec
 PKG ?= ./...
-FUZZTIME ?= 20000x
+FUZZTIME ?= 10000x
 export CGO_ENABLED := 0
 
 .PHONY: all build test lint unit fuzz test-vm test-powercut soak vm-setup demo bench install clean
