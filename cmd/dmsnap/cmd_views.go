@@ -340,24 +340,7 @@ func openView(e *env, id string) (session.View, error) {
 		}
 		return session.View{}, err
 	}
-	cow, err := os.OpenFile(v.COW, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fail(err)
-	}
-	src, err := os.Open(stack.RealPath())
-	if err != nil {
-		cow.Close()
-		return fail(err)
-	}
-	_, err = p.WriteViewCow(e.ctx, cow, src, int64(real.Sectors)*512, int64(r.active.ChunkSize))
-	src.Close()
-	if err == nil {
-		err = cow.Sync()
-	}
-	if cerr := cow.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := writePlanCow(e.ctx, p, v.COW, stack.RealPath(), int64(real.Sectors)*512, int64(r.active.ChunkSize)); err != nil {
 		return fail(fmt.Errorf("writing the view of %s: %w", id, err))
 	}
 	loop, err := dm.AttachLoop(v.COW, dm.LoopOptions{AutoClear: true})

@@ -205,30 +205,13 @@ func (r *restorer) startMerge(p *restore.Plan, target string, recording int) (*s
 	if err := os.MkdirAll(filepath.Dir(mg.COW), 0o700); err != nil {
 		return nil, err
 	}
-	cow, err := os.OpenFile(mg.COW, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return nil, err
-	}
 	drop := func(err error) (*session.Merge, error) {
 		os.Remove(mg.COW)
 		return nil, err
 	}
-	src, err := os.Open(stack.RealPath())
-	if err != nil {
-		cow.Close()
-		return drop(err)
-	}
 	// -real holds the state the closed session ended with: the armed
 	// session is empty and the origin is held exclusively.
-	_, err = p.WriteViewCow(r.e.ctx, cow, src, int64(real.Sectors)*512, int64(r.active.ChunkSize))
-	src.Close()
-	if err == nil {
-		err = cow.Sync()
-	}
-	if cerr := cow.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := writePlanCow(r.e.ctx, p, mg.COW, stack.RealPath(), int64(real.Sectors)*512, int64(r.active.ChunkSize)); err != nil {
 		return drop(fmt.Errorf("writing the merge store %s: %w", mg.COW, err))
 	}
 	loop, err := dm.AttachLoop(mg.COW, dm.LoopOptions{AutoClear: true})
@@ -277,4 +260,29 @@ func refuseWhileMerging(state, name, what string) error {
 		return fmt.Errorf("%s: an instant restore (to the state before %s) is still merging; %s waits until dmsnap status no longer shows it (%w)", name, mg.Session, what, session.ErrBusy)
 	}
 	return nil
+}
+
+// writePlanCow writes the plan's pre-images as a COW file in the kernel's
+// persistent exception-store format at path (made anew, synced): the store
+// of a view or of an instant restore. real is the device the plan's
+// chunks not in the store are read from, of size bytes.
+func writePlanCow(ctx context.Context, p *restore.Plan, path, real string, size, chunk int64) error {
+	cow, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	src, err := os.Open(real)
+	if err != nil {
+		cow.Close()
+		return err
+	}
+	_, err = p.WriteViewCow(ctx, cow, src, size, chunk)
+	src.Close()
+	if err == nil {
+		err = cow.Sync()
+	}
+	if cerr := cow.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
