@@ -309,6 +309,13 @@ func (p *Plan) write(ctx context.Context, dst io.WriterAt, sum Summary, opts App
 			werr = c.err
 			continue
 		}
+		// Cancellation stops the writes at once, not only the reads: the
+		// buffers read ahead are dropped.
+		if err := ctx.Err(); err != nil {
+			werr = err
+			close(stop)
+			continue
+		}
 		if _, err := dst.WriteAt(c.p, int64(c.start)); err != nil {
 			werr = fmt.Errorf("writing %d bytes at byte %d: %w", len(c.p), c.start, err)
 			close(stop)
