@@ -41,20 +41,7 @@ func crashRounds(t *testing.T) int {
 // watchCrashing starts a watcher armed to die at point.
 func (c *cli) watchCrashing(t *testing.T, point string) *watcher {
 	t.Helper()
-	w := &watcher{cmd: c.cmd("", "watch", "--interval", "1s"), log: &syncBuffer{}}
-	w.cmd.Env = append(os.Environ(), session.CrashpointEnv+"="+point)
-	w.cmd.Stdout, w.cmd.Stderr = w.log, w.log
-	if err := w.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the watcher to start", 30*time.Second, func() bool { return strings.Contains(w.log.String(), "msg=watching") })
-	t.Cleanup(func() {
-		if w.cmd.ProcessState == nil {
-			w.cmd.Process.Kill()
-			w.cmd.Wait()
-		}
-	})
-	return w
+	return c.watchEnv(t, session.CrashpointEnv+"="+point)
 }
 
 // killedAt checks that err, a dmsnap process's end, is a SIGKILL by the

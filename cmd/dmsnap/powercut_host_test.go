@@ -12,10 +12,7 @@ package main
 // restoring the session of boot 1 gives the device back as it was before it.
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +21,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dmsnap/dmsnap/internal/vmtest"
 )
 
 // Boot 1. PRE is the origin before activation; records are 4 KiB blocks of
@@ -163,7 +162,7 @@ func TestPowerCut(t *testing.T) {
 		t.Errorf("raw device after deactivation: sha256 %s, before boot 1's session %s", raw, pre)
 	}
 	// The disk file itself, read on the host.
-	if h := fileSHA256(t, origin); h != pre {
+	if h := vmtest.SHA256(t, origin); h != pre {
 		t.Errorf("%s on the host: sha256 %s, before boot 1's session %s", origin, h, pre)
 	}
 	t.Logf("soak-count power-cuts 1 acked-records %d", acked)
@@ -179,18 +178,4 @@ func field(t *testing.T, out, key string) string {
 		t.Fatalf("no %s line in the guest's output:\n%s", key, out)
 	}
 	return m[1]
-}
-
-func fileSHA256(t *testing.T, path string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }

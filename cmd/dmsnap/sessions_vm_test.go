@@ -127,7 +127,16 @@ func (s *syncBuffer) String() string {
 
 func (c *cli) watch(t *testing.T) *watcher {
 	t.Helper()
+	return c.watchEnv(t)
+}
+
+// watchEnv starts a watcher with env added to its environment.
+func (c *cli) watchEnv(t *testing.T, env ...string) *watcher {
+	t.Helper()
 	w := &watcher{cmd: c.cmd("", "watch", "--interval", "1s"), log: &syncBuffer{}}
+	if len(env) > 0 {
+		w.cmd.Env = append(os.Environ(), env...)
+	}
 	w.cmd.Stdout, w.cmd.Stderr = w.log, w.log
 	if err := w.cmd.Start(); err != nil {
 		t.Fatal(err)
