@@ -7,12 +7,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
 
+	"github.com/dmsnap/dmsnap/internal/crc32c"
 	"github.com/dmsnap/dmsnap/snapstore"
 	"golang.org/x/sys/unix"
 )
@@ -219,7 +219,7 @@ func checkSorted(ctx context.Context, dat io.ReaderAt, recs []storedRec, add fun
 					}
 					res.bytes += uint64(r.Size)
 					at := r.Offset - b.off
-					if got := crc32.Checksum(b.p[at:at+uint64(r.Size)], crcTable); got != recs[i].crc {
+					if got := crc32c.Checksum(b.p[at : at+uint64(r.Size)]); got != recs[i].crc {
 						res.bad = append(res.bad, failure{i, fmt.Errorf("%w: pre-image has CRC-32C %08x, blocks.crc says %08x", snapstore.ErrChecksum, got, recs[i].crc)})
 					}
 				}
@@ -322,7 +322,7 @@ func (r *storeReader) readRecord(idx int64, rec Record, p []byte) error {
 	if err != nil {
 		return err
 	}
-	if got := crc32.Checksum(p, crcTable); got != want {
+	if got := crc32c.Checksum(p); got != want {
 		return fmt.Errorf("%w: pre-image has CRC-32C %08x, blocks.crc says %08x", snapstore.ErrChecksum, got, want)
 	}
 	return nil
@@ -355,5 +355,3 @@ func (r *storeReader) close() error {
 	}
 	return err
 }
-
-var crcTable = crc32.MakeTable(crc32.Castagnoli)

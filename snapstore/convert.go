@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"hash/crc32"
 	"io"
 	"io/fs"
 	"math"
@@ -20,6 +19,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/dmsnap/dmsnap/internal/crc32c"
 	"github.com/google/renameio/v2"
 	"golang.org/x/sys/unix"
 )
@@ -527,7 +527,7 @@ func crcInCowOrder(ctx context.Context, r io.ReaderAt, entries []convEntry, cb i
 					take := min(int64(len(p)), cb-within)
 					if size := recSize(entries[k]); within < size {
 						u := min(take, size-within)
-						entries[k].crc = crc32.Update(entries[k].crc, castagnoli, p[:u])
+						entries[k].crc = crc32c.Update(entries[k].crc, p[:u])
 					}
 					p, off = p[take:], off+take
 					if off%cb == 0 {
@@ -563,7 +563,7 @@ func copyPacked(ctx context.Context, r io.ReaderAt, w io.Writer, entries []convE
 			if err := readFull(r, buf[:n], off+done); err != nil {
 				return fmt.Errorf("read COW data at offset %d: %w", off+done, err)
 			}
-			e.crc = crc32.Update(e.crc, castagnoli, buf[:n])
+			e.crc = crc32c.Update(e.crc, buf[:n])
 			if _, err := bw.Write(buf[:n]); err != nil {
 				return err
 			}

@@ -5,18 +5,17 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
+
+	"github.com/dmsnap/dmsnap/internal/crc32c"
 )
 
 // blocks.crc (FORMAT.md, "blocks.crc"): one little-endian CRC-32C
 // (Castagnoli) per blocks.map record, in blocks.map order, no header.
 const CRCSize = 4
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
 // ChecksumData is the CRC-32C of a record's pre-image bytes.
-func ChecksumData(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+func ChecksumData(b []byte) uint32 { return crc32c.Checksum(b) }
 
 // crcReader reads blocks.crc entries one at a time.
 type crcReader struct {

@@ -20,6 +20,8 @@ package main
 import (
 	"fmt"
 	"os"
+
+	"github.com/dmsnap/dmsnap/internal/crc32c"
 )
 
 func main() {
@@ -39,7 +41,8 @@ func main() {
 	case "restore":
 		err = runRestore(args)
 	case "cpu":
-		fmt.Printf("crc32c %.0f MB/s, sha256 %.0f MB/s\n", crcSpeed(), shaSpeed())
+		d, std := crcSpeed()
+		fmt.Printf("crc32c %.0f MB/s (%s; hash/crc32 %.0f MB/s), sha256 %.0f MB/s\n", d, crc32c.Chosen(), std, shaSpeed())
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}
