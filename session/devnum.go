@@ -2,53 +2,24 @@ package session
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dmsnap/dmsnap/internal/mountinfo"
 )
 
-// DevNum is a block device number. dmsnap compares devices by number, never
-// by path: /dev/sdb1, /dev/disk/by-uuid/… and /dev/mapper/… are symlinks or
-// aliases, the number names the device itself. (dm.Dev and
-// snapstore.DevNum are the same two numbers; adapters convert field by
-// field.)
-type DevNum struct {
-	Major, Minor uint32
-}
-
-// IsZero reports whether d is unset.
-func (d DevNum) IsZero() bool { return d == DevNum{} }
-
-// String returns "major:minor".
-func (d DevNum) String() string { return fmt.Sprintf("%d:%d", d.Major, d.Minor) }
-
-// MarshalText writes "major:minor".
-func (d DevNum) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
-
-// UnmarshalText reads "major:minor".
-func (d *DevNum) UnmarshalText(b []byte) error {
-	v, err := ParseDevNum(string(b))
-	if err != nil {
-		return err
-	}
-	*d = v
-	return nil
-}
+// DevNum is a block device number (mountinfo.Dev, whose methods give
+// IsZero, String and its text form "major:minor"). dmsnap compares devices
+// by number, never by path: /dev/sdb1, /dev/disk/by-uuid/… and
+// /dev/mapper/… are symlinks or aliases, the number names the device
+// itself. (dm.Dev and snapstore.DevNum are the same two numbers; adapters
+// convert field by field.)
+type DevNum = mountinfo.Dev
 
 // ParseDevNum parses "major:minor" (decimal, as in mountinfo and
 // device-mapper tables).
-func ParseDevNum(s string) (DevNum, error) {
-	maj, min, ok := strings.Cut(s, ":")
-	if ok {
-		a, err1 := strconv.ParseUint(maj, 10, 32)
-		b, err2 := strconv.ParseUint(min, 10, 32)
-		if err1 == nil && err2 == nil {
-			return DevNum{Major: uint32(a), Minor: uint32(b)}, nil
-		}
-	}
-	return DevNum{}, fmt.Errorf("device number %q is not major:minor", s)
-}
+func ParseDevNum(s string) (DevNum, error) { return mountinfo.ParseDev(s) }
 
 // DevNumFromRdev splits a kernel dev_t (stat's st_rdev or st_dev).
 func DevNumFromRdev(rdev uint64) DevNum {

@@ -24,7 +24,7 @@ func evs(es []MountEvent) []ev {
 }
 
 func TestDiffMounts(t *testing.T) {
-	a, b, other := DevNum{253, 1}, DevNum{253, 2}, DevNum{8, 1}
+	a, b, other := DevNum{Major: 253, Minor: 1}, DevNum{Major: 253, Minor: 2}, DevNum{Major: 8, Minor: 1}
 	root := mi(1, other, "/")
 	cases := []struct {
 		name      string

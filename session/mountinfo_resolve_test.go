@@ -25,7 +25,7 @@ func TestResolveSourceDevs(t *testing.T) {
 		}
 		return DevNum{}, errors.New("no such device")
 	})
-	want := []DevNum{{254, 7}, {254, 3}, {0, 46}, {0, 47}}
+	want := []DevNum{{Major: 254, Minor: 7}, {Major: 254, Minor: 3}, {Major: 0, Minor: 46}, {Major: 0, Minor: 47}}
 	for i, w := range want {
 		if ms[i].Dev != w {
 			t.Errorf("mount %d (%s): dev %s, want %s", i, ms[i].MountPoint, ms[i].Dev, w)

@@ -37,13 +37,13 @@ func TestParseMountInfoDebian(t *testing.T) {
 		t.Fatalf("%d entries, want 23", len(ms))
 	}
 	root, ok := find(ms, "/")
-	want := MountInfo{ID: 28, ParentID: 1, Dev: DevNum{254, 1}, Root: "/", MountPoint: "/", Options: "rw,relatime",
+	want := MountInfo{ID: 28, ParentID: 1, Dev: DevNum{Major: 254, Minor: 1}, Root: "/", MountPoint: "/", Options: "rw,relatime",
 		Optional: []string{"shared:1"}, FSType: "ext4", Source: "/dev/mapper/debian--vg-root", SuperOptions: "rw,errors=remount-ro"}
 	if !ok || !reflect.DeepEqual(root, want) {
 		t.Fatalf("root entry\n got %+v\nwant %+v", root, want)
 	}
 	data, _ := find(ms, "/srv/data")
-	if data.Dev != (DevNum{253, 3}) || data.Source != "/dev/mapper/dmsnap-sdb1" || data.FSType != "ext4" {
+	if data.Dev != (DevNum{Major: 253, Minor: 3}) || data.Source != "/dev/mapper/dmsnap-sdb1" || data.FSType != "ext4" {
 		t.Fatalf("dmsnap mount %+v", data)
 	}
 	autofs, _ := find(ms, "/proc/sys/fs/binfmt_misc")
@@ -51,14 +51,14 @@ func TestParseMountInfoDebian(t *testing.T) {
 		t.Fatalf("autofs entry %+v", autofs)
 	}
 	byDev := MountsByDev(ms, func(d DevNum) bool { return d.Major == 253 })
-	if len(byDev) != 1 || len(byDev[DevNum{253, 3}]) != 1 {
+	if len(byDev) != 1 || len(byDev[DevNum{Major: 253, Minor: 3}]) != 1 {
 		t.Fatalf("by dev %v", byDev)
 	}
 }
 
 func TestParseMountInfoBindMounts(t *testing.T) {
 	ms := parseFile(t, "bind.mountinfo")
-	sdb1 := MountsByDev(ms, nil)[DevNum{253, 3}]
+	sdb1 := MountsByDev(ms, nil)[DevNum{Major: 253, Minor: 3}]
 	if len(sdb1) != 3 {
 		t.Fatalf("sdb1 has %d mounts, want 3 (one plus two binds)", len(sdb1))
 	}

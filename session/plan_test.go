@@ -11,8 +11,8 @@ import (
 var (
 	planNow = time.Unix(1700003600, 0).UTC()
 	armedAt = time.Unix(1700000000, 0).UTC()
-	rawID   = Identity{Dev: DevNum{8, 17}, Size: 1 << 30}
-	originN = DevNum{253, 0}
+	rawID   = Identity{Dev: DevNum{Major: 8, Minor: 17}, Size: 1 << 30}
+	originN = DevNum{Major: 253, Minor: 0}
 )
 
 func planDevice(state DeviceState, sessions ...*Session) *Device {
@@ -27,7 +27,7 @@ func planDevice(state DeviceState, sessions ...*Session) *Device {
 func liveStack(snaps ...int) StackInfo {
 	st := StackInfo{Name: "sdb1", HasOrigin: true, HasReal: true, OriginDev: originN, RawDev: rawID.Dev}
 	for _, n := range snaps {
-		st.Snapshots = append(st.Snapshots, SnapshotInfo{N: n, Dev: DevNum{253, uint32(n)}, State: SnapshotActive})
+		st.Snapshots = append(st.Snapshots, SnapshotInfo{N: n, Dev: DevNum{Major: 253, Minor: uint32(n)}, State: SnapshotActive})
 	}
 	return st
 }
@@ -105,7 +105,7 @@ func TestPlanMountOpens(t *testing.T) {
 }
 
 func TestPlanAfterReboot(t *testing.T) {
-	raw := map[string]RawDevice{"sdb1": {Path: "/dev/sdc1", Identity: Identity{Dev: DevNum{8, 33}, Size: rawID.Size}}}
+	raw := map[string]RawDevice{"sdb1": {Path: "/dev/sdc1", Identity: Identity{Dev: DevNum{Major: 8, Minor: 33}, Size: rawID.Size}}}
 	// Armed: re-stacked over the device where it is now, same COW re-attached.
 	obs := observed(nil)
 	obs.Raw = raw
@@ -113,7 +113,7 @@ func TestPlanAfterReboot(t *testing.T) {
 	if got := kinds(acts); !reflect.DeepEqual(got, []string{"stack-up", "attach 1"}) {
 		t.Fatalf("armed after reboot: %v", got)
 	}
-	if acts[0].Path != "/dev/sdc1" || acts[0].Dev != (DevNum{8, 33}) {
+	if acts[0].Path != "/dev/sdc1" || acts[0].Dev != (DevNum{Major: 8, Minor: 33}) {
 		t.Fatalf("stack-up %+v", acts[0])
 	}
 	// Open: the crash ended the mount; the session is closed and a new one armed.
@@ -123,7 +123,7 @@ func TestPlanAfterReboot(t *testing.T) {
 		t.Fatalf("open after reboot: %v\nwant %v", got, want)
 	}
 	// A half-built stack is taken down first.
-	obs.Stacks["sdb1"] = StackInfo{Name: "sdb1", HasReal: true, RawDev: DevNum{8, 33}}
+	obs.Stacks["sdb1"] = StackInfo{Name: "sdb1", HasReal: true, RawDev: DevNum{Major: 8, Minor: 33}}
 	acts, _ = PlanDevice(planDevice(DeviceActive, sess(1, SessionArmed)), obs)
 	if got := kinds(acts); !reflect.DeepEqual(got, []string{"stack-down", "stack-up", "attach 1"}) {
 		t.Fatalf("half-built: %v", got)
@@ -132,7 +132,7 @@ func TestPlanAfterReboot(t *testing.T) {
 
 func TestPlanRefusesForeignStack(t *testing.T) {
 	st := liveStack(1)
-	st.RawDev = DevNum{8, 99}
+	st.RawDev = DevNum{Major: 8, Minor: 99}
 	acts, issues := PlanDevice(planDevice(DeviceActive, sess(1, SessionArmed)), observed([]StackInfo{st}))
 	if len(acts) != 0 || len(issues) != 1 || !strings.Contains(issues[0].Problem, "maps device 8:99") {
 		t.Fatalf("plan %v issues %v", kinds(acts), issues)
@@ -183,7 +183,7 @@ func TestPlanRelocatesRenamedDirectory(t *testing.T) {
 
 func TestPlanOrphans(t *testing.T) {
 	reg := &Registry{Devices: []*Device{planDevice(DeviceActive, sess(1, SessionArmed))}}
-	obs := observed([]StackInfo{liveStack(1), {Name: "old", HasReal: true}, {Name: "busy", HasOrigin: true, HasReal: true, OriginDev: DevNum{253, 9}, OriginOpen: 1}})
+	obs := observed([]StackInfo{liveStack(1), {Name: "old", HasReal: true}, {Name: "busy", HasOrigin: true, HasReal: true, OriginDev: DevNum{Major: 253, Minor: 9}, OriginOpen: 1}})
 	obs.Pending = []PendingSession{
 		{Dir: "/snapshot/sdb1_1", Name: "sdb1", Armed: sess(1, "").Armed, Phase: SessionArmed, COWUsed: true}, // owned
 		{Dir: "/snapshot/x_1", Name: "x", Armed: armedAt, Phase: SessionArmed},

@@ -17,8 +17,8 @@ func sampleRegistry() *Registry {
 	return &Registry{Devices: []*Device{
 		{
 			Name: "sdb1", Path: "/dev/sdb1",
-			Identity:  Identity{Dev: DevNum{8, 17}, Size: 1 << 30, FSType: "ext4", FSUUID: "0b9a4c8e-1111-4d7e-9d43-5a1b2c3d4e5f"},
-			Origin:    DevNum{253, 1},
+			Identity:  Identity{Dev: DevNum{Major: 8, Minor: 17}, Size: 1 << 30, FSType: "ext4", FSUUID: "0b9a4c8e-1111-4d7e-9d43-5a1b2c3d4e5f"},
+			Origin:    DevNum{Major: 253, Minor: 1},
 			ChunkSize: 4096, Store: "/snapshot", State: DeviceActive, Activated: armed.Add(-time.Hour),
 			NextSession: 4,
 			Sessions: []*Session{
@@ -26,7 +26,7 @@ func sampleRegistry() *Registry {
 				{N: 2, Dir: "/snapshot/sdb1_1709280000", State: SessionClosing, Armed: armed.Add(-2 * time.Hour), Unmounted: armed},
 			},
 		},
-		{Name: "a-disk", Path: "/dev/vdb", Identity: Identity{Dev: DevNum{254, 16}, Size: 64 << 20}, ChunkSize: 65536,
+		{Name: "a-disk", Path: "/dev/vdb", Identity: Identity{Dev: DevNum{Major: 254, Minor: 16}, Size: 64 << 20}, ChunkSize: 65536,
 			Store: "/snapshot", State: DeviceActivating, Activated: armed, NextSession: 1},
 	}}
 }
@@ -107,9 +107,9 @@ func TestRegistryLookup(t *testing.T) {
 		}
 		return p
 	}
-	raw := mk("sdb1", DevNum{8, 17})
-	origin := mk("dm-1", DevNum{253, 1})
-	other := mk("sdc1", DevNum{8, 33})
+	raw := mk("sdb1", DevNum{Major: 8, Minor: 17})
+	origin := mk("dm-1", DevNum{Major: 253, Minor: 1})
+	other := mk("sdc1", DevNum{Major: 8, Minor: 33})
 	link := filepath.Join(dev, "by-uuid")
 	if err := os.Symlink(raw, link); err != nil {
 		t.Fatal(err)
@@ -138,7 +138,7 @@ func TestRegistryLookup(t *testing.T) {
 	if reg.Device("sdb1") != nil {
 		t.Error("Remove")
 	}
-	if n, err := BlockDevNum(origin); err != nil || n != (DevNum{253, 1}) {
+	if n, err := BlockDevNum(origin); err != nil || n != (DevNum{Major: 253, Minor: 1}) {
 		t.Errorf("BlockDevNum = %v %v", n, err)
 	}
 	if _, err := BlockDevNum(dev); err == nil {
@@ -147,8 +147,8 @@ func TestRegistryLookup(t *testing.T) {
 }
 
 func TestIdentityMatches(t *testing.T) {
-	id := Identity{Dev: DevNum{8, 17}, Size: 100, FSUUID: "abc"}
-	if err := id.Matches(Identity{Dev: DevNum{8, 33}, Size: 100, FSUUID: "ABC"}); err != nil {
+	id := Identity{Dev: DevNum{Major: 8, Minor: 17}, Size: 100, FSUUID: "abc"}
+	if err := id.Matches(Identity{Dev: DevNum{Major: 8, Minor: 33}, Size: 100, FSUUID: "ABC"}); err != nil {
 		t.Errorf("another number, same size and UUID: %v", err)
 	}
 	if err := id.Matches(Identity{Size: 101, FSUUID: "abc"}); !errors.Is(err, ErrIdentityMismatch) {

@@ -10,7 +10,7 @@ import (
 func TestUdevRules(t *testing.T) {
 	reg := sampleRegistry()
 	reg.Devices = append(reg.Devices, &Device{Name: "gone", Path: "/dev/sdz", State: DeviceDeactivating, NextSession: 1,
-		Identity: Identity{Dev: DevNum{8, 240}, FSUUID: "ffff"}})
+		Identity: Identity{Dev: DevNum{Major: 8, Minor: 240}, FSUUID: "ffff"}})
 	text, err := UdevRules(reg, GenOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +40,7 @@ LABEL="dmsnap_end"
 
 	// A UUID that is not safe in a rule falls back to the device number.
 	reg = &Registry{Devices: []*Device{{Name: "x", Path: "/dev/x\nRUN+=\"/bin/evil\"", State: DeviceActive, NextSession: 1,
-		Identity: Identity{Dev: DevNum{7, 3}, FSUUID: `a", RUN+="/bin/evil`}}}}
+		Identity: Identity{Dev: DevNum{Major: 7, Minor: 3}, FSUUID: `a", RUN+="/bin/evil`}}}}
 	text, err = UdevRules(reg, GenOptions{})
 	if err != nil {
 		t.Fatal(err)

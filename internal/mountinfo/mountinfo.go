@@ -13,14 +13,30 @@ import (
 	"strings"
 )
 
-// Dev is a device number, major:minor. Callers convert it to their own
-// type (dm.Dev, session.DevNum: the same two numbers).
+// Dev is a device number, major:minor. session.DevNum is this type (an
+// alias); dm converts it to its own dm.Dev (the same two numbers).
 type Dev struct {
 	Major, Minor uint32
 }
 
+// IsZero reports whether d is unset.
+func (d Dev) IsZero() bool { return d == Dev{} }
+
 // String returns "major:minor".
 func (d Dev) String() string { return fmt.Sprintf("%d:%d", d.Major, d.Minor) }
+
+// MarshalText writes "major:minor".
+func (d Dev) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText reads "major:minor".
+func (d *Dev) UnmarshalText(b []byte) error {
+	v, err := ParseDev(string(b))
+	if err != nil {
+		return err
+	}
+	*d = v
+	return nil
+}
 
 // Mount is one line of /proc/<pid>/mountinfo:
 //
@@ -125,7 +141,8 @@ func ParseLine(line string) (Mount, error) {
 	return m, nil
 }
 
-// ParseDev parses "major:minor" in decimal.
+// ParseDev parses "major:minor" in decimal (as in mountinfo and
+// device-mapper tables).
 func ParseDev(s string) (Dev, error) {
 	maj, min, ok := strings.Cut(s, ":")
 	if ok {

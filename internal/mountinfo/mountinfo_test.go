@@ -76,3 +76,26 @@ func TestResolveSourceDevs(t *testing.T) {
 }
 
 var errNotBlock = errors.New("not a block device")
+
+func TestDevText(t *testing.T) {
+	d := Dev{Major: 253, Minor: 7}
+	if d.IsZero() || !(Dev{}).IsZero() {
+		t.Errorf("IsZero: %v %v", d.IsZero(), (Dev{}).IsZero())
+	}
+	b, err := d.MarshalText()
+	if err != nil || string(b) != "253:7" {
+		t.Fatalf("MarshalText = %q, %v", b, err)
+	}
+	var back Dev
+	if err := back.UnmarshalText(b); err != nil || back != d {
+		t.Fatalf("UnmarshalText(%q) = %v, %v", b, back, err)
+	}
+	for _, bad := range []string{"", "253", "253:", "x:1", "1:-1", "4294967296:0"} {
+		if err := back.UnmarshalText([]byte(bad)); err == nil {
+			t.Errorf("UnmarshalText(%q) accepted", bad)
+		}
+	}
+	if back != d {
+		t.Errorf("a failed UnmarshalText changed the value to %v", back)
+	}
+}
