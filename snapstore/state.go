@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/dmsnap/dmsnap/internal/names"
 	"github.com/google/renameio/v2"
 	"golang.org/x/sys/unix"
 )
@@ -255,8 +256,8 @@ func MarkInvalid(dir string, reason string) error {
 }
 
 // SanitizeName turns a device path into a session name as the seed did: its
-// base name with anything outside [A-Za-z0-9_.-] turned into '_'; "", "."
-// and ".." become "dev".
+// base name with every byte that names.Byte rejects (anything outside
+// [A-Za-z0-9_.-]) turned into '_'; "", "." and ".." become "dev".
 func SanitizeName(device string) string {
 	base := filepath.Base(device)
 	if i := len(device) - 1; i >= 0 && device[i] == '/' {
@@ -264,7 +265,7 @@ func SanitizeName(device string) string {
 	}
 	b := []byte(base)
 	for i, c := range b {
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-' || c == '.') {
+		if !names.Byte(c) {
 			b[i] = '_'
 		}
 	}
