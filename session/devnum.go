@@ -4,9 +4,8 @@ import (
 	"fmt"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/dmsnap/dmsnap/internal/mountinfo"
+	"golang.org/x/sys/unix"
 )
 
 // DevNum is a block device number (mountinfo.Dev, whose methods give
