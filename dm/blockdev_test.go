@@ -70,24 +70,28 @@ func TestMountsOf(t *testing.T) {
 	}
 }
 
+// writeSysFile writes content to root/rel, making its directories: one
+// file of a fake sysfs tree.
+func writeSysFile(t *testing.T, root, rel, content string) {
+	t.Helper()
+	p := filepath.Join(root, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // fakeSys builds the sysfs files loop and holder lookups read.
 func fakeSys(t *testing.T) string {
 	t.Helper()
 	sys := t.TempDir()
-	write := func(rel, content string) {
-		p := filepath.Join(sys, rel)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("block/dm-3/dm/name", "dmsnap-a-real\n")
-	write("dev/block/7:0/holders/dm-3/.keep", "")
-	write("block/loop0/dev", "7:0\n")
-	write("block/loop1/dev", "7:1\n") // unbound: no loop/ directory
-	write("block/loop2/dev", "7:2\n")
+	writeSysFile(t, sys, "block/dm-3/dm/name", "dmsnap-a-real\n")
+	writeSysFile(t, sys, "dev/block/7:0/holders/dm-3/.keep", "")
+	writeSysFile(t, sys, "block/loop0/dev", "7:0\n")
+	writeSysFile(t, sys, "block/loop1/dev", "7:1\n") // unbound: no loop/ directory
+	writeSysFile(t, sys, "block/loop2/dev", "7:2\n")
 	return sys
 }
 

@@ -11,15 +11,7 @@ import (
 // names the partition (the kernel's EBUSY on the disk does not).
 func TestBusyPartitions(t *testing.T) {
 	sys := t.TempDir()
-	write := func(rel, content string) {
-		p := filepath.Join(sys, rel)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(rel, content string) { writeSysFile(t, sys, rel, content) }
 	write("dev/block/7:0/loop0p1/partition", "1\n")
 	write("dev/block/7:0/loop0p1/dev", "259:0\n")
 	write("dev/block/7:0/loop0p2/partition", "2\n")
