@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+
+	"github.com/dmsnap/dmsnap/internal/directio"
 )
 
 const (
@@ -51,6 +54,7 @@ type Result struct {
 	Summary Summary // the plan that was applied
 	Writes  int64   // WriteAt calls made
 	Bytes   uint64  // bytes written
+	Direct  bool    // some writes went around the page cache (O_DIRECT)
 }
 
 // PartialWriteError reports a restore that stopped after it had begun
@@ -289,7 +293,16 @@ func (p *Plan) write(ctx context.Context, dst io.WriterAt, sum Summary, opts App
 	free := make(chan []byte, writeAhead)
 	full := make(chan chunkOut, writeAhead)
 	for range writeAhead {
-		free <- make([]byte, size)
+		free <- directio.AlignedBuf(size)
+	}
+	// A file or device is written around the page cache where it allows
+	// it: the restore writes each byte once and syncs at the end, and the
+	// kernel's copy costs a memory copy per byte (internal/directio).
+	var dw *directio.Writer
+	if f, ok := dst.(*os.File); ok {
+		dw = directio.NewWriter(f)
+		defer dw.Close()
+		dst = dw
 	}
 	stop := make(chan struct{})
 	go func() {
@@ -326,6 +339,7 @@ func (p *Plan) write(ctx context.Context, dst io.WriterAt, sum Summary, opts App
 		prog.Add(uint64(len(c.p)))
 		free <- c.p[:cap(c.p)]
 	}
+	res.Direct = dw != nil && dw.Direct()
 	if werr == nil {
 		if s, ok := dst.(Syncer); ok {
 			if err := s.Sync(); err != nil {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/internal/crc32c"
+	"github.com/dmsnap/dmsnap/internal/directio"
 	"github.com/google/renameio/v2"
 	"golang.org/x/sys/unix"
 )
@@ -368,11 +369,16 @@ func writeMapFiles(ctx context.Context, dir string, st State, salvage bool) (*Co
 	}
 
 	recSize := func(e convEntry) int64 { return min(cb, devSize-int64(e.old)*cb) }
-	buf := make([]byte, convReadBlock)
+	buf := directio.AlignedBuf(convReadBlock)
 	var dat *renameio.PendingFile
 	if st.Layout == LayoutCOW {
-		// One sequential pass over the data in COW order.
-		if err := crcInCowOrder(ctx, f, entries, cb, recSize, buf); err != nil {
+		// One sequential pass over the data in COW order, around the page
+		// cache where the store allows it (nothing reads it again soon).
+		unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL) // a hint for the cached path: its failure changes nothing
+		r := directio.NewReader(f)
+		err := crcInCowOrder(ctx, r, entries, cb, recSize, buf)
+		r.Close()
+		if err != nil {
 			return nil, err
 		}
 		slices.SortFunc(entries, func(a, b convEntry) int { return cmp.Compare(a.old, b.old) })
@@ -457,9 +463,6 @@ func writeMapFiles(ctx context.Context, dir string, st State, salvage bool) (*Co
 // read sequentially. (Chunks larger than a read are summed by one goroutine,
 // in order.)
 func crcInCowOrder(ctx context.Context, r io.ReaderAt, entries []convEntry, cb int64, recSize func(convEntry) int64, buf []byte) error {
-	if f, ok := r.(*os.File); ok {
-		unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL) // a hint: its failure changes nothing
-	}
 	type block struct {
 		off int64
 		p   []byte
@@ -470,7 +473,7 @@ func crcInCowOrder(ctx context.Context, r io.ReaderAt, entries []convEntry, cb i
 	full := make(chan block, convReadAhead)
 	free <- buf
 	for i := 1; i < convReadAhead; i++ {
-		free <- make([]byte, len(buf))
+		free <- directio.AlignedBuf(len(buf))
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

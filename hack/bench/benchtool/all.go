@@ -84,6 +84,7 @@ type RestoreRun struct {
 	Measure    Measure    `json:"measure"`
 	Bytes      uint64     `json:"bytes"`
 	Writes     int64      `json:"writes"`
+	Direct     bool       `json:"direct_io"` // the writes went around the page cache
 	MBps       float64    `json:"mb_per_s"`
 	RatioVsDD  float64    `json:"throughput_over_dd"`
 	Phases     []stepTime `json:"phases"` // wall time of each part of the restore
@@ -376,13 +377,13 @@ func benchRestore(rep *Report, self string, scale int64) error {
 		if err := json.Unmarshal(out, &ro); err != nil {
 			return fmt.Errorf("restore output %q: %w", out, err)
 		}
-		rr := RestoreRun{Name: name, Measure: m, Bytes: ro.Bytes, Writes: ro.Writes, MBps: float64(ro.Bytes) / 1e6 / m.Seconds, Phases: ro.Phases}
+		rr := RestoreRun{Name: name, Measure: m, Bytes: ro.Bytes, Writes: ro.Writes, Direct: ro.Direct, MBps: float64(ro.Bytes) / 1e6 / m.Seconds, Phases: ro.Phases}
 		rr.RatioVsDD = rr.MBps / rep.DDMBps
 		if err := checkRestored(target.Path, devSize, ranges); err != nil {
 			return err
 		}
 		rr.DeviceOKed = true
-		logf("%s: %d MiB in %.3fs (%.1f MB/s, %.2f× dd), peak %d KiB, ru_maxrss %d KiB, phases %v", name, ro.Bytes>>20, m.Seconds, rr.MBps, rr.RatioVsDD, m.PeakKB, m.MaxRSSKB, ro.Phases)
+		logf("%s: %d MiB in %.3fs (%.1f MB/s, %.2f× dd), O_DIRECT writes %v, peak %d KiB, ru_maxrss %d KiB, phases %v", name, ro.Bytes>>20, m.Seconds, rr.MBps, rr.RatioVsDD, ro.Direct, m.PeakKB, m.MaxRSSKB, ro.Phases)
 		rep.Restores = append(rep.Restores, rr)
 	}
 	return os.Remove(ddSource)

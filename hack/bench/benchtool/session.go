@@ -158,6 +158,7 @@ const stepsPrefix = "benchtool-steps "
 type restoreOut struct {
 	Bytes  uint64     `json:"bytes"`
 	Writes int64      `json:"writes"`
+	Direct bool       `json:"direct"`
 	Phases []stepTime `json:"phases"`
 }
 
@@ -215,5 +216,5 @@ func runRestore(args []string) error {
 	if err != nil {
 		return err
 	}
-	return json.NewEncoder(os.Stdout).Encode(restoreOut{Bytes: res.Bytes, Writes: res.Writes, Phases: ph.steps})
+	return json.NewEncoder(os.Stdout).Encode(restoreOut{Bytes: res.Bytes, Writes: res.Writes, Direct: res.Direct, Phases: ph.steps})
 }
