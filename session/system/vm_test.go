@@ -261,3 +261,50 @@ func TestVMProberMatchesBlkid(t *testing.T) {
 		})
 	}
 }
+
+// TestVMStoreNote: InspectStore reads the real superblock of the store's
+// filesystem, StoreNote advises fast commits on a journaled ext4 store
+// only, and the advice it prints (unmount, tune2fs -O fast_commit) works.
+func TestVMStoreNote(t *testing.T) {
+	vmtest.RequireDM(t)
+	check := func(dir string, wantType string, wantNote bool) {
+		t.Helper()
+		store := filepath.Join(dir, "store")
+		if err := os.MkdirAll(store, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		fsys, err := InspectStore(store)
+		if err != nil {
+			t.Fatalf("InspectStore(%s): %v", store, err)
+		}
+		note := StoreNote(store, fsys)
+		if fsys.Mount.FSType != wantType || (note != "") != wantNote {
+			t.Fatalf("%s: filesystem %q (%+v), note %q; want %s, note %v", store, fsys.Mount.FSType, fsys.Ext4, note, wantType, wantNote)
+		}
+		t.Logf("%s on %s %s: note %q", store, fsys.Mount.FSType, fsys.Mount.Source, note)
+	}
+	mount := func(dev string) string {
+		t.Helper()
+		dir := t.TempDir()
+		if err := unix.Mount(dev, dir, "ext4", 0, ""); err != nil {
+			t.Fatalf("mount %s: %v", dev, err)
+		}
+		t.Cleanup(func() { unix.Unmount(dir, 0) })
+		return dir
+	}
+
+	check(t.TempDir(), "tmpfs", false)
+
+	plain := rawLoop(t, 64<<20)
+	dir := mount(plain)
+	check(dir, "ext4", true)
+	if err := unix.Unmount(dir, 0); err != nil {
+		t.Fatal(err)
+	}
+	vmtest.Run(t, "tune2fs", "-O", "fast_commit", plain)
+	check(mount(plain), "ext4", false)
+
+	fc := rawLoop(t, 64<<20)
+	vmtest.Run(t, "mkfs.ext4", "-q", "-F", "-O", "fast_commit", fc)
+	check(mount(fc), "ext4", false)
+}
