@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/dm"
+	"golang.org/x/sys/unix"
 )
 
 // Write cost: what a snapshot costs the writes of the device it protects.
@@ -162,6 +163,47 @@ func setupDmsnap(size, chunk int64, storeDir string, prep func(dev string) error
 			return err
 		},
 	}, nil
+}
+
+// setupDmsnapOn is setupDmsnap with the store on a fresh filesystem of
+// type fstype (made with mkfs.fstype and the extra options) on a 1 GiB
+// loop device over a tmpfs file, like the ext4 store's; the teardown
+// removes it.
+func setupDmsnapOn(fstype string, mkfsOpts []string, size, chunk int64, prep func(dev string) error) (*target, error) {
+	dev, free, err := backing("wstore-fs.img", 1<<30)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(benchRoot, "wstore-fs")
+	args := []string{"-q", "-f", dev.Path}
+	if fstype == "ext4" {
+		args = []string{"-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard", dev.Path}
+	}
+	if err := run("mkfs."+fstype, append(mkfsOpts, args...)...); err != nil {
+		free()
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		free()
+		return nil, err
+	}
+	if err := unix.Mount(dev.Path, dir, fstype, 0, ""); err != nil {
+		free()
+		return nil, fmt.Errorf("mount %s on %s: %w", fstype, dir, err)
+	}
+	down := func() { unix.Unmount(dir, 0); free() }
+	t, err := setupDmsnap(size, chunk, dir, prep)
+	if err != nil {
+		down()
+		return nil, err
+	}
+	teardown := t.teardown
+	t.teardown = func() error {
+		err := teardown()
+		down()
+		return err
+	}
+	return t, nil
 }
 
 // lvmSetup makes volume group bvg on a fresh PV of pvSize bytes.
@@ -314,6 +356,12 @@ func configs(chunk int64) []config {
 		{"raw device", 0, setupRaw},
 		{"dmsnap origin, session armed (store: ext4)", chunk, func(size int64, prep func(string) error) (*target, error) {
 			return setupDmsnap(size, chunk, storeMount, prep)
+		}},
+		{"dmsnap origin, session armed (store: ext4 with fast_commit)", chunk, func(size int64, prep func(string) error) (*target, error) {
+			return setupDmsnapOn("ext4", []string{"-O", "fast_commit"}, size, chunk, prep)
+		}},
+		{"dmsnap origin, session armed (store: xfs)", chunk, func(size int64, prep func(string) error) (*target, error) {
+			return setupDmsnapOn("xfs", nil, size, chunk, prep)
 		}},
 		{"dmsnap origin, session armed (store: tmpfs, no journal)", chunk, func(size int64, prep func(string) error) (*target, error) {
 			return setupDmsnap(size, chunk, benchRoot, prep)
