@@ -132,11 +132,9 @@ func damage(t *testing.T, dir string, old uint64) int64 {
 
 // TestApplyStoreSessionsInStorageOrder: a plan over cow-layout sessions
 // whose blocks.dat is in random order restores the right bytes, with the
-// storage-order check cut into many segments, with and without verify.
+// storage-order check, with and without verify (snapstore's tests cut the
+// check into many segments).
 func TestApplyStoreSessionsInStorageOrder(t *testing.T) {
-	old := segRecords
-	segRecords = 64 // 700 records: 11 segments
-	t.Cleanup(func() { segRecords = old })
 	dirs, want := shuffledChain(t, rand.New(rand.NewPCG(21, 22)))
 	for _, skip := range []bool{false, true} {
 		tgt := &memTarget{b: make([]byte, len(want))}
@@ -162,9 +160,6 @@ func TestApplyStoreSessionsInStorageOrder(t *testing.T) {
 // the restore before any write, naming the session and record; one in a
 // record the plan does not use (shadowed by the older session) does not.
 func TestVerifyStorageOrderFindsDamage(t *testing.T) {
-	old := segRecords
-	segRecords = 100
-	t.Cleanup(func() { segRecords = old })
 	dirs, want := shuffledChain(t, rand.New(rand.NewPCG(23, 24)))
 
 	damage(t, dirs[1], 600) // shadowed by the older session's chunk 600

@@ -96,6 +96,7 @@ func verify(ctx context.Context, dir string, data bool) (VerifyResult, error) {
 	d := s.Meta.Dmsnap
 	var chunk, devSize int64
 	crcSuspect := false
+	var annotate func(error) error
 	if d != nil {
 		chunk, devSize = int64(d.ChunkSize), d.Device.Size
 		// Whole-file checksums first: they catch any flipped bit in the
@@ -118,60 +119,100 @@ func verify(ctx context.Context, dir string, data bool) (VerifyResult, error) {
 		}
 	}
 
-	it, err := s.Records()
-	if err != nil {
-		add(err)
-		return res, &VerifyError{Dir: dir, Problems: res.Problems}
-	}
-	defer it.Close()
+	// A session dmsnap wrote has its data checked in storage order
+	// (blocks.dat read in file order, CheckInStorageOrder) once its map has
+	// passed the structural checks; a seed session, or a damaged map, has
+	// each record read where the map puts it.
+	storage := data && d != nil
 	mapPath := filepath.Join(dir, MapFile)
 	var buf []byte
 	var dataEnd int64
-	for {
-		if err := ctx.Err(); err != nil {
-			return res, err
-		}
-		e, err := it.Next()
-		if err == io.EOF {
-			break
-		}
+	// walk reads blocks.map: with structure it counts the records and
+	// checks each (and reads its data when readData); without it, it only
+	// reads the data of the records that pass.
+	walk := func(structure, readData bool) error {
+		it, err := s.Records()
 		if err != nil {
-			// blocks.map damage the checksums above already reported
-			// stops the walk; a seed map is sorted in memory beforehand.
-			if !errors.Is(err, ErrChecksum) || len(res.Problems) == 0 {
+			if structure {
 				add(err)
+				return &VerifyError{Dir: dir, Problems: res.Problems}
 			}
-			break
+			return nil
 		}
-		res.Records++
-		dataEnd = max(dataEnd, int64(e.Offset)+int64(e.Size))
-		if d != nil {
-			if msg := checkChunkRecord(e.Record, chunk, devSize); msg != "" {
-				if !add(formatErr(mapPath, e.Index*RecordSize, e.Index, ErrCorrupt, "sector %d: %s", e.Sector, msg)) {
-					break
+		defer it.Close()
+		for {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			e, err := it.Next()
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				// blocks.map damage the checksums above already reported
+				// stops the walk; a seed map is sorted in memory beforehand.
+				if structure && (!errors.Is(err, ErrChecksum) || len(res.Problems) == 0) {
+					add(err)
+				}
+				return nil
+			}
+			if structure {
+				res.Records++
+				dataEnd = max(dataEnd, int64(e.Offset)+int64(e.Size))
+			}
+			if d != nil {
+				if msg := checkChunkRecord(e.Record, chunk, devSize); msg != "" {
+					if structure && !add(formatErr(mapPath, e.Index*RecordSize, e.Index, ErrCorrupt, "sector %d: %s", e.Sector, msg)) {
+						return nil
+					}
+					continue
+				}
+			}
+			if !readData {
+				if structure {
+					res.Bytes += int64(e.Size)
 				}
 				continue
 			}
-		}
-		if !data {
-			res.Bytes += int64(e.Size)
-			continue
-		}
-		if buf, err = s.ReadData(e, buf); err != nil {
-			var fe *FormatError
-			if crcSuspect && errors.As(err, &fe) && errors.Is(err, ErrChecksum) {
-				fe.Msg += "; blocks.crc is itself damaged, so the CRC may be what is wrong"
+			if buf, err = s.ReadData(e, buf); err != nil {
+				if !add(annotate(err)) {
+					return nil
+				}
+				continue
 			}
-			if !add(err) {
-				break
+			if structure {
+				res.Bytes += int64(e.Size)
 			}
-			continue
 		}
-		res.Bytes += int64(e.Size)
+	}
+	annotate = func(err error) error {
+		var fe *FormatError
+		if crcSuspect && errors.As(err, &fe) && errors.Is(err, ErrChecksum) {
+			fe.Msg += "; blocks.crc is itself damaged, so the CRC may be what is wrong"
+		}
+		return err
+	}
+	if err := walk(true, data && !storage); err != nil {
+		return res, err
 	}
 	if d != nil && len(res.Problems) == 0 && s.datSize != dataEnd {
 		add(formatErr(filepath.Join(dir, DataFile), -1, -1, ErrCorrupt,
 			"is %d bytes, its last record ends at %d", s.datSize, dataEnd))
+	}
+	if storage {
+		done := false
+		if len(res.Problems) == 0 {
+			var err error
+			done, err = s.CheckInStorageOrder(ctx, func(uint64) {}, func(_ int64, _ Record, err error) bool { return add(annotate(err)) })
+			if err != nil {
+				return res, err
+			}
+		}
+		if !done {
+			if err := walk(false, true); err != nil {
+				return res, err
+			}
+		}
 	}
 	if len(res.Problems) > 0 {
 		return res, &VerifyError{Dir: dir, Problems: res.Problems}
