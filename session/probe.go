@@ -51,7 +51,6 @@ const (
 	extUUIDOff      = 0x68 // s_uuid[16]
 	extMagic        = 0xef53
 	extHasJournal   = 0x4     // COMPAT_HAS_JOURNAL
-	extFastCommit   = 0x400   // COMPAT_FAST_COMMIT
 	extIncompatExt4 = 0x2c0   // INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG
 	xfsUUIDOff      = 32      // sb_uuid, after magic, blocksize, dblocks, rblocks, rextents
 	btrfsSuperblock = 0x10000 // the primary super block, 64 KiB in
@@ -105,34 +104,6 @@ func ProbeFilesystem(r io.ReaderAt) (fsType, uuid string, err error) {
 		return "btrfs", formatUUID(b[btrfsFSIDOff : btrfsFSIDOff+16]), nil
 	}
 	return "", "", nil
-}
-
-// ExtJournal is how an ext2/3/4 filesystem makes an fsync durable.
-type ExtJournal struct {
-	Journal    bool // has_journal: an fsync that changed the inode commits the journal
-	FastCommit bool // fast_commit: such an fsync logs the inode in one block instead
-}
-
-// ProbeExtJournal reads the journal features of the ext2/3/4 filesystem on
-// r from its superblock; anything else is an error.
-func ProbeExtJournal(r io.ReaderAt) (ExtJournal, error) {
-	b := make([]byte, extCompatOff+4)
-	if _, err := r.ReadAt(b, extSuperblock); err != nil {
-		return ExtJournal{}, fmt.Errorf("read ext superblock: %w", err)
-	}
-	return parseExtJournal(b)
-}
-
-// parseExtJournal reads the features from the superblock's first bytes.
-func parseExtJournal(b []byte) (ExtJournal, error) {
-	if len(b) < extCompatOff+4 {
-		return ExtJournal{}, fmt.Errorf("ext superblock: %d bytes, need %d", len(b), extCompatOff+4)
-	}
-	if m := binary.LittleEndian.Uint16(b[extMagicOff:]); m != extMagic {
-		return ExtJournal{}, fmt.Errorf("ext superblock: magic %#04x, want %#04x", m, extMagic)
-	}
-	compat := binary.LittleEndian.Uint32(b[extCompatOff:])
-	return ExtJournal{Journal: compat&extHasJournal != 0, FastCommit: compat&extFastCommit != 0}, nil
 }
 
 func formatUUID(b []byte) string {

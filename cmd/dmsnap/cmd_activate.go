@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/dmsnap/dmsnap/session"
-	"github.com/dmsnap/dmsnap/session/system"
 )
 
 func init() {
@@ -15,9 +14,7 @@ const activateHelp = `usage: dmsnap activate DEVICE [--name NAME] [--chunk-size 
 
 Builds the dmsnap stack over DEVICE (which must not be mounted) and arms its
 first session. Mount /dev/mapper/dmsnap-NAME from then on: every mount to
-unmount of it is one session in the store. When the store is on ext4 without
-fast commits it notes on stderr what that costs the device's writes and how
-to enable them (README, Performance).
+unmount of it is one session in the store.
 
 Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device mounted or busy.
 `
@@ -61,12 +58,6 @@ func runActivate(e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "activated %s as %s: mount /dev/mapper/dmsnap-%s; sessions go to %s\n", d.Path, d.Name, d.Name, d.Store)
 	if cur := d.Current(); cur != nil {
 		fmt.Fprintf(e.stdout, "session %d armed in %s\n", cur.N, cur.Dir)
-	}
-	// Advice only: a store the check cannot read gets no note.
-	if fsys, err := system.InspectStore(d.Store); err == nil {
-		if note := system.StoreNote(d.Store, fsys); note != "" {
-			fmt.Fprintln(e.stderr, note)
-		}
 	}
 	return nil
 }
