@@ -488,7 +488,7 @@ func writeRestoreMarkdown(w io.Writer, r Report) {
 		}
 		fmt.Fprintf(w, "\n%s: %s.\n", x.Name, strings.Join(parts, ", "))
 	}
-	fmt.Fprintf(w, "\nEvery cow.img holds its chunks in a random order (the order of first writes), so blocks.dat (layout cow: the COW file renamed) is in that order too: the worst case for a restore, which writes in device order. The verify pass reads each session's blocks.dat in file order (sequential reads of up to 1 MiB, records sorted by offset one segment of 65536 chunks at a time, CRC-32C on two goroutines), which also leaves the data in the page cache for the write pass; the write pass reads in device order in one goroutine while another writes 1 MiB runs. Without the verify pass the write pass reads cold blocks.dat at random offsets (4 KiB each) and checks each record as it reads it.\n")
+	fmt.Fprintf(w, "\nEvery cow.img holds its chunks in a random order (the order of first writes), so blocks.dat (layout cow: the COW file renamed) is in that order too: the worst case for a restore, which writes in device order. The verify pass reads each session's blocks.dat in file order (sequential reads of up to 1 MiB, records sorted by offset one segment of 65536 chunks at a time, CRC-32C on two goroutines), which also leaves the data in the page cache for the write pass; the write pass reads in device order in one goroutine while another writes 1 MiB runs, with O_DIRECT where the target allows it (internal/directio; the log says whether it did). Without the verify pass the write pass reads cold blocks.dat at random offsets (4 KiB each) and checks each record as it reads it.\n")
 	fmt.Fprintf(w, "\nRestored device checked chunk by chunk after each restore.\n")
 }
 
@@ -499,7 +499,7 @@ func writeConvMarkdown(w io.Writer, r Report) {
 		fmt.Fprintf(w, "| %s | %d | %.3f s | %.3f s | **%.3f** | %.1f MiB (%.1f) | %.3f s | %.2f | %.3f s |\n", mib(c.PreImageBytes), c.Records, c.Convert.Seconds, c.Cp.Seconds, c.Ratio,
 			c.Convert.peak(), float64(c.Convert.MaxRSSKB)/1024, c.Read.Seconds, c.Convert.Seconds/c.Read.Seconds, c.GenSeconds)
 	}
-	fmt.Fprintf(w, "\nCRC-32C runs at %.0f MB/s in memory on this machine with the implementation internal/crc32c chose (%s; hash/crc32, which uses the CPU's CRC32 instruction, %.0f MB/s here, ~20 GB/s on hardware; SHA-256 %.0f MB/s): the conversion's map-files step reads every pre-image once and checksums it, so where this is slower than the store's reads the conversion is CPU-bound.\n", r.CRC32CMBps, r.CRC32CImpl, r.CRC32CStdlibMBps, r.SHA256MBps)
+	fmt.Fprintf(w, "\nCRC-32C runs at %.0f MB/s in memory on this machine with the implementation internal/crc32c chose (%s; hash/crc32, which uses the CPU's CRC32 instruction, %.0f MB/s here, ~20 GB/s on hardware; SHA-256 %.0f MB/s): the conversion's map-files step reads every pre-image once (with O_DIRECT where the store allows it: internal/directio) and checksums it, so where this is slower than the store's reads the conversion is CPU-bound.\n", r.CRC32CMBps, r.CRC32CImpl, r.CRC32CStdlibMBps, r.SHA256MBps)
 	for _, c := range r.Conversion {
 		var parts []string
 		for _, st := range c.Convert.Steps {
