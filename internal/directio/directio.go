@@ -61,12 +61,22 @@ type pair struct {
 	used   atomic.Bool // an O_DIRECT operation succeeded
 }
 
-// use returns the descriptor for an operation on p at off.
-func (q *pair) use(p []byte, off int64) (*os.File, bool) {
-	if d := q.direct.Load(); d != nil && aligned(p, off) {
-		return d, true
+// at does op (a ReadAt or WriteAt) on p at off: on the O_DIRECT
+// descriptor when p and off are aligned, and again on the ordinary one
+// when the kernel refused that without moving a byte.
+func (q *pair) at(p []byte, off int64, op func(*os.File, []byte, int64) (int, error)) (int, error) {
+	d := q.direct.Load()
+	if d == nil || !aligned(p, off) {
+		return op(q.f, p, off)
 	}
-	return q.f, false
+	n, err := op(d, p, off)
+	if err != nil && n == 0 && q.refused(err) {
+		return op(q.f, p, off)
+	}
+	if n > 0 {
+		q.used.Store(true)
+	}
+	return n, err
 }
 
 // refused handles an O_DIRECT operation's error: EINVAL means the kernel
@@ -88,7 +98,16 @@ func (q *pair) refused(err error) bool {
 // Direct reports whether any operation went around the page cache.
 func (q *pair) Direct() bool { return q.used.Load() }
 
-func (q *pair) closeDirect() error {
+// open sets the pair up over f, reopened with flags|O_DIRECT beside it.
+func (q *pair) open(f *os.File, flags int) {
+	q.f = f
+	if d := reopen(f, flags); d != nil {
+		q.direct.Store(d)
+	}
+}
+
+// Close closes the O_DIRECT descriptor (not the caller's file).
+func (q *pair) Close() error {
 	if d := q.direct.Swap(nil); d != nil {
 		return d.Close()
 	}
@@ -101,42 +120,23 @@ type Reader struct{ pair }
 
 // NewReader reads f (open for reading), which stays the caller's to close.
 func NewReader(f *os.File) *Reader {
-	r := &Reader{pair{f: f}}
-	if d := reopen(f, os.O_RDONLY); d != nil {
-		r.direct.Store(d)
-	}
+	r := &Reader{}
+	r.open(f, os.O_RDONLY)
 	return r
 }
 
 // ReadAt is f.ReadAt, without the page cache when p and off are aligned.
 // The file's bytes are the same either way: the kernel writes dirty
 // cached pages back before an O_DIRECT read of them.
-func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
-	f, direct := r.use(p, off)
-	n, err := f.ReadAt(p, off)
-	if direct {
-		if err != nil && r.refused(err) {
-			return r.f.ReadAt(p, off)
-		}
-		if n > 0 {
-			r.used.Store(true)
-		}
-	}
-	return n, err
-}
-
-// Close closes the O_DIRECT descriptor (not the caller's file).
-func (r *Reader) Close() error { return r.closeDirect() }
+func (r *Reader) ReadAt(p []byte, off int64) (int, error) { return r.at(p, off, (*os.File).ReadAt) }
 
 // Writer writes a file or block device with O_DIRECT where it can.
 type Writer struct{ pair }
 
 // NewWriter writes f (open for writing), which stays the caller's to close.
 func NewWriter(f *os.File) *Writer {
-	w := &Writer{pair{f: f}}
-	if d := reopen(f, os.O_WRONLY); d != nil {
-		w.direct.Store(d)
-	}
+	w := &Writer{}
+	w.open(f, os.O_WRONLY)
 	return w
 }
 
@@ -144,23 +144,8 @@ func NewWriter(f *os.File) *Writer {
 // aligned. Writes through the page cache are durable after Sync; O_DIRECT
 // ones have reached the device when WriteAt returns and its cache is
 // flushed by Sync too.
-func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
-	f, direct := w.use(p, off)
-	n, err := f.WriteAt(p, off)
-	if direct {
-		if err != nil && n == 0 && w.refused(err) {
-			return w.f.WriteAt(p, off)
-		}
-		if n > 0 {
-			w.used.Store(true)
-		}
-	}
-	return n, err
-}
+func (w *Writer) WriteAt(p []byte, off int64) (int, error) { return w.at(p, off, (*os.File).WriteAt) }
 
 // Sync writes back what went through the page cache and flushes the
 // device's cache (fsync of the ordinary descriptor).
 func (w *Writer) Sync() error { return w.f.Sync() }
-
-// Close closes the O_DIRECT descriptor (not the caller's file).
-func (w *Writer) Close() error { return w.closeDirect() }
