@@ -18,7 +18,7 @@ const maxProblems = 100
 type VerifyResult struct {
 	ID         string
 	Records    int64 // records checked
-	Bytes      int64 // pre-image bytes read
+	Bytes      int64 // pre-image bytes of the well-formed records (all checked when there is no problem)
 	Unverified bool  // a seed session: structure checked, no checksums to check
 	Invalid    bool  // dmsnap flagged the session invalid
 	Problems   []*FormatError
@@ -96,7 +96,6 @@ func verify(ctx context.Context, dir string, data bool) (VerifyResult, error) {
 	d := s.Meta.Dmsnap
 	var chunk, devSize int64
 	crcSuspect := false
-	var annotate func(error) error
 	if d != nil {
 		chunk, devSize = int64(d.ChunkSize), d.Device.Size
 		// Whole-file checksums first: they catch any flipped bit in the
@@ -119,97 +118,73 @@ func verify(ctx context.Context, dir string, data bool) (VerifyResult, error) {
 		}
 	}
 
-	// A session dmsnap wrote has its data checked in storage order
-	// (blocks.dat read in file order, CheckInStorageOrder) once its map has
-	// passed the structural checks; a seed session, or a damaged map, has
-	// each record read where the map puts it.
-	storage := data && d != nil
 	mapPath := filepath.Join(dir, MapFile)
-	var buf []byte
-	var dataEnd int64
-	// walk reads blocks.map: with structure it counts the records and
-	// checks each (and reads its data when readData); without it, it only
-	// reads the data of the records that pass.
-	walk := func(structure, readData bool) error {
-		it, err := s.Records()
-		if err != nil {
-			if structure {
-				add(err)
-				return &VerifyError{Dir: dir, Problems: res.Problems}
-			}
-			return nil
+	badRecord := func(e Entry) string {
+		if d == nil {
+			return ""
 		}
-		defer it.Close()
-		for {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			e, err := it.Next()
-			if err == io.EOF {
-				return nil
-			}
-			if err != nil {
-				// blocks.map damage the checksums above already reported
-				// stops the walk; a seed map is sorted in memory beforehand.
-				if structure && (!errors.Is(err, ErrChecksum) || len(res.Problems) == 0) {
-					add(err)
-				}
-				return nil
-			}
-			if structure {
-				res.Records++
-				dataEnd = max(dataEnd, int64(e.Offset)+int64(e.Size))
-			}
-			if d != nil {
-				if msg := checkChunkRecord(e.Record, chunk, devSize); msg != "" {
-					if structure && !add(formatErr(mapPath, e.Index*RecordSize, e.Index, ErrCorrupt, "sector %d: %s", e.Sector, msg)) {
-						return nil
-					}
-					continue
-				}
-			}
-			if !readData {
-				if structure {
-					res.Bytes += int64(e.Size)
-				}
-				continue
-			}
-			if buf, err = s.ReadData(e, buf); err != nil {
-				if !add(annotate(err)) {
-					return nil
-				}
-				continue
-			}
-			if structure {
-				res.Bytes += int64(e.Size)
-			}
-		}
+		return checkChunkRecord(e.Record, chunk, devSize)
 	}
-	annotate = func(err error) error {
+	annotate := func(err error) error {
 		var fe *FormatError
 		if crcSuspect && errors.As(err, &fe) && errors.Is(err, ErrChecksum) {
 			fe.Msg += "; blocks.crc is itself damaged, so the CRC may be what is wrong"
 		}
 		return err
 	}
-	if err := walk(true, data && !storage); err != nil {
-		return res, err
+
+	// The structure: every record of blocks.map.
+	it, err := s.Records()
+	if err != nil {
+		add(err)
+		return res, &VerifyError{Dir: dir, Problems: res.Problems}
 	}
+	var dataEnd int64
+	for {
+		if err := ctx.Err(); err != nil {
+			it.Close()
+			return res, err
+		}
+		e, err := it.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			// blocks.map damage the checksums above already reported
+			// stops the walk; a seed map is sorted in memory beforehand.
+			if !errors.Is(err, ErrChecksum) || len(res.Problems) == 0 {
+				add(err)
+			}
+			break
+		}
+		res.Records++
+		dataEnd = max(dataEnd, int64(e.Offset)+int64(e.Size))
+		if msg := badRecord(e); msg != "" {
+			if !add(formatErr(mapPath, e.Index*RecordSize, e.Index, ErrCorrupt, "sector %d: %s", e.Sector, msg)) {
+				break
+			}
+			continue
+		}
+		res.Bytes += int64(e.Size)
+	}
+	it.Close()
 	if d != nil && len(res.Problems) == 0 && s.datSize != dataEnd {
 		add(formatErr(filepath.Join(dir, DataFile), -1, -1, ErrCorrupt,
 			"is %d bytes, its last record ends at %d", s.datSize, dataEnd))
 	}
-	if storage {
+
+	// The data: a session dmsnap wrote whose map passed is checked in
+	// storage order (blocks.dat read in file order); a seed session, or a
+	// damaged map, has each well-formed record read where the map puts it.
+	if data {
 		done := false
-		if len(res.Problems) == 0 {
-			var err error
-			done, err = s.CheckInStorageOrder(ctx, func(uint64) {}, func(_ int64, _ Record, err error) bool { return add(annotate(err)) })
-			if err != nil {
+		if d != nil && len(res.Problems) == 0 {
+			if done, err = s.CheckInStorageOrder(ctx, func(uint64) {}, func(_ int64, _ Record, err error) bool { return add(annotate(err)) }); err != nil {
 				return res, err
 			}
 		}
 		if !done {
-			if err := walk(false, true); err != nil {
+			if err := s.readEach(ctx, badRecord, func(err error) bool { return add(annotate(err)) }); err != nil {
 				return res, err
 			}
 		}
@@ -218,6 +193,34 @@ func verify(ctx context.Context, dir string, data bool) (VerifyResult, error) {
 		return res, &VerifyError{Dir: dir, Problems: res.Problems}
 	}
 	return res, nil
+}
+
+// readEach reads the data of every record of blocks.map that skip does
+// not name a problem of, where the map puts it, and calls bad with each
+// failure until bad returns false. A map that cannot be read ends it
+// quietly: the structural walk has reported that.
+func (s *Session) readEach(ctx context.Context, skip func(Entry) string, bad func(error) bool) error {
+	it, err := s.Records()
+	if err != nil {
+		return nil
+	}
+	defer it.Close()
+	var buf []byte
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		e, err := it.Next()
+		if err != nil {
+			return nil
+		}
+		if skip(e) != "" {
+			continue
+		}
+		if buf, err = s.ReadData(e, buf); err != nil && !bad(err) {
+			return nil
+		}
+	}
 }
 
 // checkChunkRecord checks that a dmsnap record covers exactly one chunk
