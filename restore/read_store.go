@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/dmsnap/dmsnap/internal/crc32c"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
 
@@ -102,7 +101,7 @@ func (r *storeReader) readRecord(idx int64, rec Record, p []byte) error {
 	if err != nil {
 		return err
 	}
-	if got := crc32c.Checksum(p); got != want {
+	if got := snapstore.ChecksumData(p); got != want {
 		return fmt.Errorf("%w: pre-image has CRC-32C %08x, blocks.crc says %08x", snapstore.ErrChecksum, got, want)
 	}
 	return nil

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 
-	"github.com/dmsnap/dmsnap/internal/crc32c"
 	"golang.org/x/sys/unix"
 )
 
@@ -213,7 +212,7 @@ func checkSorted(ctx context.Context, dat io.ReaderAt, datPath string, chunk int
 					}
 					res.bytes += uint64(r.Size)
 					at := r.Offset - b.off
-					if got := crc32c.Checksum(b.p[at : at+uint64(r.Size)]); got != recs[i].crc {
+					if got := ChecksumData(b.p[at : at+uint64(r.Size)]); got != recs[i].crc {
 						res.bad = append(res.bad, failure{i, formatErr(datPath, int64(r.Offset), recs[i].idx, ErrChecksum,
 							"pre-image of sector %d, origin chunk %d (%d bytes) has CRC-32C %08x, blocks.crc says %08x", r.Sector, r.Start()/chunk, r.Size, got, recs[i].crc)})
 					}
