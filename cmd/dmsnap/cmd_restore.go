@@ -458,9 +458,9 @@ func (r *restorer) plan(sessions []snapstore.SessionInfo, dev restore.Device) (*
 	// them in the page cache). A session verified earlier in this run
 	// (before the armed session was closed) is not read again.
 	var plan, unchecked []restore.Session
-	var fresh []string
 	for _, s := range chain {
-		if !r.verified[s.ID] {
+		check := !r.verified[s.ID]
+		if check {
 			if _, err := snapstore.VerifyStructure(r.e.ctx, s.Dir); err != nil {
 				return nil, nil, fmt.Errorf("session %s failed verification; nothing was written: %w", s.ID, err)
 			}
@@ -471,9 +471,8 @@ func (r *restorer) plan(sessions []snapstore.SessionInfo, dev restore.Device) (*
 		}
 		r.opened = append(r.opened, ss)
 		plan = append(plan, restore.NewStoreSession(ss))
-		if !r.verified[s.ID] {
+		if check {
 			unchecked = append(unchecked, plan[len(plan)-1])
-			fresh = append(fresh, s.ID)
 		}
 	}
 	if len(unchecked) > 0 {
@@ -490,8 +489,8 @@ func (r *restorer) plan(sessions []snapstore.SessionInfo, dev restore.Device) (*
 		if r.verified == nil {
 			r.verified = map[string]bool{}
 		}
-		for _, id := range fresh {
-			r.verified[id] = true
+		for _, s := range unchecked {
+			r.verified[s.ID()] = true
 		}
 	}
 	p, err := restore.NewPlan(plan)
