@@ -1,5 +1,7 @@
 package dm
 
+import "github.com/dmsnap/dmsnap/internal/filemap"
+
 // Mapper is the device-mapper surface the stack logic needs. System is the
 // real kernel; dm/dmtest.Fake is an in-memory stand-in with the same rules
 // (names unique, tables hold their devices, busy devices cannot be removed)
@@ -23,12 +25,15 @@ type Mapper interface {
 	ZeroCOWHeader(path string) error
 }
 
-// Loops is the loop device surface the session logic needs.
+// Loops is the loop device surface the session logic needs, with the files
+// behind loop devices: MapFile and UnpinFile (AttachCOW).
 type Loops interface {
 	AttachLoop(file string, opts LoopOptions) (*Loop, error)
 	DetachLoop(path string) error
 	SetLoopCapacity(path string) (uint64, error)
 	FindLoop(file string) (*Loop, error)
+	MapFile(path string) (FileMap, error)
+	UnpinFile(path string) error
 }
 
 // Kernel is everything dmsnap asks of the kernel.
@@ -60,3 +65,5 @@ func (System) AttachLoop(file string, opts LoopOptions) (*Loop, error) { return 
 func (System) DetachLoop(path string) error                            { return DetachLoop(path) }
 func (System) SetLoopCapacity(path string) (uint64, error)             { return SetLoopCapacity(path) }
 func (System) FindLoop(file string) (*Loop, error)                     { return FindLoop(file) }
+func (System) MapFile(path string) (FileMap, error)                    { return MapFile(path) }
+func (System) UnpinFile(path string) error                             { return filemap.Unpin(path) }

@@ -25,6 +25,7 @@ func ValidateName(name string) error { return names.Validate(name) }
 //	dmsnap-sdb1        snapshot-origin  dmsnap-sdb1-real       (users mount this)
 //	dmsnap-sdb1-real   linear           /dev/sdb1              (holds the raw device)
 //	dmsnap-sdb1-snapN  snapshot         dmsnap-sdb1-real <cow> P <chunk>
+//	dmsnap-sdb1-cowN   linear           the session's cow.img (cow.go)
 //
 // A Stack is a description; its methods act on the kernel through DM (the
 // real kernel when nil). Every method that changes more than one device
@@ -32,10 +33,10 @@ func ValidateName(name string) error { return names.Validate(name) }
 type Stack struct {
 	Name   string // stack name, see ValidateName
 	Device string // raw block device path; needed by Build only
-	DM     Mapper // nil means System{}
+	DM     Kernel // nil means System{}
 }
 
-func (s Stack) dm() Mapper {
+func (s Stack) dm() Kernel {
 	if s.DM == nil {
 		return System{}
 	}
@@ -277,7 +278,13 @@ func (s Stack) add(op string, n int, cow string, chunk uint32, fresh bool, old i
 			return undo(err, rm(name), resumeOrigin)
 		}
 	}
-	return resumeOrStuck(m, origin)
+	if err := resumeOrStuck(m, origin); err != nil {
+		return err
+	}
+	if old >= 0 {
+		return s.RemoveCOW(old)
+	}
+	return nil
 }
 
 // resumeOrStuck resumes a suspended origin, trying twice: a suspended origin
@@ -295,8 +302,10 @@ func resumeOrStuck(m Mapper, origin string) error {
 	return e
 }
 
-// RemoveSnapshot removes snapshot n with the origin suspended. An open
-// snapshot (a mounted view) is ErrBusy and nothing changes.
+// RemoveSnapshot removes snapshot n with the origin suspended, then its
+// COW device (AttachCOW). An open snapshot (a mounted view) is ErrBusy and
+// nothing changes. A snapshot already gone is ErrNotFound, its COW device
+// removed all the same.
 func (s Stack) RemoveSnapshot(n int) error {
 	const op = "remove snapshot"
 	if err := s.check(op); err != nil {
@@ -305,6 +314,12 @@ func (s Stack) RemoveSnapshot(n int) error {
 	m := s.dm()
 	name, origin := s.SnapshotName(n), s.OriginName()
 	si, err := m.Info(name)
+	if errors.Is(err, ErrNotFound) {
+		if cerr := s.RemoveCOW(n); cerr != nil {
+			return cerr
+		}
+		return err
+	}
 	if err != nil {
 		return err
 	}
@@ -315,7 +330,10 @@ func (s Stack) RemoveSnapshot(n int) error {
 	}
 	if _, err := m.Info(origin); errors.Is(err, ErrNotFound) {
 		// No origin (a half-torn-down stack): nothing to suspend.
-		return m.Remove(name)
+		if err := m.Remove(name); err != nil {
+			return err
+		}
+		return s.RemoveCOW(n)
 	} else if err != nil {
 		return err
 	}
@@ -325,7 +343,10 @@ func (s Stack) RemoveSnapshot(n int) error {
 	if err := m.Remove(name); err != nil {
 		return undo(err, func() error { return resumeOrStuck(m, origin) })
 	}
-	return resumeOrStuck(m, origin)
+	if err := resumeOrStuck(m, origin); err != nil {
+		return err
+	}
+	return s.RemoveCOW(n)
 }
 
 // SnapshotInfo is one live snapshot of a stack.
@@ -492,9 +513,24 @@ func (s Stack) Repair() error {
 	if err != nil {
 		return err
 	}
+	live := map[int]bool{}
 	for _, sn := range snaps {
 		if !sn.LiveTable && sn.OpenCount == 0 {
 			if err := m.Remove(sn.Name); err != nil && !errors.Is(err, ErrNotFound) {
+				return err
+			}
+			continue
+		}
+		n, _ := strconv.Atoi(strings.TrimPrefix(sn.Name, s.snapPrefix()))
+		live[n] = true
+	}
+	cows, err := s.cowDevices()
+	if err != nil {
+		return err
+	}
+	for _, c := range cows {
+		if !live[c.n] && c.info.OpenCount == 0 {
+			if err := m.Remove(c.info.Name); err != nil && !errors.Is(err, ErrNotFound) {
 				return err
 			}
 		}
@@ -502,7 +538,62 @@ func (s Stack) Repair() error {
 	return fix(s.OriginName())
 }
 
-// Teardown removes the whole stack: the origin, every snapshot, -real. It
+type cowDevice struct {
+	n    int
+	info DeviceInfo
+}
+
+// cowDevices lists the stack's COW devices: named dmsnap-NAME-cowN, with no
+// live table yet or a table of linear targets only.
+func (s Stack) cowDevices() ([]cowDevice, error) {
+	m := s.dm()
+	items, err := m.List()
+	if err != nil {
+		return nil, err
+	}
+	prefix := Prefix + s.Name + "-cow"
+	var out []cowDevice
+	for _, it := range items {
+		num, ok := strings.CutPrefix(it.Name, prefix)
+		if !ok {
+			continue
+		}
+		n, err := strconv.Atoi(num)
+		if err != nil || n < 0 || strconv.Itoa(n) != num {
+			continue
+		}
+		info, err := m.Info(it.Name)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if info.LiveTable {
+			tbl, err := m.Table(it.Name)
+			if err != nil {
+				return nil, err
+			}
+			if !allLinear(tbl) {
+				continue
+			}
+		}
+		out = append(out, cowDevice{n: n, info: info})
+	}
+	return out, nil
+}
+
+func allLinear(tbl []TargetSpec) bool {
+	for _, t := range tbl {
+		if t.Type != "linear" {
+			return false
+		}
+	}
+	return len(tbl) > 0
+}
+
+// Teardown removes the whole stack: the origin, every snapshot and COW
+// device, -real. It
 // refuses with ErrBusy, before removing anything, while the origin or a
 // snapshot is open (mounted). Devices already gone are skipped, so it can be
 // run again after a partial failure. Loop devices under the snapshots are
@@ -540,6 +631,13 @@ func (s Stack) Teardown() error {
 				Hint: "close or unmount the snapshot view, then retry"}
 		}
 		names = append(names, sn.Name)
+	}
+	cows, err := s.cowDevices()
+	if err != nil {
+		return err
+	}
+	for _, c := range cows {
+		names = append(names, c.info.Name)
 	}
 	names = append(names, s.RealName())
 	for _, name := range names {

@@ -22,6 +22,7 @@ import (
 	"sync"
 
 	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/internal/filemap"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,6 +37,8 @@ type Fake struct {
 	nextMinor uint32
 	failures  []failure
 	log       []string
+	fileMap   func(string) (dm.FileMap, error) // MapFile's answers (SetFileMap)
+	pinned    map[string]bool
 }
 
 type device struct {
@@ -64,6 +67,8 @@ type loop struct {
 	autoclear bool
 	detached  bool // LOOP_CLR_FD while in use: goes away when released
 	held      bool // the Loop returned by AttachLoop is not closed yet
+	direct    bool
+	sizeLimit uint64
 }
 
 type failure struct {
@@ -79,6 +84,7 @@ func New() *Fake {
 		devices: map[string]*device{},
 		blocks:  map[string]*block{},
 		loops:   map[int]*loop{},
+		pinned:  map[string]bool{},
 	}
 }
 
@@ -492,16 +498,37 @@ func (f *Fake) cowSectorsLocked(s dm.TargetSpec) uint64 {
 	case dm.SnapshotMerge:
 		cow = t.COW
 	}
+	return f.sectorsLocked(cow)
+}
+
+// sectorsLocked is the size of device d: a loop device's file (or window),
+// a registered block device, a mapped device's table.
+func (f *Fake) sectorsLocked(d dm.Dev) uint64 {
 	for _, l := range f.loops {
-		if l.dev == cow {
+		if l.dev == d {
+			if l.sizeLimit > 0 {
+				return l.sizeLimit / dm.SectorSize
+			}
 			if fi, err := os.Stat(l.file); err == nil {
 				return uint64(fi.Size()) / dm.SectorSize
+			}
+			if b, ok := f.blocks[l.file]; ok {
+				return b.sectors
 			}
 		}
 	}
 	for _, b := range f.blocks {
-		if b.dev == cow {
+		if b.dev == d {
 			return b.sectors
+		}
+	}
+	for _, x := range f.devices {
+		if x.dev == d {
+			var n uint64
+			for _, s := range x.live {
+				n += s.Length
+			}
+			return n
 		}
 	}
 	return 0
@@ -538,11 +565,7 @@ func (f *Fake) lookupLocked(path string) (dm.BlockDevice, bool) {
 	}
 	for _, l := range f.loops {
 		if path == loopPath(l.n) && !l.detached {
-			var sectors uint64
-			if fi, err := os.Stat(l.file); err == nil {
-				sectors = uint64(fi.Size()) / dm.SectorSize
-			}
-			return dm.BlockDevice{Path: path, Dev: l.dev, Sectors: sectors}, true
+			return dm.BlockDevice{Path: path, Dev: l.dev, Sectors: f.sectorsLocked(l.dev)}, true
 		}
 	}
 	if name, ok := strings.CutPrefix(path, "/dev/mapper/"); ok {
@@ -610,10 +633,15 @@ func (f *Fake) ZeroCOWHeader(path string) error {
 
 func loopPath(n int) string { return fmt.Sprintf("/dev/loop%d", n) }
 
-// AttachLoop implements dm.Loops. The file must exist; its size is the
-// loop device's size.
+// AttachLoop implements dm.Loops. The file must exist, or be a registered
+// block device when opts.BlockDevice is set; its size is the loop device's
+// size. Direct I/O takes whenever it is asked for. A pinned file
+// (MapFile) cannot be opened for writing: EPERM, as in the kernel.
 func (f *Fake) AttachLoop(file string, opts dm.LoopOptions) (*dm.Loop, error) {
-	if _, err := os.Stat(file); err != nil {
+	f.mu.Lock()
+	_, isBlock := f.blocks[file]
+	f.mu.Unlock()
+	if _, err := os.Stat(file); err != nil && !(opts.BlockDevice && isBlock) {
 		return nil, opErr("attach loop", file, unix.ENOENT)
 	}
 	f.mu.Lock()
@@ -621,14 +649,18 @@ func (f *Fake) AttachLoop(file string, opts dm.LoopOptions) (*dm.Loop, error) {
 	if err := f.failLocked("attach", file); err != nil {
 		return nil, opErr("attach loop", file, err)
 	}
+	if f.pinned[file] && !opts.ReadOnly {
+		return nil, opErr("attach loop", file, unix.EPERM)
+	}
 	n := 0
 	for f.loops[n] != nil {
 		n++
 	}
-	l := &loop{n: n, dev: dm.Dev{Major: 7, Minor: uint32(n)}, file: file, autoclear: opts.AutoClear, held: true}
+	l := &loop{n: n, dev: dm.Dev{Major: 7, Minor: uint32(n)}, file: file, autoclear: opts.AutoClear, held: true,
+		direct: opts.DirectIO, sizeLimit: opts.SizeLimit}
 	f.loops[n] = l
 	f.logf("attach %s %s", loopPath(n), file)
-	dl := dm.Loop{Path: loopPath(n), Number: n, Dev: l.dev, Backing: file, AutoClear: opts.AutoClear}
+	dl := dm.Loop{Path: loopPath(n), Number: n, Dev: l.dev, Backing: file, AutoClear: opts.AutoClear, DirectIO: opts.DirectIO}
 	return dl.WithRelease(func() error {
 		f.mu.Lock()
 		defer f.mu.Unlock()
@@ -685,5 +717,50 @@ func (f *Fake) FindLoop(file string) (*dm.Loop, error) {
 	}
 	sort.Ints(ns)
 	l := f.loops[ns[0]]
-	return &dm.Loop{Path: loopPath(l.n), Number: l.n, Dev: l.dev, Backing: l.file, AutoClear: l.autoclear}, nil
+	return &dm.Loop{Path: loopPath(l.n), Number: l.n, Dev: l.dev, Backing: l.file, AutoClear: l.autoclear, DirectIO: l.direct}, nil
+}
+
+// SetFileMap makes MapFile answer fn(path) (nil: an error, the default, as
+// for a store on tmpfs).
+func (f *Fake) SetFileMap(fn func(path string) (dm.FileMap, error)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fileMap = fn
+}
+
+// Pinned reports whether MapFile pinned path and nothing unpinned it since.
+func (f *Fake) Pinned(path string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pinned[path]
+}
+
+// MapFile implements dm.Loops: the answer SetFileMap gave, the file pinned.
+func (f *Fake) MapFile(path string) (dm.FileMap, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.failLocked("map", path); err != nil {
+		return dm.FileMap{}, opErr("map file", path, err)
+	}
+	if f.fileMap == nil {
+		return dm.FileMap{}, &dm.Error{Op: "map file", Device: path, Err: fmt.Errorf("%s: the fake maps no file unless told how: %w", path, filemap.ErrUnsupported)}
+	}
+	fm, err := f.fileMap(path)
+	if err != nil {
+		return dm.FileMap{}, err
+	}
+	f.pinned[path] = true
+	f.logf("map %s", path)
+	return fm, nil
+}
+
+// UnpinFile implements dm.Loops.
+func (f *Fake) UnpinFile(path string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.pinned[path] {
+		f.logf("unpin %s", path)
+	}
+	delete(f.pinned, path)
+	return nil
 }

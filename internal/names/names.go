@@ -16,7 +16,7 @@ const MaxLen = 100
 // reservedSuffix: a name ending like one of the stack's device suffixes
 // would make two stacks' device-mapper names collide ("a" owns
 // dmsnap-a-snap1; a device named "a-snap1" would own it too).
-var reservedSuffix = regexp.MustCompile(`-(real|snap[0-9]+)$`)
+var reservedSuffix = regexp.MustCompile(`-(real|snap[0-9]+|cow[0-9]+)$`)
 
 // Byte reports whether c may appear in a name: [A-Za-z0-9_.-], the bytes
 // the seed kept in its session directory names (snapstore.SanitizeName
@@ -26,7 +26,7 @@ func Byte(c byte) bool {
 }
 
 // Validate checks a name: 1 to MaxLen bytes of [A-Za-z0-9_.-], not "." or
-// "..", not ending in "-real" or "-snap<digits>". The error says which rule
+// "..", not ending in "-real", "-snap<digits>" or "-cow<digits>". The error says which rule
 // the name breaks and quotes it.
 func Validate(name string) error {
 	switch {
@@ -37,7 +37,7 @@ func Validate(name string) error {
 	case name == "." || name == "..":
 		return fmt.Errorf("device name %q is not allowed", name)
 	case reservedSuffix.MatchString(name):
-		return fmt.Errorf("device name %q ends like a dmsnap device (-real, -snapN)", name)
+		return fmt.Errorf("device name %q ends like a dmsnap device (-real, -snapN, -cowN)", name)
 	}
 	for i := 0; i < len(name); i++ {
 		if !Byte(name[i]) {

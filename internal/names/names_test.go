@@ -6,7 +6,7 @@ import (
 )
 
 func TestValidate(t *testing.T) {
-	for _, ok := range []string{"sdb1", "a", "vg-lv", "x.y_z", "nvme0n1p2", "x-snapshot", "real", strings.Repeat("a", MaxLen)} {
+	for _, ok := range []string{"sdb1", "a", "vg-lv", "x.y_z", "nvme0n1p2", "x-snapshot", "real", "x-cow", "cow1", strings.Repeat("a", MaxLen)} {
 		if err := Validate(ok); err != nil {
 			t.Errorf("Validate(%q): %v", ok, err)
 		}
@@ -21,6 +21,7 @@ func TestValidate(t *testing.T) {
 		"a+b":                         "use only", // dm accepted '+', session did not: one rule now
 		"d-real":                      "ends like",
 		"d-snap12":                    "ends like",
+		"d-cow3":                      "ends like",
 		strings.Repeat("a", MaxLen+1): "longer than",
 	} {
 		err := Validate(bad)

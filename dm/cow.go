@@ -1,0 +1,337 @@
+package dm
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+
+	"github.com/dmsnap/dmsnap/internal/filemap"
+)
+
+// The COW device of session n, dmsnap-NAME-cowN, is a linear device the
+// size of the session's COW file (cow.img) that the snapshot takes as its
+// exception store:
+//
+//	dmsnap-NAME-snapN  snapshot  dmsnap-NAME-real  dmsnap-NAME-cowN  P <chunk>
+//	dmsnap-NAME-cowN   linear    segments of two kinds, in file order:
+//	    fast: <loop over the store's block device>  at the segment's device offset
+//	    slow: <loop over cow.img>                    at the segment's own offset
+//
+// A fast segment is a run of cow.img that is already allocated and written
+// (the Store writes zeros over the start of a new cow.img): the kernel's
+// copies and exception commits go straight to the blocks that hold it, as
+// an LVM snapshot's go to its COW volume, instead of through the store's
+// filesystem, where every commit is an fsync of cow.img that commits the
+// filesystem's journal (README, "Benchmarks"). The bytes still land in
+// cow.img, at the same offsets: conversion, restore and every reader of the
+// session see one file either way. Everything else of the file (holes, a
+// store that cannot be mapped) is slow: the loop device over cow.img, as
+// before, which keeps the file open as long as the COW device exists.
+//
+// Mapping a file's blocks under its mounted filesystem is safe only while
+// the filesystem neither moves nor frees nor writes nor caches them:
+// internal/filemap checks the filesystem and the extents, pins the file
+// append-only while it is mapped and drops its page cache; conversion
+// (snapstore) unpins it and drops the cache again before reading it.
+//
+// Device-mapper cannot claim a mounted filesystem's device itself (the
+// mount holds it exclusively), so the fast segments go through a loop
+// device over it with direct I/O, its window limited to the span of the
+// mapped extents so that it shows no filesystem signature to blkid or udev.
+
+// cowAlign is the alignment of every segment, in the file and on the
+// device: the loop devices' logical block size and the page size, so no
+// page of the store device's cache is ever shared with filesystem metadata.
+const cowAlign = 4096
+
+// maxFastExtents bounds the fast segments of one COW device (a fragmented
+// store); the file's first extents are kept, where the kernel allocates first.
+const maxFastExtents = 4096
+
+// COWName is the COW device of session n: dmsnap-NAME-cowN.
+func (s Stack) COWName(n int) string { return Prefix + s.Name + "-cow" + strconv.Itoa(n) }
+
+// FileMap is what MapFile found: where a file's bytes lie on the block
+// device of its filesystem. The file is pinned (append-only) from then on.
+type FileMap struct {
+	Device  string // a node of the filesystem's block device
+	Dev     Dev
+	Extents []filemap.Extent
+}
+
+// COW is a session's COW device.
+type COW struct {
+	Name      string // dmsnap-NAME-cowN
+	Dev       Dev
+	Bytes     uint64 // size, the COW file's (to the alignment)
+	FastBytes uint64 // mapped straight to the store's block device
+	// Slow says why none of the file is mapped straight (AttachCOW only;
+	// empty when some is, or when there was nothing written to map).
+	Slow string
+}
+
+// Path is the COW device's /dev/mapper node.
+func (c COW) Path() string { return MapperPath(c.Name) }
+
+// tailLoop are the options of the loop device over cow.img: write-through
+// (LoopOptions.WriteThrough). The snapshot's exception commit is a flush,
+// a write with FUA and a flush; device-mapper sends a flush to every target
+// of the COW device, so with a write-back loop device over cow.img each
+// commit would fsync cow.img twice, a journal commit and a cache flush of
+// the store each, whether or not anything went through the file. With
+// write-through, what goes through the file is made durable as it is
+// written (fdatasync: no journal commit for the timestamps the write
+// changes) and the flushes cost nothing there; the fast segments get their
+// flushes as any block device does.
+var tailLoop = LoopOptions{AutoClear: true, WriteThrough: true, BlockSize: cowAlign}
+
+// AttachCOW makes dmsnap-NAME-cowN over cowFile (see the comment at the top
+// of this file), resumed and ready for a snapshot table, and returns it.
+// The loop devices under it are auto-clear: they go when it is removed. A
+// leftover dmsnap-NAME-cowN that nothing uses (a crash before its snapshot
+// was made) is replaced; one in use is ErrBusy.
+//
+// Mapping the file straight to the store's device is an optimisation: when
+// anything about it fails, the whole file goes through the loop device over
+// cow.img, and COW.Slow says why.
+func (s Stack) AttachCOW(n int, cowFile string) (COW, error) {
+	const op = "attach COW"
+	if err := s.check(op); err != nil {
+		return COW{}, err
+	}
+	m := s.dm()
+	name := s.COWName(n)
+	if info, err := m.Info(name); err == nil {
+		if info.OpenCount > 0 {
+			return COW{}, &Error{Op: op, Device: name, Kind: ErrBusy,
+				Err: fmt.Errorf("%s exists and is in use (%d openers)", name, info.OpenCount), Hint: "remove snapshot " + strconv.Itoa(n) + " first"}
+		}
+		if err := m.Remove(name); err != nil {
+			return COW{}, err
+		}
+	} else if !errors.Is(err, ErrNotFound) {
+		return COW{}, err
+	}
+	fi, err := os.Stat(cowFile)
+	if err != nil {
+		return COW{}, newError(op, cowFile, err, "")
+	}
+	size := uint64(fi.Size()) / cowAlign * cowAlign
+	if size == 0 {
+		return COW{}, errorf(op, cowFile, nil, "", "%s is smaller than %d bytes", cowFile, cowAlign)
+	}
+	// A pinned file cannot be opened for writing: a COW file mapped before a
+	// reboot is unpinned for the loop device to open it, then pinned again.
+	if err := m.UnpinFile(cowFile); err != nil {
+		return COW{}, err
+	}
+	tail, err := m.AttachLoop(cowFile, tailLoop)
+	if err != nil {
+		return COW{}, err
+	}
+	defer tail.Close()
+
+	var fast []filemap.Extent
+	var base uint64
+	var fastLoop *Loop
+	cow := COW{Name: name, Bytes: size}
+	fm, err := m.MapFile(cowFile)
+	if err != nil {
+		cow.Slow = err.Error()
+	} else if fast = fastExtents(size, fm.Extents, cowAlign); len(fast) > 0 {
+		var limit uint64
+		base, limit = span(fast)
+		fastLoop, err = m.AttachLoop(fm.Device, LoopOptions{AutoClear: true, DirectIO: true, BlockSize: cowAlign,
+			BlockDevice: true, Offset: base, SizeLimit: limit})
+		switch {
+		case err != nil:
+			cow.Slow, fast = err.Error(), nil
+		case !fastLoop.DirectIO:
+			cow.Slow, fast = fmt.Sprintf("the loop device over %s does not take direct I/O", fm.Device), nil
+			fastLoop.Close()
+			fastLoop = nil
+		default:
+			defer fastLoop.Close()
+		}
+	}
+	if len(fast) == 0 {
+		if err := m.UnpinFile(cowFile); err != nil {
+			return COW{}, err
+		}
+	}
+	var fastDev Dev
+	if fastLoop != nil {
+		fastDev = fastLoop.Dev
+	}
+	table, fastBytes := planCOW(size, fast, fastDev, base, tail.Dev)
+	cow.FastBytes = fastBytes
+	targets := make([]Target, len(table))
+	for i, t := range table {
+		targets[i] = t
+	}
+	info, err := m.Create(name, s.uuid("cow"+strconv.Itoa(n)))
+	if err != nil {
+		return COW{}, err
+	}
+	rm := func() error { return m.Remove(name) }
+	if err := m.Load(name, targets...); err != nil {
+		return COW{}, undo(err, rm)
+	}
+	if err := m.Resume(name); err != nil {
+		return COW{}, undo(err, rm)
+	}
+	cow.Dev = info.Dev
+	return cow, nil
+}
+
+// RemoveCOW removes dmsnap-NAME-cowN; one already gone is success. While a
+// snapshot uses it, it is ErrBusy.
+func (s Stack) RemoveCOW(n int) error {
+	if err := s.check("remove COW"); err != nil {
+		return err
+	}
+	err := s.dm().Remove(s.COWName(n))
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// COWInfo reads dmsnap-NAME-cowN back from its table: its size and how much
+// of it is mapped straight to the store's device (the segments that are not
+// on the loop device over cow.img, which maps the rest at its own offsets).
+func (s Stack) COWInfo(n int) (COW, error) {
+	const op = "COW info"
+	if err := s.check(op); err != nil {
+		return COW{}, err
+	}
+	m := s.dm()
+	name := s.COWName(n)
+	info, err := m.Info(name)
+	if err != nil {
+		return COW{}, err
+	}
+	tbl, err := m.Table(name)
+	if err != nil {
+		return COW{}, err
+	}
+	cow := COW{Name: name, Dev: info.Dev}
+	var lins []Linear
+	for _, spec := range tbl {
+		t, err := ParseTarget(spec)
+		l, ok := t.(Linear)
+		if err != nil || !ok {
+			return COW{}, errorf(op, name, nil, "", "target %q is not linear", spec.String())
+		}
+		lins = append(lins, l)
+	}
+	cow.Bytes, cow.FastBytes = tableBytes(lins)
+	return cow, nil
+}
+
+// tableBytes returns a COW table's size and its fast bytes: a segment is
+// slow when it maps onto the device of the table's slow segments, which
+// map at their own offsets (Offset == Start) — the last segment always
+// is one (planCOW).
+func tableBytes(lins []Linear) (size, fast uint64) {
+	if len(lins) == 0 {
+		return 0, 0
+	}
+	tail := lins[len(lins)-1].Device
+	for _, l := range lins {
+		size += l.Length * SectorSize
+		if l.Device != tail {
+			fast += l.Length * SectorSize
+		}
+	}
+	return size, fast
+}
+
+// fastExtents picks the extents of a file of size bytes to map straight to
+// the device: plain ones (written, in place), each cut to its part aligned
+// to align in the file and on the device, all before the file's last align
+// bytes (which stay on the loop device over the file, so that the table
+// always holds the file open), at most maxFastExtents of them, neighbours
+// in the file and on the device merged.
+//
+// The loop device over the store's device shows a window of it from the
+// first of these extents on; blkid and udev probe every new block device,
+// so that window must start as the loop device over the file does, with
+// the file's first block (the COW header, never a filesystem signature).
+// So there are none unless the file's first block is among them, and none
+// that lie before it on the device.
+func fastExtents(size uint64, exts []filemap.Extent, align uint64) []filemap.Extent {
+	if size < align {
+		return nil
+	}
+	end := size/align*align - align
+	var out []filemap.Extent
+	for _, e := range exts {
+		if !e.Plain() || e.Logical%align != e.Physical%align {
+			continue
+		}
+		lo := (e.Logical + align - 1) / align * align
+		hi := min(e.End()/align*align, end)
+		if lo >= hi {
+			continue
+		}
+		x := filemap.Extent{Logical: lo, Physical: e.Physical + (lo - e.Logical), Length: hi - lo}
+		if n := len(out); n > 0 && out[n-1].End() == x.Logical && out[n-1].Physical+out[n-1].Length == x.Physical {
+			out[n-1].Length += x.Length
+			continue
+		}
+		if len(out) == maxFastExtents {
+			break
+		}
+		out = append(out, x)
+	}
+	if len(out) == 0 || out[0].Logical != 0 {
+		return nil
+	}
+	kept := out[:1]
+	for _, x := range out[1:] {
+		if x.Physical >= out[0].Physical {
+			kept = append(kept, x)
+		}
+	}
+	return kept
+}
+
+// span returns the first device byte of the extents and the length of the
+// device window that holds them all.
+func span(exts []filemap.Extent) (base, length uint64) {
+	if len(exts) == 0 {
+		return 0, 0
+	}
+	lo, hi := ^uint64(0), uint64(0)
+	for _, e := range exts {
+		lo = min(lo, e.Physical)
+		hi = max(hi, e.Physical+e.Length)
+	}
+	return lo, hi - lo
+}
+
+// planCOW returns the table of a COW device over a file of size bytes (a
+// multiple of cowAlign): the extents in fast, sorted and inside the file
+// (fastExtents), map to fastDev at their device offset less base; every
+// other part of the file maps to tail at its own offset. It also returns
+// the fast bytes.
+func planCOW(size uint64, fast []filemap.Extent, fastDev Dev, base uint64, tail Dev) ([]Linear, uint64) {
+	var out []Linear
+	var fastBytes, at uint64
+	slow := func(to uint64) {
+		if to > at {
+			out = append(out, Linear{Start: at / SectorSize, Length: (to - at) / SectorSize, Device: tail, Offset: at / SectorSize})
+			at = to
+		}
+	}
+	for _, e := range fast {
+		slow(e.Logical)
+		out = append(out, Linear{Start: e.Logical / SectorSize, Length: e.Length / SectorSize, Device: fastDev, Offset: (e.Physical - base) / SectorSize})
+		fastBytes += e.Length
+		at = e.End()
+	}
+	slow(size)
+	return out, fastBytes
+}
