@@ -135,6 +135,11 @@ type ArmSpec struct {
 	Identity   Identity  // of the raw device
 	ChunkSize  uint32    // bytes
 	Armed      time.Time // identifies the directory with Name, see PendingSession
+	// Prealloc asks for up to that many bytes at the start of cow.img to be
+	// written with zeros, so that the kernel finds them allocated and
+	// Kernel.AttachSnapshot can map them straight to the store's device
+	// (less where the store is short of space or cannot be mapped so).
+	Prealloc int64
 }
 
 // PendingSession is an unfinished session directory as the store shows it.

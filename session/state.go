@@ -55,17 +55,18 @@ func (s SessionState) Ending() bool { return s == SessionClosing || s == Session
 
 // Device is one activated device in the registry.
 type Device struct {
-	Name        string      `json:"name"`              // dmsnap name: dmsnap-NAME, NAME_<secs>
-	Path        string      `json:"path"`              // the device path given at activation
-	Identity    Identity    `json:"identity"`          // of the raw device
-	Origin      DevNum      `json:"origin,omitzero"`   // dmsnap-NAME's number when last seen
-	ChunkSize   uint32      `json:"chunk_size"`        // bytes
-	Store       string      `json:"store"`             // directory holding the session directories
-	State       DeviceState `json:"state"`             //
-	Activated   time.Time   `json:"activated"`         //
-	NextSession int         `json:"next_session"`      // number of the next session to arm (from 1)
-	Sessions    []*Session  `json:"sessions,omitzero"` // the live session and those being closed, by number
-	Error       string      `json:"error,omitempty"`   // the last failed step, until one succeeds
+	Name        string      `json:"name"`               // dmsnap name: dmsnap-NAME, NAME_<secs>
+	Path        string      `json:"path"`               // the device path given at activation
+	Identity    Identity    `json:"identity"`           // of the raw device
+	Origin      DevNum      `json:"origin,omitzero"`    // dmsnap-NAME's number when last seen
+	ChunkSize   uint32      `json:"chunk_size"`         // bytes
+	Prealloc    int64       `json:"prealloc,omitempty"` // bytes of each new cow.img written ahead (ArmSpec.Prealloc)
+	Store       string      `json:"store"`              // directory holding the session directories
+	State       DeviceState `json:"state"`              //
+	Activated   time.Time   `json:"activated"`          //
+	NextSession int         `json:"next_session"`       // number of the next session to arm (from 1)
+	Sessions    []*Session  `json:"sessions,omitzero"`  // the live session and those being closed, by number
+	Error       string      `json:"error,omitempty"`    // the last failed step, until one succeeds
 }
 
 // Session is one session the registry still tracks: the live one, and the

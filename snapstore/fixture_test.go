@@ -203,6 +203,7 @@ type fixtureOpts struct {
 	shuffle      bool
 	invalid      bool // kernel marked the store invalid
 	noCow        bool // leave cow.img as CreateSession made it (all zeros)
+	prealloc     int64
 }
 
 var fixtureTime = time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -224,6 +225,7 @@ func makeClosedSession(t testing.TB, store string, o fixtureOpts) *sessionFixtur
 		Device:    Device{Path: "/dev/loop7", Size: o.devSize, DevNum: DevNum{Major: 7, Minor: 7}, FSUUID: "0b2c5b8e-9e55-4a4f-8f0e-2f6a3c1d9e01"},
 		ChunkSize: o.chunkSectors * SectorSize,
 		Times:     Times{Armed: fixtureTime},
+		Prealloc:  o.prealloc,
 	}
 	dir, err := CreateSession(store, st)
 	if err != nil {

@@ -56,6 +56,9 @@ type State struct {
 	Phase         Phase  `json:"phase"`
 	InvalidReason string `json:"invalid_reason,omitempty"`
 	Times         Times  `json:"times"`
+	// Prealloc is how many bytes at the start of cow.img CreateSession
+	// wrote with zeros: asked for by the caller, then what it did.
+	Prealloc int64 `json:"prealloc,omitempty"`
 
 	// Layout is chosen by Convert before it writes anything, so a restart
 	// continues the same way.
@@ -152,7 +155,9 @@ func UpdateState(dir string, fn func(*State) error) error {
 // seconds> (the next free second when taken), writes state.json (phase
 // armed) and creates cow.img, sized by Geometry.CowFileSize and all zeros,
 // so the kernel sees a new store. It returns the directory. s must carry the
-// name, device, chunk size and armed time.
+// name, device, chunk size and armed time; with s.Prealloc, up to that many
+// bytes at the start of cow.img are written with zeros (preallocCow), and
+// state.json says how many were.
 func CreateSession(store string, s State) (string, error) {
 	s.Phase = PhaseArmed
 	s.FormatVersion = StateFormatVersion
@@ -173,8 +178,17 @@ func CreateSession(store string, s State) (string, error) {
 		return "", err
 	}
 	g := Geometry{ChunkSectors: s.ChunkSize / SectorSize}
-	if err := createCowFile(filepath.Join(dir, CowFile), g.CowFileSize(s.Device.Size)); err != nil {
+	cow := filepath.Join(dir, CowFile)
+	if err := createCowFile(cow, g.CowFileSize(s.Device.Size)); err != nil {
 		return "", err
+	}
+	if s.Prealloc > 0 {
+		if n := preallocCow(cow, s.Prealloc); n != s.Prealloc {
+			s.Prealloc = n
+			if err := WriteState(dir, s); err != nil {
+				return "", err
+			}
+		}
 	}
 	return dir, syncDir(dir)
 }

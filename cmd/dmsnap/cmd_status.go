@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -25,7 +24,7 @@ invalid, and anything that needs attention.
 --json prints {"devices": [...]}, each device:
   {"name": "sdb1", "path": "/dev/sdb1", "state": "active",
    "identity": {"dev": "8:17", "size": 1073741824, "fs_type": "ext4", "fs_uuid": "..."},
-   "chunk_size": 4096, "store": "/snapshot", "activated": "RFC 3339",
+   "chunk_size": 4096, "prealloc": 268435456, "store": "/snapshot", "activated": "RFC 3339",
    "stack": {"origin": "/dev/mapper/dmsnap-sdb1", "origin_dev": "253:1",
              "complete": true, "openers": 0, "needs_repair": false},   (null: no stack)
    "mounted_on": ["/mnt"],
@@ -33,7 +32,11 @@ invalid, and anything that needs attention.
                  "unmounted": ..., "invalid_reason": "...", "error": "...",
                  "snapshot": {"state": "active", "cow_used_bytes": 65536,
                               "cow_size_bytes": 67239936, "metadata_bytes": 8192},
-                 "cow_direct_io": true}],       (null snapshot: none in the kernel)
+                 "cow_fast_bytes": 268435456}], bytes of cow.img the kernel writes straight
+                                                to the store's block device, not through its
+                                                filesystem (dmsnap-NAME-cowN; see activate
+                                                --prealloc)
+                                               (null snapshot: none in the kernel)
    "store_space": {"free_bytes": 1, "total_bytes": 2},   (null: store unreadable)
    "invalid_sessions": ["sdb1_1700000000"],   finished sessions flagged invalid
    "error": "last failed step",
@@ -53,6 +56,7 @@ type deviceJSON struct {
 	State           session.DeviceState `json:"state"`
 	Identity        session.Identity    `json:"identity"`
 	ChunkSize       uint32              `json:"chunk_size"`
+	Prealloc        int64               `json:"prealloc"`
 	Store           string              `json:"store"`
 	Activated       *time.Time          `json:"activated,omitempty"`
 	Stack           *stackJSON          `json:"stack"`
@@ -85,7 +89,7 @@ type liveSessionJSON struct {
 	InvalidReason string               `json:"invalid_reason,omitempty"`
 	Error         string               `json:"error,omitempty"`
 	Snapshot      *snapshotJSON        `json:"snapshot"`
-	CowDirectIO   *bool                `json:"cow_direct_io,omitempty"`
+	CowFastBytes  *uint64              `json:"cow_fast_bytes,omitempty"`
 }
 
 type snapshotJSON struct {
@@ -110,21 +114,21 @@ func storeSpace(dir string) (*spaceJSON, error) {
 	return &spaceJSON{FreeBytes: st.Bavail * bs, TotalBytes: st.Blocks * bs}, nil
 }
 
-// cowDirectIO reports whether the loop device over a session's COW file
-// uses direct I/O (nil when the COW is not on a loop device now).
-var cowDirectIO = func(cowFile string) *bool {
-	l, err := dm.FindLoop(cowFile)
-	if err != nil || l == nil {
+// cowFastBytes returns how much of session n's COW goes straight to the
+// store's device (nil when it has no COW device now: one armed by an older
+// dmsnap, whose snapshot sits on the loop device directly).
+var cowFastBytes = func(name string, n int) *uint64 {
+	c, err := dm.Stack{Name: name}.COWInfo(n)
+	if err != nil {
 		return nil
 	}
-	v := l.DirectIO
-	return &v
+	return &c.FastBytes
 }
 
 func describeDevice(st session.DeviceStatus) deviceJSON {
 	d := st.Device
 	out := deviceJSON{
-		Name: d.Name, Path: d.Path, State: d.State, Identity: d.Identity, ChunkSize: d.ChunkSize,
+		Name: d.Name, Path: d.Path, State: d.State, Identity: d.Identity, ChunkSize: d.ChunkSize, Prealloc: d.Prealloc,
 		Store: d.Store, Activated: timeOrNil(d.Activated), Error: d.Error,
 		MountedOn: []string{}, Sessions: []liveSessionJSON{}, InvalidSessions: []string{},
 		Todo: []string{}, Issues: []string{},
@@ -143,9 +147,7 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 			if snap, ok := st.Stack.Snapshot(s.N); ok {
 				ls.Snapshot = &snapshotJSON{State: snap.State, CowUsedBytes: snap.Allocated * dm.SectorSize,
 					CowSizeBytes: snap.Total * dm.SectorSize, MetadataBytes: snap.Metadata * dm.SectorSize}
-				if s.Dir != "" {
-					ls.CowDirectIO = cowDirectIO(filepath.Join(s.Dir, snapstore.CowFile))
-				}
+				ls.CowFastBytes = cowFastBytes(d.Name, s.N)
 			}
 		}
 		out.Sessions = append(out.Sessions, ls)
@@ -236,12 +238,15 @@ func printDevice(e *env, d deviceJSON) {
 	for _, s := range d.Sessions {
 		fmt.Fprintf(w, "  session %d: %s, %s\n", s.N, s.State, s.Dir)
 		if s.Snapshot != nil {
-			dio := ""
-			if s.CowDirectIO != nil {
-				dio = map[bool]string{true: ", COW direct I/O", false: ", COW buffered I/O"}[*s.CowDirectIO]
+			fmt.Fprintf(w, "    snapshot %s, COW %s used of %s\n", s.Snapshot.State,
+				humanBytes(s.Snapshot.CowUsedBytes), humanBytes(s.Snapshot.CowSizeBytes))
+			switch {
+			case s.CowFastBytes == nil:
+			case *s.CowFastBytes > 0:
+				fmt.Fprintf(w, "    COW: %s of it goes straight to the store's device, the rest through its filesystem\n", humanBytes(*s.CowFastBytes))
+			default:
+				fmt.Fprintln(w, "    COW: through the store's filesystem")
 			}
-			fmt.Fprintf(w, "    snapshot %s, COW %s used of %s%s\n", s.Snapshot.State,
-				humanBytes(s.Snapshot.CowUsedBytes), humanBytes(s.Snapshot.CowSizeBytes), dio)
 		}
 		if s.InvalidReason != "" {
 			fmt.Fprintf(w, "    INVALID: %s\n", s.InvalidReason)

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/internal/directio"
+	"github.com/dmsnap/dmsnap/internal/filemap"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
@@ -60,7 +62,9 @@ func dev(d dm.Dev) session.DevNum { return session.DevNum{Major: d.Major, Minor:
 // uuidPrefix starts the device-mapper UUID of every device of a dmsnap
 // stack: DMSNAP-<name>-origin, -real, -snap<N> (dm.Stack). Devices are
 // recognised by UUID, not by name, so that another dmsnap-* device (a
-// restore view, say) is never taken for part of a stack.
+// restore view, say) is never taken for part of a stack. The COW devices,
+// DMSNAP-<name>-cow<N>, are not listed: one without its snapshot makes the
+// stack need repair.
 const uuidPrefix = "DMSNAP-"
 
 // Stacks implements session.Kernel.
@@ -71,6 +75,8 @@ func (k Kernel) Stacks(ctx context.Context) ([]session.StackInfo, error) {
 		return nil, err
 	}
 	stacks := map[string]*session.StackInfo{}
+	cows := map[string][]int{} // stack name → numbers of its COW devices
+	snaps := map[string]bool{} // "name/N" of every snapshot device
 	get := func(name string) *session.StackInfo {
 		if s, ok := stacks[name]; ok {
 			return s
@@ -121,12 +127,19 @@ func (k Kernel) Stacks(ctx context.Context) ([]session.StackInfo, error) {
 					}
 				}
 			}
+		case strings.HasPrefix(part, "cow"):
+			n, err := strconv.Atoi(part[len("cow"):])
+			if err != nil || n < 0 {
+				continue
+			}
+			cows[name] = append(cows[name], n)
 		case strings.HasPrefix(part, "snap"):
 			n, err := strconv.Atoi(part[len("snap"):])
 			if err != nil || n < 0 {
 				continue
 			}
 			s := get(name)
+			snaps[name+"/"+strconv.Itoa(n)] = true
 			if !info.LiveTable {
 				s.NeedsRepair = true // a snapshot device that never got its table
 				continue
@@ -138,6 +151,16 @@ func (k Kernel) Stacks(ctx context.Context) ([]session.StackInfo, error) {
 			}
 			if ok {
 				s.Snapshots = append(s.Snapshots, snap)
+			}
+		}
+	}
+	// A COW device whose snapshot is not there is a crash's leftover
+	// (between the two at arming, or at removal): Repair removes it.
+	for name, ns := range cows {
+		s := get(name)
+		for _, n := range ns {
+			if !snaps[name+"/"+strconv.Itoa(n)] {
+				s.NeedsRepair = true
 			}
 		}
 	}
@@ -191,28 +214,25 @@ func (k Kernel) StackUp(_ context.Context, name, devicePath string) error {
 	return k.stack(name, devicePath).Build()
 }
 
-// cowLoop are the loop options of a COW file. Direct I/O keeps the COW's
-// pre-images out of the page cache (they are written once and read only at
-// conversion) and saves a copy per chunk; it needs the loop device's block
-// size at least the store filesystem's, hence 4096 (chunks are 4 KiB or
-// more). Where the store's filesystem cannot do direct I/O (tmpfs before
-// Linux 6.6, for one) the kernel silently keeps buffered I/O; `dmsnap
-// status` shows which one took (dm.Loop.DirectIO).
-var cowLoop = dm.LoopOptions{AutoClear: true, DirectIO: true, BlockSize: 4096}
-
-// AttachSnapshot implements session.Kernel: a loop device over cowFile,
-// auto-clear (it goes away with the snapshot), with direct I/O where the
-// store allows it (cowLoop), then the snapshot over it without zeroing the
-// COW (dm.Stack.ReattachSnapshot).
+// AttachSnapshot implements session.Kernel: the session's COW device over
+// cowFile (dm.Stack.AttachCOW: the written part of the file mapped straight
+// to the store's block device where the store allows it, the rest through
+// a loop device over the file), then the snapshot over it without zeroing
+// the COW (dm.Stack.ReattachSnapshot). When the snapshot cannot be made,
+// the COW device goes again.
 func (k Kernel) AttachSnapshot(_ context.Context, name string, n int, cowFile string, chunkSectors uint32) error {
-	loop, err := k.dm().AttachLoop(cowFile, cowLoop)
+	s := k.stack(name, "")
+	cow, err := s.AttachCOW(n, cowFile)
 	if err != nil {
 		return err
 	}
-	// Once the table holds the loop device, closing our descriptor leaves
-	// it to device-mapper; if the table load failed, the close detaches it.
-	defer loop.Close()
-	return k.stack(name, "").ReattachSnapshot(n, loop.Path, chunkSectors)
+	if err := s.ReattachSnapshot(n, cow.Path(), chunkSectors); err != nil {
+		if rerr := s.RemoveCOW(n); rerr != nil {
+			return errors.Join(err, fmt.Errorf("removing its COW device: %w", rerr))
+		}
+		return err
+	}
+	return nil
 }
 
 // RemoveSnapshot implements session.Kernel.
@@ -281,6 +301,7 @@ func createSession(store string, spec session.ArmSpec) (string, error) {
 		},
 		ChunkSize: spec.ChunkSize,
 		Times:     snapstore.Times{Armed: spec.Armed},
+		Prealloc:  spec.Prealloc,
 	})
 }
 
@@ -335,6 +356,9 @@ func (Store) Discard(_ context.Context, dir string) error {
 	}
 	if used {
 		return fmt.Errorf("discard %s: its COW was used by the kernel and may hold pre-images", dir)
+	}
+	if err := filemap.Unpin(filepath.Join(dir, snapstore.CowFile)); err != nil {
+		return fmt.Errorf("discard %s: %w", dir, err)
 	}
 	return os.RemoveAll(dir)
 }
@@ -399,12 +423,17 @@ func cowUsed(dir string) (bool, error) {
 		return false, err
 	}
 	defer f.Close()
-	head := make([]byte, 4)
-	if _, err := io.ReadFull(f, head); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return false, nil
-		}
+	// Around the page cache: the kernel may write the header through the
+	// store's device (dm.AttachCOW), which a cached page would not show.
+	r := directio.NewReader(f)
+	defer r.Close()
+	head := directio.AlignedBuf(directio.Align)
+	n, err := r.ReadAt(head, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
 		return false, err
 	}
-	return !bytes.Equal(head, make([]byte, 4)), nil
+	if n < 4 {
+		return false, nil
+	}
+	return !bytes.Equal(head[:4], make([]byte, 4)), nil
 }

@@ -106,7 +106,7 @@ func TestLifeCycleOverDMFake(t *testing.T) {
 	if d.Name != "vdb" {
 		t.Fatalf("name %s", d.Name)
 	}
-	if got, want := r.devices(), []string{"dmsnap-vdb", "dmsnap-vdb-real", "dmsnap-vdb-snap1"}; !slices.Equal(got, want) {
+	if got, want := r.devices(), []string{"dmsnap-vdb", "dmsnap-vdb-cow1", "dmsnap-vdb-real", "dmsnap-vdb-snap1"}; !slices.Equal(got, want) {
 		t.Fatalf("devices %v, want %v", got, want)
 	}
 	stacks, err := (Kernel{DM: r.fk}).Stacks(ctx)
@@ -142,7 +142,7 @@ func TestLifeCycleOverDMFake(t *testing.T) {
 	r.unmount()
 	r.fk.ResetLog()
 	r.reconcile()
-	if got, want := r.devices(), []string{"dmsnap-vdb", "dmsnap-vdb-real", "dmsnap-vdb-snap2"}; !slices.Equal(got, want) {
+	if got, want := r.devices(), []string{"dmsnap-vdb", "dmsnap-vdb-cow2", "dmsnap-vdb-real", "dmsnap-vdb-snap2"}; !slices.Equal(got, want) {
 		t.Fatalf("devices after rotation %v, want %v", got, want)
 	}
 	if r.fk.LoopCount() != 1 {
