@@ -4,7 +4,9 @@ package main
 
 // A guest power cut, driven from the host (`make test-powercut`, part of
 // `make test`): the origin and the store are virtio disks backed by files
-// here, so they outlive the guest. Boot 1 activates the origin, runs the
+// here, so they outlive the guest. The store is ext4 with 4 KiB blocks, so
+// the COW's first 4 MiB are written straight to its device and the rest
+// through the filesystem (dm.AttachCOW). Boot 1 activates the origin, runs the
 // watcher, mounts, writes records with fsync — printing "ACK n" after each
 // fsync returned — and cuts its power while writes are still going. Boot 2
 // mounts the store, runs `dmsnap attach` and the watcher, and checks every
@@ -33,11 +35,12 @@ const powercutBoot1 = `
 set -e
 D="dmsnap --state /persist/state --store /persist/store"
 mkfs.ext4 -q -F /dev/vda
-mkfs.ext4 -q -F /dev/vdb
+mkfs.ext4 -q -F -b 4096 /dev/vdb
 mkdir -p /persist /mnt/pc
 mount /dev/vdb /persist
 echo "PRE $(sha256sum /dev/vda | cut -d' ' -f1)"
-$D activate /dev/vda --name pc
+$D activate /dev/vda --name pc --prealloc 4MiB
+echo "FAST $($D status --json | grep -o '"cow_fast_bytes": *[0-9]*' | grep -o '[0-9]*$')"
 $D watch --interval 1s >/persist/watch1.log 2>&1 &
 n=0; until grep -q msg=watching /persist/watch1.log; do n=$((n+1)); [ $n -lt 150 ] || exit 11; sleep 0.2; done
 mount /dev/mapper/dmsnap-pc /mnt/pc
@@ -128,6 +131,11 @@ func TestPowerCut(t *testing.T) {
 		t.Fatalf("boot 1 did not end in a power cut:\n%s", out1)
 	}
 	pre := field(t, out1, "PRE")
+	// The store is ext4 with 4 KiB blocks: the COW's first 4 MiB go
+	// straight to its device, the rest through the file (dm.AttachCOW).
+	if fast := field(t, out1, "FAST"); fast != strconv.Itoa(4<<20) {
+		t.Fatalf("boot 1: %s bytes of the COW mapped to the store's device, want %d:\n%s", fast, 4<<20, out1)
+	}
 	acked := 0
 	for _, m := range regexp.MustCompile(`(?m)^ACK ([0-9]+)$`).FindAllStringSubmatch(out1, -1) {
 		n, _ := strconv.Atoi(m[1])

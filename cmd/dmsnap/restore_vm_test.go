@@ -65,7 +65,7 @@ func newVMDev(t *testing.T) *vmDev {
 	}
 	l.Close()
 	d := &vmDev{t: t, ctx: context.Background(), raw: l.Path, file: file, name: filepath.Base(l.Path),
-		store: filepath.Join(dir, "store"), state: filepath.Join(dir, "state"), mnt: filepath.Join(dir, "mnt")}
+		store: filepath.Join(vmtest.StoreFS(t, dir, storeFS(), 2<<30), "store"), state: filepath.Join(dir, "state"), mnt: filepath.Join(dir, "mnt")}
 	d.origin = dm.MapperPath(dm.Prefix + d.name)
 	t.Cleanup(func() {
 		unix.Unmount(d.mnt, 0)
@@ -77,7 +77,7 @@ func newVMDev(t *testing.T) *vmDev {
 	vmtest.Run(t, "mkfs.ext4", "-q", "-F", l.Path)
 	os.Mkdir(d.mnt, 0o755)
 	d.m = system.NewManager(d.state, d.store)
-	if _, err := d.m.Activate(d.ctx, session.ActivateRequest{Device: l.Path, Store: d.store}); err != nil {
+	if _, err := d.m.Activate(d.ctx, session.ActivateRequest{Device: l.Path, Store: d.store, Prealloc: 8 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	return d

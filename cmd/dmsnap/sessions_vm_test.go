@@ -10,6 +10,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -33,6 +34,22 @@ const dmsnapBin = "/usr/bin/dmsnap"
 // cli is one state directory and store the dmsnap binary runs with.
 type cli struct {
 	state, store string
+	prealloc     string // activate's --prealloc ("": the default)
+}
+
+// testPrealloc is what the tests' activations write ahead of each COW: less
+// than their sessions use, so that their COW files have both kinds of
+// segment (dm.AttachCOW), mapped straight to the store's device and through
+// its filesystem, and conversion and restore read across the two.
+const testPrealloc = "8MiB"
+
+// storeFS is the filesystem of the tests' stores: ext4 (as /snapshot on
+// most machines), or what DMSNAP_TEST_STORE_FS says (xfs, tmpfs).
+func storeFS() string {
+	if fs := os.Getenv("DMSNAP_TEST_STORE_FS"); fs != "" {
+		return fs
+	}
+	return "ext4"
 }
 
 func newCLI(t *testing.T) *cli {
@@ -42,7 +59,8 @@ func newCLI(t *testing.T) *cli {
 		t.Fatalf("%s missing: run `make build` before the VM tests (%v)", dmsnapBin, err)
 	}
 	base := t.TempDir()
-	return &cli{state: filepath.Join(base, "state"), store: filepath.Join(base, "store")}
+	fs := vmtest.StoreFS(t, base, storeFS(), 2<<30)
+	return &cli{state: filepath.Join(base, "state"), store: filepath.Join(fs, "store"), prealloc: testPrealloc}
 }
 
 func (c *cli) cmd(stdin string, args ...string) *exec.Cmd {
@@ -82,7 +100,11 @@ func (c *cli) ok(t *testing.T, args ...string) string {
 // orphan.
 func (c *cli) activate(t *testing.T, raw, name string) {
 	t.Helper()
-	c.ok(t, "activate", raw, "--name", name)
+	args := []string{"activate", raw, "--name", name}
+	if c.prealloc != "" {
+		args = append(args, "--prealloc", c.prealloc)
+	}
+	c.ok(t, args...)
 	t.Cleanup(func() {
 		exec.Command("umount", "/dev/mapper/dmsnap-"+name).Run()
 		if active, _ := (dm.Stack{Name: name}).Active(); !active {
@@ -227,7 +249,7 @@ type statusOut struct {
 				State   string `json:"state"`
 				CowUsed uint64 `json:"cow_used_bytes"`
 			} `json:"snapshot"`
-			CowDirectIO *bool `json:"cow_direct_io"`
+			CowFastBytes *uint64 `json:"cow_fast_bytes"`
 		} `json:"sessions"`
 		InvalidSessions []string `json:"invalid_sessions"`
 		Error           string   `json:"error"`
@@ -331,7 +353,7 @@ func TestCLISessionsThreeMounts(t *testing.T) {
 	}
 	st := c.status(t)
 	if len(st.Devices) != 1 || len(st.Devices[0].Sessions) != 1 || st.Devices[0].Sessions[0].State != "armed" ||
-		st.Devices[0].Sessions[0].Snapshot == nil || st.Devices[0].Sessions[0].CowDirectIO == nil {
+		st.Devices[0].Sessions[0].Snapshot == nil || st.Devices[0].Sessions[0].CowFastBytes == nil {
 		t.Errorf("status: %+v", st)
 	}
 	w.stop(t)
@@ -519,15 +541,16 @@ func TestCLIWatcherKilledMidSession(t *testing.T) {
 	c.ok(t, "deactivate", "k")
 }
 
+// TestCLIAttachAfterReboot: the stack goes (a reboot) with pre-images in
+// the armed session's COW, on both of its kinds of segment (the first 8 MiB
+// mapped straight to the ext4 store's device, the rest through the
+// filesystem); `dmsnap attach` brings it back with every exception, and the
+// session rebuilds the device as it was. Meanwhile cow.img cannot be
+// removed (it is pinned append-only), and a read of it through the page
+// cache while the kernel writes beneath the filesystem does not make the
+// conversion read stale pages.
 func TestCLIAttachAfterReboot(t *testing.T) {
 	c := newCLI(t)
-	// The store on ext4, where the COW's loop device can use direct I/O.
-	storeDev := rawDevice(t, 64<<20)
-	if err := os.MkdirAll(c.store, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	vmtest.Run(t, "mount", storeDev, c.store)
-	t.Cleanup(func() { exec.Command("umount", c.store).Run() })
 	raw := rawDevice(t, 32<<20)
 	c.activate(t, raw, "b")
 	dropCaches(t)
@@ -536,12 +559,20 @@ func TestCLIAttachAfterReboot(t *testing.T) {
 		t.Fatal(err)
 	}
 	origin := "/dev/mapper/dmsnap-b"
-	// Raw writes while unmounted land in the armed session.
-	vmtest.Sh(t, "dd if=/dev/urandom of="+origin+" bs=4k seek=100 count=50 conv=fsync 2>/dev/null")
+	// Raw writes while unmounted land in the armed session: 3000 chunks,
+	// 12 MiB of pre-images, more than the 8 MiB mapped straight.
+	vmtest.Sh(t, "dd if=/dev/urandom of="+origin+" bs=4k seek=100 count=3000 conv=fsync 2>/dev/null")
 	before := c.status(t).Devices[0].Sessions[0]
-	if before.Snapshot == nil || before.Snapshot.CowUsed == 0 || before.CowDirectIO == nil || !*before.CowDirectIO {
-		t.Fatalf("before: %+v (want COW in use, on a loop device with direct I/O)", before)
+	if before.Snapshot == nil || before.Snapshot.CowUsed < 11<<20 || before.CowFastBytes == nil || *before.CowFastBytes != 8<<20 {
+		t.Fatalf("before: %+v (want 11 MiB or more of COW in use, 8 MiB of the COW mapped to the store's device)", before)
 	}
+	cow := filepath.Join(before.Dir, "cow.img")
+	if err := os.Remove(cow); err == nil || !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("removing the armed session's cow.img: %v, want EPERM (pinned)", err)
+	}
+	// Cache cow.img's first pages (header, first metadata area, pre-images)
+	// as they are on disk now.
+	vmtest.Sh(t, "dd if="+cow+" of=/dev/null bs=1M count=16 2>/dev/null")
 
 	// "Reboot": the tables go, the registry and the store stay.
 	if err := (dm.Stack{Name: "b"}).Teardown(); err != nil {
@@ -557,9 +588,16 @@ func TestCLIAttachAfterReboot(t *testing.T) {
 	}
 	after := st.Devices[0].Sessions[0]
 	if after.N != before.N || after.Dir != before.Dir || after.State != "armed" || after.Snapshot == nil ||
-		after.Snapshot.State != "active" || after.Snapshot.CowUsed != before.Snapshot.CowUsed || after.CowDirectIO == nil || !*after.CowDirectIO {
+		after.Snapshot.State != "active" || after.Snapshot.CowUsed != before.Snapshot.CowUsed {
 		t.Fatalf("session after attach: %+v, before: %+v", after, before)
 	}
+	// After the reboot everything of cow.img that is written is mapped
+	// straight: the prefix and what went through the filesystem before.
+	if after.CowFastBytes == nil || *after.CowFastBytes < before.Snapshot.CowUsed {
+		t.Fatalf("after attach %v bytes mapped straight, want at least the %d in use", after.CowFastBytes, before.Snapshot.CowUsed)
+	}
+	// More pre-images after the attach, now through the mapped segments.
+	vmtest.Sh(t, "dd if=/dev/urandom of="+origin+" bs=4k seek=4000 count=500 conv=fsync 2>/dev/null")
 	// A second attach does nothing.
 	c.ok(t, "attach", raw)
 
@@ -567,9 +605,13 @@ func TestCLIAttachAfterReboot(t *testing.T) {
 	c.ok(t, "deactivate", "b")
 	dropCaches(t)
 	ss := c.list(t, "b")
-	if len(ss) != 1 || ss[0].State != "closed" || ss[0].Blocks < 50 {
-		t.Fatalf("sessions: %+v", ss)
+	if len(ss) != 1 || ss[0].State != "closed" || ss[0].Blocks != 3500 {
+		t.Fatalf("sessions: %+v (want one closed, of 3500 chunks)", ss)
 	}
+	if fi, err := os.Stat(filepath.Join(ss[0].Dir, "blocks.dat")); err != nil || fi.Size() > 20<<20 {
+		t.Fatalf("blocks.dat: %v, %v (the preallocated zeros it did not use are cut off)", fi, err)
+	}
+	c.ok(t, "sessions", "verify", ss[0].ID)
 	s, err := snapstore.Open(ss[0].Dir)
 	if err != nil {
 		t.Fatal(err)
