@@ -52,14 +52,6 @@ type LoopOptions struct {
 	// Offset and SizeLimit (bytes; 0: to the end) limit the loop device to
 	// a window of its backing file.
 	Offset, SizeLimit uint64
-	// WriteThrough makes every write durable when it completes (the
-	// backing file is opened O_DSYNC, which the loop driver honours for
-	// buffered I/O) and tells the block layer so (queue/write_cache "write
-	// through"): flushes sent to the device then complete at once, without
-	// reaching the driver. For the loop device over cow.img, whose flushes
-	// would otherwise each fsync the file (AttachCOW). Direct I/O is not
-	// used with it: the driver drops O_DSYNC for direct I/O.
-	WriteThrough bool
 }
 
 // Loop is a bound loop device. While it came from AttachLoop it holds an
@@ -100,12 +92,7 @@ func AttachLoop(file string, opts LoopOptions) (*Loop, error) {
 	if opts.ReadOnly {
 		flag = os.O_RDONLY
 	}
-	bflag := flag
-	if opts.WriteThrough {
-		bflag |= unix.O_DSYNC
-		opts.DirectIO = false
-	}
-	bf, err := os.OpenFile(file, bflag|unix.O_CLOEXEC, 0)
+	bf, err := os.OpenFile(file, flag|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, newError(op, file, err, "")
 	}
@@ -147,14 +134,6 @@ func AttachLoop(file string, opts LoopOptions) (*Loop, error) {
 		if err != nil {
 			lf.Close()
 			return nil, newError(op, file, err, "")
-		}
-		if opts.WriteThrough {
-			// Nothing is written before the caller loads a table over it.
-			wc := fmt.Sprintf("%s/block/loop%d/queue/write_cache", sysDir, n)
-			if err := os.WriteFile(wc, []byte("write through"), 0); err != nil {
-				lf.Close()
-				return nil, newError(op, path, err, "")
-			}
 		}
 		l, err := loopInfo(sysDir, n)
 		if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -32,6 +33,7 @@ invalid, and anything that needs attention.
                  "unmounted": ..., "invalid_reason": "...", "error": "...",
                  "snapshot": {"state": "active", "cow_used_bytes": 65536,
                               "cow_size_bytes": 67239936, "metadata_bytes": 8192},
+                 "cow_direct_io": true,         the loop device over cow.img takes direct I/O
                  "cow_fast_bytes": 268435456}], bytes of cow.img the kernel writes straight
                                                 to the store's block device, not through its
                                                 filesystem (dmsnap-NAME-cowN; see activate
@@ -89,6 +91,7 @@ type liveSessionJSON struct {
 	InvalidReason string               `json:"invalid_reason,omitempty"`
 	Error         string               `json:"error,omitempty"`
 	Snapshot      *snapshotJSON        `json:"snapshot"`
+	CowDirectIO   *bool                `json:"cow_direct_io,omitempty"`
 	CowFastBytes  *uint64              `json:"cow_fast_bytes,omitempty"`
 }
 
@@ -112,6 +115,17 @@ func storeSpace(dir string) (*spaceJSON, error) {
 	}
 	bs := uint64(st.Bsize)
 	return &spaceJSON{FreeBytes: st.Bavail * bs, TotalBytes: st.Blocks * bs}, nil
+}
+
+// cowDirectIO reports whether the loop device over a session's COW file
+// uses direct I/O (nil when the COW is not on a loop device now).
+var cowDirectIO = func(cowFile string) *bool {
+	l, err := dm.FindLoop(cowFile)
+	if err != nil || l == nil {
+		return nil
+	}
+	v := l.DirectIO
+	return &v
 }
 
 // cowFastBytes returns how much of session n's COW goes straight to the
@@ -147,6 +161,9 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 			if snap, ok := st.Stack.Snapshot(s.N); ok {
 				ls.Snapshot = &snapshotJSON{State: snap.State, CowUsedBytes: snap.Allocated * dm.SectorSize,
 					CowSizeBytes: snap.Total * dm.SectorSize, MetadataBytes: snap.Metadata * dm.SectorSize}
+				if s.Dir != "" {
+					ls.CowDirectIO = cowDirectIO(filepath.Join(s.Dir, snapstore.CowFile))
+				}
 				ls.CowFastBytes = cowFastBytes(d.Name, s.N)
 			}
 		}
@@ -238,8 +255,12 @@ func printDevice(e *env, d deviceJSON) {
 	for _, s := range d.Sessions {
 		fmt.Fprintf(w, "  session %d: %s, %s\n", s.N, s.State, s.Dir)
 		if s.Snapshot != nil {
-			fmt.Fprintf(w, "    snapshot %s, COW %s used of %s\n", s.Snapshot.State,
-				humanBytes(s.Snapshot.CowUsedBytes), humanBytes(s.Snapshot.CowSizeBytes))
+			dio := ""
+			if s.CowDirectIO != nil {
+				dio = map[bool]string{true: ", COW direct I/O", false: ", COW buffered I/O"}[*s.CowDirectIO]
+			}
+			fmt.Fprintf(w, "    snapshot %s, COW %s used of %s%s\n", s.Snapshot.State,
+				humanBytes(s.Snapshot.CowUsedBytes), humanBytes(s.Snapshot.CowSizeBytes), dio)
 			switch {
 			case s.CowFastBytes == nil:
 			case *s.CowFastBytes > 0:

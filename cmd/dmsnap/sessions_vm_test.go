@@ -249,6 +249,7 @@ type statusOut struct {
 				State   string `json:"state"`
 				CowUsed uint64 `json:"cow_used_bytes"`
 			} `json:"snapshot"`
+			CowDirectIO  *bool   `json:"cow_direct_io"`
 			CowFastBytes *uint64 `json:"cow_fast_bytes"`
 		} `json:"sessions"`
 		InvalidSessions []string `json:"invalid_sessions"`
@@ -468,7 +469,7 @@ func TestCLIRefusals(t *testing.T) {
 	if len(st.Devices) != 1 || st.Devices[0].Stack == nil || !st.Devices[0].Stack.Complete {
 		t.Fatalf("after the race: %+v", st)
 	}
-	if n := len(dmsnapDevices(t)); n != 3 { // origin, -real, one snapshot
+	if n := len(dmsnapDevices(t)); n != 4 { // origin, -real, one snapshot and its COW device
 		t.Errorf("after the race: dm devices %v", dmsnapDevices(t))
 	}
 	c.ok(t, "deactivate", raw)
@@ -563,8 +564,9 @@ func TestCLIAttachAfterReboot(t *testing.T) {
 	// 12 MiB of pre-images, more than the 8 MiB mapped straight.
 	vmtest.Sh(t, "dd if=/dev/urandom of="+origin+" bs=4k seek=100 count=3000 conv=fsync 2>/dev/null")
 	before := c.status(t).Devices[0].Sessions[0]
-	if before.Snapshot == nil || before.Snapshot.CowUsed < 11<<20 || before.CowFastBytes == nil || *before.CowFastBytes != 8<<20 {
-		t.Fatalf("before: %+v (want 11 MiB or more of COW in use, 8 MiB of the COW mapped to the store's device)", before)
+	if before.Snapshot == nil || before.Snapshot.CowUsed < 11<<20 || before.CowDirectIO == nil || !*before.CowDirectIO ||
+		before.CowFastBytes == nil || *before.CowFastBytes != 8<<20 {
+		t.Fatalf("before: %+v (want 11 MiB or more of COW in use, 8 MiB of the COW mapped to the store's device, the rest through a loop device with direct I/O)", before)
 	}
 	cow := filepath.Join(before.Dir, "cow.img")
 	if err := os.Remove(cow); err == nil || !errors.Is(err, syscall.EPERM) {
@@ -588,7 +590,7 @@ func TestCLIAttachAfterReboot(t *testing.T) {
 	}
 	after := st.Devices[0].Sessions[0]
 	if after.N != before.N || after.Dir != before.Dir || after.State != "armed" || after.Snapshot == nil ||
-		after.Snapshot.State != "active" || after.Snapshot.CowUsed != before.Snapshot.CowUsed {
+		after.Snapshot.State != "active" || after.Snapshot.CowUsed != before.Snapshot.CowUsed || after.CowDirectIO == nil || !*after.CowDirectIO {
 		t.Fatalf("session after attach: %+v, before: %+v", after, before)
 	}
 	// After the reboot everything of cow.img that is written is mapped
