@@ -5,13 +5,22 @@
 # before the session.
 set -e
 
-STORE=/tmp/snapshot
+STORE=/snapshot
 STATE=/tmp/state
 MNT=/mnt/demo
 IMG=/tmp/demo-disk.img
 dmsnap() { /usr/bin/dmsnap --store "$STORE" --state "$STATE" "$@"; }
 heading() { printf '\n=== %s ===\n' "$*"; }
 show() { printf '$ %s\n' "$*"; "$@"; }
+
+heading "0. The store: /snapshot on an ext4 filesystem of its own, as on a server"
+dd if=/dev/zero of=/tmp/store.img bs=1M count=0 seek=1024 2>/dev/null
+SLOOP=$(losetup -f)
+losetup "$SLOOP" /tmp/store.img
+mkfs.ext4 -q -F -b 4096 -E lazy_itable_init=1,lazy_journal_init=1 "$SLOOP"
+mkdir -p "$STORE"
+mount -o noinit_itable "$SLOOP" "$STORE"
+echo "store $STORE on $SLOOP (ext4)"
 
 heading "1. A 64 MiB ext4 filesystem on a loop device"
 rm -f "$IMG"
@@ -26,6 +35,9 @@ echo "device $LOOP, SHA-256 before the session: $BEFORE"
 
 heading "2. Activate it and start the watcher"
 show dmsnap activate "$LOOP"
+# The armed session's COW: its start, written ahead with zeros at arming,
+# goes straight to the store's block device (README, "How it works").
+show dmsnap status "$NAME"
 dmsnap watch >/tmp/watch.log 2>&1 &
 WATCH=$!
 cleanup() {
@@ -87,3 +99,5 @@ kill "$WATCH" 2>/dev/null || true
 wait "$WATCH" 2>/dev/null || true
 dmsnap deactivate "$NAME" >/dev/null
 losetup -d "$LOOP"
+umount "$STORE"
+losetup -d "$SLOOP"
