@@ -439,18 +439,38 @@ func (s Stack) Active() (bool, error) {
 // dmsnap-NAME-snapN, and either with no live table yet (a half-made snapshot)
 // or with a snapshot or snapshot-merge table.
 func (s Stack) snapshotDevices() ([]DeviceInfo, error) {
+	devs, err := s.numbered(s.snapPrefix(), func(tbl []TargetSpec) bool {
+		return len(tbl) == 1 && (tbl[0].Type == "snapshot" || tbl[0].Type == "snapshot-merge")
+	})
+	out := make([]DeviceInfo, len(devs))
+	for i, d := range devs {
+		out[i] = d.info
+	}
+	return out, err
+}
+
+// numberedDevice is a device named <prefix>N.
+type numberedDevice struct {
+	n    int
+	info DeviceInfo
+}
+
+// numbered lists the devices named prefix followed by a number (no
+// leading zeros), with no live table yet or one that tableOK accepts.
+func (s Stack) numbered(prefix string, tableOK func([]TargetSpec) bool) ([]numberedDevice, error) {
 	m := s.dm()
 	items, err := m.List()
 	if err != nil {
 		return nil, err
 	}
-	var out []DeviceInfo
+	var out []numberedDevice
 	for _, it := range items {
-		num, ok := strings.CutPrefix(it.Name, s.snapPrefix())
+		num, ok := strings.CutPrefix(it.Name, prefix)
 		if !ok {
 			continue
 		}
-		if n, err := strconv.Atoi(num); err != nil || n < 0 || strconv.Itoa(n) != num {
+		n, err := strconv.Atoi(num)
+		if err != nil || n < 0 || strconv.Itoa(n) != num {
 			continue
 		}
 		info, err := m.Info(it.Name)
@@ -465,11 +485,11 @@ func (s Stack) snapshotDevices() ([]DeviceInfo, error) {
 			if err != nil {
 				return nil, err
 			}
-			if len(tbl) != 1 || (tbl[0].Type != "snapshot" && tbl[0].Type != "snapshot-merge") {
+			if !tableOK(tbl) {
 				continue
 			}
 		}
-		out = append(out, info)
+		out = append(out, numberedDevice{n: n, info: info})
 	}
 	return out, nil
 }
@@ -538,49 +558,10 @@ func (s Stack) Repair() error {
 	return fix(s.OriginName())
 }
 
-type cowDevice struct {
-	n    int
-	info DeviceInfo
-}
-
 // cowDevices lists the stack's COW devices: named dmsnap-NAME-cowN, with no
 // live table yet or a table of linear targets only.
-func (s Stack) cowDevices() ([]cowDevice, error) {
-	m := s.dm()
-	items, err := m.List()
-	if err != nil {
-		return nil, err
-	}
-	prefix := Prefix + s.Name + "-cow"
-	var out []cowDevice
-	for _, it := range items {
-		num, ok := strings.CutPrefix(it.Name, prefix)
-		if !ok {
-			continue
-		}
-		n, err := strconv.Atoi(num)
-		if err != nil || n < 0 || strconv.Itoa(n) != num {
-			continue
-		}
-		info, err := m.Info(it.Name)
-		if errors.Is(err, ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if info.LiveTable {
-			tbl, err := m.Table(it.Name)
-			if err != nil {
-				return nil, err
-			}
-			if !allLinear(tbl) {
-				continue
-			}
-		}
-		out = append(out, cowDevice{n: n, info: info})
-	}
-	return out, nil
+func (s Stack) cowDevices() ([]numberedDevice, error) {
+	return s.numbered(Prefix+s.Name+"-cow", allLinear)
 }
 
 func allLinear(tbl []TargetSpec) bool {

@@ -2,8 +2,6 @@ package dm_test
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -25,14 +23,7 @@ func newStack(t *testing.T) (*dmtest.Fake, dm.Stack, dm.Dev) {
 // cowLoop attaches a fake loop over a real temporary file of the given size.
 func cowLoop(t *testing.T, f *dmtest.Fake, size int64) *dm.Loop {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "cow.img")
-	if err := os.WriteFile(p, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(p, size); err != nil {
-		t.Fatal(err)
-	}
-	l, err := f.AttachLoop(p, dm.LoopOptions{AutoClear: true})
+	l, err := f.AttachLoop(cowFile(t, size), dm.LoopOptions{AutoClear: true})
 	if err != nil {
 		t.Fatal(err)
 	}

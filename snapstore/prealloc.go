@@ -94,9 +94,6 @@ func writeZeros(f *os.File, n int64) error {
 // wrote its blocks beneath the filesystem and any page cached before is
 // stale (filemap.DropCache). A missing cow.img is fine (converted already).
 func releaseCow(path string) error {
-	if err := filemap.Unpin(path); err != nil {
-		return err
-	}
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -105,10 +102,15 @@ func releaseCow(path string) error {
 		return err
 	}
 	defer f.Close()
-	if _, err := filemap.Probe(f); errors.Is(err, filemap.ErrUnsupported) {
-		return nil // never mapped: AttachCOW probes the same way
-	} else if err != nil {
+	_, perr := filemap.Probe(f)
+	if perr != nil && !errors.Is(perr, filemap.ErrUnsupported) {
+		return perr
+	}
+	if err := filemap.Pin(f, false); err != nil && !errors.Is(err, unix.ENOTTY) && !errors.Is(err, unix.EOPNOTSUPP) {
 		return err
+	}
+	if perr != nil {
+		return nil // never mapped: AttachCOW probes the same way
 	}
 	return filemap.DropCache(f)
 }
