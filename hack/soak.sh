@@ -9,6 +9,7 @@
 #   hack/soak.sh            # SOAK_ROUNDS=3 SOAK_POWERCUTS=3
 #   SOAK_ROUNDS=1 SOAK_POWERCUTS=1 hack/soak.sh   # a shortened run
 #   SOAK_MATRIX=fast: the matrix's fast-tier cases only (default full)
+#   SOAK_STORES="ext4": the store filesystems the matrix runs on (default ext4 xfs tmpfs)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CGO_ENABLED=0
@@ -24,10 +25,17 @@ fail=0
 # One guest per test, each allowed as long as the run needs (the harness's
 # default is 30 minutes).
 export DMSNAP_VM_TIMEOUT=${DMSNAP_VM_TIMEOUT:-36000}
+# The matrix runs once per store filesystem (SOAK_STORES): ext4 and xfs,
+# where the COW files are partly mapped to the store's device, and tmpfs,
+# where they never are.
 for t in TestMatrix TestCrashpoints TestBadInputDevices; do
-	echo "soak: $t ..."
-	DMSNAP_VM_ENV="DMSNAP_MATRIX=${SOAK_MATRIX:-full} DMSNAP_MATRIX_ROUNDS=$rounds DMSNAP_SEED=$seed DMSNAP_CRASH_ROUNDS=$rounds DMSNAP_CRASH_ALL=1" \
-		go test -count=1 -timeout 600m -tags vm -exec "$PWD/hack/vm/exec" -v -run "^$t\$" ./cmd/dmsnap/ >>"$log" 2>&1 || fail=1
+	stores=ext4
+	[ "$t" = TestMatrix ] && stores=${SOAK_STORES:-ext4 xfs tmpfs}
+	for store in $stores; do
+		echo "soak: $t (store: $store) ..."
+		DMSNAP_VM_ENV="DMSNAP_MATRIX=${SOAK_MATRIX:-full} DMSNAP_MATRIX_ROUNDS=$rounds DMSNAP_SEED=$seed DMSNAP_CRASH_ROUNDS=$rounds DMSNAP_CRASH_ALL=1 DMSNAP_TEST_STORE_FS=$store" \
+			go test -count=1 -timeout 600m -tags vm -exec "$PWD/hack/vm/exec" -v -run "^$t\$" ./cmd/dmsnap/ >>"$log" 2>&1 || fail=1
+	done
 done
 echo "soak: host sweeps and power cuts ..."
 go test -count=1 -v -run '^(TestBadSessionIDs|TestInsecureStoreRefused|TestStateChangesWaitForTheLock|TestInvalidSessionIsNoRestorePoint|TestPrune.*|TestCheckStore)$' \

@@ -121,6 +121,8 @@ type Report struct {
 	SweepDevice int64      `json:"sweep_device_bytes,omitempty"`
 	SweepRegion int64      `json:"sweep_random_region_bytes,omitempty"`
 	Sweep       []WriteRow `json:"sweep,omitempty"`
+	DiskDevice  int64      `json:"disk_device_bytes,omitempty"`
+	Disks       []WriteRow `json:"disks,omitempty"` // the write jobs on virtio disks (benchDisks)
 }
 
 func logf(format string, args ...any) {
@@ -175,7 +177,7 @@ func measure(name string, args ...string) (Measure, []byte, error) {
 func runAll(args []string) error {
 	fs := flag.NewFlagSet("all", flag.ContinueOnError)
 	scale := fs.Int64("scale", 1, "divide every size by this (a quick trial)")
-	partsFlag := fs.String("parts", "convert,restore,write,sweep", "which parts to run (comma-separated)")
+	partsFlag := fs.String("parts", "convert,restore,write,disks,sweep", "which parts to run (comma-separated)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -275,6 +277,11 @@ func runAll(args []string) error {
 	}
 	if parts["write"] {
 		if err := benchWrite(&rep, *scale); err != nil {
+			return err
+		}
+	}
+	if parts["disks"] {
+		if err := benchDisks(&rep, *scale); err != nil {
 			return err
 		}
 	}

@@ -120,8 +120,14 @@ func setupDmsnap(size, chunk int64, storeDir string, prep func(dev string) error
 	if err != nil {
 		return nil, err
 	}
+	return activateOn(disk.Path, free, chunk, storeDir, prep, extra...)
+}
+
+// activateOn activates dmsnap on the block device disk (free releases it
+// at teardown) with the store in storeDir; prep runs on the device first.
+func activateOn(disk string, free func(), chunk int64, storeDir string, prep func(dev string) error, extra ...string) (*target, error) {
 	if prep != nil {
-		if err := prep(disk.Path); err != nil {
+		if err := prep(disk); err != nil {
 			free()
 			return nil, err
 		}
@@ -133,7 +139,7 @@ func setupDmsnap(size, chunk int64, storeDir string, prep func(dev string) error
 	dmsnap := func(args ...string) error {
 		return run("dmsnap", append([]string{"--store", store, "--state", state}, args...)...)
 	}
-	if err := dmsnap(append([]string{"activate", disk.Path, "--name", dmsnapName, "--chunk-size", fmt.Sprintf("%dKiB", chunk>>10)}, extra...)...); err != nil {
+	if err := dmsnap(append([]string{"activate", disk, "--name", dmsnapName, "--chunk-size", fmt.Sprintf("%dKiB", chunk>>10)}, extra...)...); err != nil {
 		free()
 		return nil, err
 	}
@@ -211,29 +217,37 @@ func setupDmsnapOn(fstype string, mkfsOpts []string, size, chunk int64, prep fun
 	return t, nil
 }
 
-// lvmSetup makes volume group bvg on a fresh PV of pvSize bytes.
+// lvmSetup makes volume group bvg on a fresh PV of pvSize bytes, or on
+// the disk lvmDisk when it is set (the disks part).
 func lvmSetup(pvSize int64) (func() error, error) {
 	os.MkdirAll("/run/lock/lvm", 0o755)
-	pv, free, err := backing("wpv.img", pvSize)
-	if err != nil {
-		return nil, err
+	pv, free := lvmDisk, func() {}
+	if pv == "" {
+		l, f, err := backing("wpv.img", pvSize)
+		if err != nil {
+			return nil, err
+		}
+		pv, free = l.Path, f
 	}
-	if _, err := lvm("pvcreate", "-q", "-y", pv.Path); err != nil {
+	if _, err := lvm("pvcreate", "-q", "-y", pv); err != nil {
 		free()
 		return nil, err
 	}
-	if _, err := lvm("vgcreate", "-q", "bvg", pv.Path); err != nil {
-		lvm("pvremove", "-q", "-y", pv.Path)
+	if _, err := lvm("vgcreate", "-q", "bvg", pv); err != nil {
+		lvm("pvremove", "-q", "-y", pv)
 		free()
 		return nil, err
 	}
 	return func() error {
 		_, err := lvm("vgremove", "-q", "-f", "bvg")
-		lvm("pvremove", "-q", "-y", pv.Path)
+		lvm("pvremove", "-q", "-y", pv)
 		free()
 		return err
 	}, nil
 }
+
+// lvmDisk, when set, is the block device lvmSetup makes its PV on.
+var lvmDisk string
 
 // lvPath is an LV's device node. With no udev only /dev/dm-N exists; find
 // N by the device-mapper name in sysfs.
@@ -376,6 +390,73 @@ func configs(chunk int64) []config {
 		}},
 		{"LVM2 thin snapshot origin (64 KiB blocks)", 64 << 10, setupLVMThin},
 	}
+}
+
+// The disks part: the device under test, LVM's PV and dmsnap's store each
+// on a virtio disk of its own, backed by a file on the host and opened
+// there with O_DIRECT (cache=none), so that a flush costs what the host's
+// storage makes it cost, as on a real machine, where a loop device over a
+// tmpfs file (the write part) makes it free.
+const (
+	diskDev   = "/dev/vda" // the device under test: raw, or activated
+	diskPV    = "/dev/vdb" // LVM's PV
+	diskStore = "/dev/vdc" // dmsnap's store: ext4
+	diskMount = "/mnt/dstore"
+)
+
+func diskConfigs(chunk int64) []config {
+	onDisk := func(extra ...string) func(int64, func(string) error) (*target, error) {
+		return func(size int64, prep func(string) error) (*target, error) {
+			return activateOn(diskDev, func() {}, chunk, diskMount, prep, extra...)
+		}
+	}
+	return []config{
+		{"raw disk", 0, func(size int64, prep func(string) error) (*target, error) {
+			if err := prep(diskDev); err != nil {
+				return nil, err
+			}
+			return &target{origin: diskDev, cowBytes: func() (int64, error) { return 0, nil }, teardown: func() error { return nil }}, nil
+		}},
+		{"dmsnap origin, session armed (store: ext4 on its own disk)", chunk, onDisk()},
+		{"dmsnap, store: ext4 on its own disk, --prealloc 0", chunk, onDisk("--prealloc", "0")},
+		{"LVM2 classic snapshot origin (PV: its own disk)", chunk, func(size int64, prep func(string) error) (*target, error) {
+			lvmDisk = diskPV
+			defer func() { lvmDisk = "" }()
+			return setupLVMSnap(size, chunk, prep)
+		}},
+	}
+}
+
+// benchDisks runs the write jobs (no untar) on the disks part's
+// configurations. The disks must be there (run.sh attaches them).
+func benchDisks(rep *Report, scale int64) error {
+	for _, d := range []string{diskDev, diskPV, diskStore} {
+		if _, err := os.Stat(d); err != nil {
+			return fmt.Errorf("disks part: %s is missing (hack/bench/run.sh attaches three virtio disks): %w", d, err)
+		}
+	}
+	if err := run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard", diskStore); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(diskMount, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(diskStore, diskMount, "ext4", 0, ""); err != nil {
+		return fmt.Errorf("mount %s: %w", diskStore, err)
+	}
+	defer unix.Unmount(diskMount, 0)
+	size := max(int64(256<<20)/scale, 64<<20)
+	rep.DiskDevice = size
+	jobs := fioJobs(scale)
+	for _, c := range diskConfigs(chunkSize) {
+		row, err := oneConfig(c, size, jobs, "")
+		if err != nil {
+			return fmt.Errorf("disks, %s: %w", c.name, err)
+		}
+		rep.Disks = append(rep.Disks, row)
+	}
+	ratios(rep.Disks)
+	return nil
 }
 
 // fillDevice writes the whole device once (raw, before any snapshot), so
@@ -591,6 +672,11 @@ func writeMoreMarkdown(w io.Writer, r Report) {
 		fmt.Fprintf(w, "\n## Write cost (fio, O_DIRECT, psync, end_fsync) vs the raw device\n\n")
 		fmt.Fprintf(w, "Device of %s, a loop device over a tmpfs file (the raw one; LVM's PV and dmsnap's disk are the same kind). The device is filled with data first, then the snapshot taken; each job runs once in this order, so \"first touch\" writes chunks not yet copied and \"re-write\" the same ones again. Cost = time / the raw device's time for the same job (1.00 = free). Untar: `tar -xf` of %s in files of 1–32 KiB onto a fresh ext4, then `sync`.\n\n", mib(r.WriteDevice), mib(r.UntarBytes))
 		writeCostTable(w, r.Write)
+	}
+	if len(r.Disks) > 0 {
+		fmt.Fprintf(w, "\n## Write cost on virtio disks (flushes cost what the host's storage makes them cost)\n\n")
+		fmt.Fprintf(w, "The same jobs (no untar) with the device under test (%s of it), LVM's PV and dmsnap's store (ext4) each on a virtio disk of its own, backed by a file on the host opened with O_DIRECT (cache=none, aio=threads): a flush in the guest is an fdatasync of that file on the host. Cost = time / the raw disk's time.\n\n", mib(r.DiskDevice))
+		writeCostTable(w, r.Disks)
 	}
 	if len(r.Sweep) > 0 {
 		fmt.Fprintf(w, "\n## Chunk size sweep (dmsnap)\n\nDevice of %s. Same method; the random job writes 4 KiB blocks at random to 1/64 of the blocks of a %s region, so larger chunks copy (and keep) more than was written. Space = the COW space the kernel reports in use (metadata included). Store: ext4, as in use.\n\n", mib(r.SweepDevice), mib(r.SweepRegion))
