@@ -45,9 +45,12 @@ import (
 // page of the store device's cache is ever shared with filesystem metadata.
 const cowAlign = 4096
 
-// maxFastExtents bounds the fast segments of one COW device (a fragmented
-// store); the file's first extents are kept, where the kernel allocates first.
-const maxFastExtents = 4096
+// maxFastExtents bounds the fast segments of one COW device. Device-mapper
+// (6.1) sends every flush to each target of a table, so a COW device of k
+// segments turns each exception commit's two flushes into 2k; on a
+// fragmented store the file's first extents are kept, where the kernel
+// allocates first, and the rest goes through the file.
+const maxFastExtents = 64
 
 // COWName is the COW device of session n: dmsnap-NAME-cowN.
 func (s Stack) COWName(n int) string { return Prefix + s.Name + "-cow" + strconv.Itoa(n) }
@@ -101,7 +104,7 @@ var tailLoop = LoopOptions{AutoClear: true, DirectIO: true, BlockSize: cowAlign}
 // Mapping the file straight to the store's device is an optimisation: when
 // anything about it fails, the whole file goes through the loop device over
 // cow.img, and COW.Slow says why.
-func (s Stack) AttachCOW(n int, cowFile string) (COW, error) {
+func (s Stack) AttachCOW(n int, cowFile string) (cow COW, err error) {
 	const op = "attach COW"
 	if err := s.check(op); err != nil {
 		return COW{}, err
@@ -141,10 +144,10 @@ func (s Stack) AttachCOW(n int, cowFile string) (COW, error) {
 	var fast []filemap.Extent
 	var base uint64
 	var fastLoop *Loop
-	cow := COW{Name: name, Bytes: size}
-	fm, err := m.MapFile(cowFile)
-	if err != nil {
-		cow.Slow = err.Error()
+	cow = COW{Name: name, Bytes: size}
+	fm, merr := m.MapFile(cowFile)
+	if merr != nil {
+		cow.Slow = merr.Error()
 	} else if fast = fastExtents(size, fm.Extents, cowAlign); len(fast) > 0 {
 		var limit uint64
 		base, limit = span(fast)
@@ -165,6 +168,15 @@ func (s Stack) AttachCOW(n int, cowFile string) (COW, error) {
 		if err := m.UnpinFile(cowFile); err != nil {
 			return COW{}, err
 		}
+	} else {
+		// A COW device that is not made leaves the file as it found it.
+		defer func() {
+			if err != nil {
+				if uerr := m.UnpinFile(cowFile); uerr != nil {
+					err = errors.Join(err, uerr)
+				}
+			}
+		}()
 	}
 	var fastDev Dev
 	if fastLoop != nil {

@@ -179,6 +179,9 @@ func TestAttachCOWUndoesEachStep(t *testing.T) {
 			if f.LoopCount() != 0 {
 				t.Errorf("%d loop devices left", f.LoopCount())
 			}
+			if f.Pinned(path) {
+				t.Error("the file is left pinned")
+			}
 		})
 	}
 }
