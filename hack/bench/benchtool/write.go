@@ -287,6 +287,75 @@ func lvBytes(lv, field string) (int64, error) {
 	return int64(size * pct / 100), nil
 }
 
+// setupHop stacks the kernel's snapshot targets by hand, as LVM classic
+// does (snapshot-origin over a linear device, snapshot with a persistent
+// store), with the COW on a loop device (direct I/O) over a device of the
+// same kind as LVM's PV: cowDev, or a loop device over a tmpfs file. That
+// is the path dmsnap's mapped COW segments take (dm.AttachCOW: a loop
+// device over the store's device), so the row says what that one loop
+// device costs, apart from everything else dmsnap does.
+func setupHop(size, chunk int64, cowDev string, prep func(dev string) error) (*target, error) {
+	disk, free := diskHop, func() {}
+	if disk == "" {
+		l, f, err := backing("wdisk.img", size)
+		if err != nil {
+			return nil, err
+		}
+		disk, free = l.Path, f
+	}
+	frees := []func(){free}
+	down := func() {
+		for i := len(frees) - 1; i >= 0; i-- {
+			frees[i]()
+		}
+	}
+	if prep != nil {
+		if err := prep(disk); err != nil {
+			down()
+			return nil, err
+		}
+	}
+	if cowDev == "" {
+		l, f, err := backing("whop.img", size+size/64+8<<20)
+		if err != nil {
+			down()
+			return nil, err
+		}
+		cowDev, frees = l.Path, append(frees, f)
+	}
+	hop, err := dm.AttachLoop(cowDev, dm.LoopOptions{AutoClear: true, DirectIO: true, BlockDevice: true, BlockSize: 4096})
+	if err != nil {
+		down()
+		return nil, err
+	}
+	if !hop.DirectIO {
+		hop.Close()
+		down()
+		return nil, fmt.Errorf("the loop device over %s took no direct I/O", cowDev)
+	}
+	s := dm.Stack{Name: "whop", Device: disk}
+	if err := s.Build(); err != nil {
+		hop.Close()
+		down()
+		return nil, err
+	}
+	err = s.AddSnapshot(1, hop.Path, uint32(chunk/dm.SectorSize))
+	hop.Close()
+	if err != nil {
+		s.Teardown()
+		down()
+		return nil, err
+	}
+	return &target{origin: s.OriginPath(), cowBytes: func() (int64, error) { return snapshotUsed("whop") }, teardown: func() error {
+		err := s.Teardown()
+		down()
+		return err
+	}}, nil
+}
+
+// diskHop, when set, is the device setupHop snapshots (the disks part).
+var diskHop string
+
 func setupLVMSnap(size, chunk int64, prep func(dev string) error) (*target, error) {
 	down, err := lvmSetup(2*size + 64<<20)
 	if err != nil {
@@ -394,6 +463,9 @@ func configs(chunk int64) []config {
 		{"LVM2 classic snapshot origin", chunk, func(size int64, prep func(string) error) (*target, error) {
 			return setupLVMSnap(size, chunk, prep)
 		}},
+		{"the same kernel targets, COW behind one more loop device (direct I/O)", chunk, func(size int64, prep func(string) error) (*target, error) {
+			return setupHop(size, chunk, "", prep)
+		}},
 		{"LVM2 thin snapshot origin (64 KiB blocks)", 64 << 10, setupLVMThin},
 	}
 }
@@ -429,6 +501,11 @@ func diskConfigs(chunk int64) []config {
 			lvmDisk = diskPV
 			defer func() { lvmDisk = "" }()
 			return setupLVMSnap(size, chunk, prep)
+		}},
+		{"the same kernel targets, COW on a loop device (direct I/O) over its own disk", chunk, func(size int64, prep func(string) error) (*target, error) {
+			diskHop = diskDev
+			defer func() { diskHop = "" }()
+			return setupHop(size, chunk, diskPV, prep)
 		}},
 	}
 }
