@@ -69,6 +69,7 @@ type COW struct {
 	Dev       Dev
 	Bytes     uint64 // size, the COW file's (to the alignment)
 	FastBytes uint64 // mapped straight to the store's block device
+	Segments  int    // targets of the COW device (each gets every flush)
 	// Slow says why none of the file is mapped straight (AttachCOW only;
 	// empty when some is, or when there was nothing written to map).
 	Slow string
@@ -183,7 +184,7 @@ func (s Stack) AttachCOW(n int, cowFile string) (cow COW, err error) {
 		fastDev = fastLoop.Dev
 	}
 	table, fastBytes := planCOW(size, fast, fastDev, base, tail.Dev)
-	cow.FastBytes = fastBytes
+	cow.FastBytes, cow.Segments = fastBytes, len(table)
 	targets := make([]Target, len(table))
 	for i, t := range table {
 		targets[i] = t
@@ -245,6 +246,7 @@ func (s Stack) COWInfo(n int) (COW, error) {
 		lins = append(lins, l)
 	}
 	cow.Bytes, cow.FastBytes = tableBytes(lins)
+	cow.Segments = len(lins)
 	return cow, nil
 }
 

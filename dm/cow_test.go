@@ -50,7 +50,7 @@ func TestAttachCOWFast(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cow.Name != "dmsnap-sdb1-cow3" || cow.Path() != "/dev/mapper/dmsnap-sdb1-cow3" || cow.Bytes != 64<<20 || cow.FastBytes != 16<<20 || cow.Slow != "" {
+	if cow.Name != "dmsnap-sdb1-cow3" || cow.Path() != "/dev/mapper/dmsnap-sdb1-cow3" || cow.Bytes != 64<<20 || cow.FastBytes != 16<<20 || cow.Slow != "" || cow.Segments != 2 {
 		t.Fatalf("COW %+v", cow)
 	}
 	wantLog(t, f, "attach /dev/loop0 "+path, "map "+path, "attach /dev/loop1 "+storeDev,
@@ -63,7 +63,7 @@ func TestAttachCOWFast(t *testing.T) {
 		got[0] != "0 32768 linear 7:1 0" || got[1] != "32768 98304 linear 7:0 32768" {
 		t.Fatalf("table %q", tbl)
 	}
-	if back, err := s.COWInfo(3); err != nil || back.Bytes != cow.Bytes || back.FastBytes != cow.FastBytes {
+	if back, err := s.COWInfo(3); err != nil || back.Bytes != cow.Bytes || back.FastBytes != cow.FastBytes || back.Segments != 2 {
 		t.Fatalf("COWInfo = %+v, %v; want %+v", back, err, cow)
 	}
 	// The loop devices belong to the table now: they go with it.

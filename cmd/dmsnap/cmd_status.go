@@ -34,10 +34,13 @@ invalid, and anything that needs attention.
                  "snapshot": {"state": "active", "cow_used_bytes": 65536,
                               "cow_size_bytes": 67239936, "metadata_bytes": 8192},
                  "cow_direct_io": true,         the loop device over cow.img takes direct I/O
-                 "cow_fast_bytes": 268435456}], bytes of cow.img the kernel writes straight
+                 "cow_fast_bytes": 268435456,   bytes of cow.img the kernel writes straight
                                                 to the store's block device, not through its
                                                 filesystem (dmsnap-NAME-cowN; see activate
                                                 --prealloc)
+                 "cow_segments": 2}],           targets of dmsnap-NAME-cowN: runs of cow.img
+                                                mapped so or not (each costs a flush per
+                                                exception commit)
                                                (null snapshot: none in the kernel)
    "store_space": {"free_bytes": 1, "total_bytes": 2},   (null: store unreadable)
    "invalid_sessions": ["sdb1_1700000000"],   finished sessions flagged invalid
@@ -93,6 +96,7 @@ type liveSessionJSON struct {
 	Snapshot      *snapshotJSON        `json:"snapshot"`
 	CowDirectIO   *bool                `json:"cow_direct_io,omitempty"`
 	CowFastBytes  *uint64              `json:"cow_fast_bytes,omitempty"`
+	CowSegments   int                  `json:"cow_segments,omitempty"`
 }
 
 type snapshotJSON struct {
@@ -128,15 +132,15 @@ var cowDirectIO = func(cowFile string) *bool {
 	return &v
 }
 
-// cowFastBytes returns how much of session n's COW goes straight to the
-// store's device (nil when it has no COW device now: one armed by an older
-// dmsnap, whose snapshot sits on the loop device directly).
-var cowFastBytes = func(name string, n int) *uint64 {
+// cowMap returns how much of session n's COW goes straight to the store's
+// device, and in how many segments (nil when it has no COW device now: one
+// armed by an older dmsnap, whose snapshot sits on the loop device directly).
+var cowMap = func(name string, n int) (*uint64, int) {
 	c, err := dm.Stack{Name: name}.COWInfo(n)
 	if err != nil {
-		return nil
+		return nil, 0
 	}
-	return &c.FastBytes
+	return &c.FastBytes, c.Segments
 }
 
 func describeDevice(st session.DeviceStatus) deviceJSON {
@@ -164,7 +168,7 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 				if s.Dir != "" {
 					ls.CowDirectIO = cowDirectIO(filepath.Join(s.Dir, snapstore.CowFile))
 				}
-				ls.CowFastBytes = cowFastBytes(d.Name, s.N)
+				ls.CowFastBytes, ls.CowSegments = cowMap(d.Name, s.N)
 			}
 		}
 		out.Sessions = append(out.Sessions, ls)
@@ -264,7 +268,7 @@ func printDevice(e *env, d deviceJSON) {
 			switch {
 			case s.CowFastBytes == nil:
 			case *s.CowFastBytes > 0:
-				fmt.Fprintf(w, "    COW: %s of it goes straight to the store's device, the rest through its filesystem\n", humanBytes(*s.CowFastBytes))
+				fmt.Fprintf(w, "    COW: %s of it goes straight to the store's device, the rest through its filesystem (%d segments)\n", humanBytes(*s.CowFastBytes), s.CowSegments)
 			default:
 				fmt.Fprintln(w, "    COW: through the store's filesystem")
 			}

@@ -148,8 +148,12 @@ func activateOn(disk string, free func(), chunk int64, storeDir string, prep fun
 		free()
 		return nil, err
 	}
+	activate := time.Since(start).Seconds()
+	if c, err := (dm.Stack{Name: dmsnapName}).COWInfo(1); err == nil {
+		logf("activate %s: %.2f s; COW of %d MiB, %d MiB mapped to the store's device, %d segments", disk, activate, c.Bytes>>20, c.FastBytes>>20, c.Segments)
+	}
 	return &target{
-		activate: time.Since(start).Seconds(),
+		activate: activate,
 		origin:   "/dev/mapper/dmsnap-" + dmsnapName,
 		cowBytes: func() (int64, error) { return snapshotUsed(dmsnapName) },
 		teardown: func() error {
