@@ -38,7 +38,10 @@ import (
 // Device-mapper cannot claim a mounted filesystem's device itself (the
 // mount holds it exclusively), so the fast segments go through a loop
 // device over it with direct I/O, its window limited to the span of the
-// mapped extents so that it shows no filesystem signature to blkid or udev.
+// mapped extents: blkid and udev, which probe every new block device, see
+// the start of one of cow.img's extents (zeros when it is armed; the COW
+// header or pre-images after a reboot, as the loop device over cow.img
+// shows them too), never the store's own superblock.
 
 // cowAlign is the alignment of every segment, in the file and on the
 // device: the loop devices' logical block size and the page size, so no
@@ -274,13 +277,6 @@ func tableBytes(lins []Linear) (size, fast uint64) {
 // bytes (which stay on the loop device over the file, so that the table
 // always holds the file open), at most maxFastExtents of them, neighbours
 // in the file and on the device merged.
-//
-// The loop device over the store's device shows a window of it from the
-// first of these extents on; blkid and udev probe every new block device,
-// so that window must start as the loop device over the file does, with
-// the file's first block (the COW header, never a filesystem signature).
-// So there are none unless the file's first block is among them, and none
-// that lie before it on the device.
 func fastExtents(size uint64, exts []filemap.Extent, align uint64) []filemap.Extent {
 	if size < align {
 		return nil
@@ -306,16 +302,7 @@ func fastExtents(size uint64, exts []filemap.Extent, align uint64) []filemap.Ext
 		}
 		out = append(out, x)
 	}
-	if len(out) == 0 || out[0].Logical != 0 {
-		return nil
-	}
-	kept := out[:1]
-	for _, x := range out[1:] {
-		if x.Physical >= out[0].Physical {
-			kept = append(kept, x)
-		}
-	}
-	return kept
+	return out
 }
 
 // span returns the first device byte of the extents and the length of the
