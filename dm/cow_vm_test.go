@@ -141,7 +141,7 @@ func TestCOWMappedToStore(t *testing.T) {
 			if err := s.RemoveSnapshot(1); err != nil {
 				t.Fatal(err)
 			}
-			if err := filemap.Unpin(cowPath); err != nil {
+			if err := filemap.UnpinPath(cowPath); err != nil {
 				t.Fatal(err)
 			}
 		})

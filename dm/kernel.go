@@ -66,4 +66,4 @@ func (System) DetachLoop(path string) error                            { return 
 func (System) SetLoopCapacity(path string) (uint64, error)             { return SetLoopCapacity(path) }
 func (System) FindLoop(file string) (*Loop, error)                     { return FindLoop(file) }
 func (System) MapFile(path string) (FileMap, error)                    { return MapFile(path) }
-func (System) UnpinFile(path string) error                             { return filemap.Unpin(path) }
+func (System) UnpinFile(path string) error                             { return filemap.UnpinPath(path) }

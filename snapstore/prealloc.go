@@ -115,7 +115,7 @@ func releaseCow(path string) error {
 	if perr != nil && !errors.Is(perr, filemap.ErrUnsupported) {
 		return perr
 	}
-	if err := filemap.Pin(f, false); err != nil && !errors.Is(err, unix.ENOTTY) && !errors.Is(err, unix.EOPNOTSUPP) {
+	if err := filemap.Unpin(f); err != nil {
 		return err
 	}
 	if perr != nil {

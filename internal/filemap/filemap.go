@@ -316,10 +316,22 @@ func Pinned(f *os.File) (bool, error) {
 	return flags&flagAppend != 0, err
 }
 
-// Unpin clears the append-only flag of the file at path, if it is there
-// and has it: done before dmsnap renames, punches or removes a COW file it
-// once mapped.
-func Unpin(path string) error {
+// Unpin clears f's append-only flag if it has it: done before dmsnap
+// renames, punches or removes a COW file it once mapped. A filesystem
+// without file flags never pinned it.
+func Unpin(f *os.File) error {
+	pinned, err := Pinned(f)
+	if errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.EOPNOTSUPP) {
+		return nil
+	}
+	if err != nil || !pinned {
+		return err
+	}
+	return Pin(f, false)
+}
+
+// UnpinPath is Unpin of the file at path; a missing file is fine.
+func UnpinPath(path string) error {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -328,13 +340,7 @@ func Unpin(path string) error {
 		return err
 	}
 	defer f.Close()
-	if pinned, err := Pinned(f); err != nil || !pinned {
-		if errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.EOPNOTSUPP) {
-			return nil // a filesystem without flags never pinned it
-		}
-		return err
-	}
-	return Pin(f, false)
+	return Unpin(f)
 }
 
 // DropCache writes f's dirty pages back, asks the kernel to drop its

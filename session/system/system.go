@@ -357,7 +357,7 @@ func (Store) Discard(_ context.Context, dir string) error {
 	if used {
 		return fmt.Errorf("discard %s: its COW was used by the kernel and may hold pre-images", dir)
 	}
-	if err := filemap.Unpin(filepath.Join(dir, snapstore.CowFile)); err != nil {
+	if err := filemap.UnpinPath(filepath.Join(dir, snapstore.CowFile)); err != nil {
 		return fmt.Errorf("discard %s: %w", dir, err)
 	}
 	return os.RemoveAll(dir)
