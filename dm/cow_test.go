@@ -37,12 +37,19 @@ func mapTo(f *dmtest.Fake, n uint64) {
 	})
 }
 
-func TestAttachCOWFast(t *testing.T) {
+// builtWithStore is a built stack beside a store device.
+func builtWithStore(t *testing.T) (*dmtest.Fake, dm.Stack) {
+	t.Helper()
 	f, s, _ := newStack(t)
 	f.AddBlockDevice(storeDev, 8<<21)
 	if err := s.Build(); err != nil {
 		t.Fatal(err)
 	}
+	return f, s
+}
+
+func TestAttachCOWFast(t *testing.T) {
+	f, s := builtWithStore(t)
 	path := cowFile(t, 64<<20)
 	mapTo(f, 16<<20)
 	f.ResetLog()
@@ -106,11 +113,7 @@ func TestAttachCOWSlow(t *testing.T) {
 		t.Fatalf("table %q", tbl)
 	}
 	// The store's device refuses a loop device: slow too, and unpinned.
-	f2, s2, _ := newStack(t)
-	f2.AddBlockDevice(storeDev, 8<<21)
-	if err := s2.Build(); err != nil {
-		t.Fatal(err)
-	}
+	f2, s2 := builtWithStore(t)
 	mapTo(f2, 4<<20)
 	f2.FailNext("attach", storeDev, unix.EBUSY)
 	cow, err = s2.AttachCOW(1, path)
@@ -126,11 +129,7 @@ func TestAttachCOWSlow(t *testing.T) {
 // refused. A pinned file (mapped before a reboot) is unpinned for its loop
 // device and pinned again.
 func TestAttachCOWLeftovers(t *testing.T) {
-	f, s, _ := newStack(t)
-	f.AddBlockDevice(storeDev, 8<<21)
-	if err := s.Build(); err != nil {
-		t.Fatal(err)
-	}
+	f, s := builtWithStore(t)
 	path := cowFile(t, 8<<20)
 	mapTo(f, 4<<20)
 	if _, err := s.AttachCOW(2, path); err != nil {
@@ -160,11 +159,7 @@ func TestAttachCOWUndoesEachStep(t *testing.T) {
 		{"attach", ""}, {"create", "dmsnap-sdb1-cow1"}, {"load", "dmsnap-sdb1-cow1"}, {"resume", "dmsnap-sdb1-cow1"},
 	} {
 		t.Run(st.op, func(t *testing.T) {
-			f, s, _ := newStack(t)
-			f.AddBlockDevice(storeDev, 8<<21)
-			if err := s.Build(); err != nil {
-				t.Fatal(err)
-			}
+			f, s := builtWithStore(t)
 			path := cowFile(t, 8<<20)
 			mapTo(f, 4<<20)
 			target := st.target
