@@ -115,6 +115,20 @@ func backing(name string, size int64) (*dm.Loop, func(), error) {
 	}, nil
 }
 
+// deviceOr returns the block device given, or else a fresh one: a loop
+// device over a sparse tmpfs file of size bytes (backing). free releases
+// what it made (nothing for a given device).
+func deviceOr(given, name string, size int64) (string, func(), error) {
+	if given != "" {
+		return given, func() {}, nil
+	}
+	l, free, err := backing(name, size)
+	if err != nil {
+		return "", nil, err
+	}
+	return l.Path, free, nil
+}
+
 const dmsnapName = "wbench"
 
 // setupDmsnap activates dmsnap on a fresh disk of size bytes with chunk
@@ -231,13 +245,9 @@ func setupDmsnapOn(fstype string, mkfsOpts []string, size, chunk int64, prep fun
 // the disk lvmDisk when it is set (the disks part).
 func lvmSetup(pvSize int64) (func() error, error) {
 	os.MkdirAll("/run/lock/lvm", 0o755)
-	pv, free := lvmDisk, func() {}
-	if pv == "" {
-		l, f, err := backing("wpv.img", pvSize)
-		if err != nil {
-			return nil, err
-		}
-		pv, free = l.Path, f
+	pv, free, err := deviceOr(lvmDisk, "wpv.img", pvSize)
+	if err != nil {
+		return nil, err
 	}
 	if _, err := lvm("pvcreate", "-q", "-y", pv); err != nil {
 		free()
@@ -299,13 +309,9 @@ func lvBytes(lv, field string) (int64, error) {
 // device over the store's device), so the row says what that one loop
 // device costs, apart from everything else dmsnap does.
 func setupHop(size, chunk int64, cowDev string, prep func(dev string) error) (*target, error) {
-	disk, free := diskHop, func() {}
-	if disk == "" {
-		l, f, err := backing("wdisk.img", size)
-		if err != nil {
-			return nil, err
-		}
-		disk, free = l.Path, f
+	disk, free, err := deviceOr(diskHop, "wdisk.img", size)
+	if err != nil {
+		return nil, err
 	}
 	frees := []func(){free}
 	down := func() {
@@ -319,14 +325,12 @@ func setupHop(size, chunk int64, cowDev string, prep func(dev string) error) (*t
 			return nil, err
 		}
 	}
-	if cowDev == "" {
-		l, f, err := backing("whop.img", size+size/64+8<<20)
-		if err != nil {
-			down()
-			return nil, err
-		}
-		cowDev, frees = l.Path, append(frees, f)
+	cowDev, freeCOW, err := deviceOr(cowDev, "whop.img", size+size/64+8<<20)
+	if err != nil {
+		down()
+		return nil, err
 	}
+	frees = append(frees, freeCOW)
 	hop, err := dm.AttachLoop(cowDev, dm.LoopOptions{AutoClear: true, DirectIO: true, BlockDevice: true, BlockSize: 4096})
 	if err != nil {
 		down()
