@@ -76,6 +76,8 @@ type COW struct {
 	// Slow says why none of the file is mapped straight (AttachCOW only;
 	// empty when some is, or when there was nothing written to map).
 	Slow string
+
+	fastEnd uint64 // see FastEnd
 }
 
 // Path is the COW device's /dev/mapper node.
@@ -187,7 +189,7 @@ func (s Stack) AttachCOW(n int, cowFile string) (cow COW, err error) {
 		fastDev = fastLoop.Dev
 	}
 	table, fastBytes := planCOW(size, fast, fastDev, base, tail.Dev)
-	cow.FastBytes, cow.Segments = fastBytes, len(table)
+	cow.FastBytes, cow.Segments, cow.fastEnd = fastBytes, len(table), tableFastEnd(table, tail.Dev)
 	targets := make([]Target, len(table))
 	for i, t := range table {
 		targets[i] = t
@@ -224,33 +226,8 @@ func (s Stack) RemoveCOW(n int) error {
 // of it is mapped straight to the store's device (the segments that are not
 // on the loop device over cow.img, which maps the rest at its own offsets).
 func (s Stack) COWInfo(n int) (COW, error) {
-	const op = "COW info"
-	if err := s.check(op); err != nil {
-		return COW{}, err
-	}
-	m := s.dm()
-	name := s.COWName(n)
-	info, err := m.Info(name)
-	if err != nil {
-		return COW{}, err
-	}
-	tbl, err := m.Table(name)
-	if err != nil {
-		return COW{}, err
-	}
-	cow := COW{Name: name, Dev: info.Dev}
-	var lins []Linear
-	for _, spec := range tbl {
-		t, err := ParseTarget(spec)
-		l, ok := t.(Linear)
-		if err != nil || !ok {
-			return COW{}, errorf(op, name, nil, "", "target %q is not linear", spec.String())
-		}
-		lins = append(lins, l)
-	}
-	cow.Bytes, cow.FastBytes = tableBytes(lins)
-	cow.Segments = len(lins)
-	return cow, nil
+	cow, _, err := s.cowTable(n)
+	return cow, err
 }
 
 // tableBytes returns a COW table's size and its fast bytes: a segment is

@@ -5,10 +5,12 @@ package dm_test
 import (
 	"bytes"
 	"errors"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/internal/directio"
@@ -182,5 +184,176 @@ func TestCOWNotMapped(t *testing.T) {
 			t.Fatal(err)
 		}
 		os.Remove(cowPath)
+	}
+}
+
+// zeroFill writes zeros over [from, to) of the file at path, around the
+// page cache, and makes them durable: what snapstore.FillCow does for
+// GrowCOW, without a session directory.
+func zeroFill(path string) dm.GrowFill {
+	return func(from, to uint64) (uint64, error) {
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return from, err
+		}
+		defer f.Close()
+		if err := unix.Fallocate(int(f.Fd()), 0, int64(from), int64(to-from)); err != nil {
+			return from, err
+		}
+		w := directio.NewWriter(f)
+		defer w.Close()
+		zero := directio.AlignedBuf(1 << 20)
+		for off := from; off < to; off += 1 << 20 {
+			if _, err := w.WriteAt(zero, int64(off)); err != nil {
+				return from, err
+			}
+		}
+		return to, f.Sync()
+	}
+}
+
+// TestCOWGrowWhileWriting: the fast part of a live COW grows, again and
+// again, while first writes to the origin stream in, on ext4 and xfs
+// stores. Every pre-image survives: the snapshot shows the image from
+// before the writes, during and after, and again after a reboot. This is
+// the evidence that filling past the frontier with the COW device
+// suspended never writes where the kernel did.
+func TestCOWGrowWhileWriting(t *testing.T) {
+	for _, fs := range []string{"ext4", "xfs"} {
+		t.Run(fs, func(t *testing.T) {
+			requireKernel(t)
+			dir := t.TempDir()
+			store := vmtest.StoreFS(t, dir, fs, 1<<30)
+			const size = 96 << 20
+			base := rawBase(t, dir, size)
+			writeAt(t, base.Path, 1<<20, randomBytes(11, size-(1<<20)))
+			pre := readAt(t, base.Path, 0, size)
+
+			s := build(t, "vmgrow", base.Path)
+			cowPath := prealloc(t, store, 100<<20, 4<<20)
+			cow, err := s.AttachCOW(1, cowPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cow.FastEnd() != 4<<20 {
+				t.Fatalf("COW %+v: want its first 4 MiB fast", cow)
+			}
+			if err := s.AddSnapshot(1, cow.Path(), chunk); err != nil {
+				t.Fatal(err)
+			}
+
+			// 12 MiB of first writes past the fast part, through the file;
+			// then the fill starts past the store's frontier (the kernel may
+			// have written anything before it), and what the kernel wrote
+			// through the file is mapped too.
+			writeAt(t, s.OriginPath(), 84<<20, randomBytes(13, 12<<20))
+			allocated := status(t, s, 1).Allocated * dm.SectorSize
+			fill := zeroFill(cowPath)
+			cow, from, to, err := s.GrowCOW(1, cowPath, 8<<20, fill)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if from < allocated || from < 12<<20 || to != from+8<<20 || cow.FastEnd() != to || cow.FastBytes < 16<<20 {
+				t.Fatalf("grew [%d, %d) with %d bytes allocated: COW %+v", from, to, allocated, cow)
+			}
+			t.Logf("past the frontier at %d: grew [%d, %d), %d MiB fast in %d segments", allocated, from, to, cow.FastBytes>>20, cow.Segments)
+
+			// 80 MiB of first writes in 1 MiB O_DIRECT pieces, in a shuffled
+			// order, while this goroutine grows the COW.
+			done := make(chan error, 1)
+			go func() {
+				f, err := os.OpenFile(s.OriginPath(), os.O_WRONLY|unix.O_DIRECT, 0)
+				if err != nil {
+					done <- err
+					return
+				}
+				defer f.Close()
+				buf := directio.AlignedBuf(1 << 20)
+				data := randomBytes(12, 1<<20)
+				for i, p := range rand.New(rand.NewPCG(1, 2)).Perm(80) {
+					copy(buf, data)
+					buf[0] = byte(i)
+					if _, err := f.WriteAt(buf, int64(p)<<20); err != nil {
+						done <- err
+						return
+					}
+				}
+				done <- f.Sync()
+			}()
+			var grows, midway int
+			var longest time.Duration
+			for writing := true; writing; {
+				select {
+				case err := <-done:
+					if err != nil {
+						t.Fatalf("writing the origin: %v", err)
+					}
+					writing = false
+				case <-time.After(20 * time.Millisecond):
+				}
+				start := time.Now()
+				c, from, to, err := s.GrowCOW(1, cowPath, 8<<20, fill)
+				if err != nil {
+					t.Fatalf("grow %d: %v", grows+1, err)
+				}
+				if to > from {
+					grows++
+					longest = max(longest, time.Since(start))
+					if writing {
+						midway++
+					}
+					cow = c
+					t.Logf("grew [%d, %d) MiB in %v: %d MiB fast, %d segments", from>>20, to>>20, time.Since(start).Round(time.Millisecond), c.FastBytes>>20, c.Segments)
+				}
+				if grows > 0 && !writing {
+					break
+				}
+			}
+			if midway < 2 {
+				t.Fatalf("%d grows while the writes went on (%d in all): the test did not race them", midway, grows)
+			}
+			t.Logf("%d grows, %d during the writes, longest pause %v", grows, midway, longest)
+			st := status(t, s, 1)
+			if st.DataSectors() < 92<<20/512 || !st.Valid() {
+				t.Fatalf("status %s: want 92 MiB of pre-images", st)
+			}
+			if cow.FastBytes < 90<<20 {
+				t.Fatalf("COW %+v: nothing more mapped straight", cow)
+			}
+			f, err := os.Open(cowPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if pinned, err := filemap.Pinned(f); err != nil || !pinned {
+				t.Fatalf("cow.img pinned: %v, %v", pinned, err)
+			}
+			if got := readAt(t, s.SnapshotPath(1), 0, size); !bytes.Equal(got, pre) {
+				t.Fatal("the snapshot lost pre-images while its COW grew")
+			}
+			// A reboot: every pre-image is in the file at its offset.
+			if err := s.RemoveSnapshot(1); err != nil {
+				t.Fatal(err)
+			}
+			if err := filemap.DropCache(f); err != nil {
+				t.Fatal(err)
+			}
+			cow, err = s.AttachCOW(1, cowPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.ReattachSnapshot(1, cow.Path(), chunk); err != nil {
+				t.Fatal(err)
+			}
+			if got := readAt(t, s.SnapshotPath(1), 0, size); !bytes.Equal(got, pre) {
+				t.Fatal("after the reboot the snapshot lost pre-images")
+			}
+			if err := s.RemoveSnapshot(1); err != nil {
+				t.Fatal(err)
+			}
+			if err := filemap.UnpinPath(cowPath); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

@@ -56,8 +56,9 @@ type State struct {
 	Phase         Phase  `json:"phase"`
 	InvalidReason string `json:"invalid_reason,omitempty"`
 	Times         Times  `json:"times"`
-	// Prealloc is how many bytes at the start of cow.img CreateSession
-	// wrote with zeros: asked for by the caller, then what it did.
+	// Prealloc is how many bytes of cow.img dmsnap wrote with zeros ahead
+	// of the kernel: CreateSession at the start (asked for by the caller,
+	// then what it did), FillCow more while the session is armed.
 	Prealloc int64 `json:"prealloc,omitempty"`
 
 	// Layout is chosen by Convert before it writes anything, so a restart

@@ -390,6 +390,7 @@ func (f *Fake) Resume(name string) error {
 		if fresh && d.live[0].Type == "snapshot" {
 			d.allocated = 2 * f.chunkLocked(d)
 		}
+		f.releaseLoopsLocked() // the old table's
 	}
 	d.suspended = false
 	f.logf("resume %s", name)

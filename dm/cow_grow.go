@@ -1,0 +1,218 @@
+package dm
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/dmsnap/dmsnap/internal/filemap"
+)
+
+// Growing the fast part of a COW while its snapshot is live. AttachCOW maps
+// what of cow.img is written at the time (the zeros the Store wrote ahead
+// of a new session); a session that outgrows it would send the rest of its
+// pre-images through the store's filesystem. GrowCOW writes more of the
+// file ahead and maps it, without a moment in which the kernel could write
+// where the zeros go:
+//
+//  1. The COW device is suspended: the exception store's writes that were
+//     in flight complete, and every later one waits, unmapped, until the
+//     resume.
+//  2. The snapshot's status then gives the store's allocation frontier
+//     (the persistent store allocates chunks in file order and reports
+//     next_free × chunk as allocated): no byte at or past it has ever been
+//     written. Allocation goes on while the COW device is suspended, but
+//     the writes to what it allocates wait for the resume.
+//  3. The caller writes zeros over [from, to), all at or past the
+//     frontier, with the file unpinned for it.
+//  4. MapFile pins the file again and gives its extents; the new table maps
+//     every plain extent straight (a new loop device over the store's
+//     device, its window spanning them all) and the rest to the same loop
+//     device over cow.img as before.
+//  5. The resume swaps the tables: the waiting writes go out through the new
+//     one. Both tables put every byte of the COW at the same byte of
+//     cow.img, so nothing written before reads differently after.
+//
+// While the COW device is suspended, first writes to the origin wait for
+// the snapshot's copies; the pause is the time to write to - from bytes.
+
+// GrowFill writes zeros over [from, to) of the COW file (both multiples of
+// cowAlign), makes them durable and returns the end of what it wrote (from
+// when nothing: the store is short of space, say).
+type GrowFill func(from, to uint64) (uint64, error)
+
+// growAlign aligns the regions GrowCOW fills.
+const growAlign = 1 << 20
+
+// FastEnd is the end of the COW's last fast segment (0 when none is).
+func (c COW) FastEnd() uint64 { return c.fastEnd }
+
+// GrowCOW maps up to want more bytes of session n's COW file straight to
+// the store's device (see above): the region from the end of the fast
+// segments, or from the exception store's frontier where that is further,
+// is written through fill and mapped. It returns the COW as it is after,
+// and the region filled (empty when there was no room: the file's end is
+// near, or fill wrote nothing). A COW of which nothing is mapped straight
+// (a store that cannot be) is ErrUnsupported-like: an error saying so.
+// Whatever fails, the COW device is resumed with a table that maps every
+// byte where it was.
+func (s Stack) GrowCOW(n int, cowFile string, want uint64, fill GrowFill) (after COW, from, to uint64, err error) {
+	const op = "grow COW"
+	if err := s.check(op); err != nil {
+		return COW{}, 0, 0, err
+	}
+	m := s.dm()
+	name := s.COWName(n)
+	cur, tail, err := s.cowTable(n)
+	if err != nil {
+		return COW{}, 0, 0, err
+	}
+	if cur.FastBytes == 0 {
+		return cur, 0, 0, errorf(op, name, nil, "", "nothing of %s is mapped straight to the store's device", name)
+	}
+	if err := m.Suspend(name); err != nil {
+		return cur, 0, 0, err
+	}
+	resumed := false
+	defer func() {
+		if resumed {
+			return
+		}
+		if rerr := m.Resume(name); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("%s is left suspended (I/O to the snapshot waits): %w", name, rerr))
+		}
+	}()
+	st, err := s.SnapshotStatus(n)
+	if err != nil {
+		return cur, 0, 0, err
+	}
+	if !st.Valid() {
+		return cur, 0, 0, errorf(op, s.SnapshotName(n), nil, "", "snapshot %d is %s", n, st.State)
+	}
+	from, to = growRegion(cur.Bytes, cur.fastEnd, st.Allocated*SectorSize, want)
+	if to <= from {
+		return cur, 0, 0, nil
+	}
+	if err := m.UnpinFile(cowFile); err != nil {
+		return cur, 0, 0, err
+	}
+	end, ferr := fill(from, to)
+	// Pinned again whatever fill did: the mapped segments need it.
+	fm, merr := m.MapFile(cowFile)
+	if merr != nil {
+		return cur, 0, 0, errors.Join(ferr, fmt.Errorf("%s is mapped but may no longer be pinned: %w", cowFile, merr))
+	}
+	if ferr != nil {
+		return cur, 0, 0, ferr
+	}
+	if end <= from {
+		return cur, 0, 0, nil
+	}
+	to = min(end, to)
+	fast := fastExtents(cur.Bytes, fm.Extents, cowAlign)
+	if covered(fast, 0, to) < cur.FastBytes {
+		// The file's blocks moved or went (it was pinned all along): keep
+		// the table that is there.
+		return cur, 0, 0, errorf(op, cowFile, nil, "", "%s maps fewer of its first %d bytes than %s does", cowFile, to, name)
+	}
+	base, limit := span(fast)
+	loop, err := m.AttachLoop(fm.Device, LoopOptions{AutoClear: true, DirectIO: true, BlockSize: cowAlign,
+		BlockDevice: true, Offset: base, SizeLimit: limit})
+	if err != nil {
+		return cur, 0, 0, err
+	}
+	defer loop.Close()
+	if !loop.DirectIO {
+		return cur, 0, 0, errorf(op, fm.Device, nil, "", "the loop device over %s does not take direct I/O", fm.Device)
+	}
+	table, fastBytes := planCOW(cur.Bytes, fast, loop.Dev, base, tail)
+	targets := make([]Target, len(table))
+	for i, t := range table {
+		targets[i] = t
+	}
+	if err := m.Load(name, targets...); err != nil {
+		return cur, 0, 0, err
+	}
+	if err := m.Resume(name); err != nil {
+		return cur, 0, 0, undo(err, func() error { return m.ClearTable(name) })
+	}
+	resumed = true
+	after = COW{Name: name, Dev: cur.Dev, Bytes: cur.Bytes, FastBytes: fastBytes, Segments: len(table), fastEnd: tableFastEnd(table, tail)}
+	return after, from, to, nil
+}
+
+// growRegion is the region GrowCOW fills in a COW of size bytes whose fast
+// segments end at fastEnd and whose store has allocated the bytes before
+// allocated: from the later of the two, up to want bytes, before the file's
+// last cowAlign bytes (which stay on the loop device over the file), both
+// ends on growAlign. Empty (to <= from) when there is no room.
+func growRegion(size, fastEnd, allocated, want uint64) (from, to uint64) {
+	from = (max(fastEnd, allocated) + growAlign - 1) / growAlign * growAlign
+	if size < cowAlign {
+		return from, 0
+	}
+	to = min(from+want, size-cowAlign) / growAlign * growAlign
+	if to < from {
+		to = from
+	}
+	return from, to
+}
+
+// covered returns how many bytes of [lo, hi) of the file the extents map.
+func covered(exts []filemap.Extent, lo, hi uint64) uint64 {
+	var n uint64
+	for _, e := range exts {
+		a, b := max(e.Logical, lo), min(e.End(), hi)
+		if b > a {
+			n += b - a
+		}
+	}
+	return n
+}
+
+// cowTable reads session n's COW device like COWInfo, and also returns the
+// device of its slow segments (the loop device over cow.img).
+func (s Stack) cowTable(n int) (COW, Dev, error) {
+	const op = "COW info"
+	if err := s.check(op); err != nil {
+		return COW{}, Dev{}, err
+	}
+	m := s.dm()
+	name := s.COWName(n)
+	info, err := m.Info(name)
+	if err != nil {
+		return COW{}, Dev{}, err
+	}
+	tbl, err := m.Table(name)
+	if err != nil {
+		return COW{}, Dev{}, err
+	}
+	cow := COW{Name: name, Dev: info.Dev}
+	var lins []Linear
+	for _, spec := range tbl {
+		t, err := ParseTarget(spec)
+		l, ok := t.(Linear)
+		if err != nil || !ok {
+			return COW{}, Dev{}, errorf(op, name, nil, "", "target %q is not linear", spec.String())
+		}
+		lins = append(lins, l)
+	}
+	if len(lins) == 0 {
+		return COW{}, Dev{}, errorf(op, name, nil, "", "%s has no table", name)
+	}
+	tail := lins[len(lins)-1].Device
+	cow.Bytes, cow.FastBytes = tableBytes(lins)
+	cow.Segments = len(lins)
+	cow.fastEnd = tableFastEnd(lins, tail)
+	return cow, tail, nil
+}
+
+// tableFastEnd is the end of the last segment of a COW table not on tail.
+func tableFastEnd(lins []Linear, tail Dev) uint64 {
+	var end uint64
+	for _, l := range lins {
+		if l.Device != tail {
+			end = (l.Start + l.Length) * SectorSize
+		}
+	}
+	return end
+}
