@@ -19,11 +19,21 @@ type WatchOptions struct {
 	// Retry is the pause before retrying after a failure (another command
 	// held the lock, say); 0 means one second.
 	Retry time.Duration
+	// GrowEvery is how often the live sessions' COW use is looked at, to
+	// keep the part mapped straight to the store's device ahead of the
+	// kernel (GrowCOWs); 0 means DefaultGrowEvery, negative never.
+	GrowEvery time.Duration
 }
+
+// DefaultGrowEvery is how often the watcher looks at the live sessions'
+// COW use (two status ioctls per session; the lock only to grow).
+const DefaultGrowEvery = time.Second
 
 // Watch is `dmsnap watch`: it reconciles at start, then handles every mount
 // and unmount of an activated device's origin as it happens (woken by the
 // kernel, not by a timer), and reconciles on a slow beat, until ctx ends.
+// Beside that it keeps the live sessions' fast COW ahead of the kernel
+// (GrowCOWs, every opt.GrowEvery).
 //
 // Mounts and unmounts are handled as events (HandleMountEvent), not only
 // as states: a device unmounted and mounted again before the watcher got to
@@ -68,6 +78,18 @@ func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 		}
 	}
 	note(m.watchReconcile(ctx))
+	if opt.GrowEvery == 0 {
+		opt.GrowEvery = DefaultGrowEvery
+	}
+	if opt.GrowEvery > 0 {
+		gctx, stop := context.WithCancel(ctx)
+		grower := make(chan struct{})
+		go func() {
+			defer close(grower)
+			m.growLoop(gctx, opt.GrowEvery)
+		}()
+		defer func() { stop(); <-grower }()
+	}
 	for {
 		wait := opt.Interval
 		if len(queue) > 0 {

@@ -144,3 +144,70 @@ func TestConvertUnpinsAndCuts(t *testing.T) {
 	}
 	checkPreImages(t, fx.dir, fx.sim)
 }
+
+// TestFillCow: where the store can be mapped, FillCow writes zeros over
+// [from, to) to whole MiB, never into the file's last block, counts them in
+// state.json and leaves the rest of the file as it was; elsewhere it writes
+// nothing and says so by returning from. A bad range is refused.
+func TestFillCow(t *testing.T) {
+	store := t.TempDir()
+	ok := mappable(t, store)
+	dir, err := CreateSession(store, State{Name: "g", Device: Device{Path: "/dev/g", Size: 8 << 20}, ChunkSize: 4096,
+		Times: Times{Armed: fixtureTime}, Prealloc: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cow := filepath.Join(dir, CowFile)
+	fi, err := os.Stat(cow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := fi.Size()
+	end, err := FillCow(dir, 3<<20, 5<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := ReadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(cow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data, derr := unix.Seek(int(f.Fd()), 2<<20, unix.SEEK_DATA)
+	if !ok {
+		if end != 3<<20 || st.Prealloc != 0 || !errors.Is(derr, unix.ENXIO) {
+			t.Fatalf("unmappable store: end %d, prealloc %d, data at %d (%v)", end, st.Prealloc, data, derr)
+		}
+		return
+	}
+	hole, err := unix.Seek(int(f.Fd()), 3<<20, unix.SEEK_HOLE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if end != 5<<20 || st.Prealloc != 3<<20 || derr != nil || data != 3<<20 || hole != 5<<20 {
+		t.Fatalf("end %d, prealloc %d, data from %d (%v) to %d", end, st.Prealloc, data, derr, hole)
+	}
+	// Up to the file's last block, to a whole MiB.
+	last := (size - 4096) / (1 << 20) * (1 << 20)
+	if end, err := FillCow(dir, 5<<20, size); err != nil || end != last {
+		t.Fatalf("to the end: %d, %v; want %d", end, err, last)
+	}
+	if end, err := FillCow(dir, last, size); err != nil || end != last {
+		t.Fatalf("no room: %d, %v", end, err)
+	}
+	if _, err := FillCow(dir, 4096, 1<<20); err == nil {
+		t.Fatal("a range off a MiB was taken")
+	}
+	b, err := os.ReadFile(cow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range b {
+		if c != 0 {
+			t.Fatalf("cow.img byte %d is %d", i, c)
+		}
+	}
+}

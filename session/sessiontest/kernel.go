@@ -32,6 +32,7 @@ type snap struct {
 	cow   string      // path at attach time
 	file  os.FileInfo // the COW file itself: a loop device follows it across renames
 	state session.SnapshotState
+	use   session.COWUse // SetCOWUse; GrowCOW moves FastEnd
 }
 
 var _ session.Kernel = (*Kernel)(nil)
@@ -303,4 +304,72 @@ func (k *Kernel) attachedLocked(path string) bool {
 		}
 	}
 	return false
+}
+
+var _ session.COWGrower = (*Kernel)(nil)
+
+// SetCOWUse sets what COWUse reports for snapshot n of stack name.
+func (k *Kernel) SetCOWUse(name string, n int, u session.COWUse) {
+	k.sys.mu.Lock()
+	defer k.sys.mu.Unlock()
+	if s := k.snapLocked(name, n); s != nil {
+		s.use = u
+	}
+}
+
+func (k *Kernel) snapLocked(name string, n int) *snap {
+	if st, ok := k.stacks[name]; ok {
+		for _, s := range st.snaps {
+			if s.n == n {
+				return s
+			}
+		}
+	}
+	return nil
+}
+
+// COWUse implements session.COWGrower.
+func (k *Kernel) COWUse(_ context.Context, name string, n int) (session.COWUse, error) {
+	k.sys.mu.Lock()
+	defer k.sys.mu.Unlock()
+	s := k.snapLocked(name, n)
+	if s == nil {
+		return session.COWUse{}, fmt.Errorf("COW use: dmsnap-%s-snap%d: %w", name, n, os.ErrNotExist)
+	}
+	return s.use, nil
+}
+
+// GrowCOW implements session.COWGrower as dm.Stack.GrowCOW plans it: the
+// region from the later of the fast end and the frontier, on whole MiB,
+// before the COW's last 4 KiB, filled by fill (called without the fake's
+// lock) and then counted as mapped.
+func (k *Kernel) GrowCOW(_ context.Context, name string, n int, cowFile string, want uint64, fill func(from, to uint64) (uint64, error)) (after session.COWUse, from, to uint64, err error) {
+	const mib = 1 << 20
+	err = k.sys.call(fmt.Sprintf("GrowCOW %s %d", name, n), func() error {
+		s := k.snapLocked(name, n)
+		if s == nil || s.state != session.SnapshotActive {
+			return fmt.Errorf("grow COW: dmsnap-%s-snap%d: %w", name, n, os.ErrNotExist)
+		}
+		if fi, err := os.Stat(cowFile); err != nil || !os.SameFile(fi, s.file) {
+			k.sys.violate("GrowCOW %s %d: %s is not the snapshot's COW", name, n, cowFile)
+		}
+		after = s.use
+		from = (max(s.use.FastEnd, s.use.Allocated) + mib - 1) / mib * mib
+		to = max(from, min(from+want, s.use.Size-4096)/mib*mib)
+		return nil
+	})
+	if err != nil || to <= from {
+		return after, 0, 0, err
+	}
+	end, err := fill(from, to)
+	if err != nil || end <= from {
+		return after, 0, 0, err
+	}
+	k.sys.mu.Lock()
+	defer k.sys.mu.Unlock()
+	if s := k.snapLocked(name, n); s != nil {
+		s.use.FastEnd = end
+		after = s.use
+	}
+	return after, from, end, nil
 }

@@ -40,6 +40,7 @@ type State struct {
 	Unmounted     time.Time            `json:"unmounted,omitzero"`
 	FSType        string               `json:"fs_type,omitempty"`
 	InvalidReason string               `json:"invalid_reason,omitempty"`
+	Prealloc      int64                `json:"prealloc,omitempty"` // bytes FillCOW wrote ahead
 }
 
 // Meta is the fake meta.json: the final state of a converted session.
@@ -308,3 +309,26 @@ func ReadMeta(dir string) (Meta, error) {
 
 // ReadState returns the fake state.json of an unfinished session.
 func ReadState(dir string) (State, error) { return readState(dir) }
+
+var _ session.COWFiller = (*Store)(nil)
+
+// FillCOW implements session.COWFiller: it counts what it "wrote" in
+// state.json's Prealloc and returns to. Filling the COW of a session that
+// is not armed or open is a violation.
+func (st *Store) FillCOW(_ context.Context, dir string, from, to uint64) (uint64, error) {
+	err := st.sys.call(fmt.Sprintf("FillCOW %s %d %d", dir, from, to), func() error {
+		s, err := readState(dir)
+		if err != nil {
+			return err
+		}
+		if s.Phase != session.SessionArmed && s.Phase != session.SessionOpen {
+			st.sys.violate("FillCOW %s in phase %s", dir, s.Phase)
+		}
+		s.Prealloc += int64(to - from)
+		return writeJSON(filepath.Join(dir, StateFile), s)
+	})
+	if err != nil {
+		return from, err
+	}
+	return to, nil
+}

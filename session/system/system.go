@@ -437,3 +437,42 @@ func cowUsed(dir string) (bool, error) {
 	}
 	return !bytes.Equal(head[:4], make([]byte, 4)), nil
 }
+
+var _ session.COWGrower = Kernel{}
+
+// COWUse implements session.COWGrower: the snapshot's frontier, and the
+// COW device's fast end and size (dm.Stack.COWInfo).
+func (k Kernel) COWUse(_ context.Context, name string, n int) (session.COWUse, error) {
+	s := k.stack(name, "")
+	st, err := s.SnapshotStatus(n)
+	if err != nil {
+		return session.COWUse{}, err
+	}
+	cow, err := s.COWInfo(n)
+	if err != nil {
+		return session.COWUse{}, err
+	}
+	return session.COWUse{Allocated: st.Allocated * dm.SectorSize, FastEnd: cow.FastEnd(), Size: cow.Bytes}, nil
+}
+
+// GrowCOW implements session.COWGrower (dm.Stack.GrowCOW).
+func (k Kernel) GrowCOW(_ context.Context, name string, n int, cowFile string, want uint64, fill func(from, to uint64) (uint64, error)) (session.COWUse, uint64, uint64, error) {
+	s := k.stack(name, "")
+	cow, from, to, err := s.GrowCOW(n, cowFile, want, dm.GrowFill(fill))
+	if err != nil {
+		return session.COWUse{}, 0, 0, err
+	}
+	use := session.COWUse{FastEnd: cow.FastEnd(), Size: cow.Bytes}
+	if st, err := s.SnapshotStatus(n); err == nil {
+		use.Allocated = st.Allocated * dm.SectorSize
+	}
+	return use, from, to, nil
+}
+
+var _ session.COWFiller = Store{}
+
+// FillCOW implements session.COWFiller (snapstore.FillCow).
+func (Store) FillCOW(_ context.Context, dir string, from, to uint64) (uint64, error) {
+	end, err := snapstore.FillCow(dir, int64(from), int64(to))
+	return uint64(max(end, int64(from))), err
+}
