@@ -24,7 +24,7 @@ import (
 //     the writes to what it allocates wait for the resume.
 //  3. The caller writes zeros over [from, to), all at or past the
 //     frontier, with the file unpinned for it.
-//  4. MapFile pins the file again and gives its extents; the new table maps
+//  4. The file is pinned again, MapFile gives its extents; the new table maps
 //     every plain extent straight (a new loop device over the store's
 //     device, its window spanning them all) and the rest to the same loop
 //     device over cow.img as before.
@@ -97,15 +97,22 @@ func (s Stack) GrowCOW(n int, cowFile string, want uint64, fill GrowFill) (after
 	}
 	end, ferr := fill(from, to)
 	// Pinned again whatever fill did: the mapped segments need it.
-	fm, merr := m.MapFile(cowFile)
-	if merr != nil {
-		return cur, 0, 0, errors.Join(ferr, fmt.Errorf("%s is mapped but may no longer be pinned: %w", cowFile, merr))
+	if err := m.PinFile(cowFile); err != nil {
+		return cur, 0, 0, errors.Join(ferr, fmt.Errorf("%s is mapped but could not be pinned again: %w", cowFile, err))
 	}
 	if ferr != nil {
 		return cur, 0, 0, ferr
 	}
 	if end <= from {
 		return cur, 0, 0, nil
+	}
+	fm, err := m.MapFile(cowFile)
+	if err != nil {
+		// MapFile unpins a file it fails on.
+		if perr := m.PinFile(cowFile); perr != nil {
+			err = errors.Join(err, fmt.Errorf("%s is mapped but could not be pinned again: %w", cowFile, perr))
+		}
+		return cur, 0, 0, err
 	}
 	to = min(end, to)
 	fast := fastExtents(cur.Bytes, fm.Extents, cowAlign)

@@ -87,7 +87,7 @@ func TestGrowCOW(t *testing.T) {
 	if cow.FastBytes != 24<<20 || cow.FastEnd() != 24<<20 || cow.Segments != 3 || cow.Bytes != 64<<20 {
 		t.Fatalf("COW %+v", cow)
 	}
-	wantLog(t, g.f, "suspend dmsnap-sdb1-cow3", "unpin "+g.path, "map "+g.path, "attach /dev/loop2 "+storeDev,
+	wantLog(t, g.f, "suspend dmsnap-sdb1-cow3", "unpin "+g.path, "pin "+g.path, "map "+g.path, "attach /dev/loop2 "+storeDev,
 		"load dmsnap-sdb1-cow3 linear", "resume dmsnap-sdb1-cow3")
 	// Window from 1 GiB to 2 GiB + 8 MiB; the slow part still on loop0 at its own offsets.
 	if got := tableOf(t, g.f, cow.Name); strings.Join(got, "|") !=
@@ -159,6 +159,7 @@ func TestGrowCOWFailures(t *testing.T) {
 			return func(from, _ uint64) (uint64, error) { return from, nil }
 		}, ""},
 		{"map fails", func(g grown) { g.f.FailNext("map", g.path, unix.EIO) }, nil, "input/output"},
+		{"pin fails", func(g grown) { g.f.FailNext("pin", g.path, unix.EPERM) }, nil, "could not be pinned again"},
 		{"loop fails", func(g grown) { g.f.FailNext("attach", storeDev, unix.EBUSY) }, nil, "busy"},
 		{"load fails", func(g grown) { g.f.FailNext("load", "dmsnap-sdb1-cow3", unix.EINVAL) }, nil, "invalid"},
 		{"resume fails", func(g grown) { g.f.FailNext("resume", "dmsnap-sdb1-cow3", unix.EIO) }, nil, "input/output"},
@@ -194,7 +195,7 @@ func TestGrowCOWFailures(t *testing.T) {
 			if got := strings.Join(tableOf(t, g.f, name), "|"); got != oldTable || g.f.Suspended(name) || g.f.HasInactive(name) {
 				t.Fatalf("table %q, suspended %v, inactive %v", got, g.f.Suspended(name), g.f.HasInactive(name))
 			}
-			if c.name != "map fails" && !g.f.Pinned(g.path) {
+			if c.name != "pin fails" && !g.f.Pinned(g.path) {
 				t.Error("the file is left unpinned")
 			}
 			if g.f.LoopCount() != 2 {

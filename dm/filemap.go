@@ -47,6 +47,20 @@ func MapFile(path string) (FileMap, error) {
 	return FileMap{Device: node, Dev: dev, Extents: exts}, nil
 }
 
+// PinFile sets the append-only flag of the file at path again, as MapFile
+// does, after GrowCOW cleared it to write zeros into the file.
+func PinFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return newError("pin file", path, err, "")
+	}
+	defer f.Close()
+	if err := filemap.Pin(f, true); err != nil {
+		return &Error{Op: "pin file", Device: path, Err: err}
+	}
+	return nil
+}
+
 func pinnedExtents(f *os.File) ([]filemap.Extent, error) {
 	if err := filemap.DropCache(f); err != nil {
 		return nil, err

@@ -26,13 +26,14 @@ type Mapper interface {
 }
 
 // Loops is the loop device surface the session logic needs, with the files
-// behind loop devices: MapFile and UnpinFile (AttachCOW).
+// behind loop devices: MapFile, PinFile and UnpinFile (AttachCOW, GrowCOW).
 type Loops interface {
 	AttachLoop(file string, opts LoopOptions) (*Loop, error)
 	DetachLoop(path string) error
 	SetLoopCapacity(path string) (uint64, error)
 	FindLoop(file string) (*Loop, error)
 	MapFile(path string) (FileMap, error)
+	PinFile(path string) error
 	UnpinFile(path string) error
 }
 
@@ -67,3 +68,4 @@ func (System) SetLoopCapacity(path string) (uint64, error)             { return 
 func (System) FindLoop(file string) (*Loop, error)                     { return FindLoop(file) }
 func (System) MapFile(path string) (FileMap, error)                    { return MapFile(path) }
 func (System) UnpinFile(path string) error                             { return filemap.UnpinPath(path) }
+func (System) PinFile(path string) error                               { return PinFile(path) }

@@ -14,7 +14,7 @@ func init() {
 	register(command{name: "watch", summary: "run the watcher: open and close sessions on mount and unmount", run: runWatch})
 }
 
-const watchHelp = `usage: dmsnap watch [--interval 30s] [--json-logs]
+const watchHelp = `usage: dmsnap watch [--interval 30s] [--grow-every 1s] [--json-logs]
 
 The long-running watcher (run by the dmsnap-watch systemd unit). It
 reconciles at start (re-stacking devices, finishing conversions), then opens
@@ -22,7 +22,12 @@ a session at each mount of /dev/mapper/dmsnap-NAME and closes it at the
 unmount, arming the next one at once. On every beat it also checks the
 snapshots and the stores: COW use and store free space are logged, a
 snapshot the kernel invalidated (store full, I/O error) is marked invalid,
-kept, and a fresh session armed as soon as there is room. Logs go to
+kept, and a fresh session armed as soon as there is room. Every
+--grow-every (0: never) it looks at the live sessions' COW use: when the
+kernel's pre-images come within 64 MiB of the part of the COW written ahead
+(activate --prealloc), it writes the next 32 MiB ahead and maps it straight
+to the store's device, pausing the session's first writes meanwhile ("COW
+grown" in the log, with the pause). Logs go to
 standard error (log/slog) with device and session attributes. SIGINT or
 SIGTERM stops it.
 
@@ -39,6 +44,7 @@ const (
 func runWatch(e *env, args []string) error {
 	fs := newFlags(e, "watch")
 	interval := fs.Duration("interval", session.DefaultWatchInterval, "how often to check snapshots and store space without mount changes")
+	growEvery := fs.Duration("grow-every", session.DefaultGrowEvery, "how often to look at the live sessions' COW use to write more of it ahead (0: never)")
 	jsonLogs := fs.Bool("json-logs", false, "log JSON lines instead of text")
 	fs.Usage = func() { fmt.Fprint(e.stderr, watchHelp, "\nflags:\n", flagUsages(fs)) }
 	if err := parseFlags(fs, args); err != nil {
@@ -49,6 +55,12 @@ func runWatch(e *env, args []string) error {
 	}
 	if *interval <= 0 {
 		return usagef("--interval must be positive")
+	}
+	if *growEvery < 0 {
+		return usagef("--grow-every must be 0 (never) or positive")
+	}
+	if *growEvery == 0 {
+		*growEvery = -1 // session.WatchOptions: never
 	}
 	var h slog.Handler = slog.NewTextHandler(e.stderr, nil)
 	if *jsonLogs {
@@ -66,7 +78,7 @@ func runWatch(e *env, args []string) error {
 		defer close(done)
 		mon.run(ctx, *interval)
 	}()
-	err := m.Watch(ctx, session.WatchOptions{Interval: *interval})
+	err := m.Watch(ctx, session.WatchOptions{Interval: *interval, GrowEvery: *growEvery})
 	cancel()
 	<-done
 	if err != nil {

@@ -84,6 +84,7 @@ func TestActivateUsage(t *testing.T) {
 		{"sessions", "prune", "sdb1", "--keep", "2", "--older-than", "1h"},
 		{"sessions", "prune", "sdb1", "--older-than", "soon"},
 		{"watch", "--interval", "0s"},
+		{"watch", "--grow-every", "-1s"},
 	} {
 		if code, _, _ := w.run(t, "", args...); code != exitUsage {
 			t.Errorf("dmsnap %q: exit %d, want %d", args, code, exitUsage)

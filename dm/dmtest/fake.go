@@ -755,6 +755,18 @@ func (f *Fake) MapFile(path string) (dm.FileMap, error) {
 	return fm, nil
 }
 
+// PinFile implements dm.Loops.
+func (f *Fake) PinFile(path string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.failLocked("pin", path); err != nil {
+		return opErr("pin file", path, err)
+	}
+	f.pinned[path] = true
+	f.logf("pin %s", path)
+	return nil
+}
+
 // UnpinFile implements dm.Loops.
 func (f *Fake) UnpinFile(path string) error {
 	f.mu.Lock()
