@@ -225,3 +225,23 @@ func TestGrowCOWNotMapped(t *testing.T) {
 	}
 	wantLog(t, f)
 }
+
+// A crash in the middle of GrowCOW leaves the COW device suspended with the
+// new table loaded: Repair drops it and resumes the old one.
+func TestRepairAfterGrowCrash(t *testing.T) {
+	g := armedWithCOW(t)
+	name := g.s.COWName(3)
+	before := strings.Join(tableOf(t, g.f, name), "|")
+	if err := g.f.Suspend(name); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.f.Load(name, dm.Linear{Start: 0, Length: 131072, Device: dm.Dev{Major: 7, Minor: 0}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.s.Repair(); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(tableOf(t, g.f, name), "|"); got != before || g.f.Suspended(name) || g.f.HasInactive(name) {
+		t.Fatalf("after repair: table %q (want %q), suspended %v, inactive %v", got, before, g.f.Suspended(name), g.f.HasInactive(name))
+	}
+}

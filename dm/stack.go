@@ -499,7 +499,11 @@ func (s Stack) numbered(prefix string, tableOK func([]TargetSpec) bool) ([]numbe
 // snapshot devices that never got a live table are removed, inactive tables
 // left on -real or the origin are made live (if the device had none) or
 // dropped (the reloaded origin table equals the live one), and a suspended
-// -real or origin is resumed. Live snapshots are left alone.
+// -real or origin is resumed. COW devices without their snapshot are
+// removed; one left suspended by GrowCOW drops the table it had loaded and
+// resumes with its old one (if the crash came while the zeros were being
+// written, cow.img stays unpinned until the session ends or is attached
+// again). Live snapshots are left alone.
 func (s Stack) Repair() error {
 	if err := s.check("repair"); err != nil {
 		return err
@@ -553,6 +557,11 @@ func (s Stack) Repair() error {
 			if err := m.Remove(c.info.Name); err != nil && !errors.Is(err, ErrNotFound) {
 				return err
 			}
+			continue
+		}
+		// A crash while GrowCOW had it suspended: the old table resumes.
+		if err := fix(c.info.Name); err != nil {
+			return err
 		}
 	}
 	return fix(s.OriginName())

@@ -133,6 +133,10 @@ func (k Kernel) Stacks(ctx context.Context) ([]session.StackInfo, error) {
 				continue
 			}
 			cows[name] = append(cows[name], n)
+			// Left suspended or with a new table loaded: a crash while its
+			// fast part grew (dm.Stack.GrowCOW); the snapshot's I/O waits.
+			s := get(name)
+			s.NeedsRepair = s.NeedsRepair || broken
 		case strings.HasPrefix(part, "snap"):
 			n, err := strconv.Atoi(part[len("snap"):])
 			if err != nil || n < 0 {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"archive/tar"
+	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -178,6 +180,37 @@ func activateOn(disk string, free func(), chunk int64, storeDir string, prep fun
 			return err
 		},
 	}, nil
+}
+
+// setupDmsnapWatched is setupDmsnap with `dmsnap watch` running from the
+// activation to the teardown, so that the armed session's COW is written
+// ahead and mapped as the jobs fill it (session.GrowCOWs): the row shows
+// what a session larger than --prealloc costs.
+func setupDmsnapWatched(size, chunk int64, storeDir string, prep func(dev string) error, extra ...string) (*target, error) {
+	t, err := setupDmsnap(size, chunk, storeDir, prep, extra...)
+	if err != nil {
+		return nil, err
+	}
+	var log bytes.Buffer
+	w := exec.Command("dmsnap", "--store", filepath.Join(storeDir, "wstore"), "--state", filepath.Join(benchRoot, "wstate"), "watch")
+	w.Stdout, w.Stderr = &log, &log
+	if err := w.Start(); err != nil {
+		return nil, errors.Join(err, t.teardown())
+	}
+	down := t.teardown
+	t.teardown = func() error {
+		w.Process.Signal(unix.SIGTERM)
+		werr := w.Wait()
+		grows := strings.Count(log.String(), `msg="COW grown"`)
+		if c, err := (dm.Stack{Name: dmsnapName}).COWInfo(1); err == nil {
+			logf("watcher: %d grows; COW of %d MiB, %d MiB mapped to the store's device, %d segments", grows, c.Bytes>>20, c.FastBytes>>20, c.Segments)
+		}
+		if werr != nil {
+			werr = fmt.Errorf("dmsnap watch: %v\n%s", werr, log.String())
+		}
+		return errors.Join(werr, down())
+	}
+	return t, nil
 }
 
 // snapshotUsed is the COW space the armed snapshot of stack name uses,
@@ -461,6 +494,9 @@ func configs(chunk int64) []config {
 		}},
 		{"dmsnap, store: ext4, --prealloc 0 (all of the COW through the filesystem)", chunk, func(size int64, prep func(string) error) (*target, error) {
 			return setupDmsnap(size, chunk, storeMount, prep, "--prealloc", "0")
+		}},
+		{"dmsnap, store: ext4, --prealloc 32MiB, `dmsnap watch` writing the COW ahead as it fills", chunk, func(size int64, prep func(string) error) (*target, error) {
+			return setupDmsnapWatched(size, chunk, storeMount, prep, "--prealloc", "32MiB")
 		}},
 		{"dmsnap origin, session armed (store: xfs)", chunk, func(size int64, prep func(string) error) (*target, error) {
 			return setupDmsnapOn("xfs", nil, size, chunk, prep)
