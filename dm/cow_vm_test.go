@@ -44,6 +44,20 @@ func prealloc(t *testing.T, dir string, size, n int64) string {
 	return p
 }
 
+// reattach is a reboot's attach: the COW device over cowPath again, and
+// snapshot n over it with its exceptions kept.
+func reattach(t *testing.T, s dm.Stack, n int, cowPath string) dm.COW {
+	t.Helper()
+	cow, err := s.AttachCOW(n, cowPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReattachSnapshot(n, cow.Path(), chunk); err != nil {
+		t.Fatal(err)
+	}
+	return cow
+}
+
 // TestCOWMappedToStore: on ext4 and xfs stores the written start of a COW
 // file goes straight to the store's block device and the rest through the
 // loop device over the file; a snapshot over that COW device keeps the
@@ -127,15 +141,8 @@ func TestCOWMappedToStore(t *testing.T) {
 
 			// A reboot: the snapshot over the same file again. All of the
 			// file that is written (more than 24 MiB now) maps straight.
-			cow, err = s.AttachCOW(1, cowPath)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if cow.FastBytes < 24<<20 {
+			if cow := reattach(t, s, 1, cowPath); cow.FastBytes < 24<<20 {
 				t.Fatalf("COW after the reboot %+v: want the written 24 MiB and more mapped straight", cow)
-			}
-			if err := s.ReattachSnapshot(1, cow.Path(), chunk); err != nil {
-				t.Fatal(err)
 			}
 			if got := readAt(t, s.SnapshotPath(1), 0, 64<<20); !bytes.Equal(got, pre) {
 				t.Fatal("after the reboot the snapshot lost pre-images")
@@ -338,13 +345,7 @@ func TestCOWGrowWhileWriting(t *testing.T) {
 			if err := filemap.DropCache(f); err != nil {
 				t.Fatal(err)
 			}
-			cow, err = s.AttachCOW(1, cowPath)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.ReattachSnapshot(1, cow.Path(), chunk); err != nil {
-				t.Fatal(err)
-			}
+			reattach(t, s, 1, cowPath)
 			if got := readAt(t, s.SnapshotPath(1), 0, size); !bytes.Equal(got, pre) {
 				t.Fatal("after the reboot the snapshot lost pre-images")
 			}
