@@ -309,6 +309,7 @@ func (p *Plan) write(ctx context.Context, dst io.WriterAt, sum Summary, opts App
 		defer close(full)
 		defer closeReaders()
 		defer it.Close()
+		defer prefetch(readers)() // stopped before the readers close
 		if err := p.fill(ctx, it, readers, opts.TargetSize, free, full, stop); err != nil {
 			full <- chunkOut{err: err}
 		}

@@ -15,5 +15,8 @@
 //
 // Memory grows with the number of sessions, never with the number of
 // records: planning keeps one record per session, applying one write buffer
-// and one record buffer per session.
+// and one record buffer per session. The write pass maps each session's
+// blocks.dat (package internal/mmapio): its pages count in the process's
+// resident size, but they are the page cache's, clean, and the kernel takes
+// them back when it needs the memory.
 package restore

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmsnap/dmsnap/internal/mmapio"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
 
@@ -209,3 +210,63 @@ func (p *countProgress) Begin(phase string, _ uint64) {
 }
 func (p *countProgress) Add(n uint64) { p.done[p.phase] += n }
 func (p *countProgress) End()         {}
+
+// TestApplyBlocksDatShrinks: blocks.dat cut short while the write pass reads
+// it through its mapping stops the restore with an error naming the record
+// (a fault on the mapping, turned into mmapio.ErrFault), not with a crash.
+func TestApplyBlocksDatShrinks(t *testing.T) {
+	dirs, want := shuffledChain(t, rand.New(rand.NewPCG(25, 26)))
+	dat := filepath.Join(dirs[1], snapstore.DataFile)
+	tgt := &memTarget{b: make([]byte, len(want))}
+	tgt.onWrite = func() {
+		if len(tgt.writes) == 0 {
+			if err := os.Truncate(dat, 4096); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	// Small writes, so the reader is still reading when the file shrinks.
+	_, err := openChain(t, dirs).Apply(context.Background(), tgt, ApplyOptions{BufferSize: 64 << 10})
+	var pw *PartialWriteError
+	var re *RecordError
+	if !errors.As(err, &pw) || !errors.As(err, &re) || !errors.Is(err, mmapio.ErrFault) {
+		t.Fatalf("got %v, want a partial write stopped by a record's fault", err)
+	}
+	if re.Session != filepath.Base(dirs[1]) {
+		t.Errorf("error names session %s, want %s", re.Session, filepath.Base(dirs[1]))
+	}
+}
+
+// TestPrefetchStops: prefetch's stop returns, mid-way or at the end, over
+// store readers and others, over a blocks.dat cut short after it was mapped
+// (its faults are left to the write pass), and the readers close after it.
+func TestPrefetchStops(t *testing.T) {
+	dirs, _ := shuffledChain(t, rand.New(rand.NewPCG(27, 28)))
+	for _, wait := range []bool{false, true} {
+		var rs []recordReader
+		for _, d := range dirs {
+			r, err := openRecordReader(openStore(t, d), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sr, ok := r.(*storeReader); !ok || sr.mapped == nil {
+				t.Fatalf("%s: reader %T, not a mapped store reader", d, r)
+			}
+			rs = append(rs, r)
+		}
+		rs = append(rs, sessionReader{})
+		if err := os.Truncate(filepath.Join(dirs[1], snapstore.DataFile), 4096); err != nil {
+			t.Fatal(err)
+		}
+		stop := prefetch(rs)
+		if wait {
+			time.Sleep(50 * time.Millisecond)
+		}
+		stop()
+		for _, r := range rs {
+			if err := r.close(); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+}
