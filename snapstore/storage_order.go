@@ -13,15 +13,16 @@ import (
 	"slices"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dmsnap/dmsnap/internal/directio"
 )
 
 // Checking a session's pre-images fast. A session of layout cow keeps its
 // chunks in blocks.dat in the order the kernel first copied them, so
 // reading its records in sector order (blocks.map's order) means reading
 // blocks.dat at random offsets. CheckInStorageOrder reads blocks.dat in
-// file order instead, in large sequential reads. Verify uses it, and so
-// does a restore's verify pass, which leaves the data in the page cache
-// for its write pass.
+// file order instead, in large sequential reads (with O_DIRECT where the
+// store allows it). Verify uses it, and so does a restore's verify pass.
 
 // segRecords bounds the records a storage-order check holds at once:
 // blocks.dat is checked one segment of segRecords chunks at a time, and the
@@ -72,7 +73,13 @@ func (s *Session) CheckInStorageOrder(ctx context.Context, add func(uint64), bad
 		return false, err
 	}
 	defer dat.Close()
-	unix.Fadvise(int(dat.Fd()), 0, 0, unix.FADV_SEQUENTIAL) // a hint
+	unix.Fadvise(int(dat.Fd()), 0, 0, unix.FADV_SEQUENTIAL) // a hint, where reads are buffered
+	// O_DIRECT where the store allows it (internal/directio): the check
+	// reads every byte once and keeps none, and through the page cache each
+	// page costs the kernel a page to fill and a copy. In the test guest
+	// that made 1 GiB 4.9 s against 11-12 s.
+	src := directio.NewReader(dat)
+	defer src.Close()
 	span := uint64(segRecords) * uint64(d.ChunkSize)
 	size := uint64(s.DataSize())
 	var recs []storedRec
@@ -87,7 +94,7 @@ func (s *Session) CheckInStorageOrder(ctx context.Context, add func(uint64), bad
 			continue
 		}
 		slices.SortFunc(recs, func(x, y storedRec) int { return cmp.Compare(x.rec.Offset, y.rec.Offset) })
-		if !checkSorted(ctx, dat, datPath, int64(d.ChunkSize), recs, add, bad) {
+		if !checkSorted(ctx, src, datPath, int64(d.ChunkSize), recs, add, bad) {
 			return true, ctx.Err()
 		}
 		if err := ctx.Err(); err != nil {
@@ -136,9 +143,10 @@ func (s *Session) segment(recs []storedRec, lo, hi uint64) ([]storedRec, error) 
 }
 
 // checkSorted reads the records (sorted by offset) from dat in blocks of
-// whole records of up to storageReadBlock bytes (holes of up to storageGap
-// read through): a goroutine keeps the next reads in flight while
-// storageWorkers goroutines checksum the blocks read, and this one reports.
+// whole records of up to storageReadBlock bytes, into buffers aligned for
+// O_DIRECT (holes of up to storageGap read through): a goroutine keeps the
+// next reads in flight while storageWorkers goroutines checksum the blocks
+// read, and this one reports.
 // It returns false when bad asked to stop or ctx ended. A record larger
 // than a block is read on its own, into a buffer of its size.
 func checkSorted(ctx context.Context, dat io.ReaderAt, datPath string, chunk int64, recs []storedRec, add func(uint64), bad func(int64, Record, error) bool) bool {
@@ -160,7 +168,7 @@ func checkSorted(ctx context.Context, dat io.ReaderAt, datPath string, chunk int
 	full := make(chan block, storageReadAhead)
 	results := make(chan result, storageReadAhead)
 	for range storageReadAhead {
-		free <- make([]byte, storageReadBlock)
+		free <- directio.AlignedBuf(storageReadBlock)
 	}
 	stop := make(chan struct{})
 	go func() {
@@ -183,7 +191,7 @@ func checkSorted(ctx context.Context, dat io.ReaderAt, datPath string, chunk int
 				return
 			}
 			if end-start > uint64(len(b)) {
-				b = make([]byte, end-start) // one record larger than a block
+				b = directio.AlignedBuf(int(end - start)) // one record larger than a block
 			}
 			n, err := dat.ReadAt(b[:end-start], int64(start))
 			if err == io.EOF && uint64(n) == end-start {
@@ -220,7 +228,7 @@ func checkSorted(ctx context.Context, dat io.ReaderAt, datPath string, chunk int
 				if len(b.p) <= storageReadBlock {
 					free <- b.p[:storageReadBlock]
 				} else {
-					free <- make([]byte, storageReadBlock)
+					free <- directio.AlignedBuf(storageReadBlock)
 				}
 				results <- res
 			}
