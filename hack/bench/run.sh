@@ -31,6 +31,7 @@ set -e
 sed -n '/@@BENCH-MD-BEGIN@@/,/@@BENCH-MD-END@@/p' "$log" | sed '1d;$d' >"$out/bench.md"
 sed -n '/@@BENCH-JSON-BEGIN@@/,/@@BENCH-JSON-END@@/p' "$log" | sed '1d;$d' >"$out/bench.json"
 sed -n '/@@BENCH-PROF-BEGIN@@/,/@@BENCH-PROF-END@@/p' "$log" | sed '1d;$d' | base64 -d >"$out/convert.prof" 2>/dev/null || rm -f "$out/convert.prof"
+sed -n '/@@BENCH-PROF-RESTORE-BEGIN@@/,/@@BENCH-PROF-RESTORE-END@@/p' "$log" | sed '1d;$d' | base64 -d >"$out/restore.prof" 2>/dev/null || rm -f "$out/restore.prof"
 [ -s "$out/bench.md" ] && [ -s "$out/bench.json" ] || { echo "bench: no report in $log" >&2; exit 1; }
 echo
 echo "bench: report in $out/bench.md and $out/bench.json"

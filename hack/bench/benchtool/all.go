@@ -39,6 +39,11 @@ type Measure struct {
 	Seconds  float64 `json:"seconds"`
 	MaxRSSKB int64   `json:"max_rss_kib"`
 	PeakKB   int64   `json:"vm_hwm_kib,omitempty"`
+	// AnonPeakKB is the largest RssAnon a benchtool child saw sampling
+	// itself every 20 ms: its peak RSS without the file pages it mapped
+	// (a restore maps blocks.dat, whose pages are page cache and count in
+	// VmHWM).
+	AnonPeakKB int64 `json:"rss_anon_peak_kib,omitempty"`
 	// Steps is a conversion's time per step (benchtool convert only).
 	Steps []stepTime `json:"steps,omitempty"`
 }
@@ -65,6 +70,47 @@ func reportHWM() {
 			fmt.Fprintf(os.Stderr, "%s%s\n", hwmPrefix, strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
 		}
 	}
+}
+
+// anonPrefix starts the line with the child's sampled RssAnon peak.
+const anonPrefix = "benchtool-rssanon-kib "
+
+// anonPeak samples this process's RssAnon until report.
+type anonPeak struct {
+	stop chan struct{}
+	done chan int64
+}
+
+func sampleAnon() *anonPeak {
+	a := &anonPeak{stop: make(chan struct{}), done: make(chan int64)}
+	go func() {
+		var peak int64
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if b, err := os.ReadFile("/proc/self/status"); err == nil {
+				for _, l := range strings.Split(string(b), "\n") {
+					if rest, ok := strings.CutPrefix(l, "RssAnon:"); ok {
+						v, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+						peak = max(peak, v)
+					}
+				}
+			}
+			select {
+			case <-a.stop:
+				a.done <- peak
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return a
+}
+
+// report stops the sampling and writes the peak to stderr.
+func (a *anonPeak) report() {
+	close(a.stop)
+	fmt.Fprintf(os.Stderr, "%s%d\n", anonPrefix, <-a.done)
 }
 
 // ConvRow is one conversion size.
@@ -166,6 +212,9 @@ func measure(name string, args ...string) (Measure, []byte, error) {
 	for _, l := range strings.Split(errb.String(), "\n") {
 		if v, ok := strings.CutPrefix(l, hwmPrefix); ok {
 			m.PeakKB, _ = strconv.ParseInt(v, 10, 64)
+		}
+		if v, ok := strings.CutPrefix(l, anonPrefix); ok {
+			m.AnonPeakKB, _ = strconv.ParseInt(v, 10, 64)
 		}
 		if v, ok := strings.CutPrefix(l, stepsPrefix); ok {
 			json.Unmarshal([]byte(v), &m.Steps)
@@ -302,16 +351,22 @@ func runAll(args []string) error {
 	fmt.Println("@@BENCH-JSON-BEGIN@@")
 	fmt.Println(string(js))
 	fmt.Println("@@BENCH-JSON-END@@")
-	if prof, err := os.ReadFile(profPath); err == nil {
-		fmt.Println("@@BENCH-PROF-BEGIN@@")
-		fmt.Println(base64.StdEncoding.EncodeToString(prof))
-		fmt.Println("@@BENCH-PROF-END@@")
+	for _, p := range []struct{ name, path string }{{"", profPath}, {"RESTORE-", restoreProfPath}} {
+		if prof, err := os.ReadFile(p.path); err == nil {
+			fmt.Printf("@@BENCH-PROF-%sBEGIN@@\n", p.name)
+			fmt.Println(base64.StdEncoding.EncodeToString(prof))
+			fmt.Printf("@@BENCH-PROF-%sEND@@\n", p.name)
+		}
 	}
 	return nil
 }
 
-// profPath is where the profiled conversion writes its CPU profile.
-const profPath = benchRoot + "/convert.prof"
+// profPath is where the profiled conversion writes its CPU profile,
+// restoreProfPath the profiled restore (the one with a verify pass).
+const (
+	profPath        = benchRoot + "/convert.prof"
+	restoreProfPath = benchRoot + "/restore.prof"
+)
 
 // benchRestore times restore.Plan.Apply of a 3-session plan, with and
 // without its verify pass, against dd of as many bytes from a file of the
@@ -372,6 +427,10 @@ func benchRestore(rep *Report, self string, scale int64) error {
 		}
 		args := []string{"restore", "-target", target.Path}
 		name := "restore (verify pass, then write pass)"
+		if !skip {
+			// run.sh files this one's CPU profile as out/restore.prof.
+			args = append(args, "-cpuprofile", restoreProfPath)
+		}
 		if skip {
 			args = append(args, "-skip-verify")
 			name = "restore without the verify pass (records checked as written)"
@@ -483,11 +542,12 @@ func writeMarkdown(w io.Writer, r Report) {
 func writeRestoreMarkdown(w io.Writer, r Report) {
 	fmt.Fprintf(w, "\n## Restore (restore.Plan.Apply, %d sessions, %s of pre-images, %s device) vs dd of the same bytes\n\n", r.RestoreSess, mib(r.RestorePre), mib(r.RestoreDev))
 	fmt.Fprintf(w, "Baseline: `dd if=FILE of=TARGET bs=1M conv=fsync` where FILE is a %s file on the same store and TARGET the same loop device (over a tmpfs file) the restores write; page cache dropped before each run, target discarded before each run.\n\n", mib(int64(r.DDBytes)))
-	fmt.Fprintf(w, "| run | bytes written | time | MB/s | throughput / dd | peak RSS (ru_maxrss) |\n|---|---:|---:|---:|---:|---:|\n")
-	fmt.Fprintf(w, "| dd (baseline) | %s | %.3f s | %.1f | 1.00 | (%.1f MiB) |\n", mib(int64(r.DDBytes)), r.DD.Seconds, r.DDMBps, float64(r.DD.MaxRSSKB)/1024)
+	fmt.Fprintf(w, "| run | bytes written | time | MB/s | throughput / dd | peak RSS (ru_maxrss) | peak RssAnon |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(w, "| dd (baseline) | %s | %.3f s | %.1f | 1.00 | (%.1f MiB) | |\n", mib(int64(r.DDBytes)), r.DD.Seconds, r.DDMBps, float64(r.DD.MaxRSSKB)/1024)
 	for _, x := range r.Restores {
-		fmt.Fprintf(w, "| %s | %s | %.3f s | %.1f | **%.2f** | %.1f MiB (%.1f) |\n", x.Name, mib(int64(x.Bytes)), x.Measure.Seconds, x.MBps, x.RatioVsDD, x.Measure.peak(), float64(x.Measure.MaxRSSKB)/1024)
+		fmt.Fprintf(w, "| %s | %s | %.3f s | %.1f | **%.2f** | %.1f MiB (%.1f) | %.1f MiB |\n", x.Name, mib(int64(x.Bytes)), x.Measure.Seconds, x.MBps, x.RatioVsDD, x.Measure.peak(), float64(x.Measure.MaxRSSKB)/1024, float64(x.Measure.AnonPeakKB)/1024)
 	}
+	fmt.Fprintf(w, "\nPeak RSS counts the pages of blocks.dat the write pass maps (page cache the verify pass read, shared and clean: the kernel can drop them); peak RssAnon, sampled every 20 ms, is the restore's own memory.\n")
 	for _, x := range r.Restores {
 		var parts []string
 		for _, st := range x.Phases {
@@ -495,7 +555,7 @@ func writeRestoreMarkdown(w io.Writer, r Report) {
 		}
 		fmt.Fprintf(w, "\n%s: %s.\n", x.Name, strings.Join(parts, ", "))
 	}
-	fmt.Fprintf(w, "\nEvery cow.img holds its chunks in a random order (the order of first writes), so blocks.dat (layout cow: the COW file renamed) is in that order too: the worst case for a restore, which writes in device order. The verify pass reads each session's blocks.dat in file order (sequential reads of up to 1 MiB, records sorted by offset one segment of 65536 chunks at a time, CRC-32C on two goroutines), which also leaves the data in the page cache for the write pass; the write pass reads in device order in one goroutine while another writes 1 MiB runs, with O_DIRECT where the target allows it (internal/directio; the log says whether it did). Without the verify pass the write pass reads cold blocks.dat at random offsets (4 KiB each) and checks each record as it reads it.\n")
+	fmt.Fprintf(w, "\nEvery cow.img holds its chunks in a random order (the order of first writes), so blocks.dat (layout cow: the COW file renamed) is in that order too: the worst case for a restore, which writes in device order. The verify pass reads each session's blocks.dat in file order (sequential reads of up to 1 MiB with O_DIRECT where the store allows it, records sorted by offset one segment of 65536 chunks at a time, CRC-32C on two goroutines). The write pass maps each blocks.dat and copies the records out in device order in one goroutine, while another reads the mappings into memory in file order (MADV_POPULATE_READ, 4 MiB at a time) and a third writes 1 MiB runs, with O_DIRECT where the target allows it (internal/directio; the log says whether it did). Without the verify pass the write pass checks each record as it copies it. The run with the verify pass is CPU-profiled (pprof, 100 samples a second; run.sh files it as out/restore.prof).\n")
 	fmt.Fprintf(w, "\nRestored device checked chunk by chunk after each restore.\n")
 }
 

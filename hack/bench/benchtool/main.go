@@ -12,7 +12,7 @@
 //	session -store DIR -name NAME -armed UNIX -dev-size BYTES -from CHUNK -to CHUNK -seed N
 //	                               make a closed session whose cow.img CowWriter wrote
 //	convert DIR                    snapstore.Convert one session
-//	restore -target DEV [-skip-verify] DIR...
+//	restore -target DEV [-skip-verify] [-cpuprofile FILE] DIR...
 //	                               restore.Plan.Apply of the sessions (oldest first) to DEV
 //	cpu                            CRC-32C and SHA-256 speed over memory (the CPU part of a conversion)
 package main
@@ -31,6 +31,10 @@ func main() {
 	}
 	var err error
 	args := os.Args[2:]
+	var anon *anonPeak
+	if os.Args[1] != "all" {
+		anon = sampleAnon()
+	}
 	switch os.Args[1] {
 	case "all":
 		err = runAll(args)
@@ -48,6 +52,7 @@ func main() {
 	}
 	if os.Args[1] != "all" {
 		reportHWM()
+		anon.report()
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "benchtool %s: %v\n", os.Args[1], err)

@@ -109,6 +109,20 @@ func runSession(args []string) error {
 	return nil
 }
 
+// startProfile starts a CPU profile (pprof) into path, unless path is
+// empty; pprof.StopCPUProfile ends it (and does nothing if none started).
+// The file stays open until the process exits.
+func startProfile(path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	return pprof.StartCPUProfile(f)
+}
+
 func runConvert(args []string) error {
 	fs := flag.NewFlagSet("convert", flag.ContinueOnError)
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile (pprof) to this file")
@@ -119,17 +133,10 @@ func runConvert(args []string) error {
 	if len(args) != 1 {
 		return errors.New("usage: convert [-cpuprofile FILE] DIR")
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	if err := startProfile(*cpuProfile); err != nil {
+		return err
 	}
+	defer pprof.StopCPUProfile()
 	// Each step's wall time, for the report: where a conversion spends it.
 	var steps []stepTime
 	last := time.Now()
@@ -187,12 +194,17 @@ func runRestore(args []string) error {
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
 	target := fs.String("target", "", "block device to write")
 	skip := fs.Bool("skip-verify", false, "skip the verify-before-write pass")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile (pprof) to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *target == "" || fs.NArg() == 0 {
-		return errors.New("usage: restore -target DEV DIR [DIR ...]")
+		return errors.New("usage: restore -target DEV [-skip-verify] [-cpuprofile FILE] DIR [DIR ...]")
 	}
+	if err := startProfile(*cpuProfile); err != nil {
+		return err
+	}
+	defer pprof.StopCPUProfile()
 	var sessions []restore.Session
 	for _, dir := range fs.Args() {
 		s, err := snapstore.Open(dir)
