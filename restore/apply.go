@@ -139,7 +139,7 @@ func (p *Plan) verify(ctx context.Context, sum Summary, prog Progress) error {
 	var total uint64
 	for i, s := range p.sessions {
 		ss := sum.Sessions[i]
-		if c, ok := s.(storageOrderChecker); ok && ss.UsedRecordBytes > 0 && ss.UsedRecordBytes >= ss.RecordBytes/4 {
+		if c, ok := s.(storageOrderChecker); ok && ss.readWhole() {
 			ordered[i] = c
 			total += ss.RecordBytes
 		} else {
@@ -309,7 +309,7 @@ func (p *Plan) write(ctx context.Context, dst io.WriterAt, sum Summary, opts App
 		defer close(full)
 		defer closeReaders()
 		defer it.Close()
-		defer prefetch(readers)() // stopped before the readers close
+		defer prefetch(readers, sum)() // stopped before the readers close
 		if err := p.fill(ctx, it, readers, opts.TargetSize, free, full, stop); err != nil {
 			full <- chunkOut{err: err}
 		}

@@ -153,24 +153,40 @@ func (r *storeReader) close() error {
 	return err
 }
 
-// prefetchStep is one read of prefetch.
-const prefetchStep = 4 << 20
-
-// prefetch reads the mapped blocks.dat of every storeReader in rs into
-// memory on a goroutine of its own, session after session, each from start
-// to end (MADV_POPULATE_READ, which also maps the pages; plain reads of the
-// file where the kernel cannot do that), while the write pass copies the
-// records out in device order: it finds them in memory instead of waiting
-// on a read per fault. The returned function stops the goroutine and waits
-// for it; call it before the readers close. Errors are left to the write
-// pass, whose own reads report them.
-func prefetch(rs []recordReader) (stop func()) {
+// toPrefetch picks the readers of rs worth prefetching: store readers with
+// a mapping whose session the plan uses enough of (readWhole in sum). A
+// session the plan uses little of is better read record by record than
+// whole.
+func toPrefetch(rs []recordReader, sum Summary) []*storeReader {
 	var srs []*storeReader
-	for _, r := range rs {
-		if sr, ok := r.(*storeReader); ok && sr.mapped != nil {
+	for i, r := range rs {
+		if sr, ok := r.(*storeReader); ok && sr.mapped != nil && sum.Sessions[i].readWhole() {
 			srs = append(srs, sr)
 		}
 	}
+	return srs
+}
+
+// prefetchStep is one read of prefetch.
+const prefetchStep = 4 << 20
+
+// readWhole reports whether the plan uses enough of the session's records
+// (a quarter of their bytes) that reading all of them in storage order beats
+// reading the used ones at random offsets.
+func (ss SessionSummary) readWhole() bool {
+	return ss.UsedRecordBytes > 0 && ss.UsedRecordBytes >= ss.RecordBytes/4
+}
+
+// prefetch reads the mapped blocks.dat of the sessions toPrefetch picks
+// into memory on a goroutine of its own, session after session, each from
+// start to end (MADV_POPULATE_READ, which also maps the pages; plain reads
+// of the file where the kernel cannot do that), while the write pass
+// copies the records out in device order: it finds them in memory instead
+// of waiting on a read per fault. The returned function stops the goroutine
+// and waits for it; call it before the readers close. Errors are left to
+// the write pass, whose own reads report them.
+func prefetch(rs []recordReader, sum Summary) (stop func()) {
+	srs := toPrefetch(rs, sum)
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -255,10 +256,14 @@ func TestPrefetchStops(t *testing.T) {
 			rs = append(rs, r)
 		}
 		rs = append(rs, sessionReader{})
+		sum := Summary{Sessions: make([]SessionSummary, len(rs))}
+		for i := range sum.Sessions {
+			sum.Sessions[i] = SessionSummary{RecordBytes: 4096, UsedRecordBytes: 4096}
+		}
 		if err := os.Truncate(filepath.Join(dirs[1], snapstore.DataFile), 4096); err != nil {
 			t.Fatal(err)
 		}
-		stop := prefetch(rs)
+		stop := prefetch(rs, sum)
 		if wait {
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -267,6 +272,44 @@ func TestPrefetchStops(t *testing.T) {
 			if err := r.close(); err != nil {
 				t.Error(err)
 			}
+		}
+	}
+}
+
+// TestToPrefetch: only mapped store readers of sessions the plan uses a
+// quarter or more of are prefetched; a session barely used, or not at all,
+// is read record by record.
+func TestToPrefetch(t *testing.T) {
+	dirs, _ := shuffledChain(t, rand.New(rand.NewPCG(29, 30)))
+	var rs []recordReader
+	for _, d := range dirs {
+		r, err := openRecordReader(openStore(t, d), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.close() })
+		rs = append(rs, r)
+	}
+	rs = append(rs, sessionReader{}, &storeReader{})
+	for _, c := range []struct {
+		used []uint64 // of 1000 record bytes, per reader
+		want []int
+	}{
+		{[]uint64{1000, 1000, 1000, 1000}, []int{0, 1}},
+		{[]uint64{250, 249, 1000, 1000}, []int{0}},
+		{[]uint64{0, 1000, 1000, 1000}, []int{1}},
+	} {
+		sum := Summary{}
+		for _, u := range c.used {
+			sum.Sessions = append(sum.Sessions, SessionSummary{RecordBytes: 1000, UsedRecordBytes: u})
+		}
+		got := toPrefetch(rs, sum)
+		var idx []int
+		for _, sr := range got {
+			idx = append(idx, slices.Index(rs, recordReader(sr)))
+		}
+		if !slices.Equal(idx, c.want) {
+			t.Errorf("used %v: prefetches readers %v, want %v", c.used, idx, c.want)
 		}
 	}
 }
