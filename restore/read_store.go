@@ -170,13 +170,6 @@ func toPrefetch(rs []recordReader, sum Summary) []*storeReader {
 // prefetchStep is one read of prefetch.
 const prefetchStep = 4 << 20
 
-// readWhole reports whether the plan uses enough of the session's records
-// (a quarter of their bytes) that reading all of them in storage order beats
-// reading the used ones at random offsets.
-func (ss SessionSummary) readWhole() bool {
-	return ss.UsedRecordBytes > 0 && ss.UsedRecordBytes >= ss.RecordBytes/4
-}
-
 // prefetch reads the mapped blocks.dat of the sessions toPrefetch picks
 // into memory on a goroutine of its own, session after session, each from
 // start to end (MADV_POPULATE_READ, which also maps the pages; plain reads

@@ -82,6 +82,13 @@ func (p *Plan) Summarize(ctx context.Context) (Summary, error) {
 	return s, nil
 }
 
+// readWhole reports whether the plan uses enough of the session's records
+// (a quarter of their bytes) that reading all of them in storage order beats
+// reading the used ones at random offsets.
+func (ss SessionSummary) readWhole() bool {
+	return ss.UsedRecordBytes > 0 && ss.UsedRecordBytes >= ss.RecordBytes/4
+}
+
 // UsedRecordBytes is the total size of the records the plan uses: the bytes
 // the verify pass reads.
 func (s Summary) UsedRecordBytes() uint64 {

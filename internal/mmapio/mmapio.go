@@ -66,22 +66,13 @@ func (r *Reader) ReadAt(p []byte, off int64) (n int, err error) {
 		}
 		return 0, io.EOF
 	}
-	if err := r.copy(p, off, &n); err != nil {
-		return n, err
+	if err := guard(func() { n = copy(p, r.data[off:]) }); err != nil {
+		return n, &os.PathError{Op: "read", Path: r.name, Err: fmt.Errorf("%w, at or after byte %d", err, off)}
 	}
 	if n < len(p) {
 		return n, io.EOF
 	}
 	return n, nil
-}
-
-// copy copies r.data[off:] into p, setting *n, and turns a fault into an
-// error.
-func (r *Reader) copy(p []byte, off int64, n *int) error {
-	if err := guard(func() { *n = copy(p, r.data[off:]) }); err != nil {
-		return &os.PathError{Op: "read", Path: r.name, Err: fmt.Errorf("%w, at or after byte %d", err, off)}
-	}
-	return nil
 }
 
 // guard runs f, which reads a mapping, and returns ErrFault if a read
