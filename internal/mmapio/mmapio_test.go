@@ -104,3 +104,36 @@ func TestEmpty(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestPopulate: a range inside the mapping populates; one past its end is
+// refused; on a file cut short after it was mapped, populating past the new
+// end reports ErrFault, and reading there afterwards still faults into an
+// error, not a crash.
+func TestPopulate(t *testing.T) {
+	want := bytes.Repeat([]byte("0123456789abcdef"), 4*4096/16)
+	f := tempFile(t, want)
+	r, err := Open(f, int64(len(want)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	err = r.Populate(100, 2*4096)
+	if errors.Is(err, ErrNoPopulate) {
+		t.Fatalf("this kernel cannot populate (Linux 5.14 and later can): %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Populate(3*4096, 4097); err == nil {
+		t.Error("a range past the end populated")
+	}
+	if err := f.Truncate(4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Populate(2*4096, 4096); !errors.Is(err, ErrFault) {
+		t.Errorf("populating past a shrunk file's end: %v, want ErrFault", err)
+	}
+	if _, err := r.ReadAt(make([]byte, 10), 3*4096); !errors.Is(err, ErrFault) {
+		t.Errorf("reading past a shrunk file's end: %v, want ErrFault", err)
+	}
+}
