@@ -2,7 +2,7 @@
 # make bench: builds hack/bench/benchtool (static) and runs `benchtool all`
 # in the test guest (10 GiB of memory), then files its report under
 # hack/bench/out/: bench.md, bench.json and the full log.
-#   hack/bench/run.sh [-scale N] [-parts convert,restore,write,disks,sweep]
+#   hack/bench/run.sh [-scale N] [-parts convert,restore,write,disks,sweep,gap]
 #   (-scale N > 1 shrinks every size: a quick trial; -parts runs only some)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

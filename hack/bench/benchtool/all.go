@@ -169,6 +169,9 @@ type Report struct {
 	Sweep       []WriteRow `json:"sweep,omitempty"`
 	DiskDevice  int64      `json:"disk_device_bytes,omitempty"`
 	Disks       []WriteRow `json:"disks,omitempty"` // the write jobs on virtio disks (benchDisks)
+	// Gap is the random first-touch job in rounds (benchGap): tmpfs loops,
+	// then virtio disks when the disks part runs too.
+	Gap []GapSet `json:"gap,omitempty"`
 }
 
 func logf(format string, args ...any) {
@@ -226,7 +229,7 @@ func measure(name string, args ...string) (Measure, []byte, error) {
 func runAll(args []string) error {
 	fs := flag.NewFlagSet("all", flag.ContinueOnError)
 	scale := fs.Int64("scale", 1, "divide every size by this (a quick trial)")
-	partsFlag := fs.String("parts", "convert,restore,write,disks,sweep", "which parts to run (comma-separated)")
+	partsFlag := fs.String("parts", "convert,restore,write,disks,sweep,gap", "which parts to run (comma-separated)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -336,6 +339,11 @@ func runAll(args []string) error {
 	}
 	if parts["sweep"] {
 		if err := benchSweep(&rep, *scale); err != nil {
+			return err
+		}
+	}
+	if parts["gap"] {
+		if err := benchGap(&rep, *scale, parts["disks"]); err != nil {
 			return err
 		}
 	}
@@ -536,6 +544,7 @@ func writeMarkdown(w io.Writer, r Report) {
 		writeRestoreMarkdown(w, r)
 	}
 	writeMoreMarkdown(w, r)
+	writeGapMarkdown(w, r.Gap)
 	fmt.Fprintf(w, "\nTotal %.0f s.\n", r.TotalSeconds)
 }
 

@@ -557,21 +557,11 @@ func diskConfigs(chunk int64) []config {
 // benchDisks runs the write jobs (no untar) on the disks part's
 // configurations. The disks must be there (run.sh attaches them).
 func benchDisks(rep *Report, scale int64) error {
-	for _, d := range []string{diskDev, diskPV, diskStore} {
-		if _, err := os.Stat(d); err != nil {
-			return fmt.Errorf("disks part: %s is missing (hack/bench/run.sh attaches three virtio disks): %w", d, err)
-		}
-	}
-	if err := run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard", diskStore); err != nil {
+	unmount, err := mountDiskStore()
+	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(diskMount, 0o755); err != nil {
-		return err
-	}
-	if err := unix.Mount(diskStore, diskMount, "ext4", 0, ""); err != nil {
-		return fmt.Errorf("mount %s: %w", diskStore, err)
-	}
-	defer unix.Unmount(diskMount, 0)
+	defer unmount()
 	size := max(int64(256<<20)/scale, 64<<20)
 	rep.DiskDevice = size
 	jobs := fioJobs(scale)
@@ -584,6 +574,26 @@ func benchDisks(rep *Report, scale int64) error {
 	}
 	ratios(rep.Disks)
 	return nil
+}
+
+// mountDiskStore makes a fresh ext4 on the disks part's store disk and
+// mounts it where dmsnap's store goes; unmount undoes the mount.
+func mountDiskStore() (unmount func(), err error) {
+	for _, d := range []string{diskDev, diskPV, diskStore} {
+		if _, err := os.Stat(d); err != nil {
+			return nil, fmt.Errorf("disks part: %s is missing (hack/bench/run.sh attaches three virtio disks): %w", d, err)
+		}
+	}
+	if err := run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard", diskStore); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(diskMount, 0o755); err != nil {
+		return nil, err
+	}
+	if err := unix.Mount(diskStore, diskMount, "ext4", 0, ""); err != nil {
+		return nil, fmt.Errorf("mount %s: %w", diskStore, err)
+	}
+	return func() { unix.Unmount(diskMount, 0) }, nil
 }
 
 // fillDevice writes the whole device once (raw, before any snapshot), so
