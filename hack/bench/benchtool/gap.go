@@ -72,13 +72,20 @@ func runGap(where string, cs []config, size int64, job fioJob) (GapSet, error) {
 		}
 		logf("gap, %s: round %d of %d done", where, r+1, gapRounds)
 	}
+	set.ratios()
+	return set, nil
+}
+
+// ratios fills each row's per-round cost against the same round's raw run
+// (Rows[0]) and LVM run (Rows[1]).
+func (set *GapSet) ratios() {
 	for i := range set.Rows {
+		set.Rows[i].Cost, set.Rows[i].OverLVM = nil, nil
 		for r, s := range set.Rows[i].Seconds {
 			set.Rows[i].Cost = append(set.Rows[i].Cost, s/set.Rows[0].Seconds[r])
 			set.Rows[i].OverLVM = append(set.Rows[i].OverLVM, s/set.Rows[1].Seconds[r])
 		}
 	}
-	return set, nil
 }
 
 // benchGap runs the gap part on tmpfs loops and, when disks is set, on the
