@@ -10,7 +10,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/google/renameio/v2"
+	"github.com/dmsnap/dmsnap/internal/atomicfile"
 )
 
 // Instant restores (`dmsnap restore --merge`, DESIGN.md "Views and instant
@@ -71,16 +71,13 @@ func LoadMerges(stateDir string) ([]Merge, error) {
 func SaveMerges(stateDir string, ms []Merge) error {
 	path := filepath.Join(stateDir, MergesFile)
 	if len(ms) == 0 {
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-		return nil
+		return atomicfile.Remove(path)
 	}
 	b, err := json.MarshalIndent(ms, "", "  ")
 	if err != nil {
 		return err
 	}
-	return renameio.WriteFile(path, append(b, '\n'), 0o644, renameio.WithTempDir(stateDir))
+	return atomicfile.WriteFile(path, append(b, '\n'), 0o644)
 }
 
 // FindMerge returns the running merge of device name, or nil.

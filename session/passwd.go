@@ -15,7 +15,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/renameio/v2"
+	"github.com/dmsnap/dmsnap/internal/atomicfile"
 	"golang.org/x/crypto/argon2"
 )
 
@@ -97,7 +97,7 @@ func (s *Secret) Set(password []byte) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("set control secret: %w", err)
 	}
-	if err := renameio.WriteFile(s.Path, []byte(line), 0o600, renameio.WithTempDir(dir)); err != nil {
+	if err := atomicfile.WriteFile(s.Path, []byte(line), 0o600); err != nil {
 		return fmt.Errorf("set control secret: %w", err)
 	}
 	return nil
@@ -105,8 +105,7 @@ func (s *Secret) Set(password []byte) error {
 
 // Clear removes the control secret; nothing asks for one afterwards.
 func (s *Secret) Clear() error {
-	err := os.Remove(s.Path)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := atomicfile.Remove(s.Path); err != nil {
 		return fmt.Errorf("clear control secret: %w", err)
 	}
 	return nil

@@ -11,7 +11,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/google/renameio/v2"
+	"github.com/dmsnap/dmsnap/internal/atomicfile"
 )
 
 // Defaults for the global flags (DESIGN.md, "CLI").
@@ -43,8 +43,9 @@ const RegistryVersion = 1
 //	}
 //
 // It is read and written only under the state lock (Lock), and written
-// atomically (renameio: temporary file, fsync, rename), so a reader sees
-// either the old or the new list, never a torn one.
+// atomically and durably (internal/atomicfile: temporary file, fsync,
+// rename, fsync of the directory), so a reader sees either the old or the
+// new list, never a torn one, and a power cut after Save keeps the new one.
 type Registry struct {
 	Version int       `json:"version"`
 	Devices []*Device `json:"devices"`
@@ -160,9 +161,7 @@ func (r *Registry) Save(stateDir string) error {
 		return fmt.Errorf("save registry: %w", err)
 	}
 	path := RegistryPath(stateDir)
-	// The temporary file goes in the state directory itself: renameio
-	// would otherwise try $TMPDIR, which may be another filesystem.
-	if err := renameio.WriteFile(path, append(b, '\n'), 0o644, renameio.WithTempDir(stateDir)); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("save registry %s: %w", path, err)
 	}
 	return nil

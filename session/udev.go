@@ -7,7 +7,7 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/google/renameio/v2"
+	"github.com/dmsnap/dmsnap/internal/atomicfile"
 )
 
 // Where the generated files go by default.
@@ -106,7 +106,7 @@ func WriteUdevRules(path string, reg *Registry, opt GenOptions) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("write udev rule: %w", err)
 	}
-	if err := renameio.WriteFile(path, []byte(text), 0o644, renameio.WithTempDir(filepath.Dir(path))); err != nil {
+	if err := atomicfile.WriteFile(path, []byte(text), 0o644); err != nil {
 		return fmt.Errorf("write udev rule %s: %w", path, err)
 	}
 	return nil

@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/google/renameio/v2"
+	"github.com/dmsnap/dmsnap/internal/atomicfile"
 )
 
 // Views (`dmsnap sessions open|mount|close`) are read-only snapshot devices
@@ -59,7 +59,7 @@ func SaveViews(stateDir string, vs []View) error {
 	if err != nil {
 		return err
 	}
-	return renameio.WriteFile(filepath.Join(stateDir, ViewsFile), append(b, '\n'), 0o644, renameio.WithTempDir(stateDir))
+	return atomicfile.WriteFile(filepath.Join(stateDir, ViewsFile), append(b, '\n'), 0o644)
 }
 
 // BlockersOf says why device name cannot be deactivated now: its open

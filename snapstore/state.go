@@ -11,8 +11,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/dmsnap/dmsnap/internal/atomicfile"
 	"github.com/dmsnap/dmsnap/internal/names"
-	"github.com/google/renameio/v2"
 	"golang.org/x/sys/unix"
 )
 
@@ -374,24 +374,9 @@ func (t Times) utc() Times {
 	return Times{Armed: u(t.Armed), Mounted: u(t.Mounted), Unmounted: u(t.Unmounted), Closed: u(t.Closed)}
 }
 
-// writeFileAtomic writes dir/name through renameio with the temporary file
-// in dir itself (renameio would otherwise use $TMPDIR when it is on the same
-// filesystem), then fsyncs dir so the rename is durable.
+// writeFileAtomic writes dir/name atomically and durably (internal/atomicfile).
 func writeFileAtomic(dir, name string, b []byte) error {
-	if err := renameio.WriteFile(filepath.Join(dir, name), b, filePerm, renameio.WithTempDir(dir)); err != nil {
-		return err
-	}
-	return syncDir(dir)
+	return atomicfile.WriteFile(filepath.Join(dir, name), b, filePerm)
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
+func syncDir(dir string) error { return atomicfile.SyncDir(dir) }

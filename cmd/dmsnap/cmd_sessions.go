@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dmsnap/dmsnap/internal/atomicfile"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
@@ -503,19 +504,7 @@ const prunedLog = "pruned.log"
 
 // notePruned appends id to the store's prunedLog.
 func notePruned(store, id string, at time.Time) error {
-	f, err := os.OpenFile(filepath.Join(store, prunedLog), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := fmt.Fprintf(f, "%s\t%s\n", id, at.UTC().Format(time.RFC3339)); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return atomicfile.Append(filepath.Join(store, prunedLog), fmt.Appendf(nil, "%s\t%s\n", id, at.UTC().Format(time.RFC3339)), 0o644)
 }
 
 // errPrunedTarget: a restore target that prune removed. Its pre-images,
