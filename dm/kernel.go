@@ -35,6 +35,9 @@ type Loops interface {
 	MapFile(path string) (FileMap, error)
 	PinFile(path string) error
 	UnpinFile(path string) error
+	// FileUsers lists the loop devices bound to a file and the tables that
+	// map its blocks (FileUsers).
+	FileUsers(path string) ([]string, error)
 }
 
 // Kernel is everything dmsnap asks of the kernel.
@@ -69,3 +72,4 @@ func (System) FindLoop(file string) (*Loop, error)                     { return 
 func (System) MapFile(path string) (FileMap, error)                    { return MapFile(path) }
 func (System) UnpinFile(path string) error                             { return filemap.UnpinPath(path) }
 func (System) PinFile(path string) error                               { return PinFile(path) }
+func (System) FileUsers(path string) ([]string, error)                 { return FileUsers(path) }

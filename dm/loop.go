@@ -64,7 +64,10 @@ type Loop struct {
 	Backing   string // backing file path as the kernel reports it
 	DirectIO  bool   // direct I/O is in effect (/sys/block/loopN/loop/dio)
 	AutoClear bool
-	release   func() error
+	// Offset and SizeLimit are the window of the backing file the loop
+	// device shows (bytes; SizeLimit 0: to the end).
+	Offset, SizeLimit uint64
+	release           func() error
 }
 
 // Close releases the descriptor AttachLoop kept, if any.
@@ -200,6 +203,9 @@ func loopInfo(sys string, n int) (*Loop, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loop%d is not bound: %w", n, err)
 	}
+	// Kernels without these files show the whole file: 0 is right then.
+	off, _ := readSysUint(base + "/loop/offset")
+	limit, _ := readSysUint(base + "/loop/sizelimit")
 	return &Loop{
 		Path:      fmt.Sprintf("%s/loop%d", devDir, n),
 		Number:    n,
@@ -207,6 +213,8 @@ func loopInfo(sys string, n int) (*Loop, error) {
 		Backing:   strings.TrimSpace(string(backing)),
 		DirectIO:  readFlag(base + "/loop/dio"),
 		AutoClear: readFlag(base + "/loop/autoclear"),
+		Offset:    off,
+		SizeLimit: limit,
 	}, nil
 }
 

@@ -36,6 +36,10 @@ type Kernel interface {
 	// StackDown removes the whole stack (origin, snapshots, -real), whatever
 	// of it exists. It refuses, changing nothing, while any of it is open.
 	StackDown(ctx context.Context, name string) error
+	// FileUsers lists what in the kernel holds or writes the file at path
+	// (a session's COW file): loop devices bound to it, tables that map its
+	// blocks. Empty when nothing does, or when the file does not exist.
+	FileUsers(ctx context.Context, path string) ([]string, error)
 	// Repair finishes what a crash in the middle of a stack operation left
 	// (StackInfo.NeedsRepair): resumes a device left suspended — all I/O to
 	// it blocks until then —, settles inactive tables, removes snapshot
@@ -150,6 +154,9 @@ type PendingSession struct {
 	Armed   time.Time
 	Phase   SessionState // SessionArmed, SessionOpen, SessionClosing or SessionInvalid
 	COWUsed bool         // the kernel initialised cow.img: it may hold pre-images
+	// Users is what in the kernel still holds or writes its COW file
+	// (Kernel.FileUsers), for the directories no registered session owns.
+	Users []string
 }
 
 // Prober identifies block devices.

@@ -16,6 +16,15 @@ import (
 // LockFile is the lock's file name in the state directory.
 const LockFile = "lock"
 
+// HostLockPath is the lock every dmsnap command of the running system takes
+// before its state directory's (Manager.HostLock, set by the system
+// wiring): device-mapper names (dmsnap-*) and loop devices are one
+// namespace for the whole host, whatever --state a command was given, so a
+// watcher or a command of another state directory must not change the
+// kernel's stacks, or touch their session directories, at the same time.
+// /run is a tmpfs: the lock, like the stacks it guards, lasts until reboot.
+const HostLockPath = "/run/dmsnap/lock"
+
 // DefaultLockWait is how long a command waits for another one to finish
 // before giving up with a *LockedError.
 const DefaultLockWait = 10 * time.Second
@@ -43,33 +52,54 @@ func (e *LockedError) Is(target error) bool { return target == ErrLocked }
 
 // Lock is the state lock: one exclusive flock(2) on <state>/lock taken for
 // every change of the registry, session state or kernel stack, so the CLI,
-// the watcher and udev-triggered `dmsnap attach` runs never race. The
-// holder's PID is written into the file for the message others get.
+// the watcher and udev-triggered `dmsnap attach` runs never race — and,
+// taken through Manager.Lock, the host lock before it (HostLockPath). The
+// holder's PID is written into each file for the message others get.
 //
 // flock locks belong to the open file description: two Locks in one
 // process exclude each other like two processes do, and the kernel drops
 // the lock when the holder dies, so a crash never leaves a stale lock.
 type Lock struct {
-	f    *os.File
-	path string
+	files []*os.File
+	path  string // the last file locked (the state directory's)
 }
 
 // AcquireLock takes the lock of stateDir (created if missing), waiting up to
 // wait (DefaultLockWait when 0) or until ctx ends. When the wait runs out
 // the error is a *LockedError (errors.Is(err, ErrLocked)).
 func AcquireLock(ctx context.Context, stateDir string, wait time.Duration) (*Lock, error) {
+	return acquireLocks(ctx, wait, filepath.Join(stateDir, LockFile))
+}
+
+// acquireLocks takes the lock files in order (each made, with its
+// directory, when missing), sharing one wait. Every caller names them in
+// the same order (host, then state), so two commands never deadlock.
+func acquireLocks(ctx context.Context, wait time.Duration, paths ...string) (*Lock, error) {
 	if wait <= 0 {
 		wait = DefaultLockWait
 	}
-	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+	deadline := time.Now().Add(wait)
+	l := &Lock{}
+	for _, p := range paths {
+		f, err := acquireFile(ctx, p, time.Until(deadline))
+		if err != nil {
+			l.Release()
+			return nil, err
+		}
+		l.files, l.path = append(l.files, f), p
+	}
+	return l, nil
+}
+
+func acquireFile(ctx context.Context, path string, wait time.Duration) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("lock: %w", err)
 	}
-	path := filepath.Join(stateDir, LockFile)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("lock: %w", err)
 	}
-	deadline := time.NewTimer(wait)
+	deadline := time.NewTimer(max(wait, time.Millisecond))
 	defer deadline.Stop()
 	for {
 		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
@@ -99,21 +129,25 @@ func AcquireLock(ctx context.Context, stateDir string, wait time.Duration) (*Loc
 		f.Close()
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
-	return &Lock{f: f, path: path}, nil
+	return f, nil
 }
 
-// Path returns the lock file.
+// Path returns the state directory's lock file.
 func (l *Lock) Path() string { return l.path }
 
-// Release drops the lock. The PID stays in the file; it is only read while
-// someone holds the lock. Release on a released lock does nothing.
+// Release drops the lock (the state directory's, then the host's). The PID
+// stays in the files; it is only read while someone holds the lock.
+// Release on a released lock does nothing.
 func (l *Lock) Release() error {
-	if l == nil || l.f == nil {
+	if l == nil {
 		return nil
 	}
-	err := l.f.Close() // closing the last descriptor drops the flock
-	l.f = nil
-	return err
+	var errs []error
+	for i := len(l.files) - 1; i >= 0; i-- {
+		errs = append(errs, l.files[i].Close()) // closing the last descriptor drops the flock
+	}
+	l.files = nil
+	return errors.Join(errs...)
 }
 
 func writePID(f *os.File, pid int) error {

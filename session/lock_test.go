@@ -169,3 +169,39 @@ func TestLockAcrossProcesses(t *testing.T) {
 	}
 	l.Release()
 }
+
+// Two managers of different state directories exclude each other through
+// the host lock: device-mapper names are one namespace for the host.
+func TestHostLockSpansStateDirectories(t *testing.T) {
+	host := filepath.Join(t.TempDir(), "run", "lock")
+	a := &Manager{StateDir: t.TempDir(), HostLock: host, LockWait: time.Second}
+	b := &Manager{StateDir: t.TempDir(), HostLock: host, LockWait: 200 * time.Millisecond}
+	l, err := a.Lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.Lock(context.Background())
+	var le *LockedError
+	if !errors.As(err, &le) || le.Path != host {
+		t.Fatalf("second state directory's lock: %v, want the host lock %s held", err, host)
+	}
+	// Without the host lock (tests, other hosts' state) they do not.
+	c := &Manager{StateDir: t.TempDir(), LockWait: 200 * time.Millisecond}
+	lc, err := c.Lock(context.Background())
+	if err != nil {
+		t.Fatalf("a manager without the host lock: %v", err)
+	}
+	lc.Release()
+	if err := l.Release(); err != nil {
+		t.Fatal(err)
+	}
+	lb, err := b.Lock(context.Background())
+	if err != nil {
+		t.Fatalf("after the release: %v", err)
+	}
+	// The state directory's lock is held too.
+	if _, err := AcquireLock(context.Background(), b.StateDir, 100*time.Millisecond); !errors.Is(err, ErrLocked) {
+		t.Fatalf("state lock while the manager holds both: %v", err)
+	}
+	lb.Release()
+}

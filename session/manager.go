@@ -53,6 +53,9 @@ type Manager struct {
 	Now func() time.Time
 	// LockWait is how long to wait for the lock (0: DefaultLockWait).
 	LockWait time.Duration
+	// HostLock, when set, is taken before the state directory's lock
+	// (HostLockPath on the running system; tests leave it empty).
+	HostLock string
 	// Log receives what reconcile does (nil: discarded).
 	Log *slog.Logger
 	// UdevRule, when set, is the udev rule file kept in step with the
@@ -98,9 +101,20 @@ type Report struct {
 	Issues []Issue
 }
 
+// Lock takes the host lock (when m.HostLock is set) and the state
+// directory's lock, waiting up to m.LockWait. Every state change of every
+// command goes through it, so they all wait alike.
+func (m *Manager) Lock(ctx context.Context) (*Lock, error) {
+	var paths []string
+	if m.HostLock != "" {
+		paths = append(paths, m.HostLock)
+	}
+	return acquireLocks(ctx, m.LockWait, append(paths, filepath.Join(m.StateDir, LockFile))...)
+}
+
 // withLock runs fn with the lock held and the registry loaded.
 func (m *Manager) withLock(ctx context.Context, fn func(reg *Registry) error) error {
-	l, err := AcquireLock(ctx, m.StateDir, m.LockWait)
+	l, err := m.Lock(ctx)
 	if err != nil {
 		return err
 	}
@@ -157,6 +171,19 @@ func (m *Manager) Observe(ctx context.Context, reg *Registry, hints map[string]s
 			return obs, fmt.Errorf("list unfinished sessions in %s: %w", s, err)
 		}
 		obs.Pending = append(obs.Pending, p...)
+	}
+	// A directory no registered session owns is finished as an orphan —
+	// unless the kernel still writes its COW: then it is another state
+	// directory's, or its registry was lost, and it is live.
+	for i, ps := range obs.Pending {
+		if ownedBy(reg, ps) {
+			continue
+		}
+		users, err := m.Kernel.FileUsers(ctx, m.Store.COWFile(ps.Dir))
+		if err != nil {
+			return obs, fmt.Errorf("what uses the COW of %s: %w", ps.Dir, err)
+		}
+		obs.Pending[i].Users = users
 	}
 	return obs, nil
 }
@@ -612,9 +639,22 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 		if err != nil {
 			return deviceErr(op, req.Device, "", err)
 		}
+		next := 1
 		for _, st := range stacks {
 			if st.OriginDev == id.Dev || slices.ContainsFunc(st.Snapshots, func(s SnapshotInfo) bool { return s.Dev == id.Dev }) {
 				return deviceErrf(op, req.Device, "activate the raw device instead", nil, "%s is a dmsnap device of %s", req.Device, st.Name)
+			}
+			if st.Name == name && st.HasReal && st.RawDev != id.Dev {
+				return deviceErrf(op, req.Device, "choose another name with --name", ErrAlreadyActivated,
+					"a stack dmsnap-%s over another device (%s) is there, in no registry of this state directory", name, st.RawDev)
+			}
+			// A stack of this device that no registry holds (a lost
+			// registry, another state directory's): adopted, its live
+			// snapshots replaced by a new session numbered after them.
+			for _, sn := range st.Snapshots {
+				if st.Name == name {
+					next = max(next, sn.N+1)
+				}
 			}
 		}
 		table, err := m.mounts()
@@ -643,7 +683,7 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 
 		d := &Device{
 			Name: name, Path: req.Device, Identity: id, ChunkSize: req.ChunkSize, Store: store, Prealloc: req.Prealloc,
-			State: DeviceActivating, Activated: m.now().UTC(), NextSession: 1,
+			State: DeviceActivating, Activated: m.now().UTC(), NextSession: next,
 		}
 		if err := reg.Add(d); err != nil {
 			return deviceErr(op, req.Device, "", err)
@@ -693,6 +733,9 @@ func (m *Manager) Deactivate(ctx context.Context, arg string) error {
 	const op = "deactivate"
 	return m.withLock(ctx, func(reg *Registry) error {
 		d, err := m.lookup(ctx, reg, arg)
+		if errors.Is(err, ErrNotActivated) && !strings.Contains(arg, "/") {
+			return m.deactivateUnregistered(ctx, reg, arg, err)
+		}
 		if err != nil {
 			return deviceErr(op, arg, "", err)
 		}
@@ -737,6 +780,42 @@ func (m *Manager) Deactivate(ctx context.Context, arg string) error {
 		}
 		return nil
 	})
+}
+
+// deactivateUnregistered takes down the stack dmsnap-NAME that no device of
+// this registry owns (another state directory's, or one whose registry was
+// lost), when asked by name: reconcile leaves such a stack alone, so this is
+// the way to remove it. Its session directories are then orphans that the
+// same reconcile finishes. notFound is returned when there is no such stack.
+func (m *Manager) deactivateUnregistered(ctx context.Context, reg *Registry, name string, notFound error) error {
+	const op = "deactivate"
+	stacks, err := m.Kernel.Stacks(ctx)
+	if err != nil {
+		return deviceErr(op, name, "", err)
+	}
+	i := slices.IndexFunc(stacks, func(s StackInfo) bool { return s.Name == name })
+	if i < 0 {
+		return deviceErr(op, name, "", notFound)
+	}
+	st := stacks[i]
+	table, err := m.mounts()
+	if err != nil {
+		return deviceErr(op, name, "", err)
+	}
+	if ms := MountsByDev(table, nil)[st.OriginDev]; st.HasOrigin && len(ms) > 0 {
+		return deviceErrf(op, name, "unmount it and retry", ErrBusy, "/dev/mapper/dmsnap-%s is mounted on %s", name, mountPoints(ms))
+	}
+	if st.OriginOpen > 0 {
+		return deviceErrf(op, name, "stop the programs using it and retry", ErrBusy, "/dev/mapper/dmsnap-%s is open (%d openers)", name, st.OriginOpen)
+	}
+	m.log().Warn("deactivate: taking down a stack no device of this state directory owns", "device", name, "state", m.StateDir)
+	if err := m.Kernel.StackDown(ctx, name); err != nil {
+		return deviceErr(op, name, "", err)
+	}
+	if _, err := m.reconcile(ctx, reg, scope{}); err != nil {
+		return deviceErr(op, name, "the stack is down; its session directories are finished by the next reconcile (dmsnap watch)", err)
+	}
+	return nil
 }
 
 // lookup finds a device by name, or by path through the Prober (so the

@@ -394,31 +394,36 @@ func PlanOrphans(reg *Registry, obs Observed) ([]Action, []Issue) {
 	slices.Sort(names)
 	for _, name := range names {
 		st := obs.Stacks[name]
-		if st.HasOrigin && (len(obs.Mounts[st.OriginDev]) > 0 || st.OriginOpen > 0) {
+		switch {
+		case len(st.Snapshots) > 0:
+			// A live session: another state directory's device, or one whose
+			// registry was lost. Removing it would end its protection, and
+			// its session directory would then look like an orphan to
+			// convert while the other state directory still arms it.
+			issues = append(issues, Issue{Device: name, Problem: fmt.Sprintf(
+				"stack dmsnap-%s has a live session but is not in this state directory's registry: it belongs to another --state, or its registry was lost; left alone (`dmsnap activate` of its device adopts it, `dmsnap deactivate %s` takes it down)", name, name)})
+			continue
+		case st.HasOrigin && (len(obs.Mounts[st.OriginDev]) > 0 || st.OriginOpen > 0):
 			issues = append(issues, Issue{Device: name, Problem: fmt.Sprintf(
 				"stack dmsnap-%s is in use but not in the registry; unmount it and dmsnap removes it (its device is then unprotected until activated again)", name)})
 			continue
 		}
-		acts = append(acts, Action{Kind: ActRemoveStack, Device: name, Reason: "not in the registry"})
+		acts = append(acts, Action{Kind: ActRemoveStack, Device: name, Reason: "not in the registry, and no session"})
 	}
 
-	owned := func(ps PendingSession) bool {
-		for _, d := range reg.Devices {
-			for _, s := range d.Sessions {
-				if s.Dir == ps.Dir || (d.Name == ps.Name && s.Armed.Equal(ps.Armed)) {
-					return true
-				}
-			}
-		}
-		return false
-	}
 	pend := slices.Clone(obs.Pending)
 	slices.SortFunc(pend, func(a, b PendingSession) int { return strings.Compare(a.Dir, b.Dir) })
 	for _, ps := range pend {
-		if owned(ps) {
+		if ownedBy(reg, ps) {
 			continue
 		}
 		switch {
+		case len(ps.Users) > 0:
+			// Converting it would rename, punch and unpin a file the kernel
+			// writes pre-images into.
+			issues = append(issues, Issue{Device: ps.Name, Dir: ps.Dir, Problem: fmt.Sprintf(
+				"no session of this state directory owns it, but the kernel still uses its COW (%s): it belongs to another --state, or to a registry that was lost; not touched (activating the device again adopts its stack)",
+				strings.Join(ps.Users, "; "))})
 		case (ps.Phase == SessionArmed || ps.Phase == SessionOpen) && !ps.COWUsed:
 			acts = append(acts, Action{Kind: ActDiscardDir, Device: ps.Name, Dir: ps.Dir, Reason: "left by an interrupted arming; COW never used"})
 		case ps.Phase == SessionArmed || ps.Phase == SessionOpen:
@@ -430,6 +435,19 @@ func PlanOrphans(reg *Registry, obs Observed) ([]Action, []Issue) {
 		}
 	}
 	return acts, issues
+}
+
+// ownedBy reports whether a registered session owns the directory: by path,
+// or by device name and arming time (a directory renamed at mount).
+func ownedBy(reg *Registry, ps PendingSession) bool {
+	for _, d := range reg.Devices {
+		for _, s := range d.Sessions {
+			if s.Dir == ps.Dir || (d.Name == ps.Name && s.Armed.Equal(ps.Armed)) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func pendingByArmed(pend []PendingSession, name string, armed time.Time) (PendingSession, bool) {

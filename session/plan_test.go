@@ -223,3 +223,24 @@ func TestPlanIsPure(t *testing.T) {
 		t.Fatalf("plan %v\nwant %v", got, want)
 	}
 }
+
+// An orphan directory whose COW the kernel still uses is reported, never
+// closed, converted or discarded; an unregistered stack with a live
+// snapshot is reported, never removed.
+func TestPlanLeavesLiveOrphansAlone(t *testing.T) {
+	reg := &Registry{}
+	live := StackInfo{Name: "x", HasOrigin: true, HasReal: true, OriginDev: DevNum{Major: 253, Minor: 4},
+		Snapshots: []SnapshotInfo{{N: 3, State: SnapshotActive}}}
+	obs := observed([]StackInfo{live})
+	obs.Pending = []PendingSession{
+		{Dir: "/snapshot/x_2", Name: "x", Armed: armedAt, Phase: SessionArmed, COWUsed: true, Users: []string{"/dev/mapper/dmsnap-x-cow3 maps its blocks"}},
+		{Dir: "/snapshot/x_1", Name: "x", Armed: armedAt.Add(-time.Hour), Phase: SessionArmed, Users: []string{"/dev/loop2 is bound to it"}},
+	}
+	acts, issues := Plan(reg, obs)
+	if len(acts) != 0 {
+		t.Fatalf("plan %v, want nothing done", acts)
+	}
+	if len(issues) != 3 {
+		t.Fatalf("issues %v, want the stack and both directories", issues)
+	}
+}

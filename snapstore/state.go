@@ -18,12 +18,16 @@ import (
 
 // File names inside a session directory (FORMAT.md, "Session directory").
 const (
-	CowFile   = "cow.img"
-	DataFile  = "blocks.dat"
-	MapFile   = "blocks.map"
-	CRCFile   = "blocks.crc"
-	MetaFile  = "meta.json"
-	StateFile = "state.json"
+	CowFile = "cow.img"
+	// CowTailFile holds the part of a live COW that is not mapped straight
+	// to the store's device while cow.img is (dm.Stack.AttachCOW); its
+	// data is moved into cow.img before conversion (FORMAT.md, "cow.tail").
+	CowTailFile = "cow.tail"
+	DataFile    = "blocks.dat"
+	MapFile     = "blocks.map"
+	CRCFile     = "blocks.crc"
+	MetaFile    = "meta.json"
+	StateFile   = "state.json"
 
 	// StateFormatVersion is the version of state.json this code writes and
 	// the newest it reads.

@@ -19,7 +19,6 @@ import (
 	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
-	"github.com/dmsnap/dmsnap/session/system"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
 
@@ -691,7 +690,7 @@ func (r *restorer) restoreDevice(sessions []snapstore.SessionInfo, target int) e
 	var fallback *mergeJSON // --merge refused by the kernel: the normal restore runs
 	if r.active != nil {
 		// Close the armed session so its pre-images count: it joins the plan.
-		m = system.NewManager(r.e.state, r.store)
+		m = newManager(r.e)
 		if _, err := m.Rotate(r.e.ctx, r.name, "restore: closing the armed session"); err != nil {
 			return fmt.Errorf("closing the armed session of %s before the restore: %w", r.name, err)
 		}

@@ -374,7 +374,7 @@ func runSessionsPrune(e *env, args []string) error {
 	}
 	name := fs.Arg(0)
 	// As long a wait as every other state change (the Manager's).
-	lock, err := session.AcquireLock(e.ctx, e.state, newManager(e).LockWait)
+	lock, err := newManager(e).Lock(e.ctx)
 	if err != nil {
 		return fmt.Errorf("prune %s: %w", name, err)
 	}

@@ -136,7 +136,7 @@ func runSessionsOpen(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	lock, err := session.AcquireLock(e.ctx, e.state, cliLockWait)
+	lock, err := newManager(e).Lock(e.ctx)
 	if err != nil {
 		return fmt.Errorf("open view of %s: %w", a[0], err)
 	}
@@ -154,7 +154,7 @@ func runSessionsMount(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	lock, err := session.AcquireLock(e.ctx, e.state, cliLockWait)
+	lock, err := newManager(e).Lock(e.ctx)
 	if err != nil {
 		return fmt.Errorf("mount view of %s: %w", a[0], err)
 	}
@@ -402,7 +402,7 @@ func runSessionsClose(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	lock, err := session.AcquireLock(e.ctx, e.state, cliLockWait)
+	lock, err := newManager(e).Lock(e.ctx)
 	if err != nil {
 		return fmt.Errorf("close view of %s: %w", a[0], err)
 	}

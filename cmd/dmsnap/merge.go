@@ -180,7 +180,7 @@ var errMergeNoSpace = errors.New("no room for the merge store")
 // holds it exclusively). A kernel refusal is errMergeRefused and leaves
 // nothing behind.
 func (r *restorer) startMerge(p *restore.Plan, target string, recording int) (*session.Merge, error) {
-	lock, err := session.AcquireLock(r.e.ctx, r.e.state, cliLockWait)
+	lock, err := newManager(r.e).Lock(r.e.ctx)
 	if err != nil {
 		return nil, fmt.Errorf("instant restore of %s: %w", r.name, err)
 	}

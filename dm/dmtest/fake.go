@@ -777,3 +777,45 @@ func (f *Fake) UnpinFile(path string) error {
 	delete(f.pinned, path)
 	return nil
 }
+
+// FileUsers implements dm.Loops: the loop devices bound to path, and the
+// devices whose tables use a loop device over the block device that
+// SetFileMap says holds path (the fake does not compare extents: any use of
+// that loop device counts).
+func (f *Fake) FileUsers(path string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var users []string
+	var fm dm.FileMap
+	mapped := false
+	if f.fileMap != nil {
+		if m, err := f.fileMap(path); err == nil {
+			fm, mapped = m, true
+		}
+	}
+	ns := make([]int, 0, len(f.loops))
+	for n := range f.loops {
+		ns = append(ns, n)
+	}
+	sort.Ints(ns)
+	names := make([]string, 0, len(f.devices))
+	for name := range f.devices {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, n := range ns {
+		l := f.loops[n]
+		switch {
+		case l.detached && !l.held && !f.heldLocked(l.dev, ""):
+		case l.file == path:
+			users = append(users, fmt.Sprintf("%s is bound to it", loopPath(n)))
+		case mapped && l.file == fm.Device:
+			for _, name := range names {
+				if f.uses(f.devices[name], l.dev) {
+					users = append(users, fmt.Sprintf("%s maps its blocks through %s", dm.MapperPath(name), loopPath(n)))
+				}
+			}
+		}
+	}
+	return users, nil
+}

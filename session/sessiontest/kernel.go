@@ -289,6 +289,30 @@ func (k *Kernel) StackNames() []string {
 	return out
 }
 
+// FileUsers implements session.Kernel: the snapshots whose COW the file is.
+func (k *Kernel) FileUsers(_ context.Context, path string) ([]string, error) {
+	k.sys.mu.Lock()
+	defer k.sys.mu.Unlock()
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, nil
+	}
+	names := make([]string, 0, len(k.stacks))
+	for n := range k.stacks {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	var users []string
+	for _, name := range names {
+		for _, s := range k.stacks[name].snaps {
+			if os.SameFile(fi, s.file) {
+				users = append(users, fmt.Sprintf("dmsnap-%s-snap%d holds it", name, s.n))
+			}
+		}
+	}
+	return users, nil
+}
+
 // attachedLocked reports whether the file at path is the COW of a live
 // snapshot (compared by inode, as a loop device holds the file itself).
 func (k *Kernel) attachedLocked(path string) bool {

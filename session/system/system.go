@@ -35,6 +35,7 @@ func NewManager(stateDir, store string) *session.Manager {
 		Store:    Store{},
 		Prober:   session.SystemProber{},
 		Stores:   []string{store},
+		HostLock: session.HostLockPath,
 	}
 }
 
@@ -253,6 +254,15 @@ func (k Kernel) StackDown(_ context.Context, name string) error {
 	return k.stack(name, "").Teardown()
 }
 
+// FileUsers implements session.Kernel (dm.FileUsers); a missing file has
+// none.
+func (k Kernel) FileUsers(_ context.Context, path string) ([]string, error) {
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return k.dm().FileUsers(path)
+}
+
 // Repair implements session.Kernel.
 func (k Kernel) Repair(_ context.Context, name string) error {
 	return k.stack(name, "").Repair()
@@ -262,6 +272,56 @@ func (k Kernel) Repair(_ context.Context, name string) error {
 // snapstore.Convert.
 type Store struct {
 	Options snapstore.ConvertOptions
+	// Users lists what in the kernel holds or writes a file (nil:
+	// dm.FileUsers). Convert and Discard refuse a session whose COW file
+	// has any.
+	Users func(path string) ([]string, error)
+	// ReleaseWait is how long Convert and Discard wait for the users to let
+	// go (0: defaultReleaseWait).
+	ReleaseWait time.Duration
+}
+
+// defaultReleaseWait is how long Convert and Discard wait for loop devices
+// to let go of a COW file: an auto-clear loop device is detached when the
+// table that used it is removed, which the kernel may finish just after
+// the removal returns.
+const defaultReleaseWait = 5 * time.Second
+
+// checkUnused refuses to touch dir while the kernel holds or writes its COW
+// file (or its tail), whatever the registry says: the registry may be
+// missing, damaged, or another state directory's.
+func (s Store) checkUnused(ctx context.Context, dir string) error {
+	users := s.Users
+	if users == nil {
+		users = dm.FileUsers
+	}
+	wait := s.ReleaseWait
+	if wait <= 0 {
+		wait = defaultReleaseWait
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		var all []string
+		for _, name := range []string{snapstore.CowFile, snapstore.CowTailFile} {
+			p := filepath.Join(dir, name)
+			if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			u, err := users(p)
+			if err != nil {
+				return fmt.Errorf("%s: checking what uses it: %w", p, err)
+			}
+			all = append(all, u...)
+		}
+		if len(all) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("%s: the kernel still uses its COW (%s): not touched; its snapshot must be removed first (dmsnap status shows whose it is)",
+				dir, strings.Join(all, "; "))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 var _ session.Store = Store{}
@@ -333,6 +393,9 @@ func (Store) MarkInvalid(_ context.Context, dir, reason string) error {
 // Convert implements session.Store.
 // Each conversion step is a crash point (session.CrashpointConvert).
 func (s Store) Convert(ctx context.Context, dir string) error {
+	if err := s.checkUnused(ctx, dir); err != nil {
+		return err
+	}
 	opts := s.Options
 	after := opts.AfterStep
 	opts.AfterStep = func(step string) error {
@@ -347,9 +410,12 @@ func (s Store) Convert(ctx context.Context, dir string) error {
 }
 
 // Discard implements session.Store.
-func (Store) Discard(_ context.Context, dir string) error {
+func (s Store) Discard(ctx context.Context, dir string) error {
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 		return nil
+	}
+	if err := s.checkUnused(ctx, dir); err != nil {
+		return err
 	}
 	if _, err := os.Stat(filepath.Join(dir, snapstore.MetaFile)); err == nil {
 		return fmt.Errorf("discard %s: it is a finished session", dir)

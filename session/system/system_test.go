@@ -310,3 +310,47 @@ func TestRemoveEmptySessionDirs(t *testing.T) {
 		}
 	}
 }
+
+// Convert and Discard leave a session alone while the kernel still uses its
+// COW, whatever the registry says.
+func TestStoreRefusesCOWInUse(t *testing.T) {
+	ctx := context.Background()
+	store := t.TempDir()
+	spec := session.ArmSpec{Name: "vdb", DevicePath: "/dev/vdb", Identity: session.Identity{Size: 1 << 20}, ChunkSize: 4096, Armed: time.Unix(1700000000, 0).UTC()}
+	dir, err := (Store{}).ArmSession(ctx, store, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snapstore.MarkClosing(dir); err != nil {
+		t.Fatal(err)
+	}
+	cow := filepath.Join(dir, snapstore.CowFile)
+	busy := Store{ReleaseWait: 100 * time.Millisecond, Users: func(p string) ([]string, error) {
+		if p == cow {
+			return []string{"/dev/loop9 is bound to it"}, nil
+		}
+		return nil, nil
+	}}
+	before, _ := os.ReadDir(dir)
+	for name, call := range map[string]func() error{
+		"convert": func() error { return busy.Convert(ctx, dir) },
+		"discard": func() error { return busy.Discard(ctx, dir) },
+	} {
+		err := call()
+		if err == nil || !strings.Contains(err.Error(), "loop9") {
+			t.Fatalf("%s of a COW in use: %v, want a refusal naming the loop device", name, err)
+		}
+	}
+	after, _ := os.ReadDir(dir)
+	if len(after) != len(before) {
+		t.Fatalf("directory changed: %v → %v", before, after)
+	}
+	if _, err := os.Stat(cow); err != nil {
+		t.Fatalf("cow.img: %v", err)
+	}
+	// Once nothing uses it, it converts.
+	free := Store{Users: func(string) ([]string, error) { return nil, nil }}
+	if err := free.Convert(ctx, dir); err != nil {
+		t.Fatalf("convert once unused: %v", err)
+	}
+}

@@ -1,0 +1,123 @@
+package dm
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dmsnap/dmsnap/internal/filemap"
+)
+
+// FileUsers lists what in the kernel holds or writes the file at path:
+// every loop device bound to it, and every device-mapper device whose
+// table maps, through a loop device over the block device of the file's
+// filesystem, bytes the file's extents lie on (a session's COW device,
+// AttachCOW). Empty when nothing does.
+//
+// It is the check that comes before anything touches a session's COW file
+// from user space (conversion, discard): a COW the kernel may still write
+// must never be renamed, punched, unpinned or truncated, whatever the
+// registry says (it may be missing, damaged, or another state directory's).
+func FileUsers(path string) ([]string, error) {
+	return fileUsers(sysDir, System{}, path, fileExtents)
+}
+
+func fileExtents(f *os.File) ([]filemap.Extent, error) { return filemap.Extents(f) }
+
+func fileUsers(sys string, m Mapper, path string, extents func(*os.File) ([]filemap.Extent, error)) ([]string, error) {
+	const op = "file users"
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, newError(op, path, err, "")
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, newError(op, path, err, "")
+	}
+	loops, err := boundLoops(sys)
+	if err != nil {
+		return nil, newError(op, path, err, "")
+	}
+	var users []string
+	over := map[Dev]*Loop{} // loop devices over the file's filesystem's device
+	for _, l := range loops {
+		var bs unix.Stat_t
+		if unix.Stat(l.Backing, &bs) != nil {
+			continue // e.g. "/path (deleted)": not this file, which exists
+		}
+		switch {
+		case bs.Dev == st.Dev && bs.Ino == st.Ino && bs.Mode&unix.S_IFMT == unix.S_IFREG:
+			users = append(users, fmt.Sprintf("%s is bound to it", l.Path))
+		case bs.Mode&unix.S_IFMT == unix.S_IFBLK && bs.Rdev == st.Dev:
+			over[l.Dev] = l
+		}
+	}
+	if len(over) == 0 {
+		return users, nil
+	}
+	exts, err := extents(f)
+	if errors.Is(err, filemap.ErrUnsupported) || errors.Is(err, unix.EOPNOTSUPP) {
+		return users, nil // no extents to map (tmpfs, ...), so none mapped
+	}
+	if err != nil {
+		return nil, newError(op, path, err, "")
+	}
+	items, err := m.List()
+	if err != nil {
+		return nil, err
+	}
+	for _, it := range items {
+		tbl, err := m.Table(it.Name)
+		if errors.Is(err, ErrNotFound) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		if l, ok := mapsExtents(tbl, over, exts); ok {
+			users = append(users, fmt.Sprintf("%s maps its blocks through %s", MapperPath(it.Name), l.Path))
+		}
+	}
+	return users, nil
+}
+
+// mapsExtents reports whether a table has a linear target onto one of the
+// loop devices over whose bytes (at the loop's offset) overlap an extent.
+func mapsExtents(tbl []TargetSpec, over map[Dev]*Loop, exts []filemap.Extent) (*Loop, bool) {
+	for _, spec := range tbl {
+		t, err := ParseTarget(spec)
+		if err != nil {
+			continue
+		}
+		lin, ok := t.(Linear)
+		if !ok {
+			continue
+		}
+		l, ok := over[lin.Device]
+		if !ok {
+			continue
+		}
+		lo := l.Offset + lin.Offset*SectorSize
+		hi := lo + lin.Length*SectorSize
+		for _, e := range exts {
+			if e.Physical < hi && lo < e.Physical+e.Length {
+				return l, true
+			}
+		}
+	}
+	return nil, false
+}
+
+// readSysUint reads a decimal number from a sysfs file.
+func readSysUint(path string) (uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+}
