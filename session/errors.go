@@ -24,8 +24,12 @@ var (
 	// directory name inside the store.
 	ErrInvalidSessionID = errors.New("invalid session ID")
 	// ErrIdentityMismatch: the device found is not the one that was
-	// activated (size or filesystem UUID differ).
+	// activated (its stable identity, size or filesystem UUID differ).
 	ErrIdentityMismatch = errors.New("device identity does not match")
+	// ErrNoIdentity: the activated device's stable identity is not known
+	// (activated by an older dmsnap, or a device that has none), so no
+	// device found can be shown to be it.
+	ErrNoIdentity = errors.New("no stable identity recorded")
 	// ErrUnsupportedVersion: the registry was written by a newer dmsnap.
 	ErrUnsupportedVersion = errors.New("unsupported registry version")
 )

@@ -1,6 +1,7 @@
 package session_test
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmsnap/dmsnap/internal/devid"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/sessiontest"
 )
@@ -115,4 +117,90 @@ func TestDeactivateUnregisteredStack(t *testing.T) {
 	if len(w.sys.Violations) > 0 {
 		t.Fatal(w.sys.Violations)
 	}
+}
+
+// After a reboot another device shows up under the activated one's number,
+// the same size and filesystem UUID (a dd copy on the disk enumerated first
+// now): attach refuses it, changing nothing; --force-identity takes it and
+// records its identity.
+func TestAttachRefusesImpostorSameNumber(t *testing.T) {
+	w := newWorld(t)
+	w.activate()
+	w.sys.Reboot()
+	clone := sdb1
+	clone.Stable = &devid.ID{Kind: devid.KindPartition, PartUUID: "5a1b2c3d-01", PartNumber: 1, Start: 2048, Sectors: 1 << 21,
+		Disk: &devid.ID{Kind: devid.KindDisk, Serial: "DISK-C"}}
+	w.sys.Prober.Add(rawDev, clone)
+	w.sys.ResetCalls()
+	regBefore, _ := os.ReadFile(session.RegistryPath(w.state))
+	_, err := w.manager().Attach(bgctx, rawDev, session.AttachOptions{})
+	if !errors.Is(err, session.ErrIdentityMismatch) {
+		t.Fatalf("attach of a copy: %v, want ErrIdentityMismatch", err)
+	}
+	for _, want := range []string{"DISK-C", "DISK-B", "--force-identity"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("message %q does not name %q", err, want)
+		}
+	}
+	if len(w.sys.Calls) != 0 || len(w.sys.Kernel.StackNames()) != 0 {
+		t.Fatalf("a refused attach changed things: %v, stacks %v", w.sys.Calls, w.sys.Kernel.StackNames())
+	}
+	if regAfter, _ := os.ReadFile(session.RegistryPath(w.state)); string(regAfter) != string(regBefore) {
+		t.Fatal("a refused attach changed the registry")
+	}
+	// The watcher's reconcile refuses it too.
+	rep := w.reconcile()
+	if len(w.sys.Calls) != 0 || len(rep.Issues) != 1 || !strings.Contains(rep.Issues[0].Problem, "not the one activated") {
+		t.Fatalf("reconcile with a copy present: calls %v, issues %v", w.sys.Calls, rep.Issues)
+	}
+	if _, err := w.manager().Attach(bgctx, rawDev, session.AttachOptions{ForceIdentity: true}); err != nil {
+		t.Fatalf("forced attach: %v", err)
+	}
+	if got := w.device().Identity.Stable; got == nil || got.Disk == nil || got.Disk.Serial != "DISK-C" {
+		t.Fatalf("forced attach recorded %+v, want the device found", got)
+	}
+	w.steady(1, false)
+}
+
+// A device with no stable identity (recorded as such) is attached only when
+// forced, by name.
+func TestAttachWithoutIdentityNeedsForce(t *testing.T) {
+	w := newWorld(t)
+	anon := sdb1
+	anon.Stable = &devid.ID{Kind: devid.KindOther}
+	w.sys.Prober.Add(rawDev, anon)
+	w.activate()
+	w.sys.Reboot()
+	_, err := w.manager().Attach(bgctx, rawDev, session.AttachOptions{})
+	if !errors.Is(err, session.ErrNoIdentity) {
+		t.Fatalf("attach: %v, want ErrNoIdentity", err)
+	}
+	if len(w.sys.Kernel.StackNames()) != 0 {
+		t.Fatal("stacked a device that cannot be identified")
+	}
+	if _, err := w.manager().Attach(bgctx, rawDev, session.AttachOptions{ForceIdentity: true, Name: "sdb1"}); err != nil {
+		t.Fatalf("forced attach: %v", err)
+	}
+	w.steady(1, false)
+}
+
+// A registry written before stable identities were kept learns the
+// device's while its stack holds it, so a reboot can attach it.
+func TestLegacyRegistryLearnsIdentity(t *testing.T) {
+	w := newWorld(t)
+	w.activate()
+	reg := w.registry()
+	reg.Devices[0].Identity.Stable = nil
+	if err := reg.Save(w.state); err != nil {
+		t.Fatal(err)
+	}
+	w.reconcile()
+	if got := w.device().Identity.Stable; got == nil || got.Match(*sdb1ID) != nil {
+		t.Fatalf("identity %+v, want it learnt from the stacked device", got)
+	}
+	w.sys.Reboot()
+	if _, err := w.manager().Attach(bgctx, rawDev, session.AttachOptions{}); err != nil {
+		t.Fatalf("attach after the reboot: %v", err)
+	}
+	w.steady(1, false)
 }

@@ -11,12 +11,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmsnap/dmsnap/internal/devid"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/sessiontest"
 )
 
 var (
-	sdb1   = session.Identity{Dev: session.DevNum{Major: 8, Minor: 17}, Size: 1 << 30, FSType: "ext4", FSUUID: "0b9a4c8e-1111-4d7e-9d43-5a1b2c3d4e5f"}
+	sdb1   = session.Identity{Dev: session.DevNum{Major: 8, Minor: 17}, Size: 1 << 30, FSType: "ext4", FSUUID: "0b9a4c8e-1111-4d7e-9d43-5a1b2c3d4e5f", Stable: sdb1ID}
+	sdb1ID = &devid.ID{Kind: devid.KindPartition, PartUUID: "5a1b2c3d-01", PartNumber: 1, Start: 2048, Sectors: 1 << 21,
+		Disk: &devid.ID{Kind: devid.KindDisk, Serial: "DISK-B"}}
 	t0     = time.Unix(1700000000, 0).UTC()
 	bgctx  = context.Background()
 	rawDev = "/dev/sdb1"
@@ -401,7 +404,7 @@ func TestRotationCrashAtEveryStep(t *testing.T) {
 					if reboot {
 						w.sys.Reboot()
 						w.sys.ResetCalls()
-						if _, err := w.manager().Attach(bgctx, rawDev); err != nil {
+						if _, err := w.manager().Attach(bgctx, rawDev, session.AttachOptions{}); err != nil {
 							t.Fatalf("attach after crash at %s: %v", crashedAt, err)
 						}
 						// attach (from udev) protects at once and leaves the
@@ -553,7 +556,7 @@ func TestRebootReattachesArmedSession(t *testing.T) {
 	w.sys.Reboot()
 	w.tick(time.Minute)
 	w.sys.ResetCalls()
-	if _, err := w.manager().Attach(bgctx, rawDev); err != nil {
+	if _, err := w.manager().Attach(bgctx, rawDev, session.AttachOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	s := w.steady(1, false)
@@ -565,7 +568,7 @@ func TestRebootReattachesArmedSession(t *testing.T) {
 	}
 	// The udev rule may run attach again: nothing happens.
 	w.sys.ResetCalls()
-	if _, err := w.manager().Attach(bgctx, rawDev); err != nil || len(w.sys.Calls) != 0 {
+	if _, err := w.manager().Attach(bgctx, rawDev, session.AttachOptions{}); err != nil || len(w.sys.Calls) != 0 {
 		t.Fatalf("second attach: %v, calls %v", err, w.sys.Calls)
 	}
 }
@@ -595,7 +598,7 @@ func TestAttachDeviceUnderNewNumber(t *testing.T) {
 	moved := sdb1
 	moved.Dev = session.DevNum{Major: 8, Minor: 33}
 	w.sys.Prober.Add("/dev/sdc1", moved)
-	if _, err := w.manager().Attach(bgctx, "/dev/sdc1"); err != nil {
+	if _, err := w.manager().Attach(bgctx, "/dev/sdc1", session.AttachOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	d := w.device()
@@ -612,14 +615,14 @@ func TestAttachRefusesAnotherDevice(t *testing.T) {
 	other := sdb1
 	other.FSUUID = "ffffffff-0000-0000-0000-000000000000"
 	w.sys.Prober.Add(rawDev, other)
-	_, err := w.manager().Attach(bgctx, rawDev)
+	_, err := w.manager().Attach(bgctx, rawDev, session.AttachOptions{})
 	if !errors.Is(err, session.ErrIdentityMismatch) {
 		t.Fatalf("err %v, want ErrIdentityMismatch", err)
 	}
 	if len(w.sys.Kernel.StackNames()) != 0 {
 		t.Fatal("stacked a device that is not the activated one")
 	}
-	_, err = w.manager().Attach(bgctx, "/dev/nothing")
+	_, err = w.manager().Attach(bgctx, "/dev/nothing", session.AttachOptions{})
 	if err == nil {
 		t.Fatal("attach of a missing device succeeded")
 	}
@@ -648,7 +651,7 @@ func TestDeviceAbsentIsAnIssueNotAnError(t *testing.T) {
 	w.settled()
 	// The device comes back: a new session is armed.
 	w.sys.Prober.Add(rawDev, sdb1)
-	if _, err := w.manager().Attach(bgctx, rawDev); err != nil {
+	if _, err := w.manager().Attach(bgctx, rawDev, session.AttachOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	w.steady(2, false)

@@ -135,7 +135,10 @@ func (m *Manager) Registry() (*Registry, error) { return LoadRegistry(m.StateDir
 // the raw devices of registered devices whose stack is not complete (looked
 // for at hints[name], the registered path, then /dev/disk/by-uuid), and the
 // unfinished session directories of every store.
-func (m *Manager) Observe(ctx context.Context, reg *Registry, hints map[string]string) (Observed, error) {
+//
+// With forced, the device at a hint is taken without comparing identities
+// (AttachOptions.ForceIdentity).
+func (m *Manager) Observe(ctx context.Context, reg *Registry, hints map[string]string, forced bool) (Observed, error) {
 	obs := Observed{Now: m.now(), Stacks: map[string]StackInfo{}, Raw: map[string]RawDevice{}}
 	stacks, err := m.Kernel.Stacks(ctx)
 	if err != nil {
@@ -151,10 +154,22 @@ func (m *Manager) Observe(ctx context.Context, reg *Registry, hints map[string]s
 	obs.Mounts = MountsByDev(table, nil)
 
 	for _, d := range reg.Devices {
-		if st, ok := obs.Stacks[d.Name]; (ok && st.Complete()) || d.State == DeviceDeactivating {
+		st, ok := obs.Stacks[d.Name]
+		if ok && st.Complete() && d.Identity.Stable == nil && !st.RawDev.IsZero() && st.RawDev == d.Identity.Dev {
+			// Registered by a dmsnap that kept no stable identity: the stack
+			// holds the device it was activated on, so what identifies it can
+			// be learnt now, before a reboot needs it.
+			if id, err := m.Prober.Identify(ctx, d.Path); err == nil && id.Dev == st.RawDev && id.Stable != nil {
+				if obs.Learnt == nil {
+					obs.Learnt = map[string]Identity{}
+				}
+				obs.Learnt[d.Name] = id
+			}
+		}
+		if (ok && st.Complete()) || d.State == DeviceDeactivating {
 			continue
 		}
-		obs.Raw[d.Name] = m.findRaw(ctx, d, hints[d.Name])
+		obs.Raw[d.Name] = m.findRaw(ctx, d, hints[d.Name], forced)
 	}
 
 	stores := slices.Clone(m.Stores)
@@ -188,13 +203,16 @@ func (m *Manager) Observe(ctx context.Context, reg *Registry, hints map[string]s
 	return obs, nil
 }
 
-func (m *Manager) findRaw(ctx context.Context, d *Device, hint string) RawDevice {
+func (m *Manager) findRaw(ctx context.Context, d *Device, hint string, forced bool) RawDevice {
 	var tried, mismatch []string
 	for _, p := range rawCandidates(d, hint) {
 		id, err := m.Prober.Identify(ctx, p)
 		if err != nil {
 			tried = append(tried, p)
 			continue
+		}
+		if forced && p == hint {
+			return RawDevice{Path: p, Identity: id}
 		}
 		if err := d.Identity.Matches(id); err != nil {
 			mismatch = append(mismatch, fmt.Sprintf("%s: %v", p, err))
@@ -203,8 +221,8 @@ func (m *Manager) findRaw(ctx context.Context, d *Device, hint string) RawDevice
 		return RawDevice{Path: p, Identity: id}
 	}
 	if len(mismatch) > 0 {
-		return RawDevice{Problem: fmt.Sprintf("not re-stacked, the device found is not the one activated: %s; if it really is, deactivate and activate it again",
-			strings.Join(mismatch, "; "))}
+		return RawDevice{Problem: fmt.Sprintf("not re-stacked, the device found is not the one activated: %s; if it really is, `dmsnap attach --force-identity --name %s DEVICE`",
+			strings.Join(mismatch, "; "), d.Name)}
 	}
 	return RawDevice{Problem: fmt.Sprintf("the device is not present (looked at %s); protection resumes when it appears (`dmsnap attach DEVICE`)",
 		strings.Join(tried, ", "))}
@@ -227,6 +245,9 @@ func rawCandidates(d *Device, hint string) []string {
 type scope struct {
 	only  []string          // these devices only (nil: all devices and the orphans)
 	hints map[string]string // where to look for a device's raw device first
+	// forced: the hinted path is the device, whatever its identity
+	// (AttachOptions.ForceIdentity); others are checked as usual.
+	forced bool
 	// deferConvert leaves conversions (and forgetting the converted
 	// sessions) to a later reconcile: `dmsnap attach` runs from udev, which
 	// kills slow programs, and converting can take minutes.
@@ -239,7 +260,7 @@ func (m *Manager) reconcile(ctx context.Context, reg *Registry, sc scope) (Repor
 	var rep Report
 	defer m.syncUdev(reg)
 	for round := 0; round < maxRounds; round++ {
-		obs, err := m.Observe(ctx, reg, sc.hints)
+		obs, err := m.Observe(ctx, reg, sc.hints, sc.forced)
 		if err != nil {
 			return rep, err
 		}
@@ -443,6 +464,12 @@ func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
 	switch a.Kind {
 	case ActNoteOrigin:
 		d.Origin = a.Dev
+		return save()
+	case ActNoteIdentity:
+		if a.Identity == nil {
+			return errors.New("no identity to note")
+		}
+		d.Identity.Stable = a.Identity.Stable
 		return save()
 	case ActStackUp:
 		if !a.Dev.IsZero() && d.Identity.Dev != a.Dev {
@@ -691,7 +718,8 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 		if err := reg.Save(m.StateDir); err != nil {
 			return deviceErr(op, req.Device, "", err)
 		}
-		rep, err := m.reconcile(ctx, reg, scope{only: []string{name}, hints: map[string]string{name: req.Device}})
+		// The hint is the device just identified: no identity to compare.
+		rep, err := m.reconcile(ctx, reg, scope{only: []string{name}, hints: map[string]string{name: req.Device}, forced: true})
 		if err == nil && (reg.Device(name) == nil || reg.Device(name).State != DeviceActive) {
 			err = fmt.Errorf("activation did not finish: %s", issuesText(rep.Issues))
 		}
@@ -854,14 +882,29 @@ func issuesText(is []Issue) string {
 	return strings.Join(s, "; ")
 }
 
+// AttachOptions change how Attach decides that a device is the activated one.
+type AttachOptions struct {
+	// Name: the dmsnap name the device must be attached as (needed with
+	// ForceIdentity when the device matches no registered one by number,
+	// stable identity or filesystem UUID).
+	Name string
+	// ForceIdentity attaches the device although its identity differs from
+	// the recorded one (or none was recorded), and records its identity:
+	// for a person who knows that it is the same device (a disk moved to
+	// another controller, a partition table rewritten). The caller asks for
+	// the control password first.
+	ForceIdentity bool
+}
+
 // Attach brings protection back for an activated device that (re)appeared
 // at devicePath: a boot or a hot-plug, run by the udev rule. The device is
-// found by number, then by filesystem UUID, and must match the registered
-// identity; then its stack is rebuilt and its armed session's COW
-// re-attached. Attaching a device whose stack is up does nothing.
-// Conversions of sessions a crash left closing are left to the watcher (udev
-// kills slow programs): attach is quick.
-func (m *Manager) Attach(ctx context.Context, devicePath string) (Report, error) {
+// found by its stable identity, then by number, then by filesystem UUID,
+// and must match the registered identity (Identity.Matches) — else nothing
+// is written anywhere and the error names both devices; then its stack is
+// rebuilt and its armed session's COW re-attached. Attaching a device whose
+// stack is up does nothing. Conversions of sessions a crash left closing
+// are left to the watcher (udev kills slow programs): attach is quick.
+func (m *Manager) Attach(ctx context.Context, devicePath string, opts AttachOptions) (Report, error) {
 	const op = "attach"
 	var rep Report
 	err := m.withLock(ctx, func(reg *Registry) error {
@@ -869,9 +912,15 @@ func (m *Manager) Attach(ctx context.Context, devicePath string) (Report, error)
 		if err != nil {
 			return deviceErr(op, devicePath, "", err)
 		}
-		d := reg.ByDevNum(id.Dev)
-		if d == nil {
-			d = reg.ByFSUUID(id.FSUUID)
+		var d *Device
+		if opts.Name != "" {
+			if d = reg.Device(opts.Name); d == nil {
+				return deviceErr(op, devicePath, "", fmt.Errorf("%s: %w", opts.Name, ErrNotActivated))
+			}
+		} else if d = reg.ByStable(id.Stable); d == nil {
+			if d = reg.ByDevNum(id.Dev); d == nil {
+				d = reg.ByFSUUID(id.FSUUID)
+			}
 		}
 		if d == nil {
 			return deviceErr(op, devicePath, "", fmt.Errorf("%s (%s): %w", devicePath, id.Dev, ErrNotActivated))
@@ -880,9 +929,18 @@ func (m *Manager) Attach(ctx context.Context, devicePath string) (Report, error)
 			return nil // the origin itself appeared: nothing to attach
 		}
 		if err := d.Identity.Matches(id); err != nil {
-			return deviceErr(op, devicePath, "if it really is the same device, deactivate "+d.Name+" and activate it again", err)
+			if !opts.ForceIdentity {
+				return deviceErr(op, devicePath, fmt.Sprintf("nothing was written to either device; if it really is the device activated as %s, `dmsnap attach --force-identity --name %s %s` attaches it and records its identity (asks for the control password)",
+					d.Name, d.Name, devicePath),
+					fmt.Errorf("%s (%s) is not the device activated as %s (%s): %w", devicePath, id.Describe(), d.Name, d.Identity.Describe(), err))
+			}
+			m.log().Warn("attach: identity forced", "device", d.Name, "path", devicePath, "was", d.Identity.Describe(), "now", id.Describe(), "mismatch", err)
+			d.Identity = id
+			if err := reg.Save(m.StateDir); err != nil {
+				return deviceErr(op, d.Name, "", err)
+			}
 		}
-		rep, err = m.reconcile(ctx, reg, scope{only: []string{d.Name}, hints: map[string]string{d.Name: devicePath}, deferConvert: true})
+		rep, err = m.reconcile(ctx, reg, scope{only: []string{d.Name}, hints: map[string]string{d.Name: devicePath}, forced: opts.ForceIdentity, deferConvert: true})
 		if err != nil {
 			return deviceErr(op, d.Name, "", err)
 		}

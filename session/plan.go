@@ -15,6 +15,9 @@ type Observed struct {
 	Mounts  map[DevNum][]MountInfo // mounted devices
 	Raw     map[string]RawDevice   // by dmsnap name, for devices whose stack is not complete
 	Pending []PendingSession       // unfinished session directories in the stores
+	// Learnt: the identity of the device under a complete stack, for
+	// registered devices recorded without a stable identity.
+	Learnt map[string]Identity
 }
 
 // RawDevice is the raw device of a registered device as found now.
@@ -31,6 +34,7 @@ type ActionKind string
 // a crash interrupted finishes it.
 const (
 	ActNoteOrigin     ActionKind = "note-origin"     // registry: remember dmsnap-NAME's device number (Dev)
+	ActNoteIdentity   ActionKind = "note-identity"   // registry: record the device's stable identity (Identity)
 	ActStackUp        ActionKind = "stack-up"        // kernel: build -real and origin over Path
 	ActStackDown      ActionKind = "stack-down"      // kernel: remove the (half-built or deactivated) stack
 	ActNewSession     ActionKind = "new-session"     // registry: session N, arming, armed at At
@@ -66,6 +70,8 @@ type Action struct {
 	At      time.Time // new-session: armed; open: mounted; close: unmounted (zero: not mounted)
 	FSType  string    // open
 	Reason  string    // why; for invalidate, the reason recorded
+	// Identity: note-identity, the identity read from the device.
+	Identity *Identity
 }
 
 func (a Action) String() string {
@@ -203,6 +209,9 @@ func (p *devicePlanner) plan() {
 	}
 	if p.hasStack && p.stack.HasOrigin && p.stack.OriginDev != d.Origin {
 		p.add(Action{Kind: ActNoteOrigin, Dev: p.stack.OriginDev})
+	}
+	if id, ok := obs.Learnt[d.Name]; ok && d.Identity.Stable == nil {
+		p.add(Action{Kind: ActNoteIdentity, Identity: &id, Reason: "recorded without a stable identity"})
 	}
 
 	if d.State == DeviceDeactivating {

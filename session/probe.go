@@ -10,6 +10,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dmsnap/dmsnap/internal/devid"
 )
 
 // SystemProber identifies the block devices of the running system: stat for
@@ -39,6 +41,11 @@ func (SystemProber) Identify(_ context.Context, path string) (Identity, error) {
 	if err != nil {
 		return Identity{}, fmt.Errorf("identify %s: %w", path, err)
 	}
+	stable, err := devid.Read(dev.Major, dev.Minor)
+	if err != nil {
+		return Identity{}, fmt.Errorf("identify %s: %w", path, err)
+	}
+	id.Stable = &stable
 	return id, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/dmsnap/dmsnap/internal/atomicfile"
+	"github.com/dmsnap/dmsnap/internal/devid"
 )
 
 // Defaults for the global flags (DESIGN.md, "CLI").
@@ -185,6 +186,21 @@ func (r *Registry) ByDevNum(n DevNum) *Device {
 	}
 	for _, d := range r.Devices {
 		if d.Identity.Dev == n || d.Origin == n {
+			return d
+		}
+	}
+	return nil
+}
+
+// ByStable returns the device whose recorded stable identity id matches
+// (devid.ID.Match), or nil. Nil and identities that are not Stable match
+// nothing.
+func (r *Registry) ByStable(id *devid.ID) *Device {
+	if id == nil || !id.Stable() {
+		return nil
+	}
+	for _, d := range r.Devices {
+		if d.Identity.Stable != nil && d.Identity.Stable.Match(*id) == nil {
 			return d
 		}
 	}

@@ -2,6 +2,7 @@ package session
 
 import (
 	"errors"
+	"github.com/dmsnap/dmsnap/internal/devid"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -17,7 +18,8 @@ func sampleRegistry() *Registry {
 	return &Registry{Devices: []*Device{
 		{
 			Name: "sdb1", Path: "/dev/sdb1",
-			Identity:  Identity{Dev: DevNum{Major: 8, Minor: 17}, Size: 1 << 30, FSType: "ext4", FSUUID: "0b9a4c8e-1111-4d7e-9d43-5a1b2c3d4e5f"},
+			Identity: Identity{Dev: DevNum{Major: 8, Minor: 17}, Size: 1 << 30, FSType: "ext4", FSUUID: "0b9a4c8e-1111-4d7e-9d43-5a1b2c3d4e5f",
+				Stable: &devid.ID{Kind: devid.KindPartition, PartUUID: "5a1b2c3d-01", PartNumber: 1, Start: 2048, Sectors: 1 << 21}},
 			Origin:    DevNum{Major: 253, Minor: 1},
 			ChunkSize: 4096, Store: "/snapshot", State: DeviceActive, Activated: armed.Add(-time.Hour),
 			NextSession: 4,
@@ -147,17 +149,35 @@ func TestRegistryLookup(t *testing.T) {
 }
 
 func TestIdentityMatches(t *testing.T) {
-	id := Identity{Dev: DevNum{Major: 8, Minor: 17}, Size: 100, FSUUID: "abc"}
-	if err := id.Matches(Identity{Dev: DevNum{Major: 8, Minor: 33}, Size: 100, FSUUID: "ABC"}); err != nil {
-		t.Errorf("another number, same size and UUID: %v", err)
+	disk := &devid.ID{Kind: devid.KindDisk, Serial: "S1"}
+	other := &devid.ID{Kind: devid.KindDisk, Serial: "S2"}
+	id := Identity{Dev: DevNum{Major: 8, Minor: 17}, Size: 100, FSUUID: "abc", Stable: disk}
+	if err := id.Matches(Identity{Dev: DevNum{Major: 8, Minor: 33}, Size: 100, FSUUID: "ABC", Stable: disk}); err != nil {
+		t.Errorf("another number, same disk, size and UUID: %v", err)
 	}
-	if err := id.Matches(Identity{Size: 101, FSUUID: "abc"}); !errors.Is(err, ErrIdentityMismatch) {
+	if err := id.Matches(Identity{Size: 101, FSUUID: "abc", Stable: disk}); !errors.Is(err, ErrIdentityMismatch) {
 		t.Errorf("size: %v", err)
 	}
-	if err := id.Matches(Identity{Size: 100}); !errors.Is(err, ErrIdentityMismatch) {
+	if err := id.Matches(Identity{Size: 100, Stable: disk}); !errors.Is(err, ErrIdentityMismatch) {
 		t.Errorf("no UUID: %v", err)
 	}
-	if err := (Identity{Size: 100}).Matches(Identity{Size: 100, FSUUID: "new"}); err != nil {
+	// A dd copy: same size, same filesystem UUID, another disk.
+	if err := id.Matches(Identity{Size: 100, FSUUID: "abc", Stable: other}); !errors.Is(err, ErrIdentityMismatch) {
+		t.Errorf("a copy on another disk: %v", err)
+	}
+	if err := id.Matches(Identity{Size: 100, FSUUID: "abc"}); !errors.Is(err, ErrIdentityMismatch) {
+		t.Errorf("a device with no identity found: %v", err)
+	}
+	// Recorded without a stable identity (an older dmsnap, a device with
+	// none): nothing matches, not even a device of the same size.
+	noID := Identity{Size: 100}
+	if err := noID.Matches(Identity{Size: 100, Stable: disk}); !errors.Is(err, ErrNoIdentity) || !errors.Is(err, ErrIdentityMismatch) {
+		t.Errorf("recorded without identity: %v, want ErrNoIdentity", err)
+	}
+	if err := (Identity{Size: 100, Stable: &devid.ID{Kind: devid.KindOther}}).Matches(Identity{Size: 100, Stable: &devid.ID{Kind: devid.KindOther}}); !errors.Is(err, ErrNoIdentity) {
+		t.Errorf("a device kind without identity: %v, want ErrNoIdentity", err)
+	}
+	if err := (Identity{Size: 100, Stable: disk}).Matches(Identity{Size: 100, FSUUID: "new", Stable: disk}); err != nil {
 		t.Errorf("activated without a filesystem, one made since: %v", err)
 	}
 	if _, err := ParseDevNum("8:x"); err == nil {

@@ -23,7 +23,7 @@ func (m *Manager) Status(ctx context.Context) ([]DeviceStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	obs, err := m.Observe(ctx, reg, nil)
+	obs, err := m.Observe(ctx, reg, nil, false)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/dmsnap/dmsnap/internal/atomicfile"
+	"github.com/dmsnap/dmsnap/internal/devid"
 )
 
 // Where the generated files go by default.
@@ -55,16 +56,19 @@ func (o GenOptions) check() error {
 var uuidRule = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
 
 // UdevRules renders the udev rule that re-attaches the activated devices of
-// reg when they appear (at boot, on hot-plug): one line per device, matching
-// its filesystem UUID (ID_FS_UUID, set by 60-persistent-storage.rules, hence
-// the 90- file) when known, else its major:minor, and running
-// `dmsnap attach $devnode`. dmsnap's own devices (DM_NAME dmsnap-*) show the
-// same filesystem UUID and are skipped. A registry with no device gives a
-// rule file that matches nothing.
+// reg when they appear (at boot, on hot-plug): per device, lines matching
+// what names it (a partition's ID_PART_ENTRY_UUID, a disk's
+// ID_SERIAL_SHORT, a device-mapper device's DM_UUID, all set by
+// 60-persistent-storage.rules, hence the 90- file), its filesystem UUID
+// (ID_FS_UUID) when known, and its major:minor, each running
+// `dmsnap attach $devnode`. The number alone is not enough: two disks may
+// be found in the other order at the next boot. dmsnap's own devices
+// (DM_NAME dmsnap-*) show the same filesystem UUID and are skipped. A
+// registry with no device gives a rule file that matches nothing.
 //
-// attach finds the device by number or UUID, checks its size and UUID
-// against the registry, and does nothing when the stack is up already, so
-// extra runs are harmless.
+// attach finds the device by its stable identity, number or filesystem
+// UUID, refuses any device whose identity differs from the registry's, and
+// does nothing when the stack is up already, so extra runs are harmless.
 func UdevRules(reg *Registry, opt GenOptions) (string, error) {
 	opt = opt.withDefaults()
 	if err := opt.check(); err != nil {
@@ -83,15 +87,39 @@ func UdevRules(reg *Registry, opt GenOptions) (string, error) {
 			continue
 		}
 		fmt.Fprintf(&b, "\n# %s (%s)\n", d.Name, commentSafe(d.Path))
+		if key, val := stableMatch(d.Identity.Stable); key != "" {
+			fmt.Fprintf(&b, "ENV{%s}==\"%s\", %s\n", key, val, run)
+		}
 		if uuidRule.MatchString(d.Identity.FSUUID) {
 			fmt.Fprintf(&b, "ENV{ID_FS_UUID}==\"%s\", %s\n", d.Identity.FSUUID, run)
-		} else {
-			fmt.Fprintf(&b, "ENV{MAJOR}==\"%d\", ENV{MINOR}==\"%d\", %s\n", d.Identity.Dev.Major, d.Identity.Dev.Minor, run)
 		}
+		fmt.Fprintf(&b, "ENV{MAJOR}==\"%d\", ENV{MINOR}==\"%d\", %s\n", d.Identity.Dev.Major, d.Identity.Dev.Minor, run)
 	}
 	b.WriteString("\nLABEL=\"dmsnap_end\"\n")
 	return b.String(), nil
 }
+
+// stableMatch is the udev property and value that name a device with
+// stable identity id, or "" when none does (or the value is not safe in a
+// rule: serial numbers may hold anything).
+func stableMatch(id *devid.ID) (key, value string) {
+	if id == nil {
+		return "", ""
+	}
+	switch {
+	case id.Kind == devid.KindPartition && uuidRule.MatchString(id.PartUUID):
+		return "ID_PART_ENTRY_UUID", strings.ToLower(id.PartUUID)
+	case id.Kind == devid.KindDisk && serialRule.MatchString(id.Serial):
+		return "ID_SERIAL_SHORT", id.Serial
+	case id.Kind == devid.KindDM && serialRule.MatchString(id.DMUUID):
+		return "DM_UUID", id.DMUUID
+	}
+	return "", ""
+}
+
+// serialRule is what may appear in an ID_SERIAL_SHORT or DM_UUID match
+// unquoted and unescaped.
+var serialRule = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
 
 // WriteUdevRules writes UdevRules(reg) to path atomically (UdevRulePath
 // when ""). udev reads changed rule files on its next event.

@@ -22,7 +22,9 @@ SUBSYSTEM!="block", GOTO="dmsnap_end"
 ENV{DM_NAME}=="dmsnap-*", GOTO="dmsnap_end"
 
 # sdb1 (/dev/sdb1)
+ENV{ID_PART_ENTRY_UUID}=="5a1b2c3d-01", RUN+="/usr/local/sbin/dmsnap --state /var/lib/dmsnap attach $devnode"
 ENV{ID_FS_UUID}=="0b9a4c8e-1111-4d7e-9d43-5a1b2c3d4e5f", RUN+="/usr/local/sbin/dmsnap --state /var/lib/dmsnap attach $devnode"
+ENV{MAJOR}=="8", ENV{MINOR}=="17", RUN+="/usr/local/sbin/dmsnap --state /var/lib/dmsnap attach $devnode"
 
 # a-disk (/dev/vdb)
 ENV{MAJOR}=="254", ENV{MINOR}=="16", RUN+="/usr/local/sbin/dmsnap --state /var/lib/dmsnap attach $devnode"

@@ -71,6 +71,10 @@ func runActivate(e *env, args []string) error {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "activated %s as %s: mount /dev/mapper/dmsnap-%s; sessions go to %s\n", d.Path, d.Name, d.Name, d.Store)
+	if st := d.Identity.Stable; st == nil || !st.Stable() {
+		fmt.Fprintf(e.stderr, "warning: %s has no stable identity (no disk serial or WWN, partition UUID, loop backing file or DM UUID): after a reboot dmsnap cannot tell it from another device of its size, so it is not re-attached by itself; `dmsnap attach --force-identity --name %s DEVICE` protects it again\n",
+			d.Path, d.Name)
+	}
 	if cur := d.Current(); cur != nil {
 		fmt.Fprintf(e.stdout, "session %d armed in %s\n", cur.N, cur.Dir)
 	}

@@ -3,13 +3,15 @@ package main
 import (
 	"fmt"
 	"log/slog"
+
+	"github.com/dmsnap/dmsnap/session"
 )
 
 func init() {
 	register(command{name: "attach", summary: "re-attach an activated device that (re)appeared (run by udev)", run: runAttach})
 }
 
-const attachHelp = `usage: dmsnap attach DEVICE
+const attachHelp = `usage: dmsnap attach DEVICE [--force-identity [--name NAME] [--password-stdin|--password-file FILE]]
 
 Rebuilds the dmsnap stack of an activated device that appeared at DEVICE (at
 boot or on hot-plug; the udev rule runs this) and re-attaches its armed
@@ -17,20 +19,43 @@ session, whose pre-images are kept. Does nothing when the stack is up.
 An instant restore (restore --merge) that a reboot interrupted is resumed
 at once, so the device never shows a half-merged state for long.
 
-Exit codes: 0 ok, 1 failure, 2 usage, 4 device busy.
+DEVICE must be the device that was activated: the same disk WWN or serial,
+partition UUID and place on its disk, or loop backing file (device and
+inode), with the same size and filesystem UUID. Anything else is refused
+before a byte is written anywhere, and the message names both devices.
+--force-identity attaches DEVICE anyway (as --name NAME when it matches no
+activated device at all) and records its identity from then on: only for a
+device you know to be the same one. It asks for the control password.
+
+Exit codes: 0 ok, 1 failure (another device), 2 usage, 3 wrong password, 4 device busy.
 `
 
 func runAttach(e *env, args []string) error {
 	fs := newFlags(e, "attach")
-	fs.Usage = func() { fmt.Fprint(e.stderr, attachHelp) }
+	force := fs.Bool("force-identity", false, "attach DEVICE even though its identity differs from the activated device's, and record it")
+	name := fs.String("name", "", "with --force-identity: the dmsnap `NAME` to attach DEVICE as")
+	var pw passwordFlags
+	pw.add(fs)
+	fs.Usage = func() { fmt.Fprint(e.stderr, attachHelp, "\nflags:\n", flagUsages(fs)) }
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
 		return usagef("attach takes one DEVICE (see dmsnap attach --help)")
 	}
+	if *name != "" && !*force {
+		return usagef("--name goes with --force-identity: without it, attach finds the device's name itself")
+	}
+	if err := pw.check(); err != nil {
+		return err
+	}
+	if *force {
+		if err := requireSecret(e, &pw); err != nil {
+			return err
+		}
+	}
 	m := newManager(e)
-	rep, err := m.Attach(e.ctx, fs.Arg(0))
+	rep, err := m.Attach(e.ctx, fs.Arg(0), session.AttachOptions{Name: *name, ForceIdentity: *force})
 	if err != nil {
 		return err
 	}

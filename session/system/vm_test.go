@@ -195,7 +195,7 @@ func TestVMSessionLifeCycle(t *testing.T) {
 	if err := (dm.Stack{Name: name}).Teardown(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Attach(ctx, raw); err != nil {
+	if _, err := m.Attach(ctx, raw, session.AttachOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	s := snapshots(t, name)
