@@ -49,7 +49,7 @@ func writeStoreSession(t *testing.T, dir string, recs []diskRec, seed bool, devS
 	if !seed {
 		write(snapstore.CRCFile, crc)
 		hm, hc := sha256.Sum256(mp), sha256.Sum256(crc)
-		m.Dmsnap = &snapstore.DmsnapMeta{FormatVersion: snapstore.MetaFormatVersion, Name: "test",
+		m.Dmsnap = &snapstore.DmsnapMeta{FormatVersion: snapstore.MetaFormatVersion, Name: "test", Sequence: 1,
 			Device: snapstore.Device{Path: "/dev/test", Size: devSize, FSUUID: "u-1"}, ChunkSize: 4096,
 			Layout: snapstore.LayoutPacked, State: snapstore.StateComplete,
 			Checksums: snapstore.Checksums{RecordCRC: snapstore.CRCAlgorithm,

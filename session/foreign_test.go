@@ -204,3 +204,28 @@ func TestLegacyRegistryLearnsIdentity(t *testing.T) {
 	}
 	w.steady(1, false)
 }
+
+// Session numbers order a device's sessions; they go on after the store's
+// last one when the device is activated again, even with the clock set
+// back, so the new sessions come after the old ones.
+func TestSequenceContinuesAcrossActivations(t *testing.T) {
+	w := newWorld(t)
+	w.activate()
+	w.tick(time.Minute)
+	w.mount()
+	w.reconcile()
+	w.unmount()
+	w.reconcile() // session 1 closed, 2 armed
+	if err := w.manager().Deactivate(bgctx, "sdb1"); err != nil {
+		t.Fatal(err)
+	}
+	w.clock = t0.Add(-24 * time.Hour) // the clock steps back a day
+	d := w.activate()
+	if cur := d.Current(); cur == nil || cur.N != 3 {
+		t.Fatalf("after re-activation the first session is %+v, want number 3", cur)
+	}
+	st, err := sessiontest.ReadState(d.Current().Dir)
+	if err != nil || st.Sequence != 3 {
+		t.Fatalf("state of the new session: %+v %v, want sequence 3", st, err)
+	}
+}

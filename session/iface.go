@@ -130,6 +130,9 @@ type Store interface {
 	// Pending lists the session directories in store that are not
 	// finished (no meta.json). A missing store has none.
 	Pending(ctx context.Context, store string) ([]PendingSession, error)
+	// LastSequence is the highest sequence number (ArmSpec.Sequence) of a
+	// session of name in store, finished or not; 0 when none has one.
+	LastSequence(ctx context.Context, store, name string) (int, error)
 }
 
 // ArmSpec is what the store records for a new session.
@@ -139,6 +142,10 @@ type ArmSpec struct {
 	Identity   Identity  // of the raw device
 	ChunkSize  uint32    // bytes
 	Armed      time.Time // identifies the directory with Name, see PendingSession
+	// Sequence orders the sessions of a device whatever the clock says:
+	// the session's number, which goes on from the store's last one when a
+	// device is activated again.
+	Sequence int
 	// Prealloc asks for up to that many bytes at the start of cow.img to be
 	// written with zeros, so that the kernel finds them allocated and
 	// Kernel.AttachSnapshot can map them straight to the store's device

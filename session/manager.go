@@ -515,7 +515,7 @@ func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
 		}
 		dir, err := m.Store.ArmSession(ctx, d.Store, ArmSpec{
 			Name: d.Name, DevicePath: d.Path, Identity: d.Identity, ChunkSize: d.ChunkSize, Armed: s.Armed,
-			Prealloc: d.Prealloc,
+			Prealloc: d.Prealloc, Sequence: s.N,
 		})
 		if err != nil {
 			return err
@@ -698,6 +698,13 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 		if err := CheckStore(store); err != nil {
 			return deviceErr(op, req.Device, "", err)
 		}
+		// Session numbers are the sequence that orders a device's sessions
+		// (the clock may step back): they go on after the store's last one.
+		last, err := m.Store.LastSequence(ctx, store, name)
+		if err != nil {
+			return deviceErr(op, req.Device, "", fmt.Errorf("store %s: %w", store, err))
+		}
+		next = max(next, last+1)
 		var st unix.Stat_t
 		if err := unix.Stat(store, &st); err != nil {
 			return deviceErr(op, req.Device, "", fmt.Errorf("store: %w", err))

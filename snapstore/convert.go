@@ -730,8 +730,9 @@ func buildMeta(st State) Meta {
 		TotalBlocksSaved: conv.Records,
 		SnapshotType:     SnapshotTypeCOW,
 		Dmsnap: &DmsnapMeta{
-			FormatVersion: MetaFormatVersion,
+			FormatVersion: metaVersion(st.Sequence),
 			Name:          st.Name,
+			Sequence:      st.Sequence,
 			Device:        st.Device,
 			ChunkSize:     conv.ChunkSize,
 			Layout:        st.Layout,
@@ -746,4 +747,14 @@ func buildMeta(st State) Meta {
 			},
 		},
 	}
+}
+
+// metaVersion is the dmsnap format a session's meta.json is written in:
+// the current one, or 1 for a session armed before sessions had a
+// sequence number (its state.json has none), which format 2 requires.
+func metaVersion(sequence int) int {
+	if sequence == 0 {
+		return 1
+	}
+	return MetaFormatVersion
 }

@@ -43,15 +43,20 @@ type SessionInfo struct {
 	// Meta is the parsed meta.json for complete, invalid and unverified
 	// sessions.
 	Meta *Meta
+	// Sequence is the session's place among its device's sessions, from
+	// meta.json or state.json (0: not recorded — a seed session, or one
+	// written before dmsnap recorded it).
+	Sequence int
 	// Err says why a session is damaged, or why an incomplete one's
 	// state.json could not be read.
 	Err error
 }
 
 // ListSessions lists the session directories of a store — the directories
-// named <name>_<unix seconds> — sorted by name, then time. It reads only
-// meta.json (and state.json of incomplete sessions): it does not verify data;
-// see Verify. A missing store lists nothing.
+// named <name>_<unix seconds> — sorted by name, then in the order the
+// sessions were taken (Less). It reads only meta.json (and state.json of
+// incomplete sessions): it does not verify data; see Verify. A missing
+// store lists nothing.
 func ListSessions(store string) ([]SessionInfo, error) {
 	ents, err := os.ReadDir(store)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -72,9 +77,28 @@ func ListSessions(store string) ([]SessionInfo, error) {
 		out = append(out, inspect(filepath.Join(store, e.Name()), id))
 	}
 	slices.SortFunc(out, func(a, b SessionInfo) int {
-		return cmp.Or(cmp.Compare(a.Name, b.Name), a.Time.Compare(b.Time), cmp.Compare(a.ID, b.ID))
+		return cmp.Or(cmp.Compare(a.Name, b.Name), Order(a, b))
 	})
 	return out, nil
+}
+
+// Order compares two sessions of one device by when they were taken: by
+// sequence number where both have one; a session without one (the seed's,
+// or dmsnap's before it recorded them) before any that has one; by the time
+// in the directory name otherwise, then the name. The wall clock alone is
+// not trusted: it steps back (a dead RTC before NTP, a VM restored from a
+// snapshot), and a restore chain in the wrong order lets the wrong
+// pre-image win without a word.
+func Order(a, b SessionInfo) int {
+	switch {
+	case a.Sequence > 0 && b.Sequence > 0:
+		return cmp.Or(cmp.Compare(a.Sequence, b.Sequence), cmp.Compare(a.ID, b.ID))
+	case a.Sequence > 0:
+		return 1
+	case b.Sequence > 0:
+		return -1
+	}
+	return cmp.Or(a.Time.Compare(b.Time), cmp.Compare(a.ID, b.ID))
 }
 
 // Inspect describes one session directory the way ListSessions does.
@@ -90,7 +114,7 @@ func inspect(dir string, id sessionID) SessionInfo {
 	if errors.Is(err, fs.ErrNotExist) {
 		info.Status = StatusIncomplete
 		if st, err := ReadState(dir); err == nil {
-			info.Phase = st.Phase
+			info.Phase, info.Sequence = st.Phase, st.Sequence
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			info.Err = err
 		}
@@ -106,6 +130,9 @@ func inspect(dir string, id sessionID) SessionInfo {
 		return info
 	}
 	info.Meta = &m
+	if m.Dmsnap != nil {
+		info.Sequence = m.Dmsnap.Sequence
+	}
 	switch {
 	case m.Dmsnap == nil:
 		info.Status = StatusUnverified

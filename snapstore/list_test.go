@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 )
@@ -118,4 +119,24 @@ func goodSessionIn(t *testing.T, store string, seed uint64) string {
 	fx := makeClosedSession(t, store, fixtureOpts{chunkSectors: 8, devSize: 64 << 10, writes: 3, seed: seed})
 	convertFixture(t, fx, ConvertOptions{})
 	return fx.dir
+}
+
+// Sessions are listed in the order they were taken: by sequence number,
+// those without one (the seed's, format 1) first, by time; never by the
+// clock alone.
+func TestListOrderFollowsSequence(t *testing.T) {
+	a := SessionInfo{ID: "d_500", Name: "d", Time: time.Unix(500, 0), Sequence: 1}
+	b := SessionInfo{ID: "d_100", Name: "d", Time: time.Unix(100, 0), Sequence: 2}
+	c := SessionInfo{ID: "d_300", Name: "d", Time: time.Unix(300, 0), Sequence: 3}
+	seedOld := SessionInfo{ID: "d_50", Name: "d", Time: time.Unix(50, 0)}
+	seedNew := SessionInfo{ID: "d_900", Name: "d", Time: time.Unix(900, 0)}
+	got := []SessionInfo{c, seedNew, a, b, seedOld}
+	slices.SortFunc(got, Order)
+	var ids []string
+	for _, s := range got {
+		ids = append(ids, s.ID)
+	}
+	if want := []string{"d_50", "d_900", "d_500", "d_100", "d_300"}; !slices.Equal(ids, want) {
+		t.Fatalf("order %v, want %v", ids, want)
+	}
 }

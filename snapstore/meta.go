@@ -15,8 +15,9 @@ import (
 // meta.json (FORMAT.md, "meta.json").
 const (
 	// MetaFormatVersion is the version of the "dmsnap" object this code
-	// writes and the newest it reads.
-	MetaFormatVersion = 1
+	// writes and the newest it reads. Version 2 added "sequence"; version 1
+	// sessions are read as before, ordered by their time.
+	MetaFormatVersion = 2
 	// SnapshotTypeCOW is the only value of the seed's "snapshot_type".
 	SnapshotTypeCOW = "COW"
 	// CRCAlgorithm names the per-record checksum of blocks.crc.
@@ -60,8 +61,11 @@ type Meta struct {
 
 // DmsnapMeta is what dmsnap adds to the seed's meta.json.
 type DmsnapMeta struct {
-	FormatVersion int       `json:"format_version"`
-	Name          string    `json:"name"`
+	FormatVersion int    `json:"format_version"`
+	Name          string `json:"name"`
+	// Sequence orders the sessions of one device (format 2 on; 0 in format
+	// 1): restore chains and prune follow it, not the clock.
+	Sequence      int       `json:"sequence,omitempty"`
 	Device        Device    `json:"device"`
 	ChunkSize     uint32    `json:"chunk_size"` // bytes
 	Layout        string    `json:"layout"`     // LayoutCOW or LayoutPacked
@@ -261,6 +265,10 @@ func (d *DmsnapMeta) check(name string) error {
 		return bad("chunk_size %d is not a power of two between %d and %d bytes", d.ChunkSize, MinChunkSectors*SectorSize, MaxChunkSectors*SectorSize)
 	case d.Device.Size <= 0:
 		return bad("device.size %d is not positive", d.Device.Size)
+	case d.FormatVersion >= 2 && d.Sequence < 1:
+		return bad("sequence is %d, want 1 or more (format %d)", d.Sequence, d.FormatVersion)
+	case d.FormatVersion < 2 && d.Sequence != 0:
+		return bad("sequence is set in format %d, which has none", d.FormatVersion)
 	case d.Checksums.RecordCRC != CRCAlgorithm:
 		return bad("checksums.record_crc is %q, want %q", d.Checksums.RecordCRC, CRCAlgorithm)
 	case !isHexSum(d.Checksums.BlocksMap):

@@ -22,6 +22,7 @@ func sampleMeta() Meta {
 		Dmsnap: &DmsnapMeta{
 			FormatVersion: MetaFormatVersion,
 			Name:          "sdb1",
+			Sequence:      7,
 			Device:        Device{Path: "/dev/sdb1", Size: 64 << 20, DevNum: DevNum{Major: 8, Minor: 17}, FSUUID: "0b2c5b8e-9e55-4a4f-8f0e-2f6a3c1d9e01"},
 			ChunkSize:     4096,
 			Layout:        LayoutCOW,
@@ -91,11 +92,34 @@ func TestMetaDetectsEveryFlippedBit(t *testing.T) {
 
 func TestMetaUnknownVersion(t *testing.T) {
 	m := sampleMeta()
-	m.Dmsnap.FormatVersion = 2
+	m.Dmsnap.FormatVersion = MetaFormatVersion + 1
 	b, _ := EncodeMeta(m)
 	_, err := ParseMeta(b, "meta.json")
-	if !errors.Is(err, ErrUnsupportedVersion) || !strings.Contains(err.Error(), "session format 2") || !strings.Contains(err.Error(), "upgrade dmsnap") {
+	if !errors.Is(err, ErrUnsupportedVersion) || !strings.Contains(err.Error(), fmt.Sprintf("session format %d", MetaFormatVersion+1)) || !strings.Contains(err.Error(), "upgrade dmsnap") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// Format 1 (before sequence numbers) is still read; format 2 requires a
+// sequence, format 1 allows none.
+func TestMetaSequenceByVersion(t *testing.T) {
+	for _, tc := range []struct {
+		version, seq int
+		ok           bool
+	}{{1, 0, true}, {1, 3, false}, {2, 3, true}, {2, 0, false}} {
+		m := sampleMeta()
+		m.Dmsnap.FormatVersion, m.Dmsnap.Sequence = tc.version, tc.seq
+		b, err := EncodeMeta(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ParseMeta(b, "meta.json")
+		if (err == nil) != tc.ok {
+			t.Errorf("format %d sequence %d: %v, want ok=%v", tc.version, tc.seq, err, tc.ok)
+		}
+		if err == nil && got.Dmsnap.Sequence != tc.seq {
+			t.Errorf("format %d: sequence read back as %d", tc.version, got.Dmsnap.Sequence)
+		}
 	}
 }
 

@@ -60,6 +60,10 @@ type State struct {
 	Phase         Phase  `json:"phase"`
 	InvalidReason string `json:"invalid_reason,omitempty"`
 	Times         Times  `json:"times"`
+	// Sequence is the session's place among its device's sessions (1, 2,
+	// ...; 0: not recorded), which orders them where the clock cannot: the
+	// times in a directory's name are wall-clock seconds and may go back.
+	Sequence int `json:"sequence,omitempty"`
 	// Prealloc is how many bytes of cow.img dmsnap wrote with zeros ahead
 	// of the kernel: CreateSession at the start (asked for by the caller,
 	// then what it did), FillCow more while the session is armed.
@@ -99,6 +103,8 @@ func (s *State) check(name string) error {
 		return bad("name is empty")
 	case s.Device.Size <= 0:
 		return bad("device.size %d is not positive", s.Device.Size)
+	case s.Sequence < 0:
+		return bad("sequence %d is negative", s.Sequence)
 	case s.ChunkSize%SectorSize != 0 || ValidChunkSectors(s.ChunkSize/SectorSize) != nil:
 		return bad("chunk_size %d bytes is not a power of two between %d and %d", s.ChunkSize, MinChunkSectors*SectorSize, MaxChunkSectors*SectorSize)
 	}

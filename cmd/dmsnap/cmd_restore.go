@@ -8,7 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -306,12 +306,9 @@ func (r *restorer) deviceSessions() ([]snapstore.SessionInfo, error) {
 			out = append(out, s)
 		}
 	}
-	sort.SliceStable(out, func(i, j int) bool {
-		if !out[i].Time.Equal(out[j].Time) {
-			return out[i].Time.Before(out[j].Time)
-		}
-		return out[i].ID < out[j].ID
-	})
+	// In the order they were taken, by sequence number: the clock may
+	// have stepped back between two of them.
+	slices.SortStableFunc(out, snapstore.Order)
 	return out, nil
 }
 

@@ -41,6 +41,18 @@ func fill(b byte) []byte { return bytes.Repeat([]byte{b}, fxChunk) }
 // (sorted, one CRC-32C each, checksummed meta.json).
 func newRestoreFixture(t *testing.T, sessions ...[]int) *restoreFixture {
 	t.Helper()
+	times := make([]int64, len(sessions))
+	for n := range times {
+		times[n] = 1700000000 + 10*int64(n)
+	}
+	return newRestoreFixtureAt(t, times, sessions...)
+}
+
+// newRestoreFixtureAt is newRestoreFixture with the sessions' times (in
+// their directory names and meta.json) given: a clock that stepped back
+// between two sessions gives a later session an earlier time.
+func newRestoreFixtureAt(t *testing.T, times []int64, sessions ...[]int) *restoreFixture {
+	t.Helper()
 	dir := t.TempDir()
 	fx := &restoreFixture{dir: dir, store: filepath.Join(dir, "store"), state: filepath.Join(dir, "state"), dev: filepath.Join(dir, "dev.img")}
 	cur := make([]byte, fxSize)
@@ -49,7 +61,7 @@ func newRestoreFixture(t *testing.T, sessions ...[]int) *restoreFixture {
 	}
 	for n, chunks := range sessions {
 		fx.states = append(fx.states, bytes.Clone(cur))
-		id := fmt.Sprintf("dev.img_%d", 1700000000+10*n)
+		id := fmt.Sprintf("dev.img_%d", times[n])
 		fx.ids = append(fx.ids, id)
 		saved := map[int]bool{}
 		var sorted []int
@@ -75,9 +87,9 @@ func newRestoreFixture(t *testing.T, sessions ...[]int) *restoreFixture {
 		sd := filepath.Join(fx.store, id)
 		mp := snapstore.EncodeMap(recs)
 		hm, hc := sha256.Sum256(mp), sha256.Sum256(crc)
-		meta := snapstore.Meta{Device: fx.dev, Timestamp: int64(1700000000+10*n) * 1e9, BlockSize: fxChunk, FsType: "",
+		meta := snapstore.Meta{Device: fx.dev, Timestamp: times[n] * 1e9, BlockSize: fxChunk, FsType: "",
 			TotalBlocksSaved: int64(len(recs)), SnapshotType: snapstore.SnapshotTypeCOW,
-			Dmsnap: &snapstore.DmsnapMeta{FormatVersion: snapstore.MetaFormatVersion, Name: "dev.img",
+			Dmsnap: &snapstore.DmsnapMeta{FormatVersion: snapstore.MetaFormatVersion, Name: "dev.img", Sequence: n + 1,
 				Device: snapstore.Device{Path: fx.dev, Size: fxSize}, ChunkSize: fxChunk, Layout: snapstore.LayoutPacked,
 				State: snapstore.StateComplete, Checksums: snapstore.Checksums{RecordCRC: snapstore.CRCAlgorithm,
 					BlocksMap: hex.EncodeToString(hm[:]), BlocksCRC: hex.EncodeToString(hc[:])}}}
@@ -146,6 +158,30 @@ func TestRestoreUsage(t *testing.T) {
 	}
 	if code, _, errOut := fx.run(t, nil, "dev.img", "--session", "dev.img_1", "--yes"); code != exitFailure || !strings.Contains(errOut, "no closed session dev.img_1") {
 		t.Errorf("unknown session: exit %d, %q", code, errOut)
+	}
+}
+
+// The clock stepped back between the sessions (a dead RTC before NTP, a VM
+// restored): their directory names are out of order, their sequence
+// numbers are not, and every restore follows the sequence.
+func TestRestoreChainFollowsSequenceNotClock(t *testing.T) {
+	times := []int64{1700000500, 1700000100, 1700000300}
+	for target := 0; target < 3; target++ {
+		fx := newRestoreFixtureAt(t, times, []int{3, 1, 3}, []int{1, 2, 7}, []int{0, 15, 7, 2})
+		if code, _, errOut := fx.run(t, nil, "dev.img", "--session", fx.ids[target], "--yes"); code != exitOK {
+			t.Fatalf("restore to %s: exit %d: %s", fx.ids[target], code, errOut)
+		}
+		if got := fx.device(t); !bytes.Equal(got, fx.states[target]) {
+			t.Fatalf("restore to %s (session %d of 3): device differs from its state before the session", fx.ids[target], target+1)
+		}
+	}
+	// "latest" is the last taken, not the latest by the clock.
+	fx := newRestoreFixtureAt(t, times, []int{3, 1, 3}, []int{1, 2, 7}, []int{0, 15, 7, 2})
+	if code, _, errOut := fx.run(t, nil, "dev.img", "--session", "latest", "--yes"); code != exitOK {
+		t.Fatalf("restore to latest: exit %d: %s", code, errOut)
+	}
+	if got := fx.device(t); !bytes.Equal(got, fx.states[2]) {
+		t.Fatal("restore to latest is not the state before the last session taken")
 	}
 }
 

@@ -440,7 +440,7 @@ func pruneVictims(infos []snapstore.SessionInfo, name string, tracked map[string
 			finished++
 		}
 	}
-	slices.SortStableFunc(all, func(a, b snapstore.SessionInfo) int { return a.Time.Compare(b.Time) })
+	slices.SortStableFunc(all, snapstore.Order)
 	want := 0 // how many of the finished sessions keep or age ask to remove
 	if keep >= 0 {
 		want = max(finished-keep, 0)

@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"github.com/dmsnap/dmsnap/internal/devid"
 	"io"
 	"os"
 	"path/filepath"
@@ -54,7 +55,8 @@ func (w *world) run(t *testing.T, stdin string, args ...string) (int, string, st
 	return code, out.String(), errOut.String()
 }
 
-var sdb1 = session.Identity{Dev: session.DevNum{Major: 8, Minor: 17}, Size: 64 << 20, FSType: "ext4", FSUUID: "0b2c5b8e-9e55-4a4f-8f0e-2f6a3c1d9e01"}
+var sdb1 = session.Identity{Dev: session.DevNum{Major: 8, Minor: 17}, Size: 64 << 20, FSType: "ext4", FSUUID: "0b2c5b8e-9e55-4a4f-8f0e-2f6a3c1d9e01",
+	Stable: &devid.ID{Kind: devid.KindDisk, Serial: "TEST-SDB"}}
 
 func (w *world) registry(t *testing.T) *session.Registry {
 	t.Helper()

@@ -41,6 +41,7 @@ type State struct {
 	FSType        string               `json:"fs_type,omitempty"`
 	InvalidReason string               `json:"invalid_reason,omitempty"`
 	Prealloc      int64                `json:"prealloc,omitempty"` // bytes FillCOW wrote ahead
+	Sequence      int                  `json:"sequence,omitempty"`
 }
 
 // Meta is the fake meta.json: the final state of a converted session.
@@ -116,7 +117,7 @@ func (st *Store) ArmSession(_ context.Context, store string, spec session.ArmSpe
 		if err := os.Mkdir(d, 0o755); err != nil {
 			return err
 		}
-		if err := writeJSON(filepath.Join(d, StateFile), State{Name: spec.Name, Phase: session.SessionArmed, Armed: spec.Armed}); err != nil {
+		if err := writeJSON(filepath.Join(d, StateFile), State{Name: spec.Name, Phase: session.SessionArmed, Armed: spec.Armed, Sequence: spec.Sequence}); err != nil {
 			return err
 		}
 		if err := os.WriteFile(filepath.Join(d, COWFile), make([]byte, 4096), 0o600); err != nil {
@@ -282,6 +283,29 @@ func (st *Store) Pending(_ context.Context, store string) ([]session.PendingSess
 		})
 	}
 	return out, nil
+}
+
+// LastSequence implements session.Store.
+func (st *Store) LastSequence(_ context.Context, store, name string) (int, error) {
+	ents, err := os.ReadDir(store)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	last := 0
+	for _, e := range ents {
+		dir := filepath.Join(store, e.Name())
+		s, err := readState(dir)
+		if m, merr := ReadMeta(dir); merr == nil {
+			s, err = m.State, nil
+		}
+		if err == nil && s.Name == name {
+			last = max(last, s.Sequence)
+		}
+	}
+	return last, nil
 }
 
 // Sessions returns the directory names in store, sorted.

@@ -366,7 +366,23 @@ func createSession(store string, spec session.ArmSpec) (string, error) {
 		ChunkSize: spec.ChunkSize,
 		Times:     snapstore.Times{Armed: spec.Armed},
 		Prealloc:  spec.Prealloc,
+		Sequence:  spec.Sequence,
 	})
+}
+
+// LastSequence implements session.Store.
+func (Store) LastSequence(_ context.Context, store, name string) (int, error) {
+	infos, err := snapstore.ListSessions(store)
+	if err != nil {
+		return 0, err
+	}
+	last := 0
+	for _, info := range infos {
+		if info.Name == name {
+			last = max(last, info.Sequence)
+		}
+	}
+	return last, nil
 }
 
 // COWFile implements session.Store.
