@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/internal/atomicfile"
+	"github.com/dmsnap/dmsnap/internal/names"
 )
 
 // Instant restores (`dmsnap restore --merge`, DESIGN.md "Views and instant
@@ -50,7 +51,8 @@ const (
 	MergeRunning  = "merging"  // the kernel took the table
 )
 
-// LoadMerges reads the running merges; none when the file is missing.
+// LoadMerges reads the running merges; none when the file is missing. A
+// file ParseMerges refuses is an error that names it.
 func LoadMerges(stateDir string) ([]Merge, error) {
 	path := filepath.Join(stateDir, MergesFile)
 	b, err := os.ReadFile(path)
@@ -60,18 +62,87 @@ func LoadMerges(stateDir string) ([]Merge, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ParseMerges(b, path, stateDir)
+}
+
+// ParseMerges decodes and checks the bytes of merges.json; name (its path)
+// is what errors name. stateDir is the state directory the file belongs
+// to: every merge store must be a file directly in its merges/
+// subdirectory, since dmsnap attaches that file to a loop device and
+// removes it (a planted or damaged record must not make it load or remove
+// any other file). Refused: anything but a JSON list of Merge records,
+// unknown keys, a device name ValidateName refuses, a device twice, a
+// session ID ValidateSessionID refuses, a recording session below 1, a
+// phase other than starting and merging, a store path that is not
+// absolute and clean or not in merges/, and a store path twice.
+func ParseMerges(b []byte, name, stateDir string) ([]Merge, error) {
+	damaged := func(err error) error {
+		return fmt.Errorf("merges file %s is damaged: %w; move it away (mv %s %s.damaged) once `dmsetup status` shows no snapshot-merge target: "+
+			"dmsnap then forgets the instant restores it recorded (a merge still running would never be finished by dmsnap watch), "+
+			"and their stores in %s are left for you to remove", name, err, name, name, filepath.Join(stateDir, "merges"))
+	}
+	abs, err := absStateDir(stateDir)
+	if err != nil {
+		return nil, fmt.Errorf("merges file %s: %w", name, err)
+	}
 	var ms []Merge
-	if err := json.Unmarshal(b, &ms); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	if err := decodeStrict(b, &ms); err != nil {
+		return nil, damaged(err)
+	}
+	if err := checkMerges(ms, abs); err != nil {
+		return nil, damaged(err)
 	}
 	return ms, nil
 }
 
-// SaveMerges replaces the merges file atomically (no file when ms is empty).
+func checkMerges(ms []Merge, stateDir string) error {
+	devices, cows := map[string]int{}, map[string]int{}
+	for i, mg := range ms {
+		bad := func(format string, args ...any) error {
+			return fmt.Errorf("record %d (device %q): %s", i, mg.Device, fmt.Sprintf(format, args...))
+		}
+		if err := names.Validate(mg.Device); err != nil {
+			return bad("%v", err)
+		}
+		if j, ok := devices[mg.Device]; ok {
+			return bad("the device has a merge in record %d already", j)
+		}
+		devices[mg.Device] = i
+		if err := ValidateSessionID(mg.Session); err != nil {
+			return bad("%v", err)
+		}
+		if mg.Recording < 1 {
+			return bad("recording session %d is not a session number", mg.Recording)
+		}
+		switch mg.Phase {
+		case MergeStarting, MergeRunning:
+		default:
+			return bad("phase %q is neither %q nor %q", mg.Phase, MergeStarting, MergeRunning)
+		}
+		if err := checkStatePath(mg.COW, stateDir, "merges"); err != nil {
+			return bad("store: %v", err)
+		}
+		if j, ok := cows[mg.COW]; ok {
+			return bad("store %s is record %d's too", mg.COW, j)
+		}
+		cows[mg.COW] = i
+	}
+	return nil
+}
+
+// SaveMerges replaces the merges file atomically (no file when ms is
+// empty). It refuses records that LoadMerges would refuse.
 func SaveMerges(stateDir string, ms []Merge) error {
 	path := filepath.Join(stateDir, MergesFile)
 	if len(ms) == 0 {
 		return atomicfile.Remove(path)
+	}
+	abs, err := absStateDir(stateDir)
+	if err != nil {
+		return fmt.Errorf("save %s: %w", path, err)
+	}
+	if err := checkMerges(ms, abs); err != nil {
+		return fmt.Errorf("save %s: %w", path, err)
 	}
 	b, err := json.MarshalIndent(ms, "", "  ")
 	if err != nil {

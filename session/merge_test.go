@@ -174,7 +174,10 @@ func TestFinishMergesAfterTheStackWasRebuilt(t *testing.T) {
 func TestDeactivateRefusesOpenViewsAndMerges(t *testing.T) {
 	w := newWorld(t)
 	w.activate()
-	views := []session.View{{ID: "sdb1_1600000000", Name: "sdb1", DM: "dmsnap-sdb1-at1600000000"}, {ID: "other_1", Name: "other"}}
+	views := []session.View{
+		{ID: "sdb1_1600000000", Name: "sdb1", DM: "dmsnap-sdb1-at1600000000", COW: filepath.Join(w.state, "views", "sdb1_1600000000.cow")},
+		{ID: "other_1", Name: "other", DM: "dmsnap-other-at1", COW: filepath.Join(w.state, "views", "other_1.cow")},
+	}
 	if err := session.SaveViews(w.state, views); err != nil {
 		t.Fatal(err)
 	}

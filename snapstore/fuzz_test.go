@@ -67,6 +67,7 @@ func TestFuzzCorpus(t *testing.T) {
 		"FuzzCow":      fuzzCowSeeds(),
 		"FuzzBlockMap": fuzzMapSeeds(),
 		"FuzzMeta":     fuzzMetaSeeds(),
+		"FuzzState":    fuzzStateSeeds(),
 	} {
 		for name, b := range seeds {
 			path := filepath.Join("testdata", "fuzz", target, name)

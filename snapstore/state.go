@@ -123,11 +123,22 @@ func ReadState(dir string) (State, error) {
 	if err != nil {
 		return State{}, err
 	}
+	return ParseState(b, name)
+}
+
+// ParseState decodes and checks the bytes of a state.json; name (its path)
+// is what errors name. Every error is a *FormatError (ErrCorrupt, with the
+// byte offset of a JSON syntax error, or ErrUnsupportedVersion). Unknown
+// keys are ignored, as the version rules (FORMAT.md section 9) allow.
+func ParseState(b []byte, name string) (State, error) {
 	var s State
 	if err := json.Unmarshal(b, &s); err != nil {
 		return State{}, formatErr(name, jsonOffset(err), -1, ErrCorrupt, "%v", err)
 	}
-	return s, s.check(name)
+	if err := s.check(name); err != nil {
+		return State{}, err
+	}
+	return s, nil
 }
 
 // WriteState replaces dir/state.json atomically (written to a temporary

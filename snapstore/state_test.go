@@ -128,7 +128,13 @@ func TestReadStateRejects(t *testing.T) {
 		t.Fatalf("bad phase: %v", err)
 	}
 	write(`{"format_version": 1,`)
-	if _, err := ReadState(dir); !errors.Is(err, ErrCorrupt) {
+	_, err := ReadState(dir)
+	var fe *FormatError
+	if !errors.Is(err, ErrCorrupt) || !errors.As(err, &fe) || fe.File != filepath.Join(dir, StateFile) {
 		t.Fatalf("truncated state: %v", err)
+	}
+	write(`{"format_version": 1, "name": "x", "device": {"path": "/dev/x", "size": 4096, "major_minor": "1:2"}, "chunk_size": "4096", "phase": "armed", "times": {}}`)
+	if _, err := ReadState(dir); !errors.As(err, &fe) || fe.Offset <= 0 || !strings.Contains(err.Error(), "chunk_size") {
+		t.Fatalf("chunk_size of the wrong type: %v (want its offset)", err)
 	}
 }

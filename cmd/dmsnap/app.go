@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -70,6 +71,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintf(stderr, "dmsnap: %v\n", err)
 		printUsage(stderr, global)
 		return exitUsage
+	}
+	// Paths under the state directory are recorded in its files (merge
+	// stores, view COWs) and checked to lie in it: absolute from here on.
+	if abs, err := filepath.Abs(e.state); err == nil {
+		e.state = abs
 	}
 	rest := global.Args()
 	if *help || len(rest) == 0 || rest[0] == "help" {

@@ -108,10 +108,8 @@ func findView(vs []session.View, id string) int {
 }
 
 // viewName is the device-mapper name of the view of session id of device
-// name: dmsnap-NAME-at<ID without NAME_> (never dmsnap-NAME-snapN, which the stack owns).
-func viewName(name, id string) string {
-	return dm.Prefix + name + "-at" + strings.TrimPrefix(id, name+"_")
-}
+// name (session.ViewDMName, which views.json is checked against).
+func viewName(name, id string) string { return session.ViewDMName(name, id) }
 
 func sessionIDArg(e *env, sub string, args []string, n int) ([]string, error) {
 	fs := newFlags(e, "sessions "+sub)
