@@ -90,7 +90,7 @@ type StateError struct {
 }
 
 func (e *StateError) Error() string {
-	return fmt.Sprintf("session %s %s; restoring through it would not give back the device's old state; restore to a later session, or see dmsnap sessions verify",
+	return fmt.Sprintf("session %s %s; restoring through it would not give back the device's old state; dmsnap sessions list shows which sessions can still be restored to",
 		e.Session, describeState(e.State))
 }
 

@@ -120,7 +120,7 @@ func TestPreflightSessionStates(t *testing.T) {
 	if !errors.Is(err, ErrSessionNotComplete) {
 		t.Fatalf("error %v", err)
 	}
-	for _, want := range []string{"session sdb1_1700000000 is invalid", "session sdb1_1700000100 is incomplete", "restore to a later session"} {
+	for _, want := range []string{"session sdb1_1700000000 is invalid", "session sdb1_1700000100 is incomplete", "dmsnap sessions list shows which sessions can still be restored to"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}

@@ -133,6 +133,9 @@ type Store interface {
 	// LastSequence is the highest sequence number (ArmSpec.Sequence) of a
 	// session of name in store, finished or not; 0 when none has one.
 	LastSequence(ctx context.Context, store, name string) (int, error)
+	// RestorePoints is how many finished sessions of name in store the
+	// device can still be restored to (snapstore.RestorePoints).
+	RestorePoints(ctx context.Context, store, name string) (int, error)
 }
 
 // ArmSpec is what the store records for a new session.

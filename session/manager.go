@@ -550,7 +550,18 @@ func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
 		return save()
 	case ActInvalidate:
 		s.State, s.InvalidReason = SessionInvalid, a.Reason
-		return save()
+		if err := save(); err != nil {
+			return err
+		}
+		// Every restore point of the device goes through this session:
+		// they are all lost. Say so loudly, with the count.
+		lost, err := m.Store.RestorePoints(ctx, d.Store, d.Name)
+		if err != nil {
+			lost = -1
+		}
+		m.log().Error("session invalid: the kernel dropped its snapshot; its pre-images are incomplete, and no state before it can be restored any more",
+			"device", d.Name, "session", s.N, "dir", s.Dir, "reason", a.Reason, "restore_points_lost", lost)
+		return nil
 	case ActConvert:
 		// The store learns of the close here, right before converting, so
 		// a crash between the registry's "closing" and this step is

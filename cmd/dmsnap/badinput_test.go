@@ -9,7 +9,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -225,21 +227,25 @@ func TestInvalidSessionIsNoRestorePoint(t *testing.T) {
 	os.WriteFile(filepath.Join(dir2, snapstore.MetaFile), b2, 0o644)
 
 	out := filepath.Join(t.TempDir(), "img")
+	// Each refusal offers a session that works, or says there is none.
+	works := "dmsnap restore dev.img --session " + fx.ids[2]
+	none := "no session of dev.img can be restored to now"
 	for _, tc := range []struct {
-		fx   *restoreFixture
-		args []string
+		fx     *restoreFixture
+		args   []string
+		advice string
 	}{
-		{fx, []string{fx.dev, "--session", fx.ids[1], "--yes"}},
-		{fx, []string{fx.dev, "--session", fx.ids[0], "--yes"}},
-		{fx, []string{fx.dev, "--session", fx.ids[0], "--dry-run"}},
-		{fx, []string{fx.dev, "--session", fx.ids[0], "--to", out}},
-		{fx2, []string{fx2.dev, "--session", "latest", "--yes"}},
+		{fx, []string{fx.dev, "--session", fx.ids[1], "--yes"}, works},
+		{fx, []string{fx.dev, "--session", fx.ids[0], "--yes"}, works},
+		{fx, []string{fx.dev, "--session", fx.ids[0], "--dry-run"}, works},
+		{fx, []string{fx.dev, "--session", fx.ids[0], "--to", out}, works},
+		{fx2, []string{fx2.dev, "--session", "latest", "--yes"}, none},
 	} {
 		badInputs++
 		before := tc.fx.device(t)
 		code, stdout, errOut := tc.fx.run(t, nil, tc.args...)
-		if code != exitFailure || !strings.Contains(errOut, "is invalid") || !strings.Contains(errOut, "would not give back the device's old state") {
-			t.Errorf("restore %q through an invalid session: exit %d\n%s%s", tc.args, code, stdout, errOut)
+		if code != exitFailure || !strings.Contains(errOut, "is invalid") || !strings.Contains(errOut, "nothing was written") || !strings.Contains(errOut, tc.advice) {
+			t.Errorf("restore %q through an invalid session: exit %d\n%s%s\nwant it refused saying %q", tc.args, code, stdout, errOut, tc.advice)
 		}
 		if !bytes.Equal(tc.fx.device(t), before) {
 			t.Errorf("restore %q through an invalid session changed the device", tc.args)
@@ -251,5 +257,55 @@ func TestInvalidSessionIsNoRestorePoint(t *testing.T) {
 	// After the invalid one, the chain is whole: restorable.
 	if code, stdout, errOut := fx.run(t, nil, fx.dev, "--session", fx.ids[2], "--yes"); code != exitOK || !bytes.Equal(fx.device(t), fx.states[2]) {
 		t.Errorf("restore to the session after the invalid one: exit %d\n%s%s", code, stdout, errOut)
+	}
+}
+
+// sessions list says which sessions can still be restored to: an invalid
+// one breaks the chain for itself and every older one.
+func TestSessionsListShowsRestorePoints(t *testing.T) {
+	fx := newRestoreFixture(t, []int{1, 2}, []int{2, 3}, []int{4})
+	dir := filepath.Join(fx.store, fx.ids[1])
+	b, err := os.ReadFile(filepath.Join(dir, snapstore.MetaFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := snapstore.ParseMeta(b, snapstore.MetaFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Dmsnap.State, m.Dmsnap.InvalidReason = snapstore.StateInvalid, "snapshot overflowed"
+	if b, err = snapstore.EncodeMeta(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, snapstore.MetaFile), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	code := run(context.Background(), []string{"--state", fx.state, "--store", fx.store, "sessions", "list", "--json"}, strings.NewReader(""), &out, io.Discard)
+	if code != exitOK {
+		t.Fatalf("list: exit %d", code)
+	}
+	var list []struct {
+		ID            string `json:"id"`
+		State         string `json:"state"`
+		Restorable    bool   `json:"restorable"`
+		NotRestorable string `json:"not_restorable_because"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &list); err != nil {
+		t.Fatal(err)
+	}
+	want := []bool{false, false, true}
+	for i, s := range list {
+		if s.Restorable != want[i] || (!s.Restorable && !strings.Contains(s.NotRestorable, "snapshot overflowed")) {
+			t.Errorf("%s (%s): restorable %v (%q), want %v", s.ID, s.State, s.Restorable, s.NotRestorable, want[i])
+		}
+	}
+	if list[0].State != "closed" || !strings.Contains(list[0].NotRestorable, fx.ids[1]) {
+		t.Errorf("the session before the invalid one: %+v, want closed and naming %s", list[0], fx.ids[1])
+	}
+	out.Reset()
+	run(context.Background(), []string{"--state", fx.state, "--store", fx.store, "sessions", "list"}, strings.NewReader(""), &out, io.Discard)
+	if !strings.Contains(out.String(), "RESTORABLE") || !strings.Contains(out.String(), "not restorable: "+fx.ids[1]+" is invalid") {
+		t.Errorf("text list:\n%s", out.String())
 	}
 }

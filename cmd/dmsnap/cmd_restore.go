@@ -122,6 +122,9 @@ type restorer struct {
 	opened []*snapstore.Session
 	// verified: sessions whose files snapstore.Verify checked in this run.
 	verified map[string]bool
+	// points: whether each session of the device can be restored to
+	// (deviceSessions).
+	points map[string]snapstore.RestorePoint
 }
 
 // restoreResult is the --json output of a restore (and of --to, --dry-run).
@@ -182,6 +185,10 @@ func (r *restorer) run() error {
 	target, err := r.pickTarget(sessions)
 	if err != nil {
 		return err
+	}
+	if p, ok := r.points[sessions[target].ID]; ok && !p.OK {
+		return fmt.Errorf("%s cannot be restored to its state before session %s: %s; nothing was written; %s",
+			r.name, sessions[target].ID, p.Sentence(sessions[target].ID), oldestRestorable(r.name, sessions))
 	}
 	if r.f.dryRun || r.f.to != "" {
 		// Only a restore of the device closes the armed session and
@@ -300,15 +307,25 @@ func (r *restorer) deviceSessions() ([]snapstore.SessionInfo, error) {
 			}
 		}
 	}
-	var out []snapstore.SessionInfo
+	var all, out []snapstore.SessionInfo
 	for _, s := range list {
-		if s.Name == r.name && !held[s.ID] {
-			out = append(out, s)
+		if s.Name == r.name {
+			all = append(all, s)
 		}
 	}
 	// In the order they were taken, by sequence number: the clock may
 	// have stepped back between two of them.
-	slices.SortStableFunc(out, snapstore.Order)
+	slices.SortStableFunc(all, snapstore.Order)
+	// Restore points are judged over every session, the held ones too: a
+	// session the kernel invalidated breaks the chain before it is
+	// converted.
+	r.points = map[string]snapstore.RestorePoint{}
+	for i, p := range snapstore.RestorePoints(all) {
+		r.points[all[i].ID] = p
+		if !held[all[i].ID] {
+			out = append(out, all[i])
+		}
+	}
 	return out, nil
 }
 

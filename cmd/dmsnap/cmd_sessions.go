@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/dmsnap/dmsnap/internal/atomicfile"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
@@ -55,7 +53,13 @@ close   unmount the view, remove its device and delete its COW
    "armed": "RFC 3339", "mounted": ..., "unmounted": ..., "closed": ...
                                      (left out when not known or not yet)
    "blocks": 12,                     pre-images saved (blocks.map records)
-   "bytes": 49152}                   bytes of pre-images
+   "bytes": 49152,                   bytes of pre-images
+   "restorable": true,               the device can still be put back to its
+                                     state before this session: it and every
+                                     later session are whole (an invalid or
+                                     damaged session breaks the chain for
+                                     itself and every session before it)
+   "not_restorable_because": "..."}  when not
 show adds "meta": meta.json as stored, for finished sessions.
 
 Exit codes: 0 ok, 1 failure (a damaged session for verify), 2 usage, 4 state locked.
@@ -113,7 +117,38 @@ type sessionJSON struct {
 	Closed        *time.Time      `json:"closed,omitempty"`
 	Blocks        int64           `json:"blocks"`
 	Bytes         int64           `json:"bytes"`
+	// Restorable: the device can still be put back to its state before
+	// this session (it and every later session are whole); when not,
+	// NotRestorable says why.
+	Restorable    bool            `json:"restorable"`
+	NotRestorable string          `json:"not_restorable_because,omitempty"`
 	Meta          *snapstore.Meta `json:"meta,omitempty"`
+}
+
+// restorePoints computes whether each session of a store listing
+// (ListSessions: by device, in the order taken) can be restored to.
+func restorePoints(infos []snapstore.SessionInfo) map[string]snapstore.RestorePoint {
+	out := map[string]snapstore.RestorePoint{}
+	for i := 0; i < len(infos); {
+		j := i
+		for j < len(infos) && infos[j].Name == infos[i].Name {
+			j++
+		}
+		for k, p := range snapstore.RestorePoints(infos[i:j]) {
+			out[infos[i+k].ID] = p
+		}
+		i = j
+	}
+	return out
+}
+
+// withRestorability fills in whether s can be restored to.
+func withRestorability(s sessionJSON, p snapstore.RestorePoint) sessionJSON {
+	s.Restorable = p.OK
+	if !p.OK {
+		s.NotRestorable = p.Sentence(s.ID)
+	}
+	return s
 }
 
 // Session states as the CLI shows them.
@@ -177,12 +212,13 @@ func runSessionsList(e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("list the store %s: %w", e.store, err)
 	}
+	points := restorePoints(infos)
 	out := []sessionJSON{}
 	for _, info := range infos {
 		if fs.NArg() == 1 && info.Name != fs.Arg(0) {
 			continue
 		}
-		out = append(out, describeSession(info))
+		out = append(out, withRestorability(describeSession(info), points[info.ID]))
 	}
 	if *asJSON {
 		return printJSON(e.stdout, out)
@@ -192,11 +228,27 @@ func runSessionsList(e *env, args []string) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tDEVICE\tSTATE\tMOUNTED\tUNMOUNTED\tBLOCKS\tBYTES")
+	fmt.Fprintln(tw, "ID\tDEVICE\tSTATE\tRESTORABLE\tMOUNTED\tUNMOUNTED\tBLOCKS\tBYTES")
+	var why []string // one line per session that breaks a chain
+	seen := map[string]bool{}
 	for _, s := range out {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, s.Device, s.State, fmtTime(s.Mounted), fmtTime(s.Unmounted), s.Blocks, humanBytes(uint64(max(s.Bytes, 0))))
+		restorable := "yes"
+		if !s.Restorable {
+			restorable = "no"
+			if p := points[s.ID]; p.Blocker != "" && !seen[p.Blocker] {
+				seen[p.Blocker] = true
+				why = append(why, p.Blocker+" "+points[p.Blocker].Why)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, s.Device, s.State, restorable, fmtTime(s.Mounted), fmtTime(s.Unmounted), s.Blocks, humanBytes(uint64(max(s.Bytes, 0))))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, w := range why {
+		fmt.Fprintf(e.stdout, "not restorable: %s, so it and every session before it cannot be restored to\n", w)
+	}
+	return nil
 }
 
 func fmtTime(t *time.Time) string {
@@ -233,6 +285,9 @@ func runSessionsShow(e *env, args []string) error {
 	info := snapstore.Inspect(dir)
 	s := describeSession(info)
 	s.Meta = info.Meta
+	if infos, err := snapstore.ListSessions(filepath.Dir(dir)); err == nil {
+		s = withRestorability(s, restorePoints(infos)[info.ID])
+	}
 	if *asJSON {
 		return printJSON(e.stdout, s)
 	}
@@ -246,6 +301,11 @@ func runSessionsShow(e *env, args []string) error {
 	row("device", s.Device)
 	row("directory", s.Dir)
 	row("state", s.State)
+	if s.Restorable {
+		row("restorable", "yes")
+	} else {
+		row("restorable", "no: "+s.NotRestorable)
+	}
 	row("invalid because", s.InvalidReason)
 	row("problem", s.Error)
 	row("filesystem", s.FSType)
@@ -373,7 +433,6 @@ func runSessionsPrune(e *env, args []string) error {
 		}
 	}
 	name := fs.Arg(0)
-	// As long a wait as every other state change (the Manager's).
 	lock, err := newManager(e).Lock(e.ctx)
 	if err != nil {
 		return fmt.Errorf("prune %s: %w", name, err)
@@ -383,101 +442,52 @@ func runSessionsPrune(e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("prune %s: %w", name, err)
 	}
-	tracked := map[string]bool{} // directories the registry still owns
+	held := map[string]bool{} // directories the registry still owns
 	for _, d := range reg.Devices {
 		for _, s := range d.Sessions {
 			if s.Dir != "" {
-				tracked[filepath.Clean(s.Dir)] = true
+				held[filepath.Clean(s.Dir)] = true
 			}
 		}
+	}
+	now := time.Now()
+	if done, err := snapstore.FinishPrunes(e.store, now); err != nil {
+		return fmt.Errorf("prune %s: finishing an interrupted prune in %s: %w", name, e.store, err)
+	} else if len(done) > 0 {
+		fmt.Fprintf(e.stderr, "dmsnap sessions prune: finished removing %s (an interrupted prune)\n", strings.Join(done, ", "))
 	}
 	infos, err := snapstore.ListSessions(e.store)
 	if err != nil {
 		return fmt.Errorf("list the store %s: %w", e.store, err)
 	}
-	victims, short := pruneVictims(infos, name, tracked, *keep, age, time.Now())
-	if short != "" {
-		fmt.Fprintf(e.stderr, "dmsnap sessions prune: %s\n", short)
+	plan := snapstore.PlanPrune(infos, snapstore.PruneRequest{Name: name, Keep: *keep, OlderThan: age, Now: now, Held: held})
+	if plan.Short != "" {
+		fmt.Fprintf(e.stderr, "dmsnap sessions prune: %s\n", plan.Short)
 	}
-	for _, info := range victims {
+	for _, info := range plan.Remove {
 		if *dry {
 			fmt.Fprintf(e.stdout, "would remove %s\n", info.ID)
 			continue
 		}
-		if err := os.RemoveAll(info.Dir); err != nil {
-			return fmt.Errorf("remove session %s: %w", info.Dir, err)
-		}
-		if err := notePruned(e.store, info.ID, time.Now()); err != nil {
-			fmt.Fprintf(e.stderr, "dmsnap sessions prune: removed %s but could not note it in %s: %v\n", info.ID, filepath.Join(e.store, prunedLog), err)
+		err := snapstore.PruneSession(e.store, info, time.Now(), func(step string) { session.Crashpoint("prune:" + step) })
+		if err != nil {
+			return fmt.Errorf("remove session %s: %w", info.ID, err)
 		}
 		fmt.Fprintf(e.stdout, "removed %s\n", info.ID)
 	}
-	if len(victims) == 0 {
+	if len(plan.Remove) == 0 {
 		fmt.Fprintf(e.stdout, "nothing to prune for %s\n", name)
 	}
+	left := "no restore point is left"
+	if plan.Oldest != "" {
+		left = fmt.Sprintf("the oldest is the state before %s", plan.Oldest)
+	}
+	verb := "left"
+	if *dry {
+		verb = "would be left"
+	}
+	fmt.Fprintf(e.stdout, "%s: %d restore point(s) %s of %d; %s\n", name, plan.PointsAfter, verb, plan.Points, left)
 	return nil
-}
-
-// pruneVictims picks the sessions of name to remove, oldest first, and
-// says why it stopped short of what keep or age asked, if it did.
-//
-// Only the oldest go: a restore to a session needs every session from it to
-// the newest, so a session may be removed only when every older one is
-// removed too. Sessions not finished, still in the registry (armed, open,
-// being converted) or damaged are never removed, so the first of them, in
-// time order, ends the run of victims: removing a newer one would break the
-// chain of pre-images of that older session (once it is finished, a restore
-// to it would miss the pruned one's pre-images without a word).
-func pruneVictims(infos []snapstore.SessionInfo, name string, tracked map[string]bool, keep int, age time.Duration, now time.Time) ([]snapstore.SessionInfo, string) {
-	var all []snapstore.SessionInfo
-	finished := 0
-	for _, info := range infos {
-		if info.Name != name {
-			continue
-		}
-		all = append(all, info)
-		if removable(info, tracked) {
-			finished++
-		}
-	}
-	slices.SortStableFunc(all, snapstore.Order)
-	want := 0 // how many of the finished sessions keep or age ask to remove
-	if keep >= 0 {
-		want = max(finished-keep, 0)
-	} else {
-		for _, info := range all {
-			if removable(info, tracked) && now.Sub(info.Time) > age {
-				want++
-			}
-		}
-	}
-	var out []snapstore.SessionInfo
-	for _, info := range all {
-		if len(out) == want {
-			break
-		}
-		if !removable(info, tracked) {
-			return out, fmt.Sprintf("session %s is %s and is kept, so every newer session is kept too: removing one would break the chain of pre-images a restore to %s needs",
-				info.ID, pruneKeptReason(info, tracked), info.ID)
-		}
-		out = append(out, info)
-	}
-	return out, ""
-}
-
-// removable: a finished session no one is working on.
-func removable(info snapstore.SessionInfo, tracked map[string]bool) bool {
-	return !tracked[filepath.Clean(info.Dir)] && info.Meta != nil && info.Status != snapstore.StatusDamaged
-}
-
-func pruneKeptReason(info snapstore.SessionInfo, tracked map[string]bool) string {
-	switch {
-	case tracked[filepath.Clean(info.Dir)]:
-		return "live (armed, open or being converted)"
-	case info.Status == snapstore.StatusDamaged:
-		return "damaged (`dmsnap sessions verify` says where)"
-	}
-	return "not finished (no meta.json)"
 }
 
 // parseAge reads a Go duration, or a number of days ("30d").
@@ -496,17 +506,6 @@ func parseAge(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// prunedLog is the file in a store that lists the sessions prune removed,
-// one "ID<TAB>RFC 3339 time" line each, so that a restore to one of them is
-// refused with the reason instead of "no such session". It is not a session
-// directory, so listings skip it.
-const prunedLog = "pruned.log"
-
-// notePruned appends id to the store's prunedLog.
-func notePruned(store, id string, at time.Time) error {
-	return atomicfile.Append(filepath.Join(store, prunedLog), fmt.Appendf(nil, "%s\t%s\n", id, at.UTC().Format(time.RFC3339)), 0o644)
-}
-
 // errPrunedTarget: a restore target that prune removed. Its pre-images,
 // and those of every session between it and the oldest kept one, are gone,
 // so the device's state before it cannot be rebuilt.
@@ -514,24 +513,23 @@ var errPrunedTarget = errors.New("the chain of pre-images back to it is broken")
 
 // prunedTarget explains why a restore to id, a session of device name that
 // is not among sessions (the device's sessions in store, oldest first), is
-// refused when prune removed it; nil when the store's prunedLog does not
+// refused when prune removed it; nil when the store's pruned.log does not
 // list it (the caller says the session is unknown).
 func prunedTarget(store, id, name string, sessions []snapstore.SessionInfo) error {
-	b, err := os.ReadFile(filepath.Join(store, prunedLog))
-	if err != nil {
+	p, ok := snapstore.WasPruned(store, id)
+	if !ok {
 		return nil
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		gone, at, _ := strings.Cut(line, "\t")
-		if gone != id {
-			continue
-		}
-		oldest := "none is left"
-		if len(sessions) > 0 {
-			oldest = fmt.Sprintf("the oldest state that can be restored is the one before %s (dmsnap restore %s --session %s)", sessions[0].ID, name, sessions[0].ID)
-		}
-		return fmt.Errorf("session %s of %s was pruned (%s) with the pre-images it held, so %w: %s",
-			id, name, at, errPrunedTarget, oldest)
+	return fmt.Errorf("session %s of %s was pruned (%s) with the pre-images it held, so %w: %s",
+		id, name, p.At, errPrunedTarget, oldestRestorable(name, sessions))
+}
+
+// oldestRestorable names the furthest back a device can be restored, as
+// advice for a refused restore.
+func oldestRestorable(name string, sessions []snapstore.SessionInfo) string {
+	pts := snapstore.RestorePoints(sessions)
+	if i := snapstore.OldestRestorable(pts); i >= 0 {
+		return fmt.Sprintf("the oldest state that can be restored is the one before %s (dmsnap restore %s --session %s)", sessions[i].ID, name, sessions[i].ID)
 	}
-	return nil
+	return fmt.Sprintf("no session of %s can be restored to now (dmsnap sessions list %s says why)", name, name)
 }

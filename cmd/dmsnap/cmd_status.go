@@ -44,6 +44,10 @@ invalid, and anything that needs attention.
                                                (null snapshot: none in the kernel)
    "store_space": {"free_bytes": 1, "total_bytes": 2},   (null: store unreadable)
    "invalid_sessions": ["sdb1_1700000000"],   finished sessions flagged invalid
+   "restore_points": 3,                       states before a session it can be put back to
+   "oldest_restore_point": "sdb1_1699990000", the furthest back (left out when none)
+   "unrestorable_sessions": 2,                finished sessions an invalid or damaged later
+                                              one keeps from being restored to
    "error": "last failed step",
    "todo": ["convert sdb1 session 3", ...],   what the watcher still has to do
    "issues": ["...", ...]}                     what needs a person
@@ -69,7 +73,14 @@ type deviceJSON struct {
 	Sessions        []liveSessionJSON   `json:"sessions"`
 	StoreSpace      *spaceJSON          `json:"store_space"`
 	InvalidSessions []string            `json:"invalid_sessions"`
-	Error           string              `json:"error,omitempty"`
+	// RestorePoints is how many states before a session the device can
+	// still be put back to; OldestRestorePoint the furthest back ("" when
+	// none); Unrestorable how many finished sessions can no longer be
+	// restored to (an invalid or damaged session after them).
+	RestorePoints      int    `json:"restore_points"`
+	OldestRestorePoint string `json:"oldest_restore_point,omitempty"`
+	Unrestorable       int    `json:"unrestorable_sessions"`
+	Error              string `json:"error,omitempty"`
 	Todo            []string            `json:"todo"`
 	Issues          []string            `json:"issues"`
 	Views           []viewJSON          `json:"views,omitempty"` // open views (dmsnap sessions open)
@@ -179,9 +190,24 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 		out.Issues = append(out.Issues, fmt.Sprintf("store %s: %v", d.Store, err))
 	}
 	if infos, err := snapstore.ListSessions(d.Store); err == nil {
+		var mine []snapstore.SessionInfo
 		for _, info := range infos {
-			if info.Name == d.Name && info.Status == snapstore.StatusInvalid {
+			if info.Name != d.Name {
+				continue
+			}
+			mine = append(mine, info)
+			if info.Status == snapstore.StatusInvalid {
 				out.InvalidSessions = append(out.InvalidSessions, info.ID)
+			}
+		}
+		pts := snapstore.RestorePoints(mine)
+		out.RestorePoints = snapstore.CountRestorable(pts)
+		if i := snapstore.OldestRestorable(pts); i >= 0 {
+			out.OldestRestorePoint = mine[i].ID
+		}
+		for i, p := range pts {
+			if !p.OK && mine[i].Status != snapstore.StatusIncomplete {
+				out.Unrestorable++
 			}
 		}
 	}
@@ -289,8 +315,17 @@ func printDevice(e *env, d deviceJSON) {
 	for _, v := range d.Views {
 		fmt.Fprintf(w, "  view:     %s\n", viewText(v))
 	}
+	switch {
+	case d.RestorePoints > 0:
+		fmt.Fprintf(w, "  restore:  %d restore point(s), back to the state before %s\n", d.RestorePoints, d.OldestRestorePoint)
+	default:
+		fmt.Fprintln(w, "  restore:  no restore point yet (one appears when the armed session closes)")
+	}
 	for _, id := range d.InvalidSessions {
 		fmt.Fprintf(w, "  INVALID session %s: the kernel dropped its snapshot (store full or I/O error); its pre-images are incomplete\n", id)
+	}
+	if d.Unrestorable > 0 {
+		fmt.Fprintf(w, "  LOST:     %d finished session(s) can no longer be restored to: an invalid or damaged session after them breaks the chain (dmsnap sessions list %s)\n", d.Unrestorable, d.Name)
 	}
 	if d.Error != "" {
 		fmt.Fprintf(w, "  error:    %s\n", d.Error)

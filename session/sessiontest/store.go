@@ -285,6 +285,34 @@ func (st *Store) Pending(_ context.Context, store string) ([]session.PendingSess
 	return out, nil
 }
 
+// RestorePoints implements session.Store: the converted sessions of name
+// after its newest invalid one.
+func (st *Store) RestorePoints(_ context.Context, store, name string) (int, error) {
+	ents, err := os.ReadDir(store)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return 0, err
+	}
+	type done struct {
+		seq   int
+		final string
+	}
+	var all []done
+	for _, e := range ents {
+		if m, err := ReadMeta(filepath.Join(store, e.Name())); err == nil && m.Name == name {
+			all = append(all, done{m.Sequence, m.Final})
+		}
+	}
+	slices.SortFunc(all, func(a, b done) int { return a.seq - b.seq })
+	n := 0
+	for _, d := range all {
+		n++
+		if d.final != "complete" {
+			n = 0
+		}
+	}
+	return n, nil
+}
+
 // LastSequence implements session.Store.
 func (st *Store) LastSequence(_ context.Context, store, name string) (int, error) {
 	ents, err := os.ReadDir(store)

@@ -370,6 +370,21 @@ func createSession(store string, spec session.ArmSpec) (string, error) {
 	})
 }
 
+// RestorePoints implements session.Store.
+func (Store) RestorePoints(_ context.Context, store, name string) (int, error) {
+	infos, err := snapstore.ListSessions(store)
+	if err != nil {
+		return 0, err
+	}
+	var mine []snapstore.SessionInfo
+	for _, info := range infos {
+		if info.Name == name {
+			mine = append(mine, info)
+		}
+	}
+	return snapstore.CountRestorable(snapstore.RestorePoints(mine)), nil
+}
+
 // LastSequence implements session.Store.
 func (Store) LastSequence(_ context.Context, store, name string) (int, error) {
 	infos, err := snapstore.ListSessions(store)

@@ -1,7 +1,9 @@
 package session_test
 
 import (
+	"bytes"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -227,5 +229,29 @@ func TestSequenceContinuesAcrossActivations(t *testing.T) {
 	st, err := sessiontest.ReadState(d.Current().Dir)
 	if err != nil || st.Sequence != 3 {
 		t.Fatalf("state of the new session: %+v %v, want sequence 3", st, err)
+	}
+}
+
+// When a session goes invalid the watcher's log says so loudly, with the
+// number of restore points that cost (every one before it).
+func TestInvalidationLogsLostRestorePoints(t *testing.T) {
+	w := newWorld(t)
+	w.activate()
+	for i := 0; i < 2; i++ { // sessions 1 and 2 closed: two restore points
+		w.tick(time.Minute)
+		w.mount()
+		w.reconcile()
+		w.unmount()
+		w.reconcile()
+	}
+	var log bytes.Buffer
+	m := w.manager()
+	m.Log = slog.New(slog.NewTextHandler(&log, nil))
+	w.sys.Kernel.Invalidate("sdb1", 3)
+	if _, err := m.Reconcile(bgctx); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(log.String(), "level=ERROR") || !strings.Contains(log.String(), "restore_points_lost=2") {
+		t.Fatalf("log:\n%s\nwant an error saying 2 restore points were lost", log.String())
 	}
 }
