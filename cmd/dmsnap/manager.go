@@ -105,6 +105,8 @@ func requireSecret(e *env, p *passwordFlags) error {
 		return fmt.Errorf("control password: %w; nothing was changed", err)
 	case errors.Is(err, session.ErrNoPassword):
 		return fmt.Errorf("control password: %w; a control password is set (dmsnap passwd): type it at the prompt or give it with --password-stdin or --password-file", err)
+	case errors.Is(err, session.ErrPasswordFile):
+		return err // names the file and what to do
 	}
 	return fmt.Errorf("control password: %w", err)
 }

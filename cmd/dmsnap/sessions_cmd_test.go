@@ -578,3 +578,38 @@ func TestAttachAfterReboot(t *testing.T) {
 		t.Errorf("attach of an unknown device: exit %d: %s", code, errOut)
 	}
 }
+
+// passwdPath is where the world's control password lives.
+func (w *world) passwdPath() string { return newSecret(w.state).Path }
+
+// Regression: a dangling link where the password file belongs meant "no
+// password", so anyone able to break the file turned the password off. Now
+// every command that needs it is refused, and `dmsnap passwd` cannot
+// replace it either: root removes it, as the error says.
+func TestUntrustedPasswordFileRefuses(t *testing.T) {
+	w := newWorld(t)
+	w.sys.Prober.Add("/dev/sdb1", sdb1)
+	path := w.passwdPath()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(t.TempDir(), "gone"), path); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"activate", "/dev/sdb1", "--password-stdin"},
+		{"passwd", "--password-stdin"},
+		{"passwd", "--password-stdin", "--clear"},
+	} {
+		code, _, errOut := w.run(t, "anything\nnew-one\n", args...)
+		if code != exitFailure || !strings.Contains(errOut, path) || !strings.Contains(errOut, "rm "+path) {
+			t.Errorf("dmsnap %q with a dangling password link: exit %d: %s", args, code, errOut)
+		}
+	}
+	if len(w.sys.Calls) != 0 || len(w.registry(t).Devices) != 0 {
+		t.Errorf("a refused command changed things: calls %v", w.sys.Calls)
+	}
+	if fi, err := os.Lstat(path); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("the link was replaced or removed: %v %v", fi, err)
+	}
+}
