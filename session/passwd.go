@@ -22,8 +22,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// PasswordFile is the control secret's file name in the state directory.
+// PasswordFile is the control secret's file name.
 const PasswordFile = "passwd"
+
+// PasswordPath is the control secret of the host, whatever --state says:
+// one host, one password, so that pointing a command at another state
+// directory cannot skip it.
+const PasswordPath = DefaultStateDir + "/" + PasswordFile
 
 // DefaultRefusalDelay is how long a wrong password waits before it is
 // refused, so guessing is slow even where Argon2 alone would not be.
@@ -75,7 +80,7 @@ func (p Argon2Params) check() error {
 
 // Secret is the control secret that the commands removing protection or
 // restore points ask for when one is set (`dmsnap passwd`). Only a salted
-// Argon2id hash is stored, in <state>/passwd, mode 0600, in the PHC string
+// Argon2id hash is stored, in PasswordPath, mode 0600, in the PHC string
 // format:
 //
 //	$argon2id$v=19$m=65536,t=3,p=2$<salt, base64>$<hash, base64>
@@ -100,9 +105,9 @@ type Secret struct {
 	RefusalDelay time.Duration
 }
 
-// NewSecret returns the control secret of a state directory.
-func NewSecret(stateDir string) *Secret {
-	return &Secret{Path: filepath.Join(stateDir, PasswordFile)}
+// NewSecret returns the control secret of the host (PasswordPath).
+func NewSecret() *Secret {
+	return &Secret{Path: PasswordPath}
 }
 
 // IsSet reports whether a control secret is set. A password file that is

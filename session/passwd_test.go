@@ -246,6 +246,14 @@ func TestSecretFailsClosed(t *testing.T) {
 	}
 }
 
+// Regression: the password file was <--state>/passwd, so
+// `dmsnap --state /tmp/x deactivate` found none and asked for nothing.
+func TestNewSecretIsHostWide(t *testing.T) {
+	if got := NewSecret().Path; got != "/var/lib/dmsnap/passwd" {
+		t.Fatalf("NewSecret().Path = %q, want the host's /var/lib/dmsnap/passwd", got)
+	}
+}
+
 func mustOK(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {

@@ -17,9 +17,14 @@ func init() {
 const passwdHelp = `usage: dmsnap passwd [--password-stdin|--password-file FILE] [--clear]
 
 Sets the control password that activate and deactivate ask for. When one is
-set already, the old one is asked first. Only a salted Argon2id hash is stored
-(<state>/passwd). With --password-stdin or --password-file, the first line is
-the old password (when one is set) and the next line the new one.
+set already, the old one is asked first. Only a salted Argon2id hash is stored,
+in ` + session.PasswordPath + ` for the whole host: --state does not move it. With
+--password-stdin or --password-file, the first line is the old password (when
+one is set) and the next line the new one.
+
+A password file that cannot be trusted (a symbolic link, damaged, writable by
+others, ...) refuses every command that needs the password, this one included:
+root removes it by hand (rm ` + session.PasswordPath + `) and sets a new password.
 
 Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong (old) password.
 `
@@ -39,7 +44,7 @@ func runPasswd(e *env, args []string) error {
 	if err := pw.check(); err != nil {
 		return err
 	}
-	sec := newSecret(e.state)
+	sec := newSecret()
 	set, err := sec.IsSet()
 	if err != nil {
 		return err

@@ -21,22 +21,23 @@ import (
 // world is a fake system (session/sessiontest) the session commands run
 // against, with a state directory and a store in temporary directories.
 type world struct {
-	sys   *sessiontest.System
-	state string
-	store string
+	sys    *sessiontest.System
+	state  string
+	store  string
+	passwd string // the control password file, in place of session.PasswordPath
 }
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	w := &world{sys: sessiontest.NewSystem(), state: t.TempDir(), store: t.TempDir()}
+	w := &world{sys: sessiontest.NewSystem(), state: t.TempDir(), store: t.TempDir(), passwd: filepath.Join(t.TempDir(), "etc", session.PasswordFile)}
 	prevM, prevS := newManager, newSecret
 	newManager = func(e *env) *session.Manager {
 		m := w.sys.Manager(e.state, e.store)
 		m.LockWait = 2 * time.Second
 		return m
 	}
-	newSecret = func(dir string) *session.Secret {
-		s := session.NewSecret(dir)
+	newSecret = func() *session.Secret {
+		s := &session.Secret{Path: w.passwd}
 		s.RefusalDelay = 50 * time.Millisecond
 		s.Params = session.Argon2Params{Time: 1, MemoryKiB: 1024, Threads: 1, SaltLen: 16, KeyLen: 32}
 		return s
@@ -211,7 +212,7 @@ func TestPasswordPaths(t *testing.T) {
 	if code, _, errOut := w.run(t, "hunter2\n", "passwd", "--password-stdin"); code != exitOK {
 		t.Fatalf("passwd: exit %d: %s", code, errOut)
 	}
-	if _, err := os.Stat(filepath.Join(w.state, session.PasswordFile)); err != nil {
+	if _, err := os.Stat(w.passwd); err != nil {
 		t.Fatal(err)
 	}
 	// Without any password source and no terminal: a clear error, not 3.
@@ -579,9 +580,6 @@ func TestAttachAfterReboot(t *testing.T) {
 	}
 }
 
-// passwdPath is where the world's control password lives.
-func (w *world) passwdPath() string { return newSecret(w.state).Path }
-
 // Regression: a dangling link where the password file belongs meant "no
 // password", so anyone able to break the file turned the password off. Now
 // every command that needs it is refused, and `dmsnap passwd` cannot
@@ -589,7 +587,7 @@ func (w *world) passwdPath() string { return newSecret(w.state).Path }
 func TestUntrustedPasswordFileRefuses(t *testing.T) {
 	w := newWorld(t)
 	w.sys.Prober.Add("/dev/sdb1", sdb1)
-	path := w.passwdPath()
+	path := w.passwd
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -611,5 +609,28 @@ func TestUntrustedPasswordFileRefuses(t *testing.T) {
 	}
 	if fi, err := os.Lstat(path); err != nil || fi.Mode()&os.ModeSymlink == 0 {
 		t.Errorf("the link was replaced or removed: %v %v", fi, err)
+	}
+}
+
+// Regression: the password file was <--state>/passwd, so
+// `dmsnap --state /tmp/x deactivate NAME` found none and asked for nothing.
+// It is the host's now, whatever --state says.
+func TestPasswordIgnoresState(t *testing.T) {
+	if got := newSecret().Path; got != "/var/lib/dmsnap/passwd" {
+		t.Fatalf("the CLI's control password is %s, want /var/lib/dmsnap/passwd", got)
+	}
+	w := newWorld(t)
+	w.sys.Prober.Add("/dev/sdb1", sdb1)
+	if code, _, errOut := w.run(t, "hunter2\n", "passwd", "--password-stdin"); code != exitOK {
+		t.Fatalf("passwd: exit %d: %s", code, errOut)
+	}
+	if code, _, errOut := w.run(t, "hunter2\n", "activate", "/dev/sdb1", "--password-stdin"); code != exitOK {
+		t.Fatalf("activate: exit %d: %s", code, errOut)
+	}
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), []string{"--state", t.TempDir(), "--store", w.store, "deactivate", "sdb1", "--password-stdin"},
+		strings.NewReader("guess\n"), &out, &errOut)
+	if code != exitBadPassword {
+		t.Fatalf("deactivate with another --state and a wrong password: exit %d: %s", code, errOut.String())
 	}
 }
