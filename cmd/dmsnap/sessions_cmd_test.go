@@ -29,21 +29,38 @@ type world struct {
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	w := &world{sys: sessiontest.NewSystem(), state: t.TempDir(), store: t.TempDir(), passwd: filepath.Join(t.TempDir(), "etc", session.PasswordFile)}
-	prevM, prevS := newManager, newSecret
+	w := &world{sys: sessiontest.NewSystem(), state: t.TempDir(), store: t.TempDir(), passwd: testSecret(t)}
+	prevM := newManager
 	newManager = func(e *env) *session.Manager {
 		m := w.sys.Manager(e.state, e.store)
 		m.LockWait = 2 * time.Second
 		return m
 	}
-	newSecret = func() *session.Secret {
-		s := &session.Secret{Path: w.passwd}
-		s.RefusalDelay = 50 * time.Millisecond
-		s.Params = session.Argon2Params{Time: 1, MemoryKiB: 1024, Threads: 1, SaltLen: 16, KeyLen: 32}
-		return s
-	}
-	t.Cleanup(func() { newManager, newSecret = prevM, prevS })
+	t.Cleanup(func() { newManager = prevM })
 	return w
+}
+
+// testSecret points the CLI's control password at a file of the test's
+// instead of the host's, with cheap Argon2 and a short refusal delay, and
+// returns its path.
+func testSecret(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "etc", session.PasswordFile)
+	prev := newSecret
+	newSecret = func() *session.Secret {
+		return &session.Secret{Path: path, RefusalDelay: 50 * time.Millisecond,
+			Params: session.Argon2Params{Time: 1, MemoryKiB: 1024, Threads: 1, SaltLen: 16, KeyLen: 32}}
+	}
+	t.Cleanup(func() { newSecret = prev })
+	return path
+}
+
+// setPassword sets the (test's) control password.
+func setPassword(t *testing.T, pw string) {
+	t.Helper()
+	if err := newSecret().Set([]byte(pw)); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // run runs dmsnap with the world's --state and --store and stdin.
