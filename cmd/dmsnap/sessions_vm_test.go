@@ -57,7 +57,7 @@ func newCLI(t *testing.T) *cli {
 	t.Helper()
 	vmtest.RequireDM(t)
 	if _, err := os.Stat(dmsnapBin); err != nil {
-		t.Fatalf("%s missing: run `make build` before the VM tests (%v)", dmsnapBin, err)
+		t.Fatalf("%s missing: run `make build-test` before the VM tests (%v)", dmsnapBin, err)
 	}
 	base := t.TempDir()
 	fs := vmtest.StoreFS(t, base, storeFS(), 2<<30)
