@@ -6,28 +6,43 @@ PKG ?= ./...
 FUZZTIME ?= 10000x
 export CGO_ENABLED := 0
 
-.PHONY: all build test lint unit fuzz test-vm test-powercut soak vm-setup demo bench install clean
+.PHONY: all build build-test test lint unit fuzz test-vm test-powercut soak vm-setup demo bench install clean
 
 all: build
 
+LDFLAGS = -X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)
+
+# The release binary: no crash points (session/crashpoint_off.go).
 build:
-	$(GO) build -trimpath -ldflags "-X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/dmsnap ./cmd/dmsnap
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/dmsnap ./cmd/dmsnap
+
+# The test binary: the release one plus the crash points that
+# DMSNAP_CRASHPOINT arms (build tag crashpoints), which the crash tests need
+# and a release must not have. hack/vm/exec installs it in the guest as
+# /usr/bin/dmsnap in place of bin/dmsnap when it is there.
+build-test:
+	$(GO) build -trimpath -tags crashpoints -ldflags "$(LDFLAGS)" -o bin/dmsnap-test ./cmd/dmsnap
 
 # The README's test command: lint, host unit tests, a short fuzz run, then the
 # VM suite on the real kernel.
 test: lint unit fuzz test-vm test-powercut
 
+# Both builds of the crash points: the release one (no tag) and the test
+# one (vm,crashpoints, as test-vm builds; it holds every file the tag
+# crashpoints alone would).
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) vet -tags vm ./...
+	$(GO) vet -tags vm,crashpoints ./...
 	$(GO) vet -tags vmhost ./cmd/dmsnap/
 	$(GO) tool staticcheck ./...
-	$(GO) tool staticcheck -tags vm ./...
+	$(GO) tool staticcheck -tags vm,crashpoints ./...
 	$(GO) tool staticcheck -tags vmhost ./cmd/dmsnap/
 
+# The release build's tests, then the crash points' own in the test build.
 unit:
 	$(GO) test -count=1 $(PKG)
+	$(GO) test -count=1 -tags crashpoints ./session/
 
 fuzz:
 	hack/fuzz.sh $(FUZZTIME)
@@ -40,20 +55,22 @@ vm-setup:
 VM_PKGS = $(if $(filter ./...,$(PKG)),$(shell grep -rl --include='*_test.go' '^//go:build vm' . | xargs -n1 dirname | sort -u | sed 's|$$|/|'),$(PKG))
 
 # One guest per package; -p 1 because the machine has two cores and each
-# guest uses both.
-test-vm: build vm-setup
-	$(GO) test -count=1 -p 1 -timeout 40m -tags vm -exec $(VM_EXEC) $(VM_PKGS)
+# guest uses both. The guest's dmsnap is the test binary (crash points), and
+# so are the test binaries run in it.
+test-vm: build-test vm-setup
+	$(GO) test -count=1 -p 1 -timeout 40m -tags vm,crashpoints -exec $(VM_EXEC) $(VM_PKGS)
 
 # A guest power cut mid-write over virtio disks backed by host files, and a
 # second boot that attaches and restores (cmd/dmsnap/powercut_host_test.go).
-# The test runs on the host and boots the guest twice.
+# The test runs on the host and boots the guest twice, with the release
+# binary: a power cut needs no crash points.
 test-powercut: build vm-setup
 	$(GO) test -count=1 -tags vmhost -run TestPowerCut -v ./cmd/dmsnap/
 
 # The long tier: the full matrix with random seeds, the crash test over
 # several rounds, the bad-input sweeps and repeated power cuts, with counts
 # (SOAK_ROUNDS, SOAK_POWERCUTS; see hack/soak.sh).
-soak: build vm-setup
+soak: build build-test vm-setup
 	hack/soak.sh
 
 demo: build vm-setup

@@ -18,7 +18,7 @@ powercuts=${SOAK_POWERCUTS:-3}
 seed=${DMSNAP_SEED:-$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')}
 log=$(mktemp "${TMPDIR:-/tmp}/dmsnap-soak.XXXXXX")
 echo "soak: rounds $rounds, power cuts $powercuts, seed $seed (replay: DMSNAP_SEED=$seed), log $log"
-make build vm-setup >/dev/null || exit 1
+make build build-test vm-setup >/dev/null || exit 1
 start=$(date +%s)
 fail=0
 
@@ -34,7 +34,7 @@ for t in TestMatrix TestCrashpoints TestBadInputDevices; do
 	for store in $stores; do
 		echo "soak: $t (store: $store) ..."
 		DMSNAP_VM_ENV="DMSNAP_MATRIX=${SOAK_MATRIX:-full} DMSNAP_MATRIX_ROUNDS=$rounds DMSNAP_SEED=$seed DMSNAP_CRASH_ROUNDS=$rounds DMSNAP_CRASH_ALL=1 DMSNAP_TEST_STORE_FS=$store" \
-			go test -count=1 -timeout 600m -tags vm -exec "$PWD/hack/vm/exec" -v -run "^$t\$" ./cmd/dmsnap/ >>"$log" 2>&1 || fail=1
+			go test -count=1 -timeout 600m -tags vm,crashpoints -exec "$PWD/hack/vm/exec" -v -run "^$t\$" ./cmd/dmsnap/ >>"$log" 2>&1 || fail=1
 	done
 done
 echo "soak: host sweeps and power cuts ..."

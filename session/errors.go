@@ -12,6 +12,10 @@ var (
 	ErrWrongPassword = errors.New("wrong password")
 	// ErrNoPassword: a password was needed to set or check but none was given.
 	ErrNoPassword = errors.New("no password given")
+	// ErrPasswordFile: the control password file is there but cannot be
+	// trusted (a symbolic link, damaged, ...); commands that need the
+	// password fail closed until root removes it.
+	ErrPasswordFile = errors.New("control password file cannot be trusted")
 	// ErrLocked: another dmsnap command holds the state lock (see *LockedError).
 	ErrLocked = errors.New("state directory is locked")
 	// ErrNotActivated: no activated device has this name or device path.

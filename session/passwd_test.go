@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +20,7 @@ import (
 var fastArgon2 = Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1, SaltLen: 16, KeyLen: 32}
 
 func testSecret(t *testing.T) *Secret {
-	s := NewSecret(filepath.Join(t.TempDir(), "state"))
+	s := &Secret{Path: filepath.Join(t.TempDir(), "state", PasswordFile)}
 	s.Params = fastArgon2
 	s.RefusalDelay = -1
 	return s
@@ -108,10 +109,164 @@ func TestSecretDamagedFile(t *testing.T) {
 	} {
 		os.WriteFile(s.Path, []byte(text), 0o600)
 		err := s.Verify(context.Background(), []byte("x"))
-		if err == nil || errors.Is(err, ErrWrongPassword) || !strings.Contains(err.Error(), "dmsnap passwd") {
-			t.Errorf("%q: %v, want a damage report (not a wrong password)", text, err)
+		if !errors.Is(err, ErrPasswordFile) || !strings.Contains(err.Error(), s.Path) || !strings.Contains(err.Error(), "dmsnap passwd") {
+			t.Errorf("%q: %v, want a damage report naming the file (not a wrong password)", text, err)
 		}
 	}
+}
+
+// argon2Line is a password file's line with the given parameters and a
+// salt and a hash of the given lengths.
+func argon2Line(m, tc, p, saltLen, keyLen int) string {
+	return fmt.Sprintf("$argon2id$v=19$m=%d,t=%d,p=%d$%s$%s\n", m, tc, p,
+		b64.EncodeToString(bytes.Repeat([]byte{'s'}, saltLen)), b64.EncodeToString(bytes.Repeat([]byte{'h'}, keyLen)))
+}
+
+// Regression: the parameters were read unbounded, and m=4294967295 made
+// checking a password allocate 4 TiB (the CLI died with exit 2).
+func TestParseArgon2Bounds(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		ok   bool
+	}{
+		{argon2Line(64, 1, 1, 16, 32), true},
+		{argon2Line(8, 1, 1, 8, 16), true},            // every lower bound
+		{argon2Line(1<<20, 64, 64, 64, 64), true},     // every upper bound
+		{argon2Line(4294967295, 1, 1, 16, 32), false}, // the crash
+		{argon2Line(1<<20+1, 1, 1, 16, 32), false},
+		{argon2Line(7, 1, 1, 16, 32), false},
+		{argon2Line(8*4-1, 1, 4, 16, 32), false}, // under 8 KiB a lane
+		{argon2Line(64, 65, 1, 16, 32), false},
+		{argon2Line(64, 4294967295, 1, 16, 32), false},
+		{argon2Line(1024, 1, 65, 16, 32), false},
+		{argon2Line(1024, 1, 257, 16, 32), false}, // 257 would wrap to 1 in a uint8
+		{argon2Line(64, 1, 0, 16, 32), false},
+		{argon2Line(64, 1, 1, 7, 32), false},
+		{argon2Line(64, 1, 1, 65, 32), false},
+		{argon2Line(64, 1, 1, 16, 15), false},
+		{argon2Line(64, 1, 1, 16, 65), false},
+		{"$argon2id$v=19$m=64,m=64,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA", false},
+		{"$argon2id$v=19$m=64,t=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA", false},
+		{"$argon2id$v=19$m=64,t=1,p=1$c2FsdHNh\nbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA", false},
+	} {
+		h, err := parseArgon2([]byte(tc.line))
+		if (err == nil) != tc.ok {
+			t.Errorf("%q: %+v %v, want ok %v", tc.line, h.p, err, tc.ok)
+		}
+	}
+}
+
+// Set refuses parameters out of bounds, so it never writes a file that
+// would then be refused.
+func TestSecretSetBounds(t *testing.T) {
+	for _, p := range []Argon2Params{
+		{Time: 65, MemoryKiB: 64, Threads: 1, SaltLen: 16, KeyLen: 32},
+		{Time: 1, MemoryKiB: 1<<20 + 1, Threads: 1, SaltLen: 16, KeyLen: 32},
+		{Time: 1, MemoryKiB: 1024, Threads: 65, SaltLen: 16, KeyLen: 32},
+		{Time: 1, MemoryKiB: 64, Threads: 1, SaltLen: 65, KeyLen: 32},
+		{Time: 1, MemoryKiB: 64, Threads: 1, SaltLen: 16, KeyLen: 65},
+		{Time: 1, MemoryKiB: 64, Threads: 1, SaltLen: 7, KeyLen: 32},
+	} {
+		s := testSecret(t)
+		s.Params = p
+		if err := s.Set([]byte("pw")); err == nil {
+			t.Errorf("Set with %+v: no error", p)
+		}
+		if _, err := os.Lstat(s.Path); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("Set with %+v wrote %s (%v)", p, s.Path, err)
+		}
+	}
+}
+
+// Regression: a dangling or planted link, or a damaged file, meant "no
+// password" or could be replaced without the old one. Only a missing file
+// means no password; anything else that is not a trusted hash refuses
+// every use, and Set and Clear leave it for root to remove.
+func TestSecretFailsClosed(t *testing.T) {
+	ctx := context.Background()
+	good := testSecret(t)
+	if err := good.Set([]byte("pw")); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name  string
+		make  func(t *testing.T, path string)
+		wants string // in the error
+	}{
+		{"dangling link", func(t *testing.T, path string) { mustOK(t, os.Symlink(filepath.Join(t.TempDir(), "gone"), path)) }, "symbolic link"},
+		{"link to a good file", func(t *testing.T, path string) { mustOK(t, os.Symlink(good.Path, path)) }, "symbolic link"},
+		{"directory", func(t *testing.T, path string) { mustOK(t, os.Mkdir(path, 0o700)) }, "not a regular file"},
+		{"fifo", func(t *testing.T, path string) { mustOK(t, unix.Mkfifo(path, 0o600)) }, "not a regular file"},
+		{"group-writable", func(t *testing.T, path string) { copyFile(t, good.Path, path, 0o620) }, "writable by others"},
+		{"other-writable", func(t *testing.T, path string) { copyFile(t, good.Path, path, 0o602) }, "writable by others"},
+		{"too long", func(t *testing.T, path string) {
+			mustOK(t, os.WriteFile(path, bytes.Repeat([]byte("$argon2id"), 200), 0o600))
+		}, "longer than"},
+		{"m out of bounds", func(t *testing.T, path string) {
+			mustOK(t, os.WriteFile(path, []byte(argon2Line(4294967295, 3, 2, 16, 32)), 0o600))
+		}, "m=4294967295"},
+	}
+	if os.Geteuid() == 0 {
+		cases = append(cases, struct {
+			name  string
+			make  func(t *testing.T, path string)
+			wants string
+		}{"owned by someone else", func(t *testing.T, path string) {
+			copyFile(t, good.Path, path, 0o600)
+			mustOK(t, os.Chown(path, 12345, 12345))
+		}, "owned by uid 12345"})
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := testSecret(t)
+			mustOK(t, os.MkdirAll(filepath.Dir(s.Path), 0o755))
+			tc.make(t, s.Path)
+			before, _ := os.Lstat(s.Path)
+			if set, err := s.IsSet(); !errors.Is(err, ErrPasswordFile) || !strings.Contains(err.Error(), tc.wants) ||
+				!strings.Contains(err.Error(), "rm "+s.Path) {
+				t.Errorf("IsSet: %v %v, want an error saying %q and how to remove the file", set, err, tc.wants)
+			}
+			if err := s.Verify(ctx, []byte("pw")); !errors.Is(err, ErrPasswordFile) {
+				t.Errorf("Verify of the right password: %v, want ErrPasswordFile", err)
+			}
+			asked := false
+			if err := s.Require(ctx, func() ([]byte, error) { asked = true; return []byte("pw"), nil }); !errors.Is(err, ErrPasswordFile) || asked {
+				t.Errorf("Require: %v (asked %v), want ErrPasswordFile before asking", err, asked)
+			}
+			if err := s.Set([]byte("new")); !errors.Is(err, ErrPasswordFile) {
+				t.Errorf("Set over it: %v, want ErrPasswordFile", err)
+			}
+			if err := s.Clear(); !errors.Is(err, ErrPasswordFile) {
+				t.Errorf("Clear: %v, want ErrPasswordFile", err)
+			}
+			if after, err := os.Lstat(s.Path); err != nil || !os.SameFile(before, after) {
+				t.Errorf("the file was replaced or removed: %v", err)
+			}
+		})
+	}
+}
+
+// Regression: the password file was <--state>/passwd, so
+// `dmsnap --state /tmp/x deactivate` found none and asked for nothing.
+func TestNewSecretIsHostWide(t *testing.T) {
+	if got := NewSecret().Path; got != "/var/lib/dmsnap/passwd" {
+		t.Fatalf("NewSecret().Path = %q, want the host's /var/lib/dmsnap/passwd", got)
+	}
+}
+
+func mustOK(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func copyFile(t *testing.T, from, to string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	mustOK(t, err)
+	mustOK(t, os.WriteFile(to, b, mode))
+	mustOK(t, os.Chmod(to, mode)) // past the umask
 }
 
 func TestSecretRequire(t *testing.T) {
@@ -314,4 +469,42 @@ func TestPasswordPromptRestoresTerminalOnSignal(t *testing.T) {
 	if after.Lflag&unix.ECHO == 0 {
 		t.Fatal("the interrupted prompt left the terminal without echo")
 	}
+}
+
+// FuzzParseArgon2 feeds the password file's parser anything: it must not
+// panic, whatever it accepts is within the bounds (so checking a password
+// can neither exhaust memory nor run for days), and what it accepts
+// survives a write and a read. No Argon2 is computed here, so the CI's
+// 10000 inputs stay quick.
+func FuzzParseArgon2(f *testing.F) {
+	for _, seed := range []string{
+		argon2Line(65536, 3, 2, 16, 32),
+		argon2Line(8, 1, 1, 8, 16),
+		argon2Line(1<<20, 64, 64, 64, 64),
+		argon2Line(4294967295, 3, 2, 16, 32),
+		argon2Line(64, 1, 257, 16, 32),
+		argon2Line(64, 1, 1, 65, 65),
+		"$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",
+		"$argon2id$v=19$m=64,t=1,p=1,m=2$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",
+		"$argon2i$v=19$m=64,t=1,p=1$$",
+		"",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := parseArgon2(b)
+		if err != nil {
+			return
+		}
+		if err := h.p.check(); err != nil {
+			t.Fatalf("accepted %q out of bounds: %v", b, err)
+		}
+		if int(h.p.SaltLen) != len(h.salt) || int(h.p.KeyLen) != len(h.hash) {
+			t.Fatalf("accepted %q: lengths %+v, salt %d, hash %d", b, h.p, len(h.salt), len(h.hash))
+		}
+		again, err := parseArgon2(h.format())
+		if err != nil || again.p != h.p || !bytes.Equal(again.salt, h.salt) || !bytes.Equal(again.hash, h.hash) {
+			t.Fatalf("accepted %q, but not its rewrite %q: %v", b, h.format(), err)
+		}
+	})
 }

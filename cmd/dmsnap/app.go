@@ -32,7 +32,7 @@ type env struct {
 	stdout io.Writer
 	stderr io.Writer
 	store  string // --store: where closed sessions live
-	state  string // --state: registry, lock, secret
+	state  string // --state: registry, lock (not the password: session.PasswordPath)
 }
 
 // command is one subcommand. run gets the arguments after the subcommand's
@@ -65,7 +65,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	global.SetInterspersed(false)
 	global.SetOutput(io.Discard)
 	global.StringVar(&e.store, "store", "/snapshot", "directory of the session store")
-	global.StringVar(&e.state, "state", "/var/lib/dmsnap", "directory of dmsnap's state (registry, lock, secret)")
+	global.StringVar(&e.state, "state", "/var/lib/dmsnap", "directory of dmsnap's state (registry, lock)")
 	help := global.BoolP("help", "h", false, "show help")
 	if err := global.Parse(args); err != nil {
 		fmt.Fprintf(stderr, "dmsnap: %v\n", err)

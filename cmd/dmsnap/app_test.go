@@ -26,6 +26,9 @@ func TestVersion(t *testing.T) {
 	if code != exitOK || !strings.HasPrefix(out, "dmsnap ") {
 		t.Fatalf("version: code %d, output %q", code, out)
 	}
+	if strings.Contains(out, "crash points") != session.CrashpointsBuilt {
+		t.Fatalf("version %q: a build with crash points %v must say so, and only it", out, session.CrashpointsBuilt)
+	}
 }
 
 func TestUsageErrors(t *testing.T) {

@@ -11,15 +11,22 @@ import (
 )
 
 func init() {
-	register(command{name: "passwd", summary: "set or change the control password of activate/deactivate", run: runPasswd})
+	register(command{name: "passwd", summary: "set or change the control password (activate, deactivate, prune, restore --no-undo)", run: runPasswd})
 }
 
 const passwdHelp = `usage: dmsnap passwd [--password-stdin|--password-file FILE] [--clear]
 
-Sets the control password that activate and deactivate ask for. When one is
-set already, the old one is asked first. Only a salted Argon2id hash is stored
-(<state>/passwd). With --password-stdin or --password-file, the first line is
-the old password (when one is set) and the next line the new one.
+Sets the control password that activate asks for, and so does every command
+that removes protection or restore points: deactivate, sessions prune (not
+--dry-run), restore --no-undo, and passwd itself (the old password first).
+Only a salted Argon2id hash is stored, in ` + session.PasswordPath + `, for
+the whole host: --state does not move it. With --password-stdin or
+--password-file, the first line is the old password (when one is set) and
+the next line the new one.
+
+A password file that cannot be trusted (a symbolic link, damaged, writable by
+others, ...) refuses every command that needs the password, this one included:
+root removes it by hand (rm ` + session.PasswordPath + `) and sets a new password.
 
 Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong (old) password.
 `
@@ -39,7 +46,7 @@ func runPasswd(e *env, args []string) error {
 	if err := pw.check(); err != nil {
 		return err
 	}
-	sec := newSecret(e.state)
+	sec := newSecret()
 	set, err := sec.IsSet()
 	if err != nil {
 		return err
@@ -66,7 +73,7 @@ func runPasswd(e *env, args []string) error {
 		if err := sec.Clear(); err != nil {
 			return err
 		}
-		fmt.Fprintln(e.stdout, "control password removed: activate and deactivate no longer ask for one")
+		fmt.Fprintln(e.stdout, "control password removed: no command asks for one any more")
 		return nil
 	}
 	p, err := in.ReadNew("new control password: ")

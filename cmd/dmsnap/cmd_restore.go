@@ -27,6 +27,7 @@ func init() {
 }
 
 const restoreUsage = `usage: dmsnap restore [NAME|DEVICE] [--session ID|latest] [--to FILE] [--dry-run] [--no-undo] [--merge] [--yes] [--json]
+                      [--password-stdin|--password-file FILE]
 
 Returns the device to its state before session ID: the pre-images of that
 session and of every later one are written back, the oldest winning. Every
@@ -35,7 +36,9 @@ session of the plan is verified before a byte is written.
 An activated device is restored through dmsnap-NAME while a new session
 records what the restore overwrites, so the restore can itself be undone
 (the output names the session to restore); --no-undo writes dmsnap-NAME-real
-directly instead. A device that is not activated is restored directly.
+directly instead, and asks for the control password first when one is set
+(dmsnap passwd), as it leaves no way back. A device that is not activated is
+restored directly.
 
 --merge restores instantly (an activated device only): the plan is written
 as a COW store and loaded as a snapshot-merge target in place of the origin,
@@ -53,8 +56,8 @@ terminal, --session and --yes are required for a restore of the device.
 
 exit codes: 0 ok (for --merge: merging, or restored normally where the
 kernel refused the merge), 1 failure (a damaged session, a device of another
-size, ...), 2 usage, 4 device mounted or open elsewhere, or an instant
-restore of it still merging
+size, ...), 2 usage, 3 wrong password (--no-undo), 4 device mounted or open
+elsewhere, or an instant restore of it still merging
 `
 
 type restoreFlags struct {
@@ -65,6 +68,7 @@ type restoreFlags struct {
 	merge   bool
 	yes     bool
 	json    bool
+	pw      passwordFlags // asked for with --no-undo
 }
 
 func runRestore(e *env, args []string) error {
@@ -77,6 +81,7 @@ func runRestore(e *env, args []string) error {
 	fs.BoolVar(&f.merge, "merge", false, "restore instantly: the kernel merges the plan back in the background (snapshot-merge)")
 	fs.BoolVarP(&f.yes, "yes", "y", false, "do not ask for confirmation")
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON")
+	f.pw.add(fs)
 	fs.Usage = func() {
 		fmt.Fprint(e.stderr, restoreUsage, "\nflags:\n", flagUsages(fs))
 	}
@@ -96,6 +101,9 @@ func runRestore(e *env, args []string) error {
 		if err := session.ValidateSessionID(f.session); err != nil {
 			return usagef("--session %q: %v", f.session, err)
 		}
+	}
+	if err := f.pw.check(); err != nil {
+		return err
 	}
 	r := &restorer{e: e, f: f, arg: fs.Arg(0), tty: isTerminal(e.stdin)}
 	return r.run()
@@ -648,6 +656,14 @@ func (r *restorer) toFile(sessions []snapstore.SessionInfo, target int) error {
 func (r *restorer) restoreDevice(sessions []snapstore.SessionInfo, target int) error {
 	if !r.tty && !r.f.yes {
 		return usagef("restoring %s overwrites it: pass --yes to confirm when stdin is not a terminal", r.device)
+	}
+	if r.f.noUndo {
+		// No session records what --no-undo overwrites: it destroys the
+		// way back as deactivate and prune do. Asked before anything is
+		// held, confirmed or written.
+		if err := requireSecret(r.e, &r.f.pw); err != nil {
+			return err
+		}
 	}
 	chain := sessions[target:]
 	if r.active != nil {

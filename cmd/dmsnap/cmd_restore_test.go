@@ -367,3 +367,40 @@ func TestRestorePickerOnTerminal(t *testing.T) {
 		t.Fatal("a declined restore changed the device")
 	}
 }
+
+// Regression: restore --no-undo overwrote the device with no session to
+// undo it and no password asked. It asks now, before anything is written;
+// a restore that can be undone (or, for a device not activated, that the
+// user confirms as usual) does not.
+func TestRestoreNoUndoAsksForThePassword(t *testing.T) {
+	fx := newRestoreFixture(t, []int{1, 2}, []int{2, 5})
+	testSecret(t)
+	setPassword(t, "hunter2")
+	before := fx.device(t)
+
+	code, out, errOut := fx.run(t, nil, "dev.img", "--session", fx.ids[0], "--yes", "--no-undo", "--password-stdin")
+	if code != exitFailure || !strings.Contains(errOut, "control password") {
+		t.Fatalf("--no-undo with no password given: exit %d\n%s%s", code, out, errOut)
+	}
+	var outB, errB bytes.Buffer
+	all := []string{"--store", fx.store, "--state", fx.state, "restore", "dev.img", "--session", fx.ids[0], "--yes", "--no-undo", "--password-stdin"}
+	if code := run(context.Background(), all, strings.NewReader("guess\n"), &outB, &errB); code != exitBadPassword || !strings.Contains(errB.String(), "wrong password") {
+		t.Fatalf("--no-undo with a wrong password: exit %d\n%s%s", code, outB.String(), errB.String())
+	}
+	if !bytes.Equal(fx.device(t), before) {
+		t.Fatal("a restore refused for its password changed the device")
+	}
+	if code, out, errOut := fx.run(t, nil, "dev.img", "--session", fx.ids[0], "--no-undo", "--dry-run"); code != exitOK || !bytes.Equal(fx.device(t), before) {
+		t.Fatalf("--no-undo --dry-run needs no password and writes nothing: exit %d\n%s%s", code, out, errOut)
+	}
+	pf := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pf, []byte("hunter2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := fx.run(t, nil, "dev.img", "--session", fx.ids[1], "--yes", "--no-undo", "--password-file", pf); code != exitOK || !bytes.Equal(fx.device(t), fx.states[1]) {
+		t.Fatalf("--no-undo with the password: exit %d, restored %v\n%s%s", code, bytes.Equal(fx.device(t), fx.states[1]), out, errOut)
+	}
+	if code, out, errOut := fx.run(t, nil, "dev.img", "--session", fx.ids[0], "--yes"); code != exitOK || !bytes.Equal(fx.device(t), fx.states[0]) {
+		t.Fatalf("a restore without --no-undo asks no password: exit %d\n%s%s", code, out, errOut)
+	}
+}

@@ -22,6 +22,7 @@ const sessionsHelp = `usage: dmsnap sessions list [NAME] [--json]
        dmsnap sessions show ID [--json]
        dmsnap sessions verify [ID...]
        dmsnap sessions prune NAME (--keep N | --older-than DURATION) [--dry-run]
+                             [--password-stdin|--password-file FILE]
        dmsnap sessions open ID;  dmsnap sessions mount ID DIR;  dmsnap sessions close ID
 
 list    the sessions of the store (of device NAME only when given), oldest first
@@ -30,7 +31,9 @@ verify  check every checksum of the given sessions (all finished ones when none
         is given); exit 1 naming each damaged file, offset and record
 prune   remove the oldest finished sessions of device NAME: all but the newest
         N, or those that started more than DURATION ago (e.g. 36h, 30d). Live
-        sessions are never removed. Runs under the state lock.
+        sessions are never removed. Runs under the state lock. Asks for the
+        control password first when one is set (dmsnap passwd), except with
+        --dry-run: the sessions it removes are restore points.
 open    a read-only view of activated device NAME as it was before session ID:
         /dev/mapper/dmsnap-NAME-atSECS, a snapshot over dmsnap-NAME-real (the
         device may be mounted and written while the view is open)
@@ -62,7 +65,8 @@ close   unmount the view, remove its device and delete its COW
    "not_restorable_because": "..."}  when not
 show adds "meta": meta.json as stored, for finished sessions.
 
-Exit codes: 0 ok, 1 failure (a damaged session for verify), 2 usage, 4 state locked.
+Exit codes: 0 ok, 1 failure (a damaged session for verify), 2 usage,
+3 wrong password (prune), 4 state locked.
 `
 
 func runSessions(e *env, args []string) error {
@@ -415,6 +419,8 @@ func runSessionsPrune(e *env, args []string) error {
 	keep := fs.Int("keep", -1, "keep the newest `N` finished sessions")
 	older := fs.String("older-than", "", "remove sessions that started more than `DURATION` ago (e.g. 36h, 30d)")
 	dry := fs.Bool("dry-run", false, "show what would be removed")
+	var pw passwordFlags
+	pw.add(fs)
 	fs.Usage = func() { fmt.Fprint(e.stderr, sessionsHelp) }
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -430,6 +436,15 @@ func runSessionsPrune(e *env, args []string) error {
 		var err error
 		if age, err = parseAge(*older); err != nil {
 			return usagef("--older-than: %v", err)
+		}
+	}
+	if err := pw.check(); err != nil {
+		return err
+	}
+	if !*dry {
+		// Asked before the lock is taken, so a slow typist holds up no one.
+		if err := requireSecret(e, &pw); err != nil {
+			return err
 		}
 	}
 	name := fs.Arg(0)

@@ -1,6 +1,10 @@
 package main
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/dmsnap/dmsnap/session"
+)
 
 func init() {
 	register(command{name: "version", summary: "print the version", run: runVersion})
@@ -14,6 +18,11 @@ func runVersion(e *env, args []string) error {
 	if fs.NArg() > 0 {
 		return usagef("version takes no arguments")
 	}
-	_, err := fmt.Fprintln(e.stdout, "dmsnap", version)
+	build := ""
+	if session.CrashpointsBuilt {
+		// Says which binary the VM tests got: only this one can crash on purpose.
+		build = " (test build: crash points)"
+	}
+	_, err := fmt.Fprintf(e.stdout, "dmsnap %s%s\n", version, build)
 	return err
 }

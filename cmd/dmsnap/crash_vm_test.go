@@ -44,6 +44,16 @@ func (c *cli) watchCrashing(t *testing.T, point string) *watcher {
 	return c.watchEnv(t, session.CrashpointEnv+"="+point)
 }
 
+// requireCrashpoints fails the test unless the guest's dmsnap is the test
+// build: a release build ignores DMSNAP_CRASHPOINT, and every crash test
+// would then fail later and less clearly.
+func requireCrashpoints(t *testing.T, c *cli) {
+	t.Helper()
+	if out := c.ok(t, "version"); !strings.Contains(out, "crash points") {
+		t.Fatalf("%s is a release build (%q), without crash points: build bin/dmsnap-test (make build-test), which hack/vm/exec installs in its place", dmsnapBin, strings.TrimSpace(out))
+	}
+}
+
 // killedAt checks that err, a dmsnap process's end, is a SIGKILL by the
 // crash point named in its log.
 func killedAt(t *testing.T, what string, err error, log, point string) {
@@ -150,6 +160,7 @@ var fastRestoreCrashpoints = []string{"close", "forget-session", "restore:write"
 // and checks the next start finishes the work without losing anything.
 func TestCrashpoints(t *testing.T) {
 	c := newCLI(t)
+	requireCrashpoints(t, c)
 	raw := rawDevice(t, 32<<20)
 	const name = "cr"
 	origin := "/dev/mapper/dmsnap-" + name

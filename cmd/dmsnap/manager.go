@@ -88,8 +88,9 @@ func (p *passwordFlags) input(e *env) session.PasswordInput {
 	return session.PasswordInput{Stdin: p.stdin, StdinReader: e.stdin, File: p.file}
 }
 
-// newSecret returns the control secret of the state directory; tests
-// shorten its refusal delay.
+// newSecret returns the control secret of the host (session.PasswordPath,
+// whatever --state says); tests put it in a temporary directory and shorten
+// its refusal delay.
 var newSecret = session.NewSecret
 
 // requireSecret asks for the control secret when one is set and checks it.
@@ -97,7 +98,7 @@ var newSecret = session.NewSecret
 // session.ErrWrongPassword: exit code 3, and nothing has been changed.
 func requireSecret(e *env, p *passwordFlags) error {
 	in := p.input(e)
-	err := newSecret(e.state).Require(e.ctx, func() ([]byte, error) { return in.Read("dmsnap control password: ") })
+	err := newSecret().Require(e.ctx, func() ([]byte, error) { return in.Read("dmsnap control password: ") })
 	switch {
 	case err == nil:
 		return nil
@@ -105,6 +106,8 @@ func requireSecret(e *env, p *passwordFlags) error {
 		return fmt.Errorf("control password: %w; nothing was changed", err)
 	case errors.Is(err, session.ErrNoPassword):
 		return fmt.Errorf("control password: %w; a control password is set (dmsnap passwd): type it at the prompt or give it with --password-stdin or --password-file", err)
+	case errors.Is(err, session.ErrPasswordFile):
+		return err // names the file and what to do
 	}
 	return fmt.Errorf("control password: %w", err)
 }

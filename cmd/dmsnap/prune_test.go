@@ -100,3 +100,40 @@ func TestPrunedTarget(t *testing.T) {
 		t.Errorf("sessions list after prune: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+// Regression: prune removed restore points without asking for the control
+// password. It asks now (not for --dry-run), before the lock; a wrong or
+// missing password removes nothing.
+func TestPruneAsksForThePassword(t *testing.T) {
+	w := newWorld(t)
+	now := time.Now().Truncate(time.Second)
+	a := closedSession(t, w.store, "sdb1", now.Add(-3*time.Hour))
+	b := closedSession(t, w.store, "sdb1", now.Add(-2*time.Hour))
+	setPassword(t, "hunter2")
+	exists := func(p string) bool { _, err := os.Stat(p); return err == nil }
+	untouched := func(what string) {
+		t.Helper()
+		if !exists(a) || !exists(b) || exists(filepath.Join(w.store, prunedLog)) {
+			t.Fatalf("%s: a %v, b %v, pruned.log %v; want nothing removed", what, exists(a), exists(b), exists(filepath.Join(w.store, prunedLog)))
+		}
+	}
+
+	code, out, errOut := w.run(t, "guess\n", "sessions", "prune", "sdb1", "--keep", "0", "--password-stdin")
+	if code != exitBadPassword || !strings.Contains(errOut, "wrong password") {
+		t.Fatalf("prune with a wrong password: exit %d\n%s%s", code, out, errOut)
+	}
+	untouched("wrong password")
+	code, out, errOut = w.run(t, "", "sessions", "prune", "sdb1", "--older-than", "1h", "--password-stdin")
+	if code != exitFailure || !strings.Contains(errOut, "control password") {
+		t.Fatalf("prune with no password given: exit %d\n%s%s", code, out, errOut)
+	}
+	untouched("no password")
+	code, out, errOut = w.run(t, "", "sessions", "prune", "sdb1", "--keep", "0", "--dry-run")
+	if code != exitOK || !strings.Contains(out, "would remove "+filepath.Base(a)) {
+		t.Fatalf("prune --dry-run needs no password: exit %d\n%s%s", code, out, errOut)
+	}
+	untouched("dry run")
+	if code, out, errOut := w.run(t, "hunter2\n", "sessions", "prune", "sdb1", "--keep", "1", "--password-stdin"); code != exitOK || exists(a) || !exists(b) {
+		t.Fatalf("prune with the password: exit %d, a %v b %v\n%s%s", code, exists(a), exists(b), out, errOut)
+	}
+}

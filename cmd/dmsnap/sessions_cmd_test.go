@@ -22,28 +22,46 @@ import (
 // world is a fake system (session/sessiontest) the session commands run
 // against, with a state directory and a store in temporary directories.
 type world struct {
-	sys   *sessiontest.System
-	state string
-	store string
+	sys    *sessiontest.System
+	state  string
+	store  string
+	passwd string // the control password file, in place of session.PasswordPath
 }
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	w := &world{sys: sessiontest.NewSystem(), state: t.TempDir(), store: t.TempDir()}
-	prevM, prevS := newManager, newSecret
+	w := &world{sys: sessiontest.NewSystem(), state: t.TempDir(), store: t.TempDir(), passwd: testSecret(t)}
+	prevM := newManager
 	newManager = func(e *env) *session.Manager {
 		m := w.sys.Manager(e.state, e.store)
 		m.LockWait = 2 * time.Second
 		return m
 	}
-	newSecret = func(dir string) *session.Secret {
-		s := session.NewSecret(dir)
-		s.RefusalDelay = 50 * time.Millisecond
-		s.Params = session.Argon2Params{Time: 1, MemoryKiB: 1024, Threads: 1, SaltLen: 16, KeyLen: 32}
-		return s
-	}
-	t.Cleanup(func() { newManager, newSecret = prevM, prevS })
+	t.Cleanup(func() { newManager = prevM })
 	return w
+}
+
+// testSecret points the CLI's control password at a file of the test's
+// instead of the host's, with cheap Argon2 and a short refusal delay, and
+// returns its path.
+func testSecret(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "etc", session.PasswordFile)
+	prev := newSecret
+	newSecret = func() *session.Secret {
+		return &session.Secret{Path: path, RefusalDelay: 50 * time.Millisecond,
+			Params: session.Argon2Params{Time: 1, MemoryKiB: 1024, Threads: 1, SaltLen: 16, KeyLen: 32}}
+	}
+	t.Cleanup(func() { newSecret = prev })
+	return path
+}
+
+// setPassword sets the (test's) control password.
+func setPassword(t *testing.T, pw string) {
+	t.Helper()
+	if err := newSecret().Set([]byte(pw)); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // run runs dmsnap with the world's --state and --store and stdin.
@@ -213,7 +231,7 @@ func TestPasswordPaths(t *testing.T) {
 	if code, _, errOut := w.run(t, "hunter2\n", "passwd", "--password-stdin"); code != exitOK {
 		t.Fatalf("passwd: exit %d: %s", code, errOut)
 	}
-	if _, err := os.Stat(filepath.Join(w.state, session.PasswordFile)); err != nil {
+	if _, err := os.Stat(w.passwd); err != nil {
 		t.Fatal(err)
 	}
 	// Without any password source and no terminal: a clear error, not 3.
@@ -578,5 +596,60 @@ func TestAttachAfterReboot(t *testing.T) {
 	}
 	if code, _, errOut := w.run(t, "", "attach", "/dev/sdz9"); code != exitFailure || !strings.Contains(errOut, "/dev/sdz9") {
 		t.Errorf("attach of an unknown device: exit %d: %s", code, errOut)
+	}
+}
+
+// Regression: a dangling link where the password file belongs meant "no
+// password", so anyone able to break the file turned the password off. Now
+// every command that needs it is refused, and `dmsnap passwd` cannot
+// replace it either: root removes it, as the error says.
+func TestUntrustedPasswordFileRefuses(t *testing.T) {
+	w := newWorld(t)
+	w.sys.Prober.Add("/dev/sdb1", sdb1)
+	path := w.passwd
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(t.TempDir(), "gone"), path); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"activate", "/dev/sdb1", "--password-stdin"},
+		{"passwd", "--password-stdin"},
+		{"passwd", "--password-stdin", "--clear"},
+	} {
+		code, _, errOut := w.run(t, "anything\nnew-one\n", args...)
+		if code != exitFailure || !strings.Contains(errOut, path) || !strings.Contains(errOut, "rm "+path) {
+			t.Errorf("dmsnap %q with a dangling password link: exit %d: %s", args, code, errOut)
+		}
+	}
+	if len(w.sys.Calls) != 0 || len(w.registry(t).Devices) != 0 {
+		t.Errorf("a refused command changed things: calls %v", w.sys.Calls)
+	}
+	if fi, err := os.Lstat(path); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("the link was replaced or removed: %v %v", fi, err)
+	}
+}
+
+// Regression: the password file was <--state>/passwd, so
+// `dmsnap --state /tmp/x deactivate NAME` found none and asked for nothing.
+// It is the host's now, whatever --state says.
+func TestPasswordIgnoresState(t *testing.T) {
+	if got := newSecret().Path; got != "/var/lib/dmsnap/passwd" {
+		t.Fatalf("the CLI's control password is %s, want /var/lib/dmsnap/passwd", got)
+	}
+	w := newWorld(t)
+	w.sys.Prober.Add("/dev/sdb1", sdb1)
+	if code, _, errOut := w.run(t, "hunter2\n", "passwd", "--password-stdin"); code != exitOK {
+		t.Fatalf("passwd: exit %d: %s", code, errOut)
+	}
+	if code, _, errOut := w.run(t, "hunter2\n", "activate", "/dev/sdb1", "--password-stdin"); code != exitOK {
+		t.Fatalf("activate: exit %d: %s", code, errOut)
+	}
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), []string{"--state", t.TempDir(), "--store", w.store, "deactivate", "sdb1", "--password-stdin"},
+		strings.NewReader("guess\n"), &out, &errOut)
+	if code != exitBadPassword {
+		t.Fatalf("deactivate with another --state and a wrong password: exit %d: %s", code, errOut.String())
 	}
 }

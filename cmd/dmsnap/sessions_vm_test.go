@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,7 +57,7 @@ func newCLI(t *testing.T) *cli {
 	t.Helper()
 	vmtest.RequireDM(t)
 	if _, err := os.Stat(dmsnapBin); err != nil {
-		t.Fatalf("%s missing: run `make build` before the VM tests (%v)", dmsnapBin, err)
+		t.Fatalf("%s missing: run `make build-test` before the VM tests (%v)", dmsnapBin, err)
 	}
 	base := t.TempDir()
 	fs := vmtest.StoreFS(t, base, storeFS(), 2<<30)
@@ -378,11 +379,16 @@ func TestCLIRefusals(t *testing.T) {
 	// The secret is set with cheap Argon2 parameters (Verify uses those
 	// stored with the hash): the default 64 MiB, 3 passes take long under
 	// software emulation. `dmsnap passwd` itself is tested on the host.
-	sec := session.NewSecret(c.state)
+	// The password is the guest's (session.PasswordPath, whatever --state
+	// says): removed at the end, so that the tests after this one in the
+	// same guest find none, even if this one fails half-way.
+	sec := session.NewSecret()
 	sec.Params = session.Argon2Params{Time: 1, MemoryKiB: 1024, Threads: 1, SaltLen: 16, KeyLen: 32}
-	if err := os.MkdirAll(c.state, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() {
+		if err := os.Remove(sec.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("remove the guest's control password: %v", err)
+		}
+	})
 	if err := sec.Set([]byte("s3cret")); err != nil {
 		t.Fatal(err)
 	}
