@@ -239,13 +239,25 @@ func TestApplyTargetTooSmall(t *testing.T) {
 	}
 }
 
+// TestApplyRefusesHugeRecord: a record over MaxRecordSize, which the write
+// pass cannot buffer, stops the restore before its first write whether or
+// not the verify pass runs; behind a record the write pass had buffered,
+// it used to be found only after that record was written.
 func TestApplyRefusesHugeRecord(t *testing.T) {
-	s := &memSession{id: "huge", recs: []Record{{Sector: 0, Size: MaxRecordSize + 1}}}
-	tgt := &memTarget{b: make([]byte, 16)}
-	_, err := mustPlan(t, []*memSession{s}).Apply(context.Background(), tgt, ApplyOptions{})
-	var re *RecordError
-	if !errors.Is(err, ErrRecordTooLarge) || !errors.As(err, &re) || re.Session != "huge" {
-		t.Fatalf("error %v", err)
+	for _, skip := range []bool{true, false} {
+		s := &memSession{id: "huge", dat: make([]byte, 4096), recs: []Record{
+			{Sector: 0, Size: 4096},
+			{Sector: 1 << 20 / SectorSize, Size: MaxRecordSize + 1},
+		}}
+		tgt := &memTarget{b: make([]byte, 2<<20)}
+		_, err := mustPlan(t, []*memSession{s}).Apply(context.Background(), tgt, ApplyOptions{SkipVerify: skip})
+		if len(tgt.writes) != 0 || s.reads != 0 {
+			t.Errorf("SkipVerify %v: %d writes, %d record reads before the refusal", skip, len(tgt.writes), s.reads)
+		}
+		var se *SessionError
+		if !errors.Is(err, ErrRecordTooLarge) || !errors.As(err, &se) || se.Session != "huge" || se.Index != 1 {
+			t.Errorf("SkipVerify %v: error %v", skip, err)
+		}
 	}
 }
 
