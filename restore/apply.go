@@ -231,7 +231,9 @@ func (p *Plan) readRecord(e Extent, buf []byte) ([]byte, error) {
 	}
 	buf = buf[:size]
 	if err := p.sessions[e.Session].ReadRecord(e.Record, buf); err != nil {
-		return buf, &RecordError{Session: p.sessions[e.Session].ID(), Index: e.Index, Record: e.Record, Err: err}
+		// An error of the OS is not damage: the caller can tell them
+		// apart (errors.Is(err, snapstore.ErrCannotVerify)).
+		return buf, &RecordError{Session: p.sessions[e.Session].ID(), Index: e.Index, Record: e.Record, Err: snapstore.ClassifyReadError(err)}
 	}
 	return buf, nil
 }

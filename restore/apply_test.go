@@ -5,9 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/dmsnap/dmsnap/snapstore"
 )
 
 // threeSessions builds a small chain with overlaps of different chunk
@@ -297,5 +301,37 @@ func TestApplyProgress(t *testing.T) {
 	}
 	if p.added["verify"] != 28672 || p.added["write"] != 24576 {
 		t.Errorf("added %v", p.added)
+	}
+}
+
+// osErrSession is a memSession whose ReadRecord fails with err.
+type osErrSession struct {
+	*memSession
+	err error
+}
+
+func (s osErrSession) ReadRecord(Record, []byte) error { return s.err }
+
+// TestVerifyTellsOSErrorsFromDamage: a record the OS would not read (an
+// I/O error, a permission) fails the verify pass as "cannot verify", not
+// damage; a missing file is damage. The CLI exits 5 on the first, 1 on
+// the second.
+func TestVerifyTellsOSErrorsFromDamage(t *testing.T) {
+	for _, tc := range []struct {
+		errno  syscall.Errno
+		cannot bool
+	}{{syscall.EIO, true}, {syscall.EACCES, true}, {syscall.ENOENT, false}} {
+		s := osErrSession{&memSession{id: "s", recs: []Record{{Sector: 0, Size: 4096}}},
+			&fs.PathError{Op: "read", Path: "/store/s/blocks.dat", Err: tc.errno}}
+		p, err := NewPlan([]Session{s})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = p.Verify(context.Background(), nil)
+		var re *RecordError
+		if !errors.As(err, &re) || errors.Is(err, snapstore.ErrCannotVerify) != tc.cannot ||
+			errors.As(err, new(*snapstore.FormatError)) == tc.cannot {
+			t.Errorf("%v: %v; want cannot verify %v", tc.errno, err, tc.cannot)
+		}
 	}
 }
