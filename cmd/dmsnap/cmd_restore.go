@@ -55,7 +55,9 @@ terminal, --session and --yes are required for a restore of the device.
 exit codes: 0 ok (for --merge: merging, or restored normally where the
 kernel refused the merge), 1 failure (a damaged session, a device of another
 size, ...), 2 usage, 4 device mounted or open elsewhere, or an instant
-restore of it still merging
+restore of it still merging, 5 a session could not be read to be checked
+(an OS error such as permission denied or too many open files, not damage;
+nothing was written)
 `
 
 type restoreFlags struct {
@@ -413,6 +415,8 @@ func (r *restorer) plan(sessions []snapstore.SessionInfo, dev restore.Device) (*
 			info.State, info.Verified = restore.StateInvalid, true
 		case snapstore.StatusIncomplete:
 			info.State = restore.StateIncomplete
+		case snapstore.StatusUnreadable:
+			return nil, nil, unreadable(s.ID, s.Err)
 		default:
 			return nil, nil, fmt.Errorf("session %s is damaged: %v; nothing was written (dmsnap sessions verify %s tells more)", s.ID, s.Err, s.ID)
 		}
@@ -462,12 +466,12 @@ func (r *restorer) plan(sessions []snapstore.SessionInfo, dev restore.Device) (*
 		check := !r.verified[s.ID]
 		if check {
 			if _, err := snapstore.VerifyStructure(r.e.ctx, s.Dir); err != nil {
-				return nil, nil, fmt.Errorf("session %s failed verification; nothing was written: %w", s.ID, err)
+				return nil, nil, refusedByVerify(s.ID, err)
 			}
 		}
 		ss, err := snapstore.Open(s.Dir)
 		if err != nil {
-			return nil, nil, fmt.Errorf("session %s: %w", s.ID, err)
+			return nil, nil, refusedByVerify(s.ID, err)
 		}
 		r.opened = append(r.opened, ss)
 		plan = append(plan, restore.NewStoreSession(ss))
@@ -484,6 +488,9 @@ func (r *restorer) plan(sessions []snapstore.SessionInfo, dev restore.Device) (*
 			return nil, nil, err
 		}
 		if err := sub.Verify(r.e.ctx, r.progress()); err != nil {
+			if errors.Is(err, snapstore.ErrCannotVerify) {
+				return nil, nil, fmt.Errorf("a session could not be read to be checked, so nothing was written: %w; that is an OS error, not damage: fix it and run the restore again", err)
+			}
 			return nil, nil, fmt.Errorf("session verification failed; nothing was written: %w", err)
 		}
 		if r.verified == nil {
@@ -495,6 +502,23 @@ func (r *restorer) plan(sessions []snapstore.SessionInfo, dev restore.Device) (*
 	}
 	p, err := restore.NewPlan(plan)
 	return p, warns, err
+}
+
+// refusedByVerify is the error of a restore refused because session id did
+// not verify: damaged, or (errors.Is(err, snapstore.ErrCannotVerify)) not
+// readable for a reason of the OS, which is not damage.
+func refusedByVerify(id string, err error) error {
+	var ve *snapstore.VerifyError
+	if !errors.As(err, &ve) && errors.Is(err, snapstore.ErrCannotVerify) {
+		return unreadable(id, err)
+	}
+	return fmt.Errorf("session %s failed verification; nothing was written: %w", id, err)
+}
+
+// unreadable is the error of a restore refused because the OS would not
+// read session id's files (err wraps snapstore.ErrCannotVerify).
+func unreadable(id string, err error) error {
+	return fmt.Errorf("session %s could not be read to be checked, so nothing was written: %w; that is an OS error, not damage: fix it and run the restore again", id, err)
 }
 
 func ids(sessions []snapstore.SessionInfo) []string {
