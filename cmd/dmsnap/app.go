@@ -123,7 +123,8 @@ func exitCode(err error) int {
 // stopped it, the target is half restored, and that is a failure.
 func wrote(err error) bool {
 	var pw *restore.PartialWriteError
-	return errors.As(err, &pw) && pw.Written > 0
+	var ie *restore.IncompleteImageError
+	return errors.As(err, &pw) && pw.Written > 0 || errors.As(err, &ie)
 }
 
 func printUsage(w io.Writer, global *pflag.FlagSet) {

@@ -27,7 +27,7 @@ func init() {
 	register(command{name: "restore", summary: "return a device to its state before a session", run: runRestore})
 }
 
-const restoreUsage = `usage: dmsnap restore [NAME|DEVICE] [--session ID|latest] [--to FILE] [--dry-run] [--no-undo] [--merge] [--yes] [--json]
+const restoreUsage = `usage: dmsnap restore [NAME|DEVICE] [--session ID|latest] [--to FILE [--force]] [--dry-run] [--no-undo] [--merge] [--yes] [--json]
 
 Returns the device to its state before session ID: the pre-images of that
 session and of every later one are written back, the oldest winning. Every
@@ -48,6 +48,13 @@ once that session is closed (dmsnap watch closes it after the merge, or the
 next unmount does), restoring it puts the device back. Where the kernel
 refuses the merge table, the normal restore runs instead and says so.
 
+--to FILE writes the restored image to FILE and only reads the device (for
+an activated device, its live session's snapshot). FILE must not be what the
+restore reads: the device or image file, the raw device, the file behind a
+loop device of them, a file on a filesystem of them, or a session's file
+(compared by device and inode, so links do not hide it). An existing FILE
+that is not empty, or a block device, is overwritten only with --force.
+
 Without --session on a terminal, the device's sessions are listed and one is
 asked for; then the restore is confirmed (--yes skips that). Without a
 terminal, --session and --yes are required for a restore of the device.
@@ -63,6 +70,7 @@ nothing was written)
 type restoreFlags struct {
 	session string
 	to      string
+	force   bool
 	dryRun  bool
 	noUndo  bool
 	merge   bool
@@ -74,7 +82,8 @@ func runRestore(e *env, args []string) error {
 	fs := newFlags(e, "restore")
 	var f restoreFlags
 	fs.StringVar(&f.session, "session", "", "restore to the state before this session (an ID, or latest)")
-	fs.StringVar(&f.to, "to", "", "write the restored image to FILE; the device is not touched")
+	fs.StringVar(&f.to, "to", "", "write the restored image to `FILE`; the device is only read")
+	fs.BoolVar(&f.force, "force", false, "with --to: overwrite FILE when it is not empty, or is a block device")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print the plan and write nothing")
 	fs.BoolVar(&f.noUndo, "no-undo", false, "write the raw device directly: faster, but the restore cannot be undone")
 	fs.BoolVar(&f.merge, "merge", false, "restore instantly: the kernel merges the plan back in the background (snapshot-merge)")
@@ -88,6 +97,9 @@ func runRestore(e *env, args []string) error {
 	}
 	if fs.NArg() > 1 {
 		return usagef("restore takes at most one device (NAME or DEVICE), got %q", fs.Args())
+	}
+	if f.force && f.to == "" {
+		return usagef("--force goes with --to only: it allows overwriting the image file")
 	}
 	if f.to != "" && f.noUndo {
 		return usagef("--no-undo and --to do not go together: --to leaves the device untouched")
@@ -614,6 +626,17 @@ func (r *restorer) toFile(sessions []snapstore.SessionInfo, target int) error {
 		}
 		src = dm.Stack{Name: r.name}.SnapshotPath(cur.N)
 	}
+	// What the image is made of: the destination must be none of it.
+	sources := []string{src, r.device}
+	for _, s := range chain {
+		for _, f := range []string{snapstore.DataFile, snapstore.MapFile, snapstore.CRCFile, snapstore.MetaFile} {
+			sources = append(sources, filepath.Join(s.Dir, f))
+		}
+	}
+	tgt, err := restore.CheckImageTarget(r.f.to, sources, r.f.force, restore.TargetProbe{Stat: restore.StatPath, LoopBacking: loopBacking})
+	if err != nil {
+		return err
+	}
 	p, warns, err := r.plan(chain, nil)
 	if err != nil {
 		return err
@@ -633,16 +656,39 @@ func (r *restorer) toFile(sessions []snapstore.SessionInfo, target int) error {
 				Want: fmt.Sprintf("%d bytes", m.Dmsnap.Device.Size), Got: fmt.Sprintf("%d bytes", size)}
 		}
 	}
-	out, err := os.OpenFile(r.f.to, os.O_RDWR|os.O_CREATE, 0o600)
+	out, err := restore.OpenImageTarget(tgt)
 	if err != nil {
 		return err
 	}
-	res, stats, err := p.ApplyToImage(r.e.ctx, out, sf, size, restore.ApplyOptions{SkipVerify: true, Progress: r.progress()})
-	if cerr := out.Close(); err == nil {
-		err = cerr
+	var dst restore.ImageFile = out
+	if tgt.ID.IsBlock() {
+		n, err := deviceSize(out)
+		if err != nil {
+			tgt.Discard(out)
+			return fmt.Errorf("%s: %w; nothing was written", r.f.to, err)
+		}
+		dst = restore.BlockImage{F: out, Size: n}
 	}
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", r.f.to, err)
+	res, stats, err := p.ApplyToImage(r.e.ctx, dst, sf, size, restore.ApplyOptions{SkipVerify: true, Progress: r.progress()})
+	var ie *restore.IncompleteImageError
+	switch {
+	case errors.As(err, &ie):
+		out.Close()
+		state := "now holds neither what it held nor the restored image"
+		if !tgt.Exists {
+			state = "holds an incomplete image"
+		}
+		return fmt.Errorf("writing %s: %w; %s %s: delete it, or run the restore again (%s was only read)", r.f.to, err, r.f.to, state, src)
+	case err != nil:
+		tgt.Discard(out)
+		state := "was not changed"
+		if !tgt.Exists {
+			state = "was not created"
+		}
+		return fmt.Errorf("writing %s: %w; nothing was written: %s %s", r.f.to, err, r.f.to, state)
+	}
+	if err := out.Close(); err != nil {
+		return fmt.Errorf("closing %s after writing the image: %w; the image may be incomplete: run the restore again (%s was only read)", r.f.to, err, src)
 	}
 	rr := r.result(chain)
 	rr.To, rr.Image, rr.Summary, rr.Written, rr.Writes = r.f.to, &stats, res.Summary, res.Bytes, res.Writes
@@ -651,9 +697,15 @@ func (r *restorer) toFile(sessions []snapstore.SessionInfo, target int) error {
 		return writeJSON(r.e.stdout, rr)
 	}
 	printWarnings(r.e.stderr, warns)
-	fmt.Fprintf(r.e.stdout, "Wrote %s: %s as it was before session %s (%s of the device copied, %s from %d session(s)); %s was not touched.\n",
-		r.f.to, r.name, chain[0].ID, restore.FormatBytes(uint64(size)), restore.FormatBytes(res.Bytes), len(chain), r.device)
+	fmt.Fprintf(r.e.stdout, "Wrote %s: %s as it was before session %s (%s of the device copied, %s from %d session(s)); %s was only read.\n",
+		r.f.to, r.name, chain[0].ID, restore.FormatBytes(uint64(size)), restore.FormatBytes(res.Bytes), len(chain), src)
 	return nil
+}
+
+// loopBacking is restore.TargetProbe's LoopBacking: the file behind a loop
+// device, by the numbers the kernel holds.
+func loopBacking(rdev uint64) (dev, ino uint64, ok bool, err error) {
+	return dm.LoopBacking(dm.DevFromNumber(rdev))
 }
 
 func (r *restorer) restoreDevice(sessions []snapstore.SessionInfo, target int) error {
