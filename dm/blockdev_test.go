@@ -220,3 +220,32 @@ func TestRemoveNode(t *testing.T) {
 		t.Error("removeNode removed a directory")
 	}
 }
+
+// TestLoopBackingFromSysfs: where the loop device's node cannot be asked
+// (here: none in the fake /dev), the backing file's numbers come from the
+// path sysfs shows; a device that is no loop, or an unbound one, has none.
+func TestLoopBackingFromSysfs(t *testing.T) {
+	sys := fakeSys(t)
+	file := filepath.Join(t.TempDir(), "dev.img")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	writeSysFile(t, sys, "dev/block/7:2/loop/backing_file", file+"\n")
+	var want unix.Stat_t
+	if err := unix.Stat(file, &want); err != nil {
+		t.Fatal(err)
+	}
+	devd := t.TempDir()
+	if d, i, ok, err := loopBacking(sys, devd, Dev{7, 2}); err != nil || !ok || d != want.Dev || i != want.Ino {
+		t.Errorf("loop2: %d, %d, %v, %v; want %d, %d", d, i, ok, err, want.Dev, want.Ino)
+	}
+	for _, dev := range []Dev{{7, 1}, {8, 16}} {
+		if _, _, ok, err := loopBacking(sys, devd, dev); ok || err != nil {
+			t.Errorf("%s: ok %v, %v; want no backing file", dev, ok, err)
+		}
+	}
+	writeSysFile(t, sys, "dev/block/7:2/loop/backing_file", file+".gone (deleted)\n")
+	if _, _, ok, err := loopBacking(sys, devd, Dev{7, 2}); ok || err == nil {
+		t.Errorf("a stale path: ok %v, %v; want an error", ok, err)
+	}
+}

@@ -343,3 +343,57 @@ func findLoops(sys, file string) ([]*Loop, error) {
 	}
 	return out, nil
 }
+
+// LoopBacking returns the device and inode numbers (as stat(2) gives them:
+// st_dev, st_ino) of the file behind block device dev, with ok = false when
+// dev is no loop device or is bound to no file. The numbers come from
+// LOOP_GET_STATUS64, which names the file the kernel holds open: right
+// even where the path sysfs shows (loop/backing_file) is stale or means
+// another file (a file deleted and its name reused, another mount
+// namespace). Where the device node cannot be asked, that path is stat'ed
+// instead.
+func LoopBacking(dev Dev) (fileDev, fileIno uint64, ok bool, err error) {
+	return loopBacking(sysDir, devDir, dev)
+}
+
+func loopBacking(sys, devd string, d Dev) (uint64, uint64, bool, error) {
+	const op = "find loop backing file"
+	if d.Major != loopMajor {
+		return 0, 0, false, nil
+	}
+	base := filepath.Join(sys, "dev", "block", d.String())
+	backing, err := os.ReadFile(filepath.Join(base, "loop", "backing_file"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, 0, false, nil // not bound, or no such device
+	}
+	if err != nil {
+		return 0, 0, false, newError(op, d.String(), err, "")
+	}
+	// /sys/dev/block/M:m links to .../block/loopN: the node is /dev/loopN,
+	// asked only when it is this very device.
+	if target, err := os.Readlink(base); err == nil {
+		if f, err := os.OpenFile(filepath.Join(devd, filepath.Base(target)), os.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+			var st unix.Stat_t
+			serr := unix.Fstat(int(f.Fd()), &st)
+			if serr == nil && st.Mode&unix.S_IFMT == unix.S_IFBLK && st.Rdev == d.Number() {
+				info, err := unix.IoctlLoopGetStatus64(int(f.Fd()))
+				f.Close()
+				switch {
+				case err == nil:
+					return info.Device, info.Inode, true, nil
+				case errors.Is(err, unix.ENXIO):
+					return 0, 0, false, nil // unbound since sysfs was read
+				}
+			} else {
+				f.Close()
+			}
+		}
+	}
+	path := strings.TrimSpace(string(backing))
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, 0, false, &Error{Op: op, Device: d.String(), Err: fmt.Errorf("stat %s: %w", path, err),
+			Hint: "the kernel's path of the backing file does not resolve (renamed or deleted?)"}
+	}
+	return st.Dev, st.Ino, true, nil
+}

@@ -798,3 +798,25 @@ func TestNodesRecreated(t *testing.T) {
 		t.Fatal("recreated loop node not readable")
 	}
 }
+
+// TestLoopBackingByNumbers: LoopBacking names the file the kernel holds by
+// its device and inode (LOOP_GET_STATUS64), also after the file was
+// renamed.
+func TestLoopBackingByNumbers(t *testing.T) {
+	requireKernel(t)
+	dir := t.TempDir()
+	file := vmtest.TempFile(t, dir, "dev.img", 1<<20)
+	l := attach(t, file, dm.LoopOptions{})
+	moved := filepath.Join(dir, "moved.img")
+	if err := os.Rename(file, moved); err != nil {
+		t.Fatal(err)
+	}
+	var want unix.Stat_t
+	if err := unix.Stat(moved, &want); err != nil {
+		t.Fatal(err)
+	}
+	d, i, ok, err := dm.LoopBacking(l.Dev)
+	if err != nil || !ok || d != want.Dev || i != want.Ino {
+		t.Fatalf("LoopBacking(%s): %d, %d, %v, %v; want %d, %d", l.Dev, d, i, ok, err, want.Dev, want.Ino)
+	}
+}

@@ -8,16 +8,19 @@ import (
 	"os"
 
 	"github.com/dmsnap/dmsnap/internal/directio"
+	"github.com/dmsnap/dmsnap/snapstore"
 )
 
 const (
 	// DefaultBufferSize is the default size of apply's coalescing buffer:
 	// neighbouring extents are gathered into writes of up to this many bytes.
 	DefaultBufferSize = 1 << 20
-	// MaxRecordSize is the largest record apply will buffer. dm-snapshot
-	// chunks and the seed's blocks are far smaller; a larger record means a
-	// damaged map.
-	MaxRecordSize = 64 << 20
+	// MaxRecordSize is the largest record apply will buffer: snapstore's
+	// limit, which verification enforces. dm-snapshot chunks and the
+	// seed's blocks are far smaller; a larger record means a damaged map.
+	// The plan's record streams refuse one (stream.advance), so every pass
+	// meets it first in Summarize, before the first write.
+	MaxRecordSize = snapstore.MaxRecordSize
 )
 
 // Syncer is implemented by targets that can flush written data to stable
@@ -222,17 +225,15 @@ func (p *Plan) verify(ctx context.Context, sum Summary, prog Progress) error {
 
 // readRecord reads e's whole record into buf, growing it as needed.
 func (p *Plan) readRecord(e Extent, buf []byte) ([]byte, error) {
-	size := int(e.Record.Size)
-	if size > MaxRecordSize {
-		return buf, &RecordError{Session: p.sessions[e.Session].ID(), Index: e.Index, Record: e.Record,
-			Err: fmt.Errorf("%w: %d bytes, more than %d", ErrRecordTooLarge, size, MaxRecordSize)}
-	}
+	size := int(e.Record.Size) // at most MaxRecordSize: stream.advance
 	if cap(buf) < size {
 		buf = make([]byte, size)
 	}
 	buf = buf[:size]
 	if err := p.sessions[e.Session].ReadRecord(e.Record, buf); err != nil {
-		return buf, &RecordError{Session: p.sessions[e.Session].ID(), Index: e.Index, Record: e.Record, Err: err}
+		// An error of the OS is not damage: the caller can tell them
+		// apart (errors.Is(err, snapstore.ErrCannotVerify)).
+		return buf, &RecordError{Session: p.sessions[e.Session].ID(), Index: e.Index, Record: e.Record, Err: snapstore.ClassifyReadError(err)}
 	}
 	return buf, nil
 }
@@ -408,11 +409,7 @@ func (p *Plan) fill(ctx context.Context, it *ExtentIter, readers []recordReader,
 			at = e.Start
 		}
 		c := &cache[e.Session]
-		size := int(e.Record.Size)
-		if size > MaxRecordSize {
-			return &RecordError{Session: p.sessions[e.Session].ID(), Index: e.Index, Record: e.Record,
-				Err: fmt.Errorf("%w: %d bytes, more than %d", ErrRecordTooLarge, size, MaxRecordSize)}
-		}
+		size := int(e.Record.Size) // at most MaxRecordSize: stream.advance
 		// A whole record that fits is read straight into the buffer.
 		if e.RecordOffset() == 0 && e.Length == uint64(size) && size <= len(cur)-n {
 			if err := readers[e.Session].readRecord(e.Index, e.Record, cur[n:n+size]); err != nil {

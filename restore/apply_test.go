@@ -5,9 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/dmsnap/dmsnap/snapstore"
 )
 
 // threeSessions builds a small chain with overlaps of different chunk
@@ -239,13 +243,25 @@ func TestApplyTargetTooSmall(t *testing.T) {
 	}
 }
 
+// TestApplyRefusesHugeRecord: a record over MaxRecordSize, which the write
+// pass cannot buffer, stops the restore before its first write whether or
+// not the verify pass runs; behind a record the write pass had buffered,
+// it used to be found only after that record was written.
 func TestApplyRefusesHugeRecord(t *testing.T) {
-	s := &memSession{id: "huge", recs: []Record{{Sector: 0, Size: MaxRecordSize + 1}}}
-	tgt := &memTarget{b: make([]byte, 16)}
-	_, err := mustPlan(t, []*memSession{s}).Apply(context.Background(), tgt, ApplyOptions{})
-	var re *RecordError
-	if !errors.Is(err, ErrRecordTooLarge) || !errors.As(err, &re) || re.Session != "huge" {
-		t.Fatalf("error %v", err)
+	for _, skip := range []bool{true, false} {
+		s := &memSession{id: "huge", dat: make([]byte, 4096), recs: []Record{
+			{Sector: 0, Size: 4096},
+			{Sector: 1 << 20 / SectorSize, Size: MaxRecordSize + 1},
+		}}
+		tgt := &memTarget{b: make([]byte, 2<<20)}
+		_, err := mustPlan(t, []*memSession{s}).Apply(context.Background(), tgt, ApplyOptions{SkipVerify: skip})
+		if len(tgt.writes) != 0 || s.reads != 0 {
+			t.Errorf("SkipVerify %v: %d writes, %d record reads before the refusal", skip, len(tgt.writes), s.reads)
+		}
+		var se *SessionError
+		if !errors.Is(err, ErrRecordTooLarge) || !errors.As(err, &se) || se.Session != "huge" || se.Index != 1 {
+			t.Errorf("SkipVerify %v: error %v", skip, err)
+		}
 	}
 }
 
@@ -285,5 +301,37 @@ func TestApplyProgress(t *testing.T) {
 	}
 	if p.added["verify"] != 28672 || p.added["write"] != 24576 {
 		t.Errorf("added %v", p.added)
+	}
+}
+
+// osErrSession is a memSession whose ReadRecord fails with err.
+type osErrSession struct {
+	*memSession
+	err error
+}
+
+func (s osErrSession) ReadRecord(Record, []byte) error { return s.err }
+
+// TestVerifyTellsOSErrorsFromDamage: a record the OS would not read (an
+// I/O error, a permission) fails the verify pass as "cannot verify", not
+// damage; a missing file is damage. The CLI exits 5 on the first, 1 on
+// the second.
+func TestVerifyTellsOSErrorsFromDamage(t *testing.T) {
+	for _, tc := range []struct {
+		errno  syscall.Errno
+		cannot bool
+	}{{syscall.EIO, true}, {syscall.EACCES, true}, {syscall.ENOENT, false}} {
+		s := osErrSession{&memSession{id: "s", recs: []Record{{Sector: 0, Size: 4096}}},
+			&fs.PathError{Op: "read", Path: "/store/s/blocks.dat", Err: tc.errno}}
+		p, err := NewPlan([]Session{s})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = p.Verify(context.Background(), nil)
+		var re *RecordError
+		if !errors.As(err, &re) || errors.Is(err, snapstore.ErrCannotVerify) != tc.cannot ||
+			errors.As(err, new(*snapstore.FormatError)) == tc.cannot {
+			t.Errorf("%v: %v; want cannot verify %v", tc.errno, err, tc.cannot)
+		}
 	}
 }

@@ -11,7 +11,10 @@
 // adapter over it, satisfies it), the target through io.WriterAt, and the
 // device's state through the Device interface of preflight. So every rule
 // here is tested on the host without root; the kernel-facing parts are
-// someone else's.
+// someone else's. The one file it stats and opens itself is the destination
+// of `restore --to` (target.go), which must be checked against what the
+// restore reads by the kernel's numbers; the rule is CheckImageTarget, a
+// pure function over injected stat and loop lookups.
 //
 // Memory grows with the number of sessions, never with the number of
 // records: planning keeps one record per session, applying one write buffer

@@ -26,7 +26,8 @@ var (
 	// ErrRecordRange: a record reaches past the largest device offset.
 	ErrRecordRange = errors.New("record out of range")
 	// ErrRecordTooLarge: a record is larger than MaxRecordSize, which apply
-	// refuses to buffer.
+	// refuses to buffer. Every pass over the plan refuses it (a
+	// *SessionError), so a plan holding one writes nothing.
 	ErrRecordTooLarge = errors.New("record too large")
 	// ErrOutOfBounds: the plan writes past the end of the target.
 	ErrOutOfBounds = errors.New("plan reaches past the end of the target")

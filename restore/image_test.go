@@ -141,3 +141,55 @@ func TestApplyToImage(t *testing.T) {
 		t.Errorf("the image file was touched: %v %v", fi.Size(), err)
 	}
 }
+
+// TestApplyToBlockImage: a block device destination (here a file standing
+// for one) is written whole, zeros too, over what it held; what lies past
+// the image is left alone; one too small is refused before a byte is
+// written. A failure after the destination began to change is an
+// *IncompleteImageError, one before it is not.
+func TestApplyToBlockImage(t *testing.T) {
+	rng := rand.New(rand.NewPCG(45, 46))
+	dev := sparseDevice(rng)
+	ms := threeSessions(rng, 2<<20)
+	want := modelRestore(dev, ms)
+	path := filepath.Join(t.TempDir(), "blockdev")
+	old := bytes.Repeat([]byte{0xAA}, len(dev)+4096)
+	if err := os.WriteFile(path, old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_, cs, err := mustPlan(t, ms).ApplyToImage(context.Background(), BlockImage{F: f, Size: int64(len(old))}, bytes.NewReader(dev), int64(len(dev)), ApplyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(path)
+	if !bytes.Equal(got[:len(dev)], want) || !bytes.Equal(got[len(dev):], old[len(dev):]) || cs.HoleBytes != 0 {
+		t.Fatalf("device differs from the image at byte %d (or past it); copy %+v", firstDiff(got[:len(dev)], want), cs)
+	}
+
+	if err := os.WriteFile(path, old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = mustPlan(t, ms).ApplyToImage(context.Background(), BlockImage{F: f, Size: int64(len(dev)) - 1}, bytes.NewReader(dev), int64(len(dev)), ApplyOptions{})
+	if err == nil || errors.As(err, new(*IncompleteImageError)) {
+		t.Fatalf("a device too small: %v", err)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, old) {
+		t.Fatal("a device too small was written")
+	}
+
+	// A source shorter than it claims fails the copy: the file was changed.
+	img, err := os.Create(filepath.Join(t.TempDir(), "img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	_, _, err = mustPlan(t, ms).ApplyToImage(context.Background(), img, bytes.NewReader(dev[:4<<20]), int64(len(dev)), ApplyOptions{})
+	if !errors.As(err, new(*IncompleteImageError)) {
+		t.Fatalf("a failed copy: %v, want an IncompleteImageError", err)
+	}
+}

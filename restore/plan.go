@@ -98,6 +98,14 @@ func (s *stream) advance() error {
 			s.ok = false
 			return &SessionError{Session: s.id, Index: idx, Record: r, Err: ErrRecordRange}
 		}
+		// The write pass buffers a record whole and refuses a larger one;
+		// refused here, it stops Summarize, which every write runs first,
+		// instead of a write pass that has begun writing.
+		if r.Size > MaxRecordSize {
+			s.ok = false
+			return &SessionError{Session: s.id, Index: idx, Record: r,
+				Err: fmt.Errorf("%w: %d bytes, more than %d (64 MiB)", ErrRecordTooLarge, r.Size, MaxRecordSize)}
+		}
 		start, end := r.Start(), r.End()
 		if s.seen {
 			if start < s.lastStart {

@@ -22,6 +22,13 @@ const (
 
 	// maxSector keeps Sector*SectorSize + Size inside an int64.
 	maxSector = (1<<63 - 1 - (1<<32 - 1)) / SectorSize
+
+	// MaxRecordSize is the largest record a reader accepts (64 MiB): a
+	// restore holds a record whole in memory, and the seed's restore tool
+	// refuses larger ones too. dmsnap's own records are one chunk, at most
+	// 512 KiB; a larger one means a damaged or forged map, and it must be
+	// found by verification, not by a restore that has begun writing.
+	MaxRecordSize = 64 << 20
 )
 
 // Record is one blocks.map record: Size bytes of pre-image for the origin
@@ -61,6 +68,8 @@ func (r Record) check() string {
 	switch {
 	case r.Size == 0:
 		return "size is 0"
+	case r.Size > MaxRecordSize:
+		return fmt.Sprintf("size %d bytes is more than a record may hold (%d, 64 MiB): no restore can write it", r.Size, MaxRecordSize)
 	case r.Sector > maxSector:
 		return fmt.Sprintf("sector %d is out of range", r.Sector)
 	case r.Offset > 1<<63-1-uint64(r.Size):
@@ -70,8 +79,9 @@ func (r Record) check() string {
 }
 
 // MapReader reads blocks.map records one at a time, checking each on its
-// own (non-zero size, no overflowing sector or offset). Order and overlaps
-// are the caller's business: see CheckSorted and SortAndCheck.
+// own (size from 1 byte to MaxRecordSize, no overflowing sector or
+// offset). Order and overlaps are the caller's business: see CheckSorted
+// and SortAndCheck.
 type MapReader struct {
 	r    *bufio.Reader
 	name string

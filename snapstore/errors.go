@@ -3,7 +3,9 @@ package snapstore
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"strings"
+	"syscall"
 )
 
 // Sentinel errors. Every damage report is a *FormatError that unwraps to one
@@ -30,7 +32,46 @@ var (
 	// ErrNotClosed: Convert was asked to convert a session that is still
 	// armed or open; its snapshot may still be writing the COW file.
 	ErrNotClosed = errors.New("session not closed")
+	// ErrCannotVerify: the operating system would not hand over the bytes
+	// of a session's file (permission denied, too many open files, an I/O
+	// error, ...): nothing is known about the session, which is not
+	// damaged for all this tells. The error wraps the OS's (an
+	// *os.PathError); see ClassifyReadError.
+	ErrCannotVerify = errors.New("cannot verify")
 )
+
+// ClassifyReadError sorts an error met while reading a session's files into
+// damage or a failure to read, by the rule of FORMAT.md section 10:
+//
+//   - a file the format requires that is missing (ENOENT), or a path that is
+//     not a regular file where the format puts one (EISDIR, ENOTDIR, ELOOP),
+//     is damage: what the store holds contradicts the format, and reading
+//     again will not change it. It becomes a *FormatError naming the file.
+//   - any other error of the OS (EACCES, EPERM, EMFILE, ENFILE, ENOMEM,
+//     EIO, ...) says nothing about the session's bytes: fixing the cause
+//     and reading again may well succeed. It is wrapped so that
+//     errors.Is(err, ErrCannotVerify) holds.
+//   - nil, a *FormatError, an error already wrapping ErrCannotVerify and an
+//     error that is not the OS's (a context's, say) are returned as they
+//     are.
+func ClassifyReadError(err error) error {
+	var errno syscall.Errno
+	if err == nil || errors.As(err, new(*FormatError)) || errors.Is(err, ErrCannotVerify) || !errors.As(err, &errno) {
+		return err
+	}
+	file := "session file"
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		file = pe.Path
+	}
+	switch errno {
+	case syscall.ENOENT:
+		return formatErr(file, -1, -1, ErrCorrupt, "the file is missing (%v)", err)
+	case syscall.EISDIR, syscall.ENOTDIR, syscall.ELOOP:
+		return formatErr(file, -1, -1, ErrCorrupt, "not a regular file (%v)", err)
+	}
+	return fmt.Errorf("%w: %w", ErrCannotVerify, err)
+}
 
 // FormatError reports damage in one of the session's files.
 type FormatError struct {

@@ -25,9 +25,14 @@ const (
 	// StatusIncomplete: no meta.json. The session is armed or open, or its
 	// conversion has not finished (see Phase); never read as a session.
 	StatusIncomplete Status = "incomplete"
-	// StatusDamaged: meta.json is there but unreadable, fails its
-	// checksum, or is of a newer format (see Err).
+	// StatusDamaged: meta.json is there but is not a file, fails its
+	// checksum, does not parse, or is of a newer format (see Err).
 	StatusDamaged Status = "damaged"
+	// StatusUnreadable: the operating system would not read meta.json
+	// (permission denied, too many open files, an I/O error: Err wraps
+	// ErrCannotVerify and says which). Nothing is known about the session;
+	// it is not damage. Reading it again once the cause is fixed tells.
+	StatusUnreadable Status = "unreadable"
 )
 
 // SessionInfo describes one session directory of a store.
@@ -47,8 +52,8 @@ type SessionInfo struct {
 	// meta.json or state.json (0: not recorded — a seed session, or one
 	// written before dmsnap recorded it).
 	Sequence int
-	// Err says why a session is damaged, or why an incomplete one's
-	// state.json could not be read.
+	// Err says why a session is damaged or unreadable, or why an
+	// incomplete one's state.json could not be read.
 	Err error
 }
 
@@ -121,7 +126,10 @@ func inspect(dir string, id sessionID) SessionInfo {
 		return info
 	}
 	if err != nil {
-		info.Status, info.Err = StatusDamaged, err
+		info.Status, info.Err = StatusDamaged, ClassifyReadError(err)
+		if errors.Is(info.Err, ErrCannotVerify) {
+			info.Status = StatusUnreadable
+		}
 		return info
 	}
 	m, err := ParseMeta(b, metaPath)

@@ -134,6 +134,8 @@ func keptBecause(info SessionInfo, held map[string]bool) string {
 		return "live (armed, open or being converted)"
 	case info.Status == StatusDamaged:
 		return "damaged (`dmsnap sessions verify` says where)"
+	case info.Status == StatusUnreadable:
+		return fmt.Sprintf("unreadable (%v)", info.Err)
 	case info.Meta == nil:
 		return "not finished (no meta.json)"
 	case info.Status != StatusComplete && info.Status != StatusInvalid && info.Status != StatusUnverified:

@@ -38,7 +38,8 @@ type Session struct {
 // Open opens the finished session in dir. It reads and checks meta.json
 // (its self-checksum and version for dmsnap sessions) and opens blocks.dat.
 // A directory without meta.json is ErrIncomplete: it is never read as if it
-// were a session.
+// were a session. Damage is a *FormatError (a missing blocks.dat too); a
+// file the OS would not read wraps ErrCannotVerify (ClassifyReadError).
 func Open(dir string) (*Session, error) {
 	metaPath := filepath.Join(dir, MetaFile)
 	b, err := os.ReadFile(metaPath)
@@ -46,7 +47,7 @@ func Open(dir string) (*Session, error) {
 		return nil, fmt.Errorf("%s: %w", dir, ErrIncomplete)
 	}
 	if err != nil {
-		return nil, err
+		return nil, ClassifyReadError(err)
 	}
 	m, err := ParseMeta(b, metaPath)
 	if err != nil {
@@ -54,12 +55,17 @@ func Open(dir string) (*Session, error) {
 	}
 	dat, err := os.Open(filepath.Join(dir, DataFile))
 	if err != nil {
-		return nil, err
+		return nil, ClassifyReadError(err)
 	}
 	fi, err := dat.Stat()
 	if err != nil {
 		dat.Close()
-		return nil, err
+		return nil, ClassifyReadError(err)
+	}
+	if !fi.Mode().IsRegular() {
+		// A directory opens; only its first read would fail (EISDIR).
+		dat.Close()
+		return nil, formatErr(dat.Name(), -1, -1, ErrCorrupt, "not a regular file (%v)", fi.Mode().Type())
 	}
 	return &Session{Dir: dir, ID: filepath.Base(dir), Meta: m, dat: dat, datSize: fi.Size()}, nil
 }

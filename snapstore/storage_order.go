@@ -61,7 +61,9 @@ type storedRec struct {
 // when the session cannot be checked this way (a seed session, or a
 // segment with more records than chunks): the caller then reads its
 // records one by one. err is fatal. blocks.map and blocks.crc themselves
-// are not checked here (Verify and Records check their SHA-256).
+// are not checked here (Verify and Records check their SHA-256). An error
+// of the OS reading a file, passed to bad or returned, is sorted by
+// ClassifyReadError: damage, or wrapping ErrCannotVerify.
 func (s *Session) CheckInStorageOrder(ctx context.Context, add func(uint64), bad func(idx int64, r Record, err error) bool) (done bool, err error) {
 	d := s.Meta.Dmsnap
 	if !s.Verified() || d == nil || d.ChunkSize == 0 {
@@ -70,7 +72,7 @@ func (s *Session) CheckInStorageOrder(ctx context.Context, add func(uint64), bad
 	datPath := filepath.Join(s.Dir, DataFile)
 	dat, err := os.Open(datPath)
 	if err != nil {
-		return false, err
+		return false, ClassifyReadError(err)
 	}
 	defer dat.Close()
 	unix.Fadvise(int(dat.Fd()), 0, 0, unix.FADV_SEQUENTIAL) // a hint, where reads are buffered
@@ -88,7 +90,7 @@ func (s *Session) CheckInStorageOrder(ctx context.Context, add func(uint64), bad
 			if errors.Is(err, errSegmentFull) {
 				return false, nil
 			}
-			return false, err
+			return false, ClassifyReadError(err)
 		}
 		if len(recs) == 0 {
 			continue
@@ -200,7 +202,7 @@ func checkSorted(ctx context.Context, dat io.ReaderAt, datPath string, chunk int
 				err = formatErr(datPath, int64(start)+int64(n), -1, ErrTruncated, "ends at byte %d, inside records that need bytes up to %d", int64(start)+int64(n), end)
 			}
 			if err != nil && !errors.As(err, new(*FormatError)) {
-				err = fmt.Errorf("reading %s at byte %d: %w", datPath, start, err)
+				err = ClassifyReadError(fmt.Errorf("reading %s at byte %d: %w", datPath, start, err))
 			}
 			full <- block{off: start, p: b[:end-start], lo: lo, hi: hi, err: err}
 			lo = hi

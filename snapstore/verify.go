@@ -24,10 +24,14 @@ type VerifyResult struct {
 	Problems   []*FormatError
 }
 
-// VerifyError lists the problems Verify found.
+// VerifyError lists the problems Verify found: the session is damaged.
 type VerifyError struct {
 	Dir      string
 	Problems []*FormatError
+	// Stopped, when not nil, is why Verify stopped before it checked
+	// everything: a file the OS would not read (it wraps ErrCannotVerify).
+	// The problems found before are damage all the same.
+	Stopped error
 }
 
 func (e *VerifyError) Error() string {
@@ -37,10 +41,15 @@ func (e *VerifyError) Error() string {
 		b.WriteString("\n  ")
 		b.WriteString(p.Error())
 	}
+	if e.Stopped != nil {
+		fmt.Fprintf(&b, "\n  and verification stopped there: %v", e.Stopped)
+	}
 	return b.String()
 }
 
 // Unwrap lets errors.Is find the kinds (ErrChecksum, ErrCorrupt, ...).
+// Stopped is left out: a damaged session is damaged, whatever else could
+// not be read.
 func (e *VerifyError) Unwrap() []error {
 	out := make([]error, len(e.Problems))
 	for i, p := range e.Problems {
@@ -51,14 +60,17 @@ func (e *VerifyError) Unwrap() []error {
 
 // Verify checks a whole finished session: meta.json (self-checksum,
 // version, keys), the SHA-256 of blocks.map and blocks.crc, file sizes,
-// records sorted and not overlapping, inside blocks.dat and inside the
-// device, one per chunk, and every record's CRC-32C against its bytes.
-// Every problem found (up to 100) names its file and, in blocks.dat or
-// blocks.map, the record and sector. A seed session gets the structural
-// checks and is reported Unverified.
+// records sorted and not overlapping, at most MaxRecordSize, inside
+// blocks.dat and inside the device, one per chunk, and every record's
+// CRC-32C against its bytes. Every problem found (up to 100) names its file
+// and, in blocks.dat or blocks.map, the record and sector. A seed session
+// gets the structural checks and is reported Unverified.
 //
-// The error is a *VerifyError when the session is damaged, or another error
-// when it could not be read at all (missing meta.json is ErrIncomplete).
+// The error is a *VerifyError when the session is damaged (a missing file
+// included). When the OS would not read a file (permission, too many open
+// files, an I/O error: see ClassifyReadError) and no damage was found
+// before, the error wraps ErrCannotVerify: that is not damage. A directory
+// without meta.json is ErrIncomplete.
 func Verify(ctx context.Context, dir string) (VerifyResult, error) {
 	return verify(ctx, dir, true)
 }
@@ -72,19 +84,18 @@ func VerifyStructure(ctx context.Context, dir string) (VerifyResult, error) {
 
 func verify(ctx context.Context, dir string, data bool) (VerifyResult, error) {
 	res := VerifyResult{ID: filepath.Base(dir)}
-	s, err := Open(dir)
-	if err != nil {
-		var fe *FormatError
-		if errors.As(err, &fe) {
-			res.Problems = append(res.Problems, fe)
-			return res, &VerifyError{Dir: dir, Problems: res.Problems}
-		}
-		return res, err
-	}
-	defer s.Close()
-	res.Unverified = !s.Verified()
-	res.Invalid = s.Invalid()
+	// stopped is the first error of the OS that is not damage: it ends
+	// the verification, whose outcome is then unknown.
+	var stopped error
 	add := func(err error) bool {
+		if stopped != nil {
+			return false
+		}
+		err = ClassifyReadError(err)
+		if errors.Is(err, ErrCannotVerify) {
+			stopped = err
+			return false
+		}
 		var fe *FormatError
 		if !errors.As(err, &fe) {
 			fe = &FormatError{File: dir, Offset: -1, Record: -1, Kind: ErrCorrupt, Msg: err.Error()}
@@ -92,6 +103,26 @@ func verify(ctx context.Context, dir string, data bool) (VerifyResult, error) {
 		res.Problems = append(res.Problems, fe)
 		return len(res.Problems) < maxProblems
 	}
+	outcome := func() (VerifyResult, error) {
+		switch {
+		case len(res.Problems) > 0:
+			return res, &VerifyError{Dir: dir, Problems: res.Problems, Stopped: stopped}
+		case stopped != nil:
+			return res, stopped
+		}
+		return res, nil
+	}
+	s, err := Open(dir)
+	if errors.Is(err, ErrIncomplete) {
+		return res, err
+	}
+	if err != nil {
+		add(err)
+		return outcome()
+	}
+	defer s.Close()
+	res.Unverified = !s.Verified()
+	res.Invalid = s.Invalid()
 
 	d := s.Meta.Dmsnap
 	var chunk, devSize int64
@@ -103,7 +134,11 @@ func verify(ctx context.Context, dir string, data bool) (VerifyResult, error) {
 		for _, f := range []struct{ name, want string }{{MapFile, d.Checksums.BlocksMap}, {CRCFile, d.Checksums.BlocksCRC}} {
 			got, size, err := fileSHA256(filepath.Join(dir, f.name))
 			if err != nil {
-				return res, err
+				add(err)
+				if stopped != nil {
+					return outcome()
+				}
+				continue // a missing file: the walk below stops at it
 			}
 			if got != f.want {
 				crcSuspect = crcSuspect || f.name == CRCFile
@@ -136,8 +171,10 @@ func verify(ctx context.Context, dir string, data bool) (VerifyResult, error) {
 	// The structure: every record of blocks.map.
 	it, err := s.Records()
 	if err != nil {
-		add(err)
-		return res, &VerifyError{Dir: dir, Problems: res.Problems}
+		if len(res.Problems) == 0 || errors.Is(ClassifyReadError(err), ErrCannotVerify) {
+			add(err) // else: a missing file the checksums above reported
+		}
+		return outcome()
 	}
 	var dataEnd int64
 	for {
@@ -168,6 +205,9 @@ func verify(ctx context.Context, dir string, data bool) (VerifyResult, error) {
 		res.Bytes += int64(e.Size)
 	}
 	it.Close()
+	if stopped != nil {
+		return outcome()
+	}
 	if d != nil && len(res.Problems) == 0 && s.datSize != dataEnd {
 		add(formatErr(filepath.Join(dir, DataFile), -1, -1, ErrCorrupt,
 			"is %d bytes, its last record ends at %d", s.datSize, dataEnd))
@@ -180,19 +220,20 @@ func verify(ctx context.Context, dir string, data bool) (VerifyResult, error) {
 		done := false
 		if d != nil && len(res.Problems) == 0 {
 			if done, err = s.CheckInStorageOrder(ctx, func(uint64) {}, func(_ int64, _ Record, err error) bool { return add(annotate(err)) }); err != nil {
-				return res, err
+				if ctx.Err() != nil {
+					return res, err
+				}
+				add(err)
+				return outcome()
 			}
 		}
-		if !done {
+		if !done && stopped == nil {
 			if err := s.readEach(ctx, badRecord, func(err error) bool { return add(annotate(err)) }); err != nil {
 				return res, err
 			}
 		}
 	}
-	if len(res.Problems) > 0 {
-		return res, &VerifyError{Dir: dir, Problems: res.Problems}
-	}
-	return res, nil
+	return outcome()
 }
 
 // readEach reads the data of every record of blocks.map that skip does

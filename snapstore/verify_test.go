@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/dmsnap/dmsnap/internal/crc32c"
 )
 
 // goodSession converts a small session and returns its fixture.
@@ -356,4 +359,87 @@ func TestVerifyStructure(t *testing.T) {
 		t.Fatalf("short blocks.dat: %v", err)
 	}
 	undo()
+}
+
+// hugeRecordSession writes in dir a session whose only record, at sector
+// 0, has size bytes of zeros (blocks.dat is sparse): a seed session, or
+// one of dmsnap's whose chunk (and device) is size bytes, so the record is
+// a well-formed chunk and its checksums match.
+func hugeRecordSession(t *testing.T, dir string, size uint32, seed bool) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(DataFile, nil)
+	if err := os.Truncate(filepath.Join(dir, DataFile), int64(size)); err != nil {
+		t.Fatal(err)
+	}
+	mp := EncodeMap([]Record{{Sector: 0, Size: size, Offset: 0}})
+	write(MapFile, mp)
+	if seed {
+		write(MetaFile, seedMeta("/dev/loop0", 1700000000e9, 1))
+		return
+	}
+	zeros := make([]byte, 1<<20)
+	var c uint32
+	for n := uint32(0); n < size; n += uint32(len(zeros)) {
+		c = crc32c.Update(c, zeros[:min(uint32(len(zeros)), size-n)])
+	}
+	crc := binary.LittleEndian.AppendUint32(nil, c)
+	write(CRCFile, crc)
+	hm, hc := sha256.Sum256(mp), sha256.Sum256(crc)
+	m := Meta{Device: "/dev/loop0", Timestamp: 1700000000e9, BlockSize: size, TotalBlocksSaved: 1, SnapshotType: SnapshotTypeCOW,
+		Dmsnap: &DmsnapMeta{FormatVersion: MetaFormatVersion, Name: "loop0", Sequence: 1, Device: Device{Path: "/dev/loop0", Size: int64(size)},
+			ChunkSize: size, Layout: LayoutPacked, State: StateComplete,
+			Checksums: Checksums{RecordCRC: CRCAlgorithm, BlocksMap: hex.EncodeToString(hm[:]), BlocksCRC: hex.EncodeToString(hc[:])}}}
+	b, err := EncodeMeta(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(MetaFile, b)
+}
+
+// TestVerifyRecordTooLarge: a record larger than MaxRecordSize, which a
+// restore cannot write, is damage that Verify and VerifyStructure report,
+// naming blocks.map and the record; so is it for the restore's reader. A
+// chunk of 128 MiB is within what meta.json allows, so only the record
+// size gives the dmsnap session away.
+func TestVerifyRecordTooLarge(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		size uint32
+		seed bool
+	}{
+		{"seed record of 64 MiB + 1", MaxRecordSize + 1, true},
+		{"dmsnap chunk of 128 MiB", 128 << 20, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "loop0_1700000000")
+			hugeRecordSession(t, dir, tc.size, tc.seed)
+			for name, verify := range map[string]func(context.Context, string) (VerifyResult, error){"Verify": Verify, "VerifyStructure": VerifyStructure} {
+				_, err := verify(context.Background(), dir)
+				var ve *VerifyError
+				if !errors.As(err, &ve) {
+					t.Fatalf("%s: %v, want the session reported damaged", name, err)
+				}
+				p := ve.Problems[0]
+				if filepath.Base(p.File) != MapFile || p.Record != 0 || !errors.Is(p, ErrCorrupt) || !strings.Contains(p.Msg, "64 MiB") {
+					t.Errorf("%s: first problem %v", name, p)
+				}
+			}
+			s, err := Open(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if _, err := s.AllEntries(); !errors.Is(err, ErrCorrupt) {
+				t.Errorf("reading the records: %v, want ErrCorrupt", err)
+			}
+		})
+	}
 }

@@ -14,15 +14,20 @@ import (
 	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/snapstore"
 )
 
-// Exit codes, as documented in the README and DESIGN.md.
+// Exit codes, as documented in the README and each command's help.
 const (
 	exitOK          = 0
 	exitFailure     = 1
 	exitUsage       = 2
 	exitBadPassword = 3
 	exitBusy        = 4
+	// exitCannotVerify: a session's file could not be read for a reason of
+	// the OS (permission, too many open files, an I/O error), so it could
+	// not be checked; that is not damage (exit 1).
+	exitCannotVerify = 5
 )
 
 // env is what every subcommand gets: its streams and the global settings.
@@ -114,8 +119,18 @@ func exitCode(err error) int {
 	case errors.Is(err, session.ErrBusy), errors.Is(err, dm.ErrBusy),
 		errors.Is(err, restore.ErrDeviceBusy), errors.Is(err, session.ErrLocked):
 		return exitBusy
+	case errors.Is(err, snapstore.ErrCannotVerify) && !wrote(err):
+		return exitCannotVerify
 	}
 	return exitFailure
+}
+
+// wrote reports a restore that failed after it had begun writing: whatever
+// stopped it, the target is half restored, and that is a failure.
+func wrote(err error) bool {
+	var pw *restore.PartialWriteError
+	var ie *restore.IncompleteImageError
+	return errors.As(err, &pw) && pw.Written > 0 || errors.As(err, &ie)
 }
 
 func printUsage(w io.Writer, global *pflag.FlagSet) {
@@ -131,7 +146,8 @@ func printUsage(w io.Writer, global *pflag.FlagSet) {
 	fmt.Fprintln(w, "\nglobal flags:")
 	global.SetOutput(w)
 	fmt.Fprint(w, strings.TrimRight(flagUsages(global), "\n")+"\n")
-	fmt.Fprintln(w, "\nexit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device busy or mounted")
+	fmt.Fprintln(w, "\nexit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device busy or mounted,")
+	fmt.Fprintln(w, "5 cannot verify (an OS error reading a session, not damage)")
 }
 
 // flagUsages is fs.FlagUsages without the "[=true|false]" pflag shows after

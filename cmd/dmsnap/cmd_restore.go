@@ -26,7 +26,7 @@ func init() {
 	register(command{name: "restore", summary: "return a device to its state before a session", run: runRestore})
 }
 
-const restoreUsage = `usage: dmsnap restore [NAME|DEVICE] [--session ID|latest] [--to FILE] [--dry-run] [--no-undo] [--merge] [--yes] [--json]
+const restoreUsage = `usage: dmsnap restore [NAME|DEVICE] [--session ID|latest] [--to FILE [--force]] [--dry-run] [--no-undo] [--merge] [--yes] [--json]
                       [--password-stdin|--password-file FILE]
 
 Returns the device to its state before session ID: the pre-images of that
@@ -50,6 +50,13 @@ once that session is closed (dmsnap watch closes it after the merge, or the
 next unmount does), restoring it puts the device back. Where the kernel
 refuses the merge table, the normal restore runs instead and says so.
 
+--to FILE writes the restored image to FILE and only reads the device (for
+an activated device, its live session's snapshot). FILE must not be what the
+restore reads: the device or image file, the raw device, the file behind a
+loop device of them, a file on a filesystem of them, or a session's file
+(compared by device and inode, so links do not hide it). An existing FILE
+that is not empty, or a block device, is overwritten only with --force.
+
 Without --session on a terminal, the device's sessions are listed and one is
 asked for; then the restore is confirmed (--yes skips that). Without a
 terminal, --session and --yes are required for a restore of the device.
@@ -57,12 +64,15 @@ terminal, --session and --yes are required for a restore of the device.
 exit codes: 0 ok (for --merge: merging, or restored normally where the
 kernel refused the merge), 1 failure (a damaged session, a device of another
 size, ...), 2 usage, 3 wrong password (--no-undo), 4 device mounted or open
-elsewhere, or an instant restore of it still merging
+elsewhere, or an instant restore of it still merging, 5 a session could not
+be read to be checked (an OS error such as permission denied or too many open
+files, not damage; nothing was written)
 `
 
 type restoreFlags struct {
 	session string
 	to      string
+	force   bool
 	dryRun  bool
 	noUndo  bool
 	merge   bool
@@ -75,7 +85,8 @@ func runRestore(e *env, args []string) error {
 	fs := newFlags(e, "restore")
 	var f restoreFlags
 	fs.StringVar(&f.session, "session", "", "restore to the state before this session (an ID, or latest)")
-	fs.StringVar(&f.to, "to", "", "write the restored image to FILE; the device is not touched")
+	fs.StringVar(&f.to, "to", "", "write the restored image to `FILE`; the device is only read")
+	fs.BoolVar(&f.force, "force", false, "with --to: overwrite FILE when it is not empty, or is a block device")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print the plan and write nothing")
 	fs.BoolVar(&f.noUndo, "no-undo", false, "write the raw device directly: faster, but the restore cannot be undone")
 	fs.BoolVar(&f.merge, "merge", false, "restore instantly: the kernel merges the plan back in the background (snapshot-merge)")
@@ -90,6 +101,9 @@ func runRestore(e *env, args []string) error {
 	}
 	if fs.NArg() > 1 {
 		return usagef("restore takes at most one device (NAME or DEVICE), got %q", fs.Args())
+	}
+	if f.force && f.to == "" {
+		return usagef("--force goes with --to only: it allows overwriting the image file")
 	}
 	if f.to != "" && f.noUndo {
 		return usagef("--no-undo and --to do not go together: --to leaves the device untouched")
@@ -434,6 +448,8 @@ func (r *restorer) plan(sessions []snapstore.SessionInfo, dev restore.Device) (*
 			info.State, info.Verified = restore.StateInvalid, true
 		case snapstore.StatusIncomplete:
 			info.State = restore.StateIncomplete
+		case snapstore.StatusUnreadable:
+			return nil, nil, unreadable(s.ID, s.Err)
 		default:
 			return nil, nil, fmt.Errorf("session %s is damaged: %v; nothing was written (dmsnap sessions verify %s tells more)", s.ID, s.Err, s.ID)
 		}
@@ -483,12 +499,12 @@ func (r *restorer) plan(sessions []snapstore.SessionInfo, dev restore.Device) (*
 		check := !r.verified[s.ID]
 		if check {
 			if _, err := snapstore.VerifyStructure(r.e.ctx, s.Dir); err != nil {
-				return nil, nil, fmt.Errorf("session %s failed verification; nothing was written: %w", s.ID, err)
+				return nil, nil, refusedByVerify(s.ID, err)
 			}
 		}
 		ss, err := snapstore.Open(s.Dir)
 		if err != nil {
-			return nil, nil, fmt.Errorf("session %s: %w", s.ID, err)
+			return nil, nil, refusedByVerify(s.ID, err)
 		}
 		r.opened = append(r.opened, ss)
 		plan = append(plan, restore.NewStoreSession(ss))
@@ -505,6 +521,9 @@ func (r *restorer) plan(sessions []snapstore.SessionInfo, dev restore.Device) (*
 			return nil, nil, err
 		}
 		if err := sub.Verify(r.e.ctx, r.progress()); err != nil {
+			if errors.Is(err, snapstore.ErrCannotVerify) {
+				return nil, nil, fmt.Errorf("a session could not be read to be checked, so nothing was written: %w; that is an OS error, not damage: fix it and run the restore again", err)
+			}
 			return nil, nil, fmt.Errorf("session verification failed; nothing was written: %w", err)
 		}
 		if r.verified == nil {
@@ -516,6 +535,23 @@ func (r *restorer) plan(sessions []snapstore.SessionInfo, dev restore.Device) (*
 	}
 	p, err := restore.NewPlan(plan)
 	return p, warns, err
+}
+
+// refusedByVerify is the error of a restore refused because session id did
+// not verify: damaged, or (errors.Is(err, snapstore.ErrCannotVerify)) not
+// readable for a reason of the OS, which is not damage.
+func refusedByVerify(id string, err error) error {
+	var ve *snapstore.VerifyError
+	if !errors.As(err, &ve) && errors.Is(err, snapstore.ErrCannotVerify) {
+		return unreadable(id, err)
+	}
+	return fmt.Errorf("session %s failed verification; nothing was written: %w", id, err)
+}
+
+// unreadable is the error of a restore refused because the OS would not
+// read session id's files (err wraps snapstore.ErrCannotVerify).
+func unreadable(id string, err error) error {
+	return fmt.Errorf("session %s could not be read to be checked, so nothing was written: %w; that is an OS error, not damage: fix it and run the restore again", id, err)
 }
 
 func ids(sessions []snapstore.SessionInfo) []string {
@@ -611,6 +647,17 @@ func (r *restorer) toFile(sessions []snapstore.SessionInfo, target int) error {
 		}
 		src = dm.Stack{Name: r.name}.SnapshotPath(cur.N)
 	}
+	// What the image is made of: the destination must be none of it.
+	sources := []string{src, r.device}
+	for _, s := range chain {
+		for _, f := range []string{snapstore.DataFile, snapstore.MapFile, snapstore.CRCFile, snapstore.MetaFile} {
+			sources = append(sources, filepath.Join(s.Dir, f))
+		}
+	}
+	tgt, err := restore.CheckImageTarget(r.f.to, sources, r.f.force, restore.TargetProbe{Stat: restore.StatPath, LoopBacking: loopBacking})
+	if err != nil {
+		return err
+	}
 	p, warns, err := r.plan(chain, nil)
 	if err != nil {
 		return err
@@ -630,16 +677,39 @@ func (r *restorer) toFile(sessions []snapstore.SessionInfo, target int) error {
 				Want: fmt.Sprintf("%d bytes", m.Dmsnap.Device.Size), Got: fmt.Sprintf("%d bytes", size)}
 		}
 	}
-	out, err := os.OpenFile(r.f.to, os.O_RDWR|os.O_CREATE, 0o600)
+	out, err := restore.OpenImageTarget(tgt)
 	if err != nil {
 		return err
 	}
-	res, stats, err := p.ApplyToImage(r.e.ctx, out, sf, size, restore.ApplyOptions{SkipVerify: true, Progress: r.progress()})
-	if cerr := out.Close(); err == nil {
-		err = cerr
+	var dst restore.ImageFile = out
+	if tgt.ID.IsBlock() {
+		n, err := deviceSize(out)
+		if err != nil {
+			tgt.Discard(out)
+			return fmt.Errorf("%s: %w; nothing was written", r.f.to, err)
+		}
+		dst = restore.BlockImage{F: out, Size: n}
 	}
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", r.f.to, err)
+	res, stats, err := p.ApplyToImage(r.e.ctx, dst, sf, size, restore.ApplyOptions{SkipVerify: true, Progress: r.progress()})
+	var ie *restore.IncompleteImageError
+	switch {
+	case errors.As(err, &ie):
+		out.Close()
+		state := "now holds neither what it held nor the restored image"
+		if !tgt.Exists {
+			state = "holds an incomplete image"
+		}
+		return fmt.Errorf("writing %s: %w; %s %s: delete it, or run the restore again (%s was only read)", r.f.to, err, r.f.to, state, src)
+	case err != nil:
+		tgt.Discard(out)
+		state := "was not changed"
+		if !tgt.Exists {
+			state = "was not created"
+		}
+		return fmt.Errorf("writing %s: %w; nothing was written: %s %s", r.f.to, err, r.f.to, state)
+	}
+	if err := out.Close(); err != nil {
+		return fmt.Errorf("closing %s after writing the image: %w; the image may be incomplete: run the restore again (%s was only read)", r.f.to, err, src)
 	}
 	rr := r.result(chain)
 	rr.To, rr.Image, rr.Summary, rr.Written, rr.Writes = r.f.to, &stats, res.Summary, res.Bytes, res.Writes
@@ -648,9 +718,15 @@ func (r *restorer) toFile(sessions []snapstore.SessionInfo, target int) error {
 		return writeJSON(r.e.stdout, rr)
 	}
 	printWarnings(r.e.stderr, warns)
-	fmt.Fprintf(r.e.stdout, "Wrote %s: %s as it was before session %s (%s of the device copied, %s from %d session(s)); %s was not touched.\n",
-		r.f.to, r.name, chain[0].ID, restore.FormatBytes(uint64(size)), restore.FormatBytes(res.Bytes), len(chain), r.device)
+	fmt.Fprintf(r.e.stdout, "Wrote %s: %s as it was before session %s (%s of the device copied, %s from %d session(s)); %s was only read.\n",
+		r.f.to, r.name, chain[0].ID, restore.FormatBytes(uint64(size)), restore.FormatBytes(res.Bytes), len(chain), src)
 	return nil
+}
+
+// loopBacking is restore.TargetProbe's LoopBacking: the file behind a loop
+// device, by the numbers the kernel holds.
+func loopBacking(rdev uint64) (dev, ino uint64, ok bool, err error) {
+	return dm.LoopBacking(dm.DevFromNumber(rdev))
 }
 
 func (r *restorer) restoreDevice(sessions []snapstore.SessionInfo, target int) error {

@@ -48,9 +48,11 @@ close   unmount the view, remove its device and delete its COW
    "dir": "/snapshot/sdb1_1700000000",
    "state": "closed",                closed | invalid | unverified (a seed
                                      session, no checksums) | damaged |
+                                     unreadable (meta.json could not be read:
+                                     an OS error, not damage) |
                                      armed | open | closing (not converted yet)
    "invalid_reason": "...",          when invalid
-   "error": "...",                   why damaged
+   "error": "...",                   why damaged or unreadable
    "chunk_size": 4096,               bytes
    "fs_type": "ext4",
    "armed": "RFC 3339", "mounted": ..., "unmounted": ..., "closed": ...
@@ -66,7 +68,9 @@ close   unmount the view, remove its device and delete its COW
 show adds "meta": meta.json as stored, for finished sessions.
 
 Exit codes: 0 ok, 1 failure (a damaged session for verify), 2 usage,
-3 wrong password (prune), 4 state locked.
+3 wrong password (prune), 4 state locked, 5 cannot verify (verify could not
+read a session's files for a reason of the OS: permission, too many open
+files, an I/O error; that is not damage, and no session was found damaged).
 `
 
 func runSessions(e *env, args []string) error {
@@ -106,21 +110,21 @@ func runSessions(e *env, args []string) error {
 // sessionJSON is one session in --json output; its shape is documented in
 // sessionsHelp and kept stable.
 type sessionJSON struct {
-	ID            string          `json:"id"`
-	Name          string          `json:"name"`
-	Device        string          `json:"device"`
-	Dir           string          `json:"dir"`
-	State         string          `json:"state"`
-	InvalidReason string          `json:"invalid_reason,omitempty"`
-	Error         string          `json:"error,omitempty"`
-	ChunkSize     uint32          `json:"chunk_size,omitempty"`
-	FSType        string          `json:"fs_type,omitempty"`
-	Armed         *time.Time      `json:"armed,omitempty"`
-	Mounted       *time.Time      `json:"mounted,omitempty"`
-	Unmounted     *time.Time      `json:"unmounted,omitempty"`
-	Closed        *time.Time      `json:"closed,omitempty"`
-	Blocks        int64           `json:"blocks"`
-	Bytes         int64           `json:"bytes"`
+	ID            string     `json:"id"`
+	Name          string     `json:"name"`
+	Device        string     `json:"device"`
+	Dir           string     `json:"dir"`
+	State         string     `json:"state"`
+	InvalidReason string     `json:"invalid_reason,omitempty"`
+	Error         string     `json:"error,omitempty"`
+	ChunkSize     uint32     `json:"chunk_size,omitempty"`
+	FSType        string     `json:"fs_type,omitempty"`
+	Armed         *time.Time `json:"armed,omitempty"`
+	Mounted       *time.Time `json:"mounted,omitempty"`
+	Unmounted     *time.Time `json:"unmounted,omitempty"`
+	Closed        *time.Time `json:"closed,omitempty"`
+	Blocks        int64      `json:"blocks"`
+	Bytes         int64      `json:"bytes"`
 	// Restorable: the device can still be put back to its state before
 	// this session (it and every later session are whole); when not,
 	// NotRestorable says why.
@@ -161,6 +165,7 @@ const (
 	stateInvalid    = "invalid"
 	stateUnverified = "unverified"
 	stateDamaged    = "damaged"
+	stateUnreadable = "unreadable"
 )
 
 func describeSession(info snapstore.SessionInfo) sessionJSON {
@@ -177,6 +182,8 @@ func describeSession(info snapstore.SessionInfo) sessionJSON {
 		s.State = stateUnverified
 	case snapstore.StatusDamaged:
 		s.State = stateDamaged
+	case snapstore.StatusUnreadable:
+		s.State = stateUnreadable
 	case snapstore.StatusIncomplete:
 		s.State = string(info.Phase)
 		if st, err := snapstore.ReadState(info.Dir); err == nil {
@@ -364,40 +371,61 @@ func runSessionsVerify(e *env, args []string) error {
 		}
 		dirs = append(dirs, dir)
 	}
-	damaged := 0
+	failed, unverified := 0, 0
 	for _, dir := range dirs {
 		if err := e.ctx.Err(); err != nil {
 			return err
 		}
-		if !verifyOne(e, dir) {
-			damaged++
+		switch verifyOne(e, dir) {
+		case verifyFailed:
+			failed++
+		case verifyUnreadable:
+			unverified++
 		}
 	}
-	if damaged > 0 {
-		return fmt.Errorf("%d of %d sessions failed verification: restoring through them would be wrong; see the problems above", damaged, len(dirs))
+	if failed > 0 {
+		return fmt.Errorf("%d of %d sessions failed verification: restoring through them would be wrong; see the problems above", failed, len(dirs))
+	}
+	if unverified > 0 {
+		return fmt.Errorf("%d of %d sessions could not be read, so whether they are intact is not known (%w: an OS error, not damage): fix what is named above and verify them again",
+			unverified, len(dirs), snapstore.ErrCannotVerify)
 	}
 	return nil
 }
 
-// verifyOne verifies a session and prints the outcome; it reports success.
-func verifyOne(e *env, dir string) bool {
+// The outcomes of verifyOne.
+const (
+	verifyOK         = iota
+	verifyFailed     // damaged, or not a finished session
+	verifyUnreadable // the OS would not read a file: nothing is known
+)
+
+// verifyOne verifies a session and prints the outcome.
+func verifyOne(e *env, dir string) int {
 	id := filepath.Base(dir)
 	if _, err := os.Stat(filepath.Join(dir, snapstore.MetaFile)); errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(e.stdout, "%s: not finished (no meta.json): it is live or waiting for `dmsnap watch` to convert it\n", id)
-		return false
+		return verifyFailed
 	}
 	res, err := snapstore.Verify(e.ctx, dir)
 	var ve *snapstore.VerifyError
-	if err != nil && !errors.As(err, &ve) {
-		fmt.Fprintf(e.stdout, "%s: cannot verify: %v\n", id, err)
-		return false
-	}
-	if len(res.Problems) > 0 {
+	switch {
+	case errors.As(err, &ve):
 		fmt.Fprintf(e.stdout, "%s: DAMAGED\n", id)
 		for _, p := range res.Problems {
 			fmt.Fprintf(e.stdout, "  %v\n", p)
 		}
-		return false
+		if ve.Stopped != nil {
+			fmt.Fprintf(e.stdout, "  and verification stopped there: %v\n", ve.Stopped)
+		}
+		return verifyFailed
+	case errors.Is(err, snapstore.ErrCannotVerify):
+		// err reads "cannot verify: <what the OS said>".
+		fmt.Fprintf(e.stdout, "%s: %v (an OS error, not damage)\n", id, err)
+		return verifyUnreadable
+	case err != nil:
+		fmt.Fprintf(e.stdout, "%s: verification failed: %v\n", id, err)
+		return verifyFailed
 	}
 	var notes []string
 	if res.Unverified {
@@ -411,7 +439,7 @@ func verifyOne(e *env, dir string) bool {
 		extra = "; " + strings.Join(notes, "; ")
 	}
 	fmt.Fprintf(e.stdout, "%s: ok, %d records, %s%s\n", id, res.Records, humanBytes(uint64(max(res.Bytes, 0))), extra)
-	return true
+	return verifyOK
 }
 
 func runSessionsPrune(e *env, args []string) error {

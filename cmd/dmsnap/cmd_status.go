@@ -77,14 +77,14 @@ type deviceJSON struct {
 	// still be put back to; OldestRestorePoint the furthest back ("" when
 	// none); Unrestorable how many finished sessions can no longer be
 	// restored to (an invalid or damaged session after them).
-	RestorePoints      int    `json:"restore_points"`
-	OldestRestorePoint string `json:"oldest_restore_point,omitempty"`
-	Unrestorable       int    `json:"unrestorable_sessions"`
-	Error              string `json:"error,omitempty"`
-	Todo            []string            `json:"todo"`
-	Issues          []string            `json:"issues"`
-	Views           []viewJSON          `json:"views,omitempty"` // open views (dmsnap sessions open)
-	Merge           *mergeJSON          `json:"merge,omitempty"` // an instant restore running (restore --merge)
+	RestorePoints      int        `json:"restore_points"`
+	OldestRestorePoint string     `json:"oldest_restore_point,omitempty"`
+	Unrestorable       int        `json:"unrestorable_sessions"`
+	Error              string     `json:"error,omitempty"`
+	Todo               []string   `json:"todo"`
+	Issues             []string   `json:"issues"`
+	Views              []viewJSON `json:"views,omitempty"` // open views (dmsnap sessions open)
+	Merge              *mergeJSON `json:"merge,omitempty"` // an instant restore running (restore --merge)
 }
 
 type stackJSON struct {

@@ -113,8 +113,8 @@ func TestPruneAsksForThePassword(t *testing.T) {
 	exists := func(p string) bool { _, err := os.Stat(p); return err == nil }
 	untouched := func(what string) {
 		t.Helper()
-		if !exists(a) || !exists(b) || exists(filepath.Join(w.store, prunedLog)) {
-			t.Fatalf("%s: a %v, b %v, pruned.log %v; want nothing removed", what, exists(a), exists(b), exists(filepath.Join(w.store, prunedLog)))
+		if !exists(a) || !exists(b) || exists(filepath.Join(w.store, snapstore.PrunedLog)) {
+			t.Fatalf("%s: a %v, b %v, pruned.log %v; want nothing removed", what, exists(a), exists(b), exists(filepath.Join(w.store, snapstore.PrunedLog)))
 		}
 	}
 
