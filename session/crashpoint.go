@@ -19,11 +19,25 @@ package session
 const CrashpointEnv = "DMSNAP_CRASHPOINT"
 
 // Crash points besides the step kinds (ActionKind values, reached after the
-// step succeeded): the middle of ActOpen, and each conversion step
-// (CrashpointConvert + snapstore's step name, reached after that step).
+// step succeeded): the middle of ActOpen, each conversion step
+// (CrashpointConvert + snapstore's step name, reached after that step), and
+// the steps of instant restores, views, prune and passwd.
 const (
 	CrashpointOpenMarked = "open:marked" // registry says opening; the store directory not renamed yet
 	CrashpointConvert    = "convert:"    // + snapstore.Step* (begin, map-files, map, data, punch, meta, cleanup)
+
+	CrashpointMergeRecorded = "merge:recorded" // merges.json says starting; the merge table not loaded yet
+	CrashpointMergeLoaded   = "merge:loaded"   // the kernel merges; merges.json still says starting
+	CrashpointMergeRunning  = "merge:running"  // merges.json says merging
+	CrashpointMergeEnded    = "merge:ended"    // snapshot-origin back; the store and the record still there
+	CrashpointMergeRemoved  = "merge:removed"  // the store removed; the record still there
+
+	CrashpointViewRecorded = "view:recorded" // views.json says opening; nothing stacked yet
+	CrashpointViewStacked  = "view:stacked"  // the view device is up; views.json still says opening
+	CrashpointViewDropped  = "view:dropped"  // the view's device and COW gone; its record still there
+
+	CrashpointPrune  = "prune:"     // + moved, logged, removed (snapstore.PruneSession's steps)
+	CrashpointPasswd = "passwd:set" // the new password hash written
 )
 
 // Crashpoints lists the crash points of the watcher's session life cycle

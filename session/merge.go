@@ -51,6 +51,11 @@ const (
 	MergeRunning  = "merging"  // the kernel took the table
 )
 
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
 // LoadMerges reads the running merges; none when the file is missing. A
 // file ParseMerges refuses is an error that names it.
 func LoadMerges(stateDir string) ([]Merge, error) {
@@ -270,12 +275,21 @@ func (m *Manager) finishMerge(ctx context.Context, reg *Registry, k MergeKernel,
 		if err := k.EndMerge(ctx, mg.Device); err != nil {
 			return o, err
 		}
+		Crashpoint(CrashpointMergeEnded)
 		log.Info("merge done: snapshot-origin is back")
-	case mg.Phase == MergeRunning:
+	case mg.Phase == MergeRunning || (mg.Phase == MergeStarting && fileExists(mg.COW)):
 		// The stack was rebuilt as snapshot-origin while the merge ran (a
 		// reboot): what is not merged yet is still in the store. The
 		// merge goes on from there, but never under a mounted file
 		// system, which would see its blocks change.
+		//
+		// A record still "starting" whose store is there may have run too:
+		// a power cut between the kernel's taking the merge table and the
+		// record's saying so leaves a half-merged device. The store is
+		// whole before the table is loaded (written and synced first), so
+		// going on with it is right either way: the restore asked for runs
+		// to its end, and the session armed for it records what it
+		// overwrites.
 		d := reg.Device(mg.Device)
 		if d == nil {
 			log.Warn("merge of a device no longer activated: removing its store", "cow", mg.COW)
@@ -310,6 +324,7 @@ func (m *Manager) finishMerge(ctx context.Context, reg *Registry, k MergeKernel,
 	if err := k.RemoveCOW(ctx, mg.COW); err != nil {
 		return o, err
 	}
+	Crashpoint(CrashpointMergeRemoved)
 	o.Finished = true
 
 	d := reg.Device(mg.Device)

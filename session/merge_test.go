@@ -132,25 +132,34 @@ func TestFinishMergesLeavesAMountedRecordingSessionOpen(t *testing.T) {
 }
 
 func TestFinishMergesAfterTheStackWasRebuilt(t *testing.T) {
-	// The origin is not merging: a record still starting is a restore that
-	// never got its table (dropped); one running is a merge a reboot
-	// interrupted (resumed, or dropped when the store holds nothing).
+	// The origin is not merging: a record still starting whose store is
+	// gone is a restore that never got its table (dropped); one starting
+	// with its store, or running, may be a merge a reboot interrupted — a
+	// power cut right after the kernel took the table leaves the record at
+	// starting — so it is resumed (or dropped when the store holds
+	// nothing).
 	for _, c := range []struct {
 		phase   string
+		noStore bool
 		resumes bool
 		mounted bool
 		calls   string
 		kept    bool
 		problem bool
 	}{
-		{phase: session.MergeStarting, calls: "RemoveCOW sdb1.cow"},
+		{phase: session.MergeStarting, noStore: true, calls: "RemoveCOW sdb1.cow"},
+		{phase: session.MergeStarting, resumes: true, calls: "ResumeMerge sdb1", kept: true},
+		{phase: session.MergeStarting, calls: "ResumeMerge sdb1,RemoveCOW sdb1.cow"},
 		{phase: session.MergeRunning, resumes: true, calls: "ResumeMerge sdb1", kept: true},
 		{phase: session.MergeRunning, calls: "ResumeMerge sdb1,RemoveCOW sdb1.cow"},
 		{phase: session.MergeRunning, resumes: true, mounted: true, kept: true, problem: true},
 	} {
 		w := newWorld(t)
 		w.activate()
-		w.startMerge(c.phase)
+		mg := w.startMerge(c.phase)
+		if c.noStore {
+			os.Remove(mg.COW)
+		}
 		if c.mounted {
 			w.mount()
 		}

@@ -86,6 +86,7 @@ func runPasswd(e *env, args []string) error {
 	if err := sec.Set(p); err != nil {
 		return fmt.Errorf("store the control password in %s: %w", sec.Path, err)
 	}
+	session.Crashpoint(session.CrashpointPasswd)
 	fmt.Fprintln(e.stdout, "control password set")
 	return nil
 }

@@ -512,7 +512,7 @@ func runSessionsPrune(e *env, args []string) error {
 			fmt.Fprintf(e.stdout, "would remove %s\n", info.ID)
 			continue
 		}
-		err := snapstore.PruneSession(e.store, info, time.Now(), func(step string) { session.Crashpoint("prune:" + step) })
+		err := snapstore.PruneSession(e.store, info, time.Now(), func(step string) { session.Crashpoint(session.CrashpointPrune + step) })
 		if err != nil {
 			return fmt.Errorf("remove session %s: %w", info.ID, err)
 		}

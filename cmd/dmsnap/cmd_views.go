@@ -329,6 +329,7 @@ func openView(e *env, id string) (session.View, error) {
 	if err := session.SaveViews(e.state, append(vs, v)); err != nil {
 		return session.View{}, err
 	}
+	session.Crashpoint(session.CrashpointViewRecorded)
 	fail := func(err error) (session.View, error) {
 		if derr := dropView(v); derr != nil {
 			return session.View{}, errors.Join(err, fmt.Errorf("undoing the open left pieces (dmsnap sessions close %s retries): %w", id, derr))
@@ -350,6 +351,7 @@ func openView(e *env, id string) (session.View, error) {
 	if err := stackView(stack, v.DM, real, loop.Dev, r.active.ChunkSectors()); err != nil {
 		return fail(err)
 	}
+	session.Crashpoint(session.CrashpointViewStacked)
 	v.Opening = false
 	if err := session.SaveViews(e.state, append(vs, v)); err != nil {
 		return v, fmt.Errorf("view %s is up but still recorded as opening (dmsnap sessions close %s removes it): %w", viewPath(v), id, err)
@@ -422,6 +424,7 @@ func runSessionsClose(e *env, args []string) error {
 	if err := dropView(v); err != nil {
 		return err
 	}
+	session.Crashpoint(session.CrashpointViewDropped)
 	vs = append(vs[:i], vs[i+1:]...)
 	if err := session.SaveViews(e.state, vs); err != nil {
 		return err

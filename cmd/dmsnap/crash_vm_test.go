@@ -20,8 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/internal/vmtest"
 	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/snapstore"
 )
 
 // crashRounds is how many times the crash tests go through every point
@@ -247,4 +249,137 @@ func TestCrashpoints(t *testing.T) {
 	t.Logf("soak-count crashes %d restores-after-crash %d", crashes, restores)
 	t.Logf("crashes injected: %d (%d in the watcher at %d points, %d in the restore, over %d rounds); restores checked: %d; in %v",
 		crashes, crashes-restorePoints, len(session.Crashpoints), restorePoints, rounds, restores, time.Since(start).Round(time.Second))
+}
+
+// mergeDone reports that no instant restore of name is recorded or running.
+func mergeDone(t *testing.T, c *cli, name string) bool {
+	t.Helper()
+	ms, err := session.LoadMerges(c.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	merging, err := dm.Stack{Name: name}.Merging()
+	return err == nil && !merging && session.FindMerge(ms, name) == nil
+}
+
+// TestCrashpointsMergeViewsPrune kills an instant restore (and the watcher
+// finishing it) at each of its steps, `sessions open` and `close` at theirs,
+// and `sessions prune` at its: the next watcher or command finishes the
+// work, the device ends restored byte for byte, and nothing is left behind.
+// A power cut right after the kernel took the merge table (merge:loaded)
+// used to leave the device half merged: the record said "starting", which
+// the watcher took for a merge that never ran, and removed its store.
+func TestCrashpointsMergeViewsPrune(t *testing.T) {
+	c := newCLI(t)
+	requireCrashpoints(t, c)
+	raw := rawDevice(t, 32<<20)
+	const name = "cm"
+	origin := "/dev/mapper/dmsnap-" + name
+	c.activate(t, raw, name)
+	mnt := t.TempDir()
+	clean := c.watch(t)
+	session1 := func(t *testing.T, i int) (id, before string) {
+		t.Helper()
+		closed := settled(t, c, name)
+		before = hash(t, origin)
+		vmtest.Run(t, "mount", origin, mnt)
+		writeSome(t, mnt, i)
+		vmtest.Run(t, "umount", mnt)
+		return newClosed(t, closed, settled(t, c, name)), before
+	}
+	restored := func(t *testing.T, before string) {
+		t.Helper()
+		eventually(t, "the instant restore to finish", 120*time.Second, func() bool { return mergeDone(t, c, name) })
+		settled(t, c, name)
+		if h := hash(t, origin); h != before {
+			t.Fatalf("after the interrupted instant restore: sha256 %s, want %s (the state before the session)", h, before)
+		}
+		if ents, _ := os.ReadDir(c.state + "/merges"); len(ents) != 0 {
+			t.Fatalf("merge stores left: %v", ents)
+		}
+	}
+	for i, point := range []string{session.CrashpointMergeRecorded, session.CrashpointMergeLoaded, session.CrashpointMergeRunning} {
+		t.Run("restore/"+point, func(t *testing.T) {
+			id, before := session1(t, 200+i)
+			cmd := c.cmd("", "restore", name, "--session", id, "--merge", "--yes")
+			cmd.Env = append(os.Environ(), session.CrashpointEnv+"="+point)
+			out, err := cmd.CombinedOutput()
+			killedAt(t, "the instant restore", err, string(out), point)
+			restored(t, before)
+		})
+	}
+	for i, point := range []string{session.CrashpointMergeEnded, session.CrashpointMergeRemoved} {
+		t.Run("watch/"+point, func(t *testing.T) {
+			id, before := session1(t, 210+i)
+			clean.stop(t)
+			w := c.watchCrashing(t, point)
+			c.ok(t, "restore", name, "--session", id, "--merge", "--yes")
+			killedAt(t, "the watcher", w.waitDead(t, 120*time.Second), w.log.String(), point)
+			clean = c.watch(t)
+			restored(t, before)
+		})
+	}
+
+	// Views: a crash after the record or after the stacking is cleaned up
+	// by the next open (which then shows the state before the session),
+	// a crash in close by the next close.
+	id, before := session1(t, 220)
+	after := hash(t, origin)
+	view := "/dev/mapper/dmsnap-" + name + "-at" + strings.TrimPrefix(id, name+"_")
+	for _, point := range []string{session.CrashpointViewRecorded, session.CrashpointViewStacked} {
+		t.Run("open/"+point, func(t *testing.T) {
+			cmd := c.cmd("", "sessions", "open", id)
+			cmd.Env = append(os.Environ(), session.CrashpointEnv+"="+point)
+			out, err := cmd.CombinedOutput()
+			killedAt(t, "sessions open", err, string(out), point)
+			c.ok(t, "sessions", "open", id)
+			if h := hash(t, view); h != before {
+				t.Fatalf("view after an interrupted open: %s, want the state before %s", h, id)
+			}
+			c.ok(t, "sessions", "close", id)
+		})
+	}
+	t.Run("close/"+session.CrashpointViewDropped, func(t *testing.T) {
+		c.ok(t, "sessions", "open", id)
+		cmd := c.cmd("", "sessions", "close", id)
+		cmd.Env = append(os.Environ(), session.CrashpointEnv+"="+session.CrashpointViewDropped)
+		out, err := cmd.CombinedOutput()
+		killedAt(t, "sessions close", err, string(out), session.CrashpointViewDropped)
+		// The device is gone; the record is cleaned up by the next close.
+		c.ok(t, "sessions", "close", id)
+		if _, err := os.Stat(view); !os.IsNotExist(err) {
+			t.Fatalf("view device after close: %v", err)
+		}
+		if code, _, _ := c.try(t, "", "sessions", "close", id); code == 0 {
+			t.Fatal("a third close found a view to close")
+		}
+	})
+	if h := hash(t, origin); h != after {
+		t.Fatal("the views changed the device")
+	}
+
+	// Prune: killed after each step, the session is gone from the listing,
+	// a restore to it says it was pruned, and the next prune finishes.
+	for _, step := range []string{"moved", "logged"} {
+		t.Run("prune/"+step, func(t *testing.T) {
+			session1(t, 230)
+			closed := settled(t, c, name)
+			oldest := closed[0]
+			cmd := c.cmd("", "sessions", "prune", name, "--keep", strconv.Itoa(len(closed)-1))
+			cmd.Env = append(os.Environ(), session.CrashpointEnv+"="+session.CrashpointPrune+step)
+			out, err := cmd.CombinedOutput()
+			killedAt(t, "sessions prune", err, string(out), session.CrashpointPrune+step)
+			if slices.Contains(settled(t, c, name), oldest) {
+				t.Fatalf("%s still listed after a prune killed at %s", oldest, step)
+			}
+			if code, _, errOut := c.try(t, "", "restore", name, "--session", oldest, "--dry-run"); code == 0 || !strings.Contains(errOut, "was pruned") {
+				t.Fatalf("restore to the pruned %s: exit %d %s", oldest, code, errOut)
+			}
+			c.ok(t, "sessions", "prune", name, "--keep", "100")
+			if ents, _ := os.ReadDir(c.store + "/" + snapstore.PruneDir); len(ents) != 0 {
+				t.Fatalf("left in %s: %v", snapstore.PruneDir, ents)
+			}
+		})
+	}
+	clean.stop(t)
 }

@@ -224,6 +224,7 @@ func (r *restorer) startMerge(p *restore.Plan, target string, recording int) (*s
 	if err := session.SaveMerges(r.e.state, append(ms, mg)); err != nil {
 		return drop(err)
 	}
+	session.Crashpoint(session.CrashpointMergeRecorded)
 	if err := loadMergeTable(stack, loop.Path, r.active.ChunkSectors()); err != nil {
 		if serr := session.SaveMerges(r.e.state, ms); serr != nil {
 			return nil, errors.Join(err, serr)
@@ -241,10 +242,12 @@ func (r *restorer) startMerge(p *restore.Plan, target string, recording int) (*s
 		unix.IoctlSetInt(int(f.Fd()), unix.BLKFLSBUF, 0)
 		f.Close()
 	}
+	session.Crashpoint(session.CrashpointMergeLoaded)
 	mg.Phase = session.MergeRunning
 	if err := session.SaveMerges(r.e.state, append(ms, mg)); err != nil {
-		return nil, fmt.Errorf("the merge runs, but recording it failed (dmsnap watch cannot finish it): %w", err)
+		return nil, fmt.Errorf("the merge runs, but recording it failed (dmsnap watch finishes it from the record it started with): %w", err)
 	}
+	session.Crashpoint(session.CrashpointMergeRunning)
 	return &mg, nil
 }
 
