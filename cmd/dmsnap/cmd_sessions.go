@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/internal/atomicfile"
+	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
@@ -31,7 +32,8 @@ show    one session
 verify  check every checksum of the given sessions (all finished ones when none
         is given); exit 1 naming each damaged file, offset and record
 prune   remove the oldest finished sessions of device NAME: all but the newest
-        N, or those that started more than DURATION ago (e.g. 36h, 30d). Live
+        N, or those that started more than DURATION ago (a Go duration such
+        as 36h, or whole days or weeks: 30d, 2w; at most 100 years). Live
         sessions are never removed. Runs under the state lock.
 open    a read-only view of activated device NAME as it was before session ID:
         /dev/mapper/dmsnap-NAME-atSECS, a snapshot over dmsnap-NAME-real (the
@@ -352,8 +354,8 @@ func verifyOne(e *env, dir string) bool {
 
 func runSessionsPrune(e *env, args []string) error {
 	fs := newFlags(e, "sessions prune")
-	keep := fs.Int("keep", -1, "keep the newest `N` finished sessions")
-	older := fs.String("older-than", "", "remove sessions that started more than `DURATION` ago (e.g. 36h, 30d)")
+	keep := fs.Int("keep", 0, "keep the newest `N` finished sessions")
+	older := fs.String("older-than", "", "remove sessions that started more than `DURATION` ago (e.g. 36h, 30d, 2w)")
 	dry := fs.Bool("dry-run", false, "show what would be removed")
 	fs.Usage = func() { fmt.Fprint(e.stderr, sessionsHelp) }
 	if err := parseFlags(fs, args); err != nil {
@@ -362,13 +364,21 @@ func runSessionsPrune(e *env, args []string) error {
 	if fs.NArg() != 1 {
 		return usagef("sessions prune takes one device NAME")
 	}
-	if (*keep >= 0) == (*older != "") {
+	// Changed, not the values: a given --keep -1 or --older-than "" is a
+	// mistake to name, not an absent flag.
+	if fs.Changed("keep") == fs.Changed("older-than") {
 		return usagef("sessions prune needs exactly one of --keep N and --older-than DURATION")
 	}
-	var age time.Duration
-	if *older != "" {
+	keepN, age := -1, time.Duration(0) // pruneVictims: keepN < 0 prunes by age
+	if fs.Changed("keep") {
+		if keepN = *keep; keepN < 0 {
+			return usagef("--keep %d: want 0 or more", *keep)
+		}
+	} else {
 		var err error
-		if age, err = parseAge(*older); err != nil {
+		if age, err = units.ParseAge(*older); errors.Is(err, units.ErrZeroAge) {
+			return usagef("--older-than %s would remove every finished session: give a positive DURATION, or --keep 0 to remove them all", *older)
+		} else if err != nil {
 			return usagef("--older-than: %v", err)
 		}
 	}
@@ -395,7 +405,7 @@ func runSessionsPrune(e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("list the store %s: %w", e.store, err)
 	}
-	victims, short := pruneVictims(infos, name, tracked, *keep, age, time.Now())
+	victims, short := pruneVictims(infos, name, tracked, keepN, age, time.Now())
 	if short != "" {
 		fmt.Fprintf(e.stderr, "dmsnap sessions prune: %s\n", short)
 	}
@@ -478,22 +488,6 @@ func pruneKeptReason(info snapstore.SessionInfo, tracked map[string]bool) string
 		return "damaged (`dmsnap sessions verify` says where)"
 	}
 	return "not finished (no meta.json)"
-}
-
-// parseAge reads a Go duration, or a number of days ("30d").
-func parseAge(s string) (time.Duration, error) {
-	if d, ok := strings.CutSuffix(s, "d"); ok {
-		n, err := strconv.ParseUint(d, 10, 32)
-		if err != nil {
-			return 0, fmt.Errorf("%q: want a duration such as 36h or 30d", s)
-		}
-		return time.Duration(n) * 24 * time.Hour, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d < 0 {
-		return 0, fmt.Errorf("%q: want a duration such as 36h or 30d", s)
-	}
-	return d, nil
 }
 
 // prunedLog is the file in a store that lists the sessions prune removed,
