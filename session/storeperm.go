@@ -261,10 +261,3 @@ func (t trusted) checkDirs(real string, exists bool) error {
 		}
 	}
 }
-
-// CheckStore is ResolveStore's verdict alone, for the callers not moved to
-// ResolveStore yet.
-func CheckStore(store string) error {
-	_, err := ResolveStore(store)
-	return err
-}

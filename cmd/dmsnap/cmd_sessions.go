@@ -70,8 +70,9 @@ func runSessions(e *env, args []string) error {
 	switch args[0] {
 	case "list", "show", "verify", "prune", "open", "mount", "close":
 		// What the store holds is restored onto devices: refuse one that
-		// others could have written to.
-		if err := session.CheckStore(e.store); err != nil {
+		// others could have written to, and use its real path from now on.
+		var err error
+		if e.store, err = session.ResolveStore(e.store); err != nil {
 			return err
 		}
 	}
