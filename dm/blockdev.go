@@ -201,8 +201,8 @@ func ParseMountInfo(r io.Reader) ([]MountEntry, error) {
 }
 
 // MountsOf returns the entries that mount dev: by the file system's device
-// number, or by a source path that is that block device (btrfs, for one,
-// reports an anonymous device number in mountinfo). sourceDev resolves a
+// number, or, for btrfs (which reports an anonymous device number in
+// mountinfo), by a source path that is that block device. sourceDev resolves a
 // source path to its device number; nil means stat(2).
 func MountsOf(entries []MountEntry, dev Dev, sourceDev func(string) (Dev, bool)) []MountEntry {
 	if sourceDev == nil {
@@ -215,9 +215,11 @@ func MountsOf(entries []MountEntry, dev Dev, sourceDev func(string) (Dev, bool))
 			continue
 		}
 		// The rule the session watcher follows (mountinfo.ResolveSourceDevs),
-		// widened to any source path: a mount whose source is the device
-		// mounts it, whatever number its filesystem reports.
-		if strings.HasPrefix(e.Source, "/") {
+		// widened to any source path: a btrfs mount whose source is the
+		// device mounts it, whatever number it reports. Only btrfs: the
+		// source of a tmpfs, FUSE or overlay mount is any string its
+		// mounter chose (mountinfo.SourceIsDevice).
+		if mountinfo.SourceIsDevice(e.FSType) && strings.HasPrefix(e.Source, "/") {
 			if d, ok := sourceDev(e.Source); ok && d == dev {
 				out = append(out, e)
 			}

@@ -68,6 +68,18 @@ func TestMountsOf(t *testing.T) {
 	if got := MountsOf(entries, Dev{8, 48}, resolve); len(got) != 0 {
 		t.Errorf("unmounted device has mounts %+v", got)
 	}
+	// A tmpfs, FUSE or overlay source is any string the mounter chose: one
+	// naming the device does not mount it.
+	fake, err := ParseMountInfo(strings.NewReader(`50 22 0:50 / /mnt/t rw - tmpfs /dev/sdb1 rw
+51 22 0:51 / /mnt/f rw - fuse.sshfs /dev/sdb1 rw,user_id=1000
+52 22 0:52 / /mnt/o rw - overlay /dev/sdb1 rw,lowerdir=/a,upperdir=/b,workdir=/c
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := MountsOf(fake, Dev{8, 17}, resolve); len(got) != 0 {
+		t.Errorf("mounts whose source merely names sdb1 count as mounting it: %+v", got)
+	}
 }
 
 // writeSysFile writes content to root/rel, making its directories: one

@@ -177,13 +177,25 @@ func (m *Manager) Observe(ctx context.Context, reg *Registry, hints map[string]s
 		stores = append(stores, d.Store)
 	}
 	slices.Sort(stores)
+	scanned := map[string]bool{}
 	for _, s := range slices.Compact(stores) {
 		if s == "" {
 			continue
 		}
-		p, err := m.Store.Pending(ctx, s)
+		// Checked, and by its real path: a session is then known by one
+		// directory whatever symlink led to its store, and is never
+		// "relocated" to a path through a symlink that can be swapped.
+		real, err := ResolveStore(s)
 		if err != nil {
-			return obs, fmt.Errorf("list unfinished sessions in %s: %w", s, err)
+			return obs, fmt.Errorf("list unfinished sessions: %w", err)
+		}
+		if scanned[real] {
+			continue
+		}
+		scanned[real] = true
+		p, err := m.Store.Pending(ctx, real)
+		if err != nil {
+			return obs, fmt.Errorf("list unfinished sessions in %s: %w", real, err)
 		}
 		obs.Pending = append(obs.Pending, p...)
 	}
@@ -510,10 +522,13 @@ func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
 		s.Dir = a.Dir
 		return save()
 	case ActArm:
-		if err := CheckStore(d.Store); err != nil {
+		// The checked real path, so that a symlink swapped after the check
+		// cannot redirect the new session.
+		store, err := ResolveStore(d.Store)
+		if err != nil {
 			return err
 		}
-		dir, err := m.Store.ArmSession(ctx, d.Store, ArmSpec{
+		dir, err := m.Store.ArmSession(ctx, store, ArmSpec{
 			Name: d.Name, DevicePath: d.Path, Identity: d.Identity, ChunkSize: d.ChunkSize, Armed: s.Armed,
 			Prealloc: d.Prealloc, Sequence: s.N,
 		})
@@ -703,11 +718,13 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 			return deviceErrf(op, req.Device, "unmount it, activate, then mount /dev/mapper/dmsnap-"+name+" instead", ErrBusy,
 				"mounted on %s", mountPoints(ms))
 		}
+		// Checked before it is made; its real path is what is made,
+		// recorded and used.
+		if store, err = ResolveStore(store); err != nil {
+			return deviceErr(op, req.Device, "", err)
+		}
 		if err := os.MkdirAll(store, 0o755); err != nil {
 			return deviceErr(op, req.Device, "", fmt.Errorf("store: %w", err))
-		}
-		if err := CheckStore(store); err != nil {
-			return deviceErr(op, req.Device, "", err)
 		}
 		// Session numbers are the sequence that orders a device's sessions
 		// (the clock may step back): they go on after the store's last one.

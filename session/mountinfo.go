@@ -21,9 +21,11 @@ func ParseMountInfo(r io.Reader) ([]MountInfo, error) { return mountinfo.Parse(r
 // ResolveSourceDevs replaces the device number of mounts whose filesystem
 // reports an anonymous one (major 0: btrfs gives every mount such a number,
 // not its block device's) with the number of the block device named as the
-// mount's source, when the source is one. Without it a btrfs mount of an
-// origin is not recognised as one, and its session never opens or closes.
-// blockDev is BlockDevNum in production.
+// mount's source, when the source is one and the filesystem is btrfs
+// (mountinfo.SourceIsDevice: the source of a tmpfs, FUSE or overlay mount is
+// any string its mounter chose, and names no device). Without it a btrfs
+// mount of an origin is not recognised as one, and its session never opens
+// or closes. blockDev is BlockDevNum in production.
 func ResolveSourceDevs(ms []MountInfo, blockDev func(path string) (DevNum, error)) []MountInfo {
 	return mountinfo.ResolveSourceDevs(ms, blockDev)
 }

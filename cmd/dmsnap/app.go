@@ -46,6 +46,7 @@ type command struct {
 	name    string
 	summary string
 	hidden  bool
+	noState bool // does not use the state directory: not checked for it
 	run     func(e *env, args []string) error
 }
 
@@ -93,6 +94,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	for _, c := range commands() {
 		if c.name != rest[0] {
 			continue
+		}
+		if !c.noState {
+			// Checked once, before the command does anything, as the store
+			// is: the registry says which devices are stacked and where
+			// their sessions go. Its real path is what the command uses.
+			var err error
+			if e.state, err = session.ResolveStateDir(e.state); err != nil {
+				fmt.Fprintf(stderr, "dmsnap %s: %v\n", c.name, err)
+				return exitCode(err)
+			}
 		}
 		err := c.run(e, rest[1:])
 		if err == nil {

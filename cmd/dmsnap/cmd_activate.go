@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 
+	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/session"
 )
 
@@ -43,14 +44,14 @@ func runActivate(e *env, args []string) error {
 	if err := pw.check(); err != nil {
 		return err
 	}
-	size, err := parseSize(*chunk)
+	size, err := units.ParseSize(*chunk)
 	if err != nil {
 		return usagef("--chunk-size: %v", err)
 	}
 	if size > session.MaxChunkSize || session.ValidateChunkSize(uint32(size)) != nil {
 		return usagef("--chunk-size %s: use a power of two from 4KiB to 512KiB", *chunk)
 	}
-	pre, err := parseSize(*prealloc)
+	pre, err := units.ParseSize(*prealloc)
 	if err != nil {
 		return usagef("--prealloc: %v", err)
 	}

@@ -192,11 +192,6 @@ func (r *restorer) run() error {
 	if err := r.resolveDevice(); err != nil {
 		return err
 	}
-	// A store others could write to may hold planted sessions: never
-	// write them onto a device.
-	if err := session.CheckStore(r.store); err != nil {
-		return err
-	}
 	sessions, err := r.deviceSessions()
 	if err != nil {
 		return err
@@ -230,8 +225,20 @@ func (r *restorer) run() error {
 }
 
 // resolveDevice finds the device from the argument, the registry and the
-// store.
+// store, and checks the device's store: a store others could write to may
+// hold planted sessions, never to be written onto a device. From then on
+// r.store is the store's real path (session.ResolveStore), so that a
+// symlink swapped after the check cannot redirect the restore.
 func (r *restorer) resolveDevice() error {
+	if err := r.findDevice(); err != nil {
+		return err
+	}
+	var err error
+	r.store, err = session.ResolveStore(r.store)
+	return err
+}
+
+func (r *restorer) findDevice() error {
 	reg, err := session.LoadRegistry(r.e.state)
 	if err != nil {
 		return err
@@ -239,6 +246,10 @@ func (r *restorer) resolveDevice() error {
 	r.store = r.e.store
 	arg := r.arg
 	if arg == "" && r.f.session != "" && r.f.session != "latest" {
+		// The session names the device: read it only from a checked store.
+		if r.store, err = session.ResolveStore(r.store); err != nil {
+			return err
+		}
 		info := snapstore.Inspect(filepath.Join(r.store, r.f.session))
 		if info.Name == "" {
 			return fmt.Errorf("no session %s in %s (see dmsnap sessions list)", r.f.session, r.store)
@@ -266,6 +277,9 @@ func (r *restorer) resolveDevice() error {
 		}
 		r.name = arg
 	} else {
+		if r.store, err = session.ResolveStore(r.store); err != nil {
+			return err
+		}
 		names, err := storeNames(r.store)
 		if err != nil {
 			return err

@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
@@ -30,7 +31,8 @@ show    one session
 verify  check every checksum of the given sessions (all finished ones when none
         is given); exit 1 naming each damaged file, offset and record
 prune   remove the oldest finished sessions of device NAME: all but the newest
-        N, or those that started more than DURATION ago (e.g. 36h, 30d). Live
+        N, or those that started more than DURATION ago (a Go duration such
+        as 36h, or whole days or weeks: 30d, 2w; at most 100 years). Live
         sessions are never removed. Runs under the state lock. Asks for the
         control password first when one is set (dmsnap passwd), except with
         --dry-run: the sessions it removes are restore points.
@@ -80,8 +82,9 @@ func runSessions(e *env, args []string) error {
 	switch args[0] {
 	case "list", "show", "verify", "prune", "open", "mount", "close":
 		// What the store holds is restored onto devices: refuse one that
-		// others could have written to.
-		if err := session.CheckStore(e.store); err != nil {
+		// others could have written to, and use its real path from now on.
+		var err error
+		if e.store, err = session.ResolveStore(e.store); err != nil {
 			return err
 		}
 	}
@@ -444,8 +447,8 @@ func verifyOne(e *env, dir string) int {
 
 func runSessionsPrune(e *env, args []string) error {
 	fs := newFlags(e, "sessions prune")
-	keep := fs.Int("keep", -1, "keep the newest `N` finished sessions")
-	older := fs.String("older-than", "", "remove sessions that started more than `DURATION` ago (e.g. 36h, 30d)")
+	keep := fs.Int("keep", 0, "keep the newest `N` finished sessions")
+	older := fs.String("older-than", "", "remove sessions that started more than `DURATION` ago (e.g. 36h, 30d, 2w)")
 	dry := fs.Bool("dry-run", false, "show what would be removed")
 	var pw passwordFlags
 	pw.add(fs)
@@ -456,13 +459,21 @@ func runSessionsPrune(e *env, args []string) error {
 	if fs.NArg() != 1 {
 		return usagef("sessions prune takes one device NAME")
 	}
-	if (*keep >= 0) == (*older != "") {
+	// Changed, not the values: a given --keep -1 or --older-than "" is a
+	// mistake to name, not an absent flag.
+	if fs.Changed("keep") == fs.Changed("older-than") {
 		return usagef("sessions prune needs exactly one of --keep N and --older-than DURATION")
 	}
-	var age time.Duration
-	if *older != "" {
+	keepN, age := -1, time.Duration(0) // pruneVictims: keepN < 0 prunes by age
+	if fs.Changed("keep") {
+		if keepN = *keep; keepN < 0 {
+			return usagef("--keep %d: want 0 or more", *keep)
+		}
+	} else {
 		var err error
-		if age, err = parseAge(*older); err != nil {
+		if age, err = units.ParseAge(*older); errors.Is(err, units.ErrZeroAge) {
+			return usagef("--older-than %s would remove every finished session: give a positive DURATION, or --keep 0 to remove them all", *older)
+		} else if err != nil {
 			return usagef("--older-than: %v", err)
 		}
 	}
@@ -503,7 +514,7 @@ func runSessionsPrune(e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("list the store %s: %w", e.store, err)
 	}
-	plan := snapstore.PlanPrune(infos, snapstore.PruneRequest{Name: name, Keep: *keep, OlderThan: age, Now: now, Held: held})
+	plan := snapstore.PlanPrune(infos, snapstore.PruneRequest{Name: name, Keep: keepN, OlderThan: age, Now: now, Held: held})
 	if plan.Short != "" {
 		fmt.Fprintf(e.stderr, "dmsnap sessions prune: %s\n", plan.Short)
 	}
@@ -531,22 +542,6 @@ func runSessionsPrune(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "%s: %d restore point(s) %s of %d; %s\n", name, plan.PointsAfter, verb, plan.Points, left)
 	return nil
-}
-
-// parseAge reads a Go duration, or a number of days ("30d").
-func parseAge(s string) (time.Duration, error) {
-	if d, ok := strings.CutSuffix(s, "d"); ok {
-		n, err := strconv.ParseUint(d, 10, 32)
-		if err != nil {
-			return 0, fmt.Errorf("%q: want a duration such as 36h or 30d", s)
-		}
-		return time.Duration(n) * 24 * time.Hour, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d < 0 {
-		return 0, fmt.Errorf("%q: want a duration such as 36h or 30d", s)
-	}
-	return d, nil
 }
 
 // errPrunedTarget: a restore target that prune removed. Its pre-images,

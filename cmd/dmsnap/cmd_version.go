@@ -7,7 +7,7 @@ import (
 )
 
 func init() {
-	register(command{name: "version", summary: "print the version", run: runVersion})
+	register(command{name: "version", summary: "print the version", noState: true, run: runVersion})
 }
 
 func runVersion(e *env, args []string) error {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -110,39 +109,6 @@ func requireSecret(e *env, p *passwordFlags) error {
 		return err // names the file and what to do
 	}
 	return fmt.Errorf("control password: %w", err)
-}
-
-// parseSize reads a size such as 4096, 4k, 4KiB, 64KiB, 1MiB (binary units).
-func parseSize(s string) (uint64, error) {
-	t := strings.TrimSpace(s)
-	i := 0
-	for i < len(t) && t[i] >= '0' && t[i] <= '9' {
-		i++
-	}
-	if i == 0 {
-		return 0, fmt.Errorf("size %q: want a number with an optional unit (4096, 4KiB, 1MiB)", s)
-	}
-	n, err := strconv.ParseUint(t[:i], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("size %q: %w", s, err)
-	}
-	var mult uint64
-	switch strings.ToLower(strings.TrimSpace(t[i:])) {
-	case "", "b":
-		mult = 1
-	case "k", "kb", "kib":
-		mult = 1 << 10
-	case "m", "mb", "mib":
-		mult = 1 << 20
-	case "g", "gb", "gib":
-		mult = 1 << 30
-	default:
-		return 0, fmt.Errorf("size %q: unknown unit (use KiB, MiB or GiB)", s)
-	}
-	if n > (1<<64-1)/mult {
-		return 0, fmt.Errorf("size %q: too large", s)
-	}
-	return n * mult, nil
 }
 
 // humanBytes renders a byte count for people (binary units).

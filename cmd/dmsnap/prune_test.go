@@ -137,3 +137,54 @@ func TestPruneAsksForThePassword(t *testing.T) {
 		t.Fatalf("prune with the password: exit %d, a %v b %v\n%s%s", code, exists(a), exists(b), out, errOut)
 	}
 }
+
+// Flags prune must refuse before it removes anything: exit 2, a message
+// naming the flag and what is wrong, every session still there. Regression:
+// --older-than 106752d overflowed to a negative age and removed every
+// finished session; --keep -1 was taken for "no --keep" and got a message
+// about giving one of the two flags.
+func TestPruneRefusesBadFlags(t *testing.T) {
+	w := newWorld(t)
+	now := time.Now().Truncate(time.Second)
+	dirs := []string{
+		closedSession(t, w.store, "sdb1", now.Add(-40*24*time.Hour)),
+		closedSession(t, w.store, "sdb1", now.Add(-3*time.Hour)),
+	}
+	for _, tc := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"--older-than", "106752d"}, `--older-than: "106752d" is more than 100 years`},
+		{[]string{"--older-than", "36526d"}, "give at most 36525d"},
+		{[]string{"--older-than", "5218w"}, "more than 100 years"},
+		{[]string{"--older-than", "2562048h"}, "more than 100 years"},
+		{[]string{"--older-than", "0"}, "--older-than 0 would remove every finished session: give a positive DURATION, or --keep 0"},
+		{[]string{"--older-than", "0d"}, "--older-than 0d would remove every finished session"},
+		{[]string{"--older-than", "-1h"}, `"-1h" is negative`},
+		{[]string{"--older-than", ""}, "want a duration such as"},
+		{[]string{"--older-than", "1.5d"}, "want a duration such as"},
+		{[]string{"--keep", "-1"}, "--keep -1: want 0 or more"},
+		{[]string{"--keep=-3"}, "--keep -3: want 0 or more"},
+		{[]string{"--keep", "-1", "--older-than", "1h"}, "exactly one of --keep N and --older-than DURATION"},
+		{nil, "exactly one of --keep N and --older-than DURATION"},
+	} {
+		args := append([]string{"sessions", "prune", "sdb1"}, tc.args...)
+		code, out, errOut := w.run(t, "", args...)
+		if code != exitUsage || !strings.Contains(errOut, tc.says) {
+			t.Errorf("dmsnap %q: exit %d, want %d and %q\n%s%s", args[1:], code, exitUsage, tc.says, out, errOut)
+		}
+		for _, d := range dirs {
+			if _, err := os.Stat(d); err != nil {
+				t.Fatalf("dmsnap %q removed %s", args[1:], filepath.Base(d))
+			}
+		}
+	}
+	if _, err := os.Stat(filepath.Join(w.store, snapstore.PrunedLog)); !os.IsNotExist(err) {
+		t.Errorf("refused prunes wrote %s: %v", snapstore.PrunedLog, err)
+	}
+	// Weeks are whole weeks: 2w removes the 40-day-old session only.
+	if code, out, errOut := w.run(t, "", "sessions", "prune", "sdb1", "--older-than", "2w"); code != exitOK ||
+		strings.Count(out, "removed") != 1 || !strings.Contains(out, filepath.Base(dirs[0])) {
+		t.Errorf("prune --older-than 2w: exit %d\n%s%s", code, out, errOut)
+	}
+}

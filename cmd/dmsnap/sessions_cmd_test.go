@@ -456,19 +456,6 @@ func TestSessionsPrune(t *testing.T) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]uint64{"4096": 4096, "4k": 4096, "4KiB": 4096, "64KiB": 64 << 10, "1MiB": 1 << 20, "512kib": 512 << 10} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "KiB", "4 parsecs", "-4k", "99999999999999999999"} {
-		if _, err := parseSize(in); err == nil {
-			t.Errorf("parseSize(%q) succeeded", in)
-		}
-	}
-}
-
 func TestInstallFiles(t *testing.T) {
 	w := newWorld(t)
 	root := t.TempDir()

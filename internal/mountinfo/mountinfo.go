@@ -219,15 +219,37 @@ func clip(s string, n int) string {
 	return s[:n] + "…"
 }
 
+// sourceIsDevice holds the filesystems whose mountinfo source is a block
+// device they are on although the device number they report is not that
+// device's. btrfs is the one: a filesystem may span several devices, so
+// each mount gets an anonymous number (major 0), and the source is the path
+// of one of its devices, written by the kernel (btrfs_show_devname), which
+// opened it to mount. Every other filesystem that reports an anonymous
+// number (tmpfs, overlay, FUSE, NFS, proc, ...) shows as its source
+// whatever string the mounter gave it: `mount -t tmpfs /dev/mapper/x /mnt`,
+// or FUSE's fsname, which an unprivileged user chooses. Such a source names
+// no device the filesystem is on, and taking it for one would let anyone
+// who can mount FUSE make a device look mounted: restore would refuse it
+// and the watcher would open and close sessions on it.
+var sourceIsDevice = map[string]bool{"btrfs": true}
+
+// SourceIsDevice reports whether a mount of filesystem type fstype names,
+// as its source, the block device the filesystem is on (see
+// sourceIsDevice): the only mounts whose source may be resolved to a
+// device.
+func SourceIsDevice(fstype string) bool { return sourceIsDevice[fstype] }
+
 // ResolveSourceDevs replaces the device number of mounts whose filesystem
 // reports an anonymous one (major 0: btrfs gives every mount such a number,
 // not its block device's) with the number of the block device named as the
-// mount's source, when the source is one. Without it a btrfs mount of a
-// device is not recognised as one. blockDev returns the number of the block
-// device at a path, and an error for anything else.
+// mount's source, when the source is one and the filesystem is one whose
+// source is its device (SourceIsDevice: btrfs, never tmpfs, FUSE or
+// overlay). Without it a btrfs mount of a device is not recognised as one.
+// blockDev returns the number of the block device at a path, and an error
+// for anything else.
 func ResolveSourceDevs(ms []Mount, blockDev func(path string) (Dev, error)) []Mount {
 	for i := range ms {
-		if ms[i].Dev.Major != 0 || !strings.HasPrefix(ms[i].Source, "/dev/") {
+		if ms[i].Dev.Major != 0 || !SourceIsDevice(ms[i].FSType) || !strings.HasPrefix(ms[i].Source, "/dev/") {
 			continue
 		}
 		if n, err := blockDev(ms[i].Source); err == nil {

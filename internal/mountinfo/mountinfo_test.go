@@ -77,6 +77,38 @@ func TestResolveSourceDevs(t *testing.T) {
 
 var errNotBlock = errors.New("not a block device")
 
+// A source string only names the device for btrfs. Anyone who can mount
+// FUSE chooses its source (fsname), and tmpfs or overlay take any string:
+// such a mount of "/dev/mapper/dmsnap-x" must not make that device look
+// mounted (restore refused it with exit 4; the watcher opened a session).
+func TestResolveSourceDevsOnlyDeviceFilesystems(t *testing.T) {
+	ms, err := Parse(strings.NewReader(`50 22 0:50 / /mnt/t rw - tmpfs /dev/mapper/dmsnap-x rw
+51 22 0:51 / /mnt/f rw,nosuid,nodev - fuse.sshfs /dev/mapper/dmsnap-x rw,user_id=1000
+52 22 0:52 / /mnt/o rw - overlay /dev/mapper/dmsnap-x rw,lowerdir=/a,upperdir=/b,workdir=/c
+53 22 0:53 / /mnt/u rw - fuse /dev/mapper/dmsnap-x rw
+54 22 0:54 / /mnt/b rw - btrfs /dev/mapper/dmsnap-x rw
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := Dev{253, 4}
+	got := ResolveSourceDevs(ms, func(p string) (Dev, error) {
+		if p == "/dev/mapper/dmsnap-x" {
+			return x, nil // the path is a real block device
+		}
+		return Dev{}, errNotBlock
+	})
+	for _, m := range got {
+		want := Dev{0, uint32(m.ID)}
+		if m.FSType == "btrfs" {
+			want = x
+		}
+		if m.Dev != want {
+			t.Errorf("%s mount with source %s: device %v, want %v", m.FSType, m.Source, m.Dev, want)
+		}
+	}
+}
+
 func TestDevText(t *testing.T) {
 	d := Dev{Major: 253, Minor: 7}
 	if d.IsZero() || !(Dev{}).IsZero() {
