@@ -145,8 +145,9 @@ type restorer struct {
 	// verified: sessions whose files snapstore.Verify checked in this run.
 	verified map[string]bool
 	// points: whether each session of the device can be restored to
-	// (deviceSessions).
+	// (deviceSessions); all: every session of the device, in order.
 	points map[string]snapstore.RestorePoint
+	all    []snapstore.SessionInfo
 }
 
 // restoreResult is the --json output of a restore (and of --to, --dry-run).
@@ -203,9 +204,8 @@ func (r *restorer) run() error {
 	if err != nil {
 		return err
 	}
-	if p, ok := r.points[sessions[target].ID]; ok && !p.OK {
-		return fmt.Errorf("%s cannot be restored to its state before session %s: %s; nothing was written; %s",
-			r.name, sessions[target].ID, p.Sentence(sessions[target].ID), oldestRestorable(r.name, sessions))
+	if err := r.checkTarget(sessions, target); err != nil {
+		return err
 	}
 	if r.f.dryRun || r.f.to != "" {
 		// Only a restore of the device closes the armed session and
@@ -355,6 +355,7 @@ func (r *restorer) deviceSessions() ([]snapstore.SessionInfo, error) {
 	// Restore points are judged over every session, the held ones too: a
 	// session the kernel invalidated breaks the chain before it is
 	// converted.
+	r.all = all
 	r.points = map[string]snapstore.RestorePoint{}
 	for i, p := range snapstore.RestorePoints(all) {
 		r.points[all[i].ID] = p
@@ -379,6 +380,32 @@ func (r *restorer) refuseUnfinished() error {
 		}
 	}
 	return nil
+}
+
+// checkTarget refuses a target the device cannot be put back to: a broken
+// chain (an invalid or damaged session on the way), or sessions that a
+// restore no session recorded (not activated, --no-undo) left behind.
+func (r *restorer) checkTarget(sessions []snapstore.SessionInfo, target int) error {
+	id := sessions[target].ID
+	if p, ok := r.points[id]; ok && !p.OK {
+		return fmt.Errorf("%s cannot be restored to its state before session %s: %s; nothing was written; %s",
+			r.name, id, p.Sentence(id), oldestRestorable(r.name, sessions))
+	}
+	restores, err := snapstore.RestoresOf(r.store, r.name)
+	if err != nil {
+		return fmt.Errorf("read %s in %s: %w", snapstore.RestoresLog, r.store, err)
+	}
+	if err := snapstore.CheckRestored(r.all, id, restores); err != nil {
+		return fmt.Errorf("%s cannot be restored to its state before session %s: %w; nothing was written", r.name, id, err)
+	}
+	return nil
+}
+
+// noteRestore records, in the store, a restore that no session recorded,
+// so that a later restore to a session it left behind is refused
+// (snapstore.CheckRestored).
+func (r *restorer) noteRestore(chain []snapstore.SessionInfo, how string) error {
+	return snapstore.NoteRestore(r.store, r.name, chain[0].ID, chain[len(chain)-1].ID, how, time.Now())
 }
 
 // pickTarget finds the session --session names, or asks for one.
@@ -862,6 +889,18 @@ func (r *restorer) restoreDevice(sessions []snapstore.SessionInfo, target int) e
 		err = cerr
 	}
 	undoable := r.active != nil && !r.f.noUndo
+	if !undoable && (err == nil || errors.As(err, new(*restore.PartialWriteError))) {
+		// The device no longer has the past the chain's sessions describe
+		// (some of it, when the write stopped half-way).
+		how := "direct"
+		if r.active != nil {
+			how = "no-undo"
+		}
+		if nerr := r.noteRestore(chain, how); nerr != nil {
+			fmt.Fprintf(r.e.stderr, "warning: noting the restore in %s failed (%v): a later restore to a session after %s would not be refused, and would give a state the device never had\n",
+				filepath.Join(r.store, snapstore.RestoresLog), nerr, chain[0].ID)
+		}
+	}
 	if err != nil {
 		err = fmt.Errorf("restoring %s: %w", write, err)
 		var pw *restore.PartialWriteError

@@ -404,3 +404,36 @@ func TestRestoreNoUndoAsksForThePassword(t *testing.T) {
 		t.Fatalf("a restore without --no-undo asks no password: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+// After a direct restore (the device not activated) to the state before the
+// second of three sessions, the third no longer describes the device: a
+// restore to it ("latest") would write its pre-images onto a state they
+// were not taken from. It is refused, naming what works; the first and the
+// second still restore right.
+func TestRestoreAfterDirectRestore(t *testing.T) {
+	fx := newRestoreFixture(t, []int{3, 1, 3}, []int{1, 2, 7}, []int{0, 15, 7, 2})
+	if code, _, errOut := fx.run(t, nil, "dev.img", "--session", fx.ids[1], "--yes"); code != exitOK {
+		t.Fatalf("restore to %s: exit %d: %s", fx.ids[1], code, errOut)
+	}
+	if b, err := os.ReadFile(filepath.Join(fx.store, snapstore.RestoresLog)); err != nil || !strings.Contains(string(b), fx.ids[1]) {
+		t.Fatalf("%s: %q %v, want the restore noted", snapstore.RestoresLog, b, err)
+	}
+	at := fx.device(t)
+	for _, args := range [][]string{{"--session", "latest", "--yes"}, {"--session", fx.ids[2], "--dry-run"}, {"--session", fx.ids[2], "--to", filepath.Join(t.TempDir(), "img")}} {
+		code, out, errOut := fx.run(t, nil, append([]string{"dev.img"}, args...)...)
+		if code != exitFailure || !strings.Contains(errOut, "never had") || !strings.Contains(errOut, "restore to "+fx.ids[1]+" or an earlier session") {
+			t.Errorf("restore %v after the device was put back before %s: exit %d\n%s%s", args, fx.ids[1], code, out, errOut)
+		}
+		if !bytes.Equal(fx.device(t), at) {
+			t.Fatalf("restore %v changed the device", args)
+		}
+	}
+	for _, target := range []int{1, 0} {
+		if code, _, errOut := fx.run(t, nil, "dev.img", "--session", fx.ids[target], "--yes"); code != exitOK {
+			t.Fatalf("restore to %s: exit %d: %s", fx.ids[target], code, errOut)
+		}
+		if !bytes.Equal(fx.device(t), fx.states[target]) {
+			t.Fatalf("restore to %s: not the state before it", fx.ids[target])
+		}
+	}
+}

@@ -281,6 +281,9 @@ func openView(e *env, id string) (session.View, error) {
 	if err != nil {
 		return session.View{}, err
 	}
+	if err := r.checkTarget(sessions, target); err != nil {
+		return session.View{}, err
+	}
 	// The plan ends at the last closed session: -real must hold the state
 	// that session closed with, so nothing may have been written since.
 	for _, s := range r.active.Sessions {
