@@ -297,7 +297,11 @@ func (r *restorer) findDevice() error {
 			return nil
 		}
 	}
-	// Not activated, given by name: the device the newest session recorded.
+	// Not activated, given by name: the device the newest session recorded,
+	// read only from a checked store.
+	if r.store, err = session.ResolveStore(r.store); err != nil {
+		return err
+	}
 	sessions, err := r.deviceSessions()
 	if err != nil {
 		return err
