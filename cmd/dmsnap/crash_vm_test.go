@@ -389,4 +389,21 @@ func TestCrashpointsMergeViewsPrune(t *testing.T) {
 		})
 	}
 	clean.stop(t)
+
+	// passwd: killed right after the new hash is written, the new password
+	// is the one in force.
+	t.Run("passwd/"+session.CrashpointPasswd, func(t *testing.T) {
+		t.Cleanup(func() { os.Remove(session.PasswordPath) })
+		os.Remove(session.PasswordPath)
+		cmd := c.cmd("first\n", "passwd", "--password-stdin")
+		cmd.Env = append(os.Environ(), session.CrashpointEnv+"="+session.CrashpointPasswd)
+		out, err := cmd.CombinedOutput()
+		killedAt(t, "passwd", err, string(out), session.CrashpointPasswd)
+		if code, _, errOut := c.try(t, "wrong\n", "passwd", "--clear", "--password-stdin"); code != exitBadPassword {
+			t.Fatalf("passwd --clear with a wrong password after the crash: exit %d %s", code, errOut)
+		}
+		if code, out, errOut := c.try(t, "first\n", "passwd", "--clear", "--password-stdin"); code != 0 {
+			t.Fatalf("passwd --clear with the password set before the crash: exit %d %s%s", code, out, errOut)
+		}
+	})
 }
