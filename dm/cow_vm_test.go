@@ -48,7 +48,7 @@ func prealloc(t *testing.T, dir string, size, n int64) string {
 // snapshot n over it with its exceptions kept.
 func reattach(t *testing.T, s dm.Stack, n int, cowPath string) dm.COW {
 	t.Helper()
-	cow, err := s.AttachCOW(n, cowPath)
+	cow, err := s.AttachCOW(n, cowPath, tailOf(cowPath))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func TestCOWMappedToStore(t *testing.T) {
 
 			s := build(t, "vmcow", base.Path)
 			cowPath := prealloc(t, store, 40<<20, 8<<20)
-			cow, err := s.AttachCOW(1, cowPath)
+			cow, err := s.AttachCOW(1, cowPath, tailOf(cowPath))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -180,7 +180,7 @@ func TestCOWNotMapped(t *testing.T) {
 		{small, "block size 1024 is not a multiple"}, // small blocks
 	} {
 		cowPath := prealloc(t, tc.dir, 8<<20, 4<<20)
-		cow, err := s.AttachCOW(1, cowPath)
+		cow, err := s.AttachCOW(1, cowPath, tailOf(cowPath))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -238,7 +238,7 @@ func TestCOWGrowWhileWriting(t *testing.T) {
 
 			s := build(t, "vmgrow", base.Path)
 			cowPath := prealloc(t, store, 100<<20, 4<<20)
-			cow, err := s.AttachCOW(1, cowPath)
+			cow, err := s.AttachCOW(1, cowPath, tailOf(cowPath))
 			if err != nil {
 				t.Fatal(err)
 			}
