@@ -230,13 +230,13 @@ func TestAttachCOWTail(t *testing.T) {
 	// old tail with data at 5 MiB.
 	pre := []byte("pre-image written through the file")
 	old := []byte("pre-image written through the old tail")
-	writeAt(t, path, 6<<20, pre)
+	writeFileAt(t, path, 6<<20, pre)
 	tail := tailOf(path)
 	if err := os.WriteFile(tail, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	os.Truncate(tail, 8<<20)
-	writeAt(t, tail, 5<<20, old)
+	writeFileAt(t, tail, 5<<20, old)
 	cow, err := s.AttachCOW(1, path, tail)
 	if err != nil {
 		t.Fatal(err)
@@ -246,11 +246,11 @@ func TestAttachCOWTail(t *testing.T) {
 	}
 	// The old tail is in cow.img now; the new tail holds both runs, where
 	// the COW device's tail segments read them.
-	if got := readAt(t, path, 5<<20, len(old)); string(got) != string(old) {
+	if got := readFileAt(t, path, 5<<20, len(old)); string(got) != string(old) {
 		t.Fatalf("cow.img at 5 MiB: %q, want the old tail's data folded in", got)
 	}
 	for off, want := range map[int64][]byte{5 << 20: old, 6 << 20: pre} {
-		if got := readAt(t, tail, off, len(want)); string(got) != string(want) {
+		if got := readFileAt(t, tail, off, len(want)); string(got) != string(want) {
 			t.Fatalf("cow.tail at %d: %q, want %q", off, got, want)
 		}
 	}
@@ -259,7 +259,7 @@ func TestAttachCOWTail(t *testing.T) {
 	}
 }
 
-func writeAt(t *testing.T, path string, off int64, b []byte) {
+func writeFileAt(t *testing.T, path string, off int64, b []byte) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -271,7 +271,7 @@ func writeAt(t *testing.T, path string, off int64, b []byte) {
 	}
 }
 
-func readAt(t *testing.T, path string, off int64, n int) []byte {
+func readFileAt(t *testing.T, path string, off int64, n int) []byte {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
