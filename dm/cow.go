@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 
 	"github.com/dmsnap/dmsnap/internal/filemap"
@@ -16,32 +17,47 @@ import (
 //	dmsnap-NAME-snapN  snapshot  dmsnap-NAME-real  dmsnap-NAME-cowN  P <chunk>
 //	dmsnap-NAME-cowN   linear    segments of two kinds, in file order:
 //	    fast: <loop over the store's block device>  at the segment's device offset
-//	    slow: <loop over cow.img>                    at the segment's own offset
+//	    tail: <loop over cow.tail, write-through>  at the segment's own offset
 //
 // A fast segment is a run of cow.img that is already allocated and written
-// (the Store writes zeros over the start of a new cow.img): the kernel's
-// copies and exception commits go straight to the blocks that hold it, as
-// an LVM snapshot's go to its COW volume, instead of through the store's
-// filesystem, where every commit is an fsync of cow.img that commits the
-// filesystem's journal (README, "Benchmarks"). The bytes still land in
-// cow.img, at the same offsets: conversion, restore and every reader of the
-// session see one file either way. Everything else of the file (holes, a
-// store that cannot be mapped) is slow: the loop device over cow.img, as
-// before, which keeps the file open as long as the COW device exists.
+// (the Store writes zeros over the start of a new cow.img, the watcher more
+// as the session grows): the kernel's copies and exception commits go
+// straight to the blocks that hold it, as an LVM snapshot's go to its COW
+// volume, instead of through the store's filesystem. The bytes land in
+// cow.img, at the same offsets.
 //
 // Mapping a file's blocks under its mounted filesystem is safe only while
-// the filesystem neither moves nor frees nor writes nor caches them:
-// internal/filemap checks the filesystem and the extents, pins the file
-// append-only while it is mapped and drops its page cache; conversion
-// (snapstore) unpins it and drops the cache again before reading it.
+// the filesystem neither moves nor frees nor writes nor caches them: so
+// internal/filemap checks the filesystem and the extents, cow.img is
+// immutable (chattr +i) for as long as any of it is mapped — append-only
+// is not enough: xfs dedupes, and ext4's MOVE_EXT moves, the blocks of an
+// append-only file — and its page cache is dropped; conversion (snapstore)
+// folds the tail back, unpins it and drops the cache again before reading
+// it.
+//
+// An immutable file cannot be written through, so everything of the COW
+// that is not mapped (holes past what was written ahead, the file's last
+// block) goes to cow.tail, a sparse file beside it of the same size, at
+// the same offsets, through a loop device. It takes pre-images only when
+// the kernel runs past the mapped part before the watcher maps more (the
+// watcher down, or too slow): then no pre-image is lost while the store
+// has room. That loop device is write-through, so the flush device-mapper
+// sends it with every exception commit completes at once, without reaching
+// the file. Whatever of cow.img holds data outside the mapped part when the
+// COW device is made (a previous tail folded in, extents the filesystem
+// shares) is copied into cow.tail first, so the device shows every byte of
+// the COW where it was. The tail is folded into cow.img whenever no COW
+// device uses them: at the next attach (a reboot) and at conversion.
+//
+// A store whose files cannot be mapped (tmpfs, btrfs, ...) has no fast
+// segment: the whole COW is the loop device over cow.img (direct I/O where
+// the store allows it, write-back), which is never pinned.
 //
 // Device-mapper cannot claim a mounted filesystem's device itself (the
 // mount holds it exclusively), so the fast segments go through a loop
 // device over it with direct I/O, its window limited to the span of the
 // mapped extents: blkid and udev, which probe every new block device, see
-// the start of one of cow.img's extents (zeros when it is armed; the COW
-// header or pre-images after a reboot, as the loop device over cow.img
-// shows them too), never the store's own superblock.
+// the start of one of cow.img's extents, never the store's own superblock.
 
 // cowAlign is the alignment of every segment, in the file and on the
 // device: the loop devices' logical block size and the page size, so no
@@ -59,7 +75,7 @@ const maxFastExtents = 64
 func (s Stack) COWName(n int) string { return Prefix + s.Name + "-cow" + strconv.Itoa(n) }
 
 // FileMap is what MapFile found: where a file's bytes lie on the block
-// device of its filesystem. The file is pinned (append-only) from then on.
+// device of its filesystem. The file is pinned (immutable) from then on.
 type FileMap struct {
 	Device  string // a node of the filesystem's block device
 	Dev     Dev
@@ -83,34 +99,39 @@ type COW struct {
 // Path is the COW device's /dev/mapper node.
 func (c COW) Path() string { return MapperPath(c.Name) }
 
-// tailLoop are the options of the loop device over cow.img. Direct I/O
-// keeps the slow segments' pre-images out of the page cache (written once,
-// read only at conversion); it needs the loop device's block size at least
-// the store filesystem's, hence 4096 (chunks are 4 KiB or more). Where the
-// store cannot do direct I/O (tmpfs before Linux 6.6) the kernel silently
-// keeps buffered I/O; `dmsnap status` shows which one took.
+// fileLoop are the options of the loop device over cow.img when nothing
+// of it is mapped (a store that cannot be). Direct I/O keeps the
+// pre-images out of the page cache (written once, read only at
+// conversion); it needs the loop device's block size at least the store
+// filesystem's, hence 4096 (chunks are 4 KiB or more). Where the store
+// cannot do direct I/O (tmpfs before Linux 6.6) the kernel silently keeps
+// buffered I/O; `dmsnap status` shows which one took.
 //
-// It is write-back, as block devices are: device-mapper sends each flush
-// of the exception store to every target of the COW device, so each
-// commit also fsyncs cow.img (no journal commit while nothing went through
-// the file, but a cache flush of the store's device). A write-through loop
-// device (O_DSYNC, queue/write_cache "write through") makes those flushes
-// free, but syncs every chunk written through the file on its own: seen in
-// the guest, 64 MiB of sequential first writes through the file took 39 s
-// instead of 2.4–3.2 s, while random 4 KiB first writes within the mapped
-// segments gained only 8%.
-var tailLoop = LoopOptions{AutoClear: true, DirectIO: true, BlockSize: cowAlign}
+// It is write-back, as block devices are: each exception commit's flush
+// fsyncs cow.img. Write-through (LoopOptions.WriteThrough) would make those
+// flushes free but sync every chunk written through the file on its own:
+// seen in the guest, 64 MiB of sequential first writes took 39 s instead of
+// 2.4-3.2 s. The tail of a mapped COW takes that cost instead: it is
+// written only when the mapped part runs out.
+var fileLoop = LoopOptions{AutoClear: true, DirectIO: true, BlockSize: cowAlign}
 
-// AttachCOW makes dmsnap-NAME-cowN over cowFile (see the comment at the top
-// of this file), resumed and ready for a snapshot table, and returns it.
-// The loop devices under it are auto-clear: they go when it is removed. A
+// tailLoop are the options of the loop device over cow.tail: write-through,
+// so that device-mapper's flushes, sent to every segment of the COW device
+// with each exception commit, cost nothing there (see the top of this file).
+var tailLoop = LoopOptions{AutoClear: true, WriteThrough: true, BlockSize: cowAlign}
+
+// AttachCOW makes dmsnap-NAME-cowN over cowFile, with tailFile (cow.tail,
+// beside it) for what of it is not mapped (see the comment at the top of
+// this file), resumed and ready for a snapshot table, and returns it. The
+// loop devices under it are auto-clear: they go when it is removed. A
 // leftover dmsnap-NAME-cowN that nothing uses (a crash before its snapshot
 // was made) is replaced; one in use is ErrBusy.
 //
-// Mapping the file straight to the store's device is an optimisation: when
-// anything about it fails, the whole file goes through the loop device over
-// cow.img, and COW.Slow says why.
-func (s Stack) AttachCOW(n int, cowFile string) (cow COW, err error) {
+// A tailFile left by an earlier attach (a reboot) is folded into cowFile
+// first. Mapping the file straight to the store's device is an
+// optimisation: when anything about it fails, the whole file goes through
+// the loop device over cow.img, unpinned, and COW.Slow says why.
+func (s Stack) AttachCOW(n int, cowFile, tailFile string) (cow COW, err error) {
 	const op = "attach COW"
 	if err := s.check(op); err != nil {
 		return COW{}, err
@@ -136,22 +157,20 @@ func (s Stack) AttachCOW(n int, cowFile string) (cow COW, err error) {
 	if size == 0 {
 		return COW{}, errorf(op, cowFile, nil, "", "%s is smaller than %d bytes", cowFile, cowAlign)
 	}
-	// A pinned file cannot be opened for writing: a COW file mapped before a
-	// reboot is unpinned for the loop device to open it, then pinned again.
+	// No COW device uses the files now: cow.img holds the whole COW again
+	// once the tail of a previous attach (a reboot) is folded into it.
 	if err := m.UnpinFile(cowFile); err != nil {
 		return COW{}, err
 	}
-	tail, err := m.AttachLoop(cowFile, tailLoop)
-	if err != nil {
-		return COW{}, err
+	if _, err := filemap.FoldInto(cowFile, tailFile); err != nil {
+		return COW{}, newError(op, tailFile, err, "folding the tail of the COW back into "+cowFile)
 	}
-	defer tail.Close()
 
+	cow = COW{Name: name, Bytes: size}
 	var fast []filemap.Extent
 	var base uint64
 	var fastLoop *Loop
-	cow = COW{Name: name, Bytes: size}
-	fm, merr := m.MapFile(cowFile)
+	fm, merr := m.MapFile(cowFile) // pins it
 	if merr != nil {
 		cow.Slow = merr.Error()
 	} else if fast = fastExtents(size, fm.Extents, cowAlign); len(fast) > 0 {
@@ -170,8 +189,13 @@ func (s Stack) AttachCOW(n int, cowFile string) (cow COW, err error) {
 			defer fastLoop.Close()
 		}
 	}
+	var tail *Loop
 	if len(fast) == 0 {
+		// Nothing mapped: the file itself, unpinned, carries the COW.
 		if err := m.UnpinFile(cowFile); err != nil {
+			return COW{}, err
+		}
+		if tail, err = m.AttachLoop(cowFile, fileLoop); err != nil {
 			return COW{}, err
 		}
 	} else {
@@ -183,7 +207,14 @@ func (s Stack) AttachCOW(n int, cowFile string) (cow COW, err error) {
 				}
 			}
 		}()
+		if err := makeTail(cowFile, tailFile, size, fast); err != nil {
+			return COW{}, newError(op, tailFile, err, "")
+		}
+		if tail, err = m.AttachLoop(tailFile, tailLoop); err != nil {
+			return COW{}, err
+		}
 	}
+	defer tail.Close()
 	var fastDev Dev
 	if fastLoop != nil {
 		fastDev = fastLoop.Dev
@@ -209,6 +240,47 @@ func (s Stack) AttachCOW(n int, cowFile string) (cow COW, err error) {
 	return cow, nil
 }
 
+// makeTail creates tailFile, sparse and size bytes long, holding whatever
+// of cowFile holds data outside the fast extents (usually nothing: a
+// previous tail was folded into extents that are mapped now), so that the
+// COW device shows every byte of the COW where it was.
+func makeTail(cowFile, tailFile string, size uint64, fast []filemap.Extent) error {
+	cf, err := os.Open(cowFile)
+	if err != nil {
+		return err
+	}
+	defer cf.Close()
+	data, err := filemap.DataRanges(cf)
+	if err != nil {
+		return err
+	}
+	mapped := make([]filemap.Range, len(fast))
+	for i, e := range fast {
+		mapped[i] = filemap.Range{Off: int64(e.Logical), End: int64(e.End())}
+	}
+	tf, err := os.OpenFile(tailFile, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := tf.Truncate(int64(size)); err != nil {
+		tf.Close()
+		return err
+	}
+	_, err = filemap.CopyRanges(tf, cf, filemap.Subtract(data, mapped), true)
+	if cerr := tf.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(tailFile))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
 // RemoveCOW removes dmsnap-NAME-cowN; one already gone is success. While a
 // snapshot uses it, it is ErrBusy.
 func (s Stack) RemoveCOW(n int) error {
@@ -226,7 +298,7 @@ func (s Stack) RemoveCOW(n int) error {
 // of it is mapped straight to the store's device (the segments that are not
 // on the loop device over cow.img, which maps the rest at its own offsets).
 func (s Stack) COWInfo(n int) (COW, error) {
-	cow, _, err := s.cowTable(n)
+	cow, _, _, err := s.cowTable(n)
 	return cow, err
 }
 

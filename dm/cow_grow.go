@@ -1,8 +1,10 @@
 package dm
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/dmsnap/dmsnap/internal/filemap"
 )
@@ -62,7 +64,7 @@ func (s Stack) GrowCOW(n int, cowFile string, want uint64, fill GrowFill) (after
 	}
 	m := s.dm()
 	name := s.COWName(n)
-	cur, tail, err := s.cowTable(n)
+	cur, tail, lins, err := s.cowTable(n)
 	if err != nil {
 		return COW{}, 0, 0, err
 	}
@@ -92,6 +94,9 @@ func (s Stack) GrowCOW(n int, cowFile string, want uint64, fill GrowFill) (after
 	if to <= from {
 		return cur, 0, 0, nil
 	}
+	// The immutable flag must go for fill to write: the COW device is
+	// suspended, so the kernel writes nothing meanwhile, and the file is
+	// pinned again at once.
 	if err := m.UnpinFile(cowFile); err != nil {
 		return cur, 0, 0, err
 	}
@@ -115,7 +120,13 @@ func (s Stack) GrowCOW(n int, cowFile string, want uint64, fill GrowFill) (after
 		return cur, 0, 0, err
 	}
 	to = min(end, to)
-	fast := fastExtents(cur.Bytes, fm.Extents, cowAlign)
+	// Only what was mapped and what was just filled may be mapped now: any
+	// other run of cow.img that reads as written (an extent the filesystem
+	// no longer shares, say) may be stale, its bytes having gone to the
+	// tail meanwhile.
+	allowed := append(fastRanges(lins, tail), filemap.Range{Off: int64(from), End: int64(to)})
+	slices.SortFunc(allowed, func(a, b filemap.Range) int { return cmp.Compare(a.Off, b.Off) })
+	fast := clipExtents(fastExtents(cur.Bytes, fm.Extents, cowAlign), allowed)
 	if covered(fast, 0, to) < cur.FastBytes {
 		// The file's blocks moved or went (it was pinned all along): keep
 		// the table that is there.
@@ -176,22 +187,56 @@ func covered(exts []filemap.Extent, lo, hi uint64) uint64 {
 	return n
 }
 
+// fastRanges returns the file ranges a COW table maps fast (on a device
+// other than tail's).
+func fastRanges(lins []Linear, tail Dev) []filemap.Range {
+	var out []filemap.Range
+	for _, l := range lins {
+		if l.Device != tail {
+			out = append(out, filemap.Range{Off: int64(l.Start * SectorSize), End: int64((l.Start + l.Length) * SectorSize)})
+		}
+	}
+	return out
+}
+
+// clipExtents returns the parts of exts (sorted) inside the ranges of
+// allowed (sorted), each part keeping its place on the device.
+func clipExtents(exts []filemap.Extent, allowed []filemap.Range) []filemap.Extent {
+	var out []filemap.Extent
+	for _, e := range exts {
+		for _, r := range allowed {
+			lo, hi := max(e.Logical, uint64(r.Off)), min(e.End(), uint64(r.End))
+			if lo >= hi {
+				continue
+			}
+			x := filemap.Extent{Logical: lo, Physical: e.Physical + (lo - e.Logical), Length: hi - lo, Flags: e.Flags}
+			if k := len(out); k > 0 && out[k-1].End() == x.Logical && out[k-1].Physical+out[k-1].Length == x.Physical {
+				out[k-1].Length += x.Length
+				continue
+			}
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
 // cowTable reads session n's COW device like COWInfo, and also returns the
-// device of its slow segments (the loop device over cow.img).
-func (s Stack) cowTable(n int) (COW, Dev, error) {
+// device of its tail segments (the loop device over cow.tail, or over
+// cow.img when nothing is mapped) and the table.
+func (s Stack) cowTable(n int) (COW, Dev, []Linear, error) {
 	const op = "COW info"
 	if err := s.check(op); err != nil {
-		return COW{}, Dev{}, err
+		return COW{}, Dev{}, nil, err
 	}
 	m := s.dm()
 	name := s.COWName(n)
 	info, err := m.Info(name)
 	if err != nil {
-		return COW{}, Dev{}, err
+		return COW{}, Dev{}, nil, err
 	}
 	tbl, err := m.Table(name)
 	if err != nil {
-		return COW{}, Dev{}, err
+		return COW{}, Dev{}, nil, err
 	}
 	cow := COW{Name: name, Dev: info.Dev}
 	var lins []Linear
@@ -199,18 +244,18 @@ func (s Stack) cowTable(n int) (COW, Dev, error) {
 		t, err := ParseTarget(spec)
 		l, ok := t.(Linear)
 		if err != nil || !ok {
-			return COW{}, Dev{}, errorf(op, name, nil, "", "target %q is not linear", spec.String())
+			return COW{}, Dev{}, nil, errorf(op, name, nil, "", "target %q is not linear", spec.String())
 		}
 		lins = append(lins, l)
 	}
 	if len(lins) == 0 {
-		return COW{}, Dev{}, errorf(op, name, nil, "", "%s has no table", name)
+		return COW{}, Dev{}, nil, errorf(op, name, nil, "", "%s has no table", name)
 	}
 	tail := lins[len(lins)-1].Device
 	cow.Bytes, cow.FastBytes = tableBytes(lins)
 	cow.Segments = len(lins)
 	cow.fastEnd = tableFastEnd(lins, tail)
-	return cow, tail, nil
+	return cow, tail, lins, nil
 }
 
 // tableFastEnd is the end of the last segment of a COW table not on tail.

@@ -53,21 +53,21 @@ func TestAttachCOWFast(t *testing.T) {
 	path := cowFile(t, 64<<20)
 	mapTo(f, 16<<20)
 	f.ResetLog()
-	cow, err := s.AttachCOW(3, path)
+	cow, err := s.AttachCOW(3, path, tailOf(path))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cow.Name != "dmsnap-sdb1-cow3" || cow.Path() != "/dev/mapper/dmsnap-sdb1-cow3" || cow.Bytes != 64<<20 || cow.FastBytes != 16<<20 || cow.Slow != "" || cow.Segments != 2 {
 		t.Fatalf("COW %+v", cow)
 	}
-	wantLog(t, f, "attach /dev/loop0 "+path, "map "+path, "attach /dev/loop1 "+storeDev,
+	wantLog(t, f, "map "+path, "attach /dev/loop0 "+storeDev, "attach /dev/loop1 "+tailOf(path),
 		"create dmsnap-sdb1-cow3", "load dmsnap-sdb1-cow3 linear", "resume dmsnap-sdb1-cow3")
 	if !f.Pinned(path) {
 		t.Error("the mapped file is not pinned")
 	}
 	tbl, _ := f.Table(cow.Name)
 	if got := []string{tbl[0].String(), tbl[1].String()}; len(tbl) != 2 ||
-		got[0] != "0 32768 linear 7:1 0" || got[1] != "32768 98304 linear 7:0 32768" {
+		got[0] != "0 32768 linear 7:0 0" || got[1] != "32768 98304 linear 7:1 32768" {
 		t.Fatalf("table %q", tbl)
 	}
 	if back, err := s.COWInfo(3); err != nil || back.Bytes != cow.Bytes || back.FastBytes != cow.FastBytes || back.Segments != 2 {
@@ -101,7 +101,7 @@ func TestAttachCOWSlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := cowFile(t, 8<<20)
-	cow, err := s.AttachCOW(1, path)
+	cow, err := s.AttachCOW(1, path, tailOf(path))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func TestAttachCOWSlow(t *testing.T) {
 	f2, s2 := builtWithStore(t)
 	mapTo(f2, 4<<20)
 	f2.FailNext("attach", storeDev, unix.EBUSY)
-	cow, err = s2.AttachCOW(1, path)
+	cow, err = s2.AttachCOW(1, path, tailOf(path))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,13 +132,13 @@ func TestAttachCOWLeftovers(t *testing.T) {
 	f, s := builtWithStore(t)
 	path := cowFile(t, 8<<20)
 	mapTo(f, 4<<20)
-	if _, err := s.AttachCOW(2, path); err != nil {
+	if _, err := s.AttachCOW(2, path, tailOf(path)); err != nil {
 		t.Fatal(err)
 	}
 	if !f.Pinned(path) {
 		t.Fatal("not pinned")
 	}
-	cow, err := s.AttachCOW(2, path)
+	cow, err := s.AttachCOW(2, path, tailOf(path))
 	if err != nil {
 		t.Fatalf("over a leftover: %v", err)
 	}
@@ -148,7 +148,7 @@ func TestAttachCOWLeftovers(t *testing.T) {
 	if err := s.ReattachSnapshot(2, cow.Path(), 8); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.AttachCOW(2, path); !errors.Is(err, dm.ErrBusy) {
+	if _, err := s.AttachCOW(2, path, tailOf(path)); !errors.Is(err, dm.ErrBusy) {
 		t.Fatalf("over a COW device in use: %v, want ErrBusy", err)
 	}
 	wantDevices(t, f, "dmsnap-sdb1", "dmsnap-sdb1-cow2", "dmsnap-sdb1-real", "dmsnap-sdb1-snap2")
@@ -164,10 +164,10 @@ func TestAttachCOWUndoesEachStep(t *testing.T) {
 			mapTo(f, 4<<20)
 			target := st.target
 			if target == "" {
-				target = path
+				target = tailOf(path)
 			}
 			f.FailNext(st.op, target, unix.EIO)
-			if _, err := s.AttachCOW(1, path); !errors.Is(err, unix.EIO) {
+			if _, err := s.AttachCOW(1, path, tailOf(path)); !errors.Is(err, unix.EIO) {
 				t.Fatalf("err = %v, want EIO", err)
 			}
 			wantDevices(t, f, "dmsnap-sdb1", "dmsnap-sdb1-real")
@@ -189,7 +189,8 @@ func TestCOWTeardownAndRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	for n := 1; n <= 2; n++ {
-		cow, err := s.AttachCOW(n, cowFile(t, 8<<20))
+		p := cowFile(t, 8<<20)
+		cow, err := s.AttachCOW(n, p, tailOf(p))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -213,4 +214,73 @@ func TestCOWTeardownAndRepair(t *testing.T) {
 	if f.LoopCount() != 0 {
 		t.Errorf("%d loop devices left", f.LoopCount())
 	}
+}
+
+// tailOf is the tail file beside a COW file, as sessions have it.
+func tailOf(cowPath string) string { return filepath.Join(filepath.Dir(cowPath), "cow.tail") }
+
+// The tail: cow.img's data outside the mapped part is copied into cow.tail
+// before the COW device is made, so the device shows it where it was; a
+// tail left by an earlier attach is folded into cow.img first.
+func TestAttachCOWTail(t *testing.T) {
+	f, s := builtWithStore(t)
+	path := cowFile(t, 8<<20)
+	mapTo(f, 4<<20)
+	// Data at 6 MiB of cow.img, outside the 4 MiB that are mapped; and an
+	// old tail with data at 5 MiB.
+	pre := []byte("pre-image written through the file")
+	old := []byte("pre-image written through the old tail")
+	writeFileAt(t, path, 6<<20, pre)
+	tail := tailOf(path)
+	if err := os.WriteFile(tail, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(tail, 8<<20)
+	writeFileAt(t, tail, 5<<20, old)
+	cow, err := s.AttachCOW(1, path, tail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cow.FastBytes != 4<<20 {
+		t.Fatalf("COW %+v", cow)
+	}
+	// The old tail is in cow.img now; the new tail holds both runs, where
+	// the COW device's tail segments read them.
+	if got := readFileAt(t, path, 5<<20, len(old)); string(got) != string(old) {
+		t.Fatalf("cow.img at 5 MiB: %q, want the old tail's data folded in", got)
+	}
+	for off, want := range map[int64][]byte{5 << 20: old, 6 << 20: pre} {
+		if got := readFileAt(t, tail, off, len(want)); string(got) != string(want) {
+			t.Fatalf("cow.tail at %d: %q, want %q", off, got, want)
+		}
+	}
+	if fi, err := os.Stat(tail); err != nil || fi.Size() != 8<<20 {
+		t.Fatalf("cow.tail: %v %v", fi, err)
+	}
+}
+
+func writeFileAt(t *testing.T, path string, off int64, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readFileAt(t *testing.T, path string, off int64, n int) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -4,13 +4,17 @@ package dm_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/internal/directio"
@@ -48,7 +52,7 @@ func prealloc(t *testing.T, dir string, size, n int64) string {
 // snapshot n over it with its exceptions kept.
 func reattach(t *testing.T, s dm.Stack, n int, cowPath string) dm.COW {
 	t.Helper()
-	cow, err := s.AttachCOW(n, cowPath)
+	cow, err := s.AttachCOW(n, cowPath, tailOf(cowPath))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,8 +63,8 @@ func reattach(t *testing.T, s dm.Stack, n int, cowPath string) dm.COW {
 }
 
 // TestCOWMappedToStore: on ext4 and xfs stores the written start of a COW
-// file goes straight to the store's block device and the rest through the
-// loop device over the file; a snapshot over that COW device keeps the
+// file goes straight to the store's block device and the rest to its tail
+// file (cow.tail); a snapshot over that COW device keeps the
 // pre-session image across the boundary, the file holds the exceptions at
 // their offsets once its stale page cache is dropped, is pinned meanwhile,
 // and a snapshot made again over it (a reboot) brings them all back.
@@ -76,7 +80,7 @@ func TestCOWMappedToStore(t *testing.T) {
 
 			s := build(t, "vmcow", base.Path)
 			cowPath := prealloc(t, store, 40<<20, 8<<20)
-			cow, err := s.AttachCOW(1, cowPath)
+			cow, err := s.AttachCOW(1, cowPath, tailOf(cowPath))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -104,7 +108,7 @@ func TestCOWMappedToStore(t *testing.T) {
 			}
 
 			// 24 MiB of first writes: 8 MiB of pre-images land on the
-			// store's device, 16 MiB through the filesystem.
+			// store's device, 16 MiB in cow.tail, through its filesystem.
 			writeAt(t, s.OriginPath(), 0, randomBytes(8, 24<<20))
 			if got := readAt(t, s.SnapshotPath(1), 0, 64<<20); !bytes.Equal(got, pre) {
 				t.Fatal("the snapshot does not show the image from before the writes")
@@ -180,7 +184,7 @@ func TestCOWNotMapped(t *testing.T) {
 		{small, "block size 1024 is not a multiple"}, // small blocks
 	} {
 		cowPath := prealloc(t, tc.dir, 8<<20, 4<<20)
-		cow, err := s.AttachCOW(1, cowPath)
+		cow, err := s.AttachCOW(1, cowPath, tailOf(cowPath))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -238,7 +242,7 @@ func TestCOWGrowWhileWriting(t *testing.T) {
 
 			s := build(t, "vmgrow", base.Path)
 			cowPath := prealloc(t, store, 100<<20, 4<<20)
-			cow, err := s.AttachCOW(1, cowPath)
+			cow, err := s.AttachCOW(1, cowPath, tailOf(cowPath))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -354,6 +358,109 @@ func TestCOWGrowWhileWriting(t *testing.T) {
 			}
 			if err := filemap.UnpinPath(cowPath); err != nil {
 				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// ext4MoveExt is EXT4_IOC_MOVE_EXT, _IOWR('f', 15, struct move_extent):
+// {u32 reserved, u32 donor_fd, u64 orig_start, u64 donor_start, u64 len,
+// u64 moved_len} (fs/ext4/ext4.h).
+const ext4MoveExt = 0xc028660f
+
+// TestCOWPinnedAgainstDedupeAndMoves: what a dedupe pass over the store
+// (xfs_io dedupe, duperemove) or a defragmenter (ext4's MOVE_EXT) does to a
+// live, mapped cow.img. Append-only, as cow.img was pinned before, let
+// both move its blocks under the kernel (KERNEL-NOTES: xfs dedupes through
+// a read-only descriptor; MOVE_EXT takes O_RDWR|O_APPEND). Immutable, every
+// attempt is refused, the file's extents do not change, and the snapshot
+// still shows the image from before the writes, byte for byte.
+func TestCOWPinnedAgainstDedupeAndMoves(t *testing.T) {
+	for _, fs := range []string{"ext4", "xfs"} {
+		t.Run(fs, func(t *testing.T) {
+			requireKernel(t)
+			dir := t.TempDir()
+			store := vmtest.StoreFS(t, dir, fs, 1<<30)
+			base := rawBase(t, dir, 64<<20)
+			writeAt(t, base.Path, 1<<20, randomBytes(17, 31<<20))
+			pre := readAt(t, base.Path, 0, 64<<20)
+			s := build(t, "vmpin", base.Path)
+			cowPath := prealloc(t, store, 40<<20, 16<<20)
+			cow, err := s.AttachCOW(1, cowPath, tailOf(cowPath))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cow.FastBytes != 16<<20 {
+				t.Fatalf("COW %+v: want 16 MiB mapped", cow)
+			}
+			if err := s.AddSnapshot(1, cow.Path(), chunk); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				s.RemoveSnapshot(1)
+				filemap.UnpinPath(cowPath)
+			})
+			writeAt(t, s.OriginPath(), 0, randomBytes(18, 4<<20)) // 4 MiB of pre-images, mapped
+			cf, err := os.Open(cowPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cf.Close()
+			before, err := filemap.Extents(cf)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			// A file of zeros as long as the prealloc'd zeros of cow.img
+			// not used yet: what a dedupe pass would share them with.
+			zero := filepath.Join(store, "zeros")
+			vmtest.Sh(t, "dd if=/dev/zero of="+zero+" bs=1M count=16 conv=fsync 2>/dev/null")
+			for _, mode := range []string{"-r", ""} {
+				out, err := exec.Command("xfs_io", append(strings.Fields(mode), "-c", "dedupe "+zero+" 0 8m 8m", cowPath)...).CombinedOutput()
+				if err == nil && !strings.Contains(string(out), "Operation not permitted") && !strings.Contains(string(out), "not supported") {
+					t.Fatalf("xfs_io %s dedupe into the mapped cow.img: %v\n%s", mode, err, out)
+				}
+				t.Logf("xfs_io %s dedupe: %v %s", mode, err, strings.TrimSpace(string(out)))
+			}
+			if fs == "ext4" {
+				if _, err := os.OpenFile(cowPath, os.O_RDWR|os.O_APPEND, 0); !errors.Is(err, unix.EPERM) {
+					t.Fatalf("open O_RDWR|O_APPEND of the mapped cow.img: %v, want EPERM", err)
+				}
+				donor, err := os.OpenFile(zero, os.O_RDWR, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var me [40]byte
+				binary.LittleEndian.PutUint32(me[4:], uint32(donor.Fd()))
+				binary.LittleEndian.PutUint64(me[8:], 2048)  // orig_start (blocks): 8 MiB
+				binary.LittleEndian.PutUint64(me[24:], 2048) // len
+				_, _, errno := unix.Syscall(unix.SYS_IOCTL, cf.Fd(), ext4MoveExt, uintptr(unsafe.Pointer(&me[0])))
+				donor.Close()
+				if errno == 0 {
+					t.Fatal("EXT4_IOC_MOVE_EXT on the mapped cow.img succeeded")
+				}
+				t.Logf("EXT4_IOC_MOVE_EXT: %v", errno)
+			}
+			after, err := filemap.Extents(cf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(before, after) {
+				t.Fatalf("cow.img's extents changed under the kernel:\nbefore %+v\nafter  %+v", before, after)
+			}
+			// More first writes, into the rest of the mapped part and past
+			// it (the tail): the snapshot still shows the old image.
+			writeAt(t, s.OriginPath(), 8<<20, randomBytes(19, 20<<20))
+			if got := readAt(t, s.SnapshotPath(1), 0, 64<<20); !bytes.Equal(got, pre) {
+				t.Fatal("the snapshot lost pre-images")
+			}
+			// And after a reboot's attach, which folds the tail into cow.img.
+			if err := s.RemoveSnapshot(1); err != nil {
+				t.Fatal(err)
+			}
+			reattach(t, s, 1, cowPath)
+			if got := readAt(t, s.SnapshotPath(1), 0, 64<<20); !bytes.Equal(got, pre) {
+				t.Fatal("after the reattach the snapshot lost pre-images")
 			}
 		})
 	}

@@ -15,7 +15,7 @@ import (
 // MapFile finds where the bytes of the file at path lie on its
 // filesystem's block device and pins the file so that they stay there
 // (internal/filemap): it checks that the filesystem allows writing them
-// through the device (filemap.Probe), sets the append-only flag, drops the
+// through the device (filemap.Probe), sets the immutable flag, drops the
 // file's page cache and reads its extents. A file that cannot be mapped is
 // an error that says why (filemap.ErrUnsupported); it is left unpinned.
 func MapFile(path string) (FileMap, error) {
@@ -47,7 +47,7 @@ func MapFile(path string) (FileMap, error) {
 	return FileMap{Device: node, Dev: dev, Extents: exts}, nil
 }
 
-// PinFile sets the append-only flag of the file at path again, as MapFile
+// PinFile sets the immutable flag of the file at path again, as MapFile
 // does, after GrowCOW cleared it to write zeros into the file.
 func PinFile(path string) error {
 	f, err := os.Open(path)

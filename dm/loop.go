@@ -52,6 +52,16 @@ type LoopOptions struct {
 	// Offset and SizeLimit (bytes; 0: to the end) limit the loop device to
 	// a window of its backing file.
 	Offset, SizeLimit uint64
+	// WriteThrough makes every write durable when it completes (the
+	// backing file is opened O_DSYNC, which the loop driver honours for
+	// buffered I/O) and tells the block layer so (queue/write_cache "write
+	// through"): flushes sent to the device then complete at once, without
+	// reaching the driver. For the loop device over a COW's tail file
+	// (AttachCOW), which device-mapper sends every flush of the exception
+	// store to although it is written only when the mapped part runs out.
+	// Direct I/O is not used with it: the driver drops O_DSYNC for direct
+	// I/O.
+	WriteThrough bool
 }
 
 // Loop is a bound loop device. While it came from AttachLoop it holds an
@@ -67,7 +77,10 @@ type Loop struct {
 	// Offset and SizeLimit are the window of the backing file the loop
 	// device shows (bytes; SizeLimit 0: to the end).
 	Offset, SizeLimit uint64
-	release           func() error
+	// WriteThrough: the device has no volatile write cache (its queue's
+	// write_cache is "write through"; LoopOptions.WriteThrough).
+	WriteThrough bool
+	release      func() error
 }
 
 // Close releases the descriptor AttachLoop kept, if any.
@@ -95,7 +108,12 @@ func AttachLoop(file string, opts LoopOptions) (*Loop, error) {
 	if opts.ReadOnly {
 		flag = os.O_RDONLY
 	}
-	bf, err := os.OpenFile(file, flag|unix.O_CLOEXEC, 0)
+	bflag := flag
+	if opts.WriteThrough {
+		bflag |= unix.O_DSYNC
+		opts.DirectIO = false
+	}
+	bf, err := os.OpenFile(file, bflag|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, newError(op, file, err, "")
 	}
@@ -137,6 +155,15 @@ func AttachLoop(file string, opts LoopOptions) (*Loop, error) {
 		if err != nil {
 			lf.Close()
 			return nil, newError(op, file, err, "")
+		}
+		if opts.WriteThrough {
+			// Nothing is written before the caller loads a table over it.
+			wc := fmt.Sprintf("%s/block/loop%d/queue/write_cache", sysDir, n)
+			if err := os.WriteFile(wc, []byte("write through"), 0); err != nil {
+				unix.IoctlSetInt(int(lf.Fd()), unix.LOOP_CLR_FD, 0)
+				lf.Close()
+				return nil, newError(op, path, err, "")
+			}
 		}
 		l, err := loopInfo(sysDir, n)
 		if err != nil {
@@ -215,6 +242,10 @@ func loopInfo(sys string, n int) (*Loop, error) {
 		AutoClear: readFlag(base + "/loop/autoclear"),
 		Offset:    off,
 		SizeLimit: limit,
+		WriteThrough: func() bool {
+			b, err := os.ReadFile(base + "/queue/write_cache")
+			return err == nil && strings.TrimSpace(string(b)) == "write through"
+		}(),
 	}, nil
 }
 

@@ -129,7 +129,7 @@ func Convert(ctx context.Context, dir string, opts ConvertOptions) (ConvertResul
 	if st.Phase != PhaseClosing && st.Phase != PhaseInvalid {
 		return res, fmt.Errorf("convert %s: session is %s; close it first (remove its snapshot and loop device): %w", dir, st.Phase, ErrNotClosed)
 	}
-	if err := releaseCow(filepath.Join(dir, CowFile)); err != nil {
+	if err := releaseCow(filepath.Join(dir, CowFile), filepath.Join(dir, CowTailFile)); err != nil {
 		return res, fmt.Errorf("convert %s: %w", dir, err)
 	}
 

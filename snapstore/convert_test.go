@@ -353,3 +353,43 @@ func TestConvertHeaderChunkSizeWins(t *testing.T) {
 	}
 	checkPreImages(t, fx.dir, fx.sim)
 }
+
+// A COW whose second half went to the tail file (the kernel ran past the
+// mapped part before the watcher mapped more, dm.AttachCOW): conversion
+// folds the tail back first, and the session holds every pre-image.
+func TestConvertFoldsTheTail(t *testing.T) {
+	fx := makeClosedSession(t, t.TempDir(), fixtureOpts{chunkSectors: 8, devSize: 1 << 20, writes: 150, seed: 11, shuffle: true})
+	cow, tail := filepath.Join(fx.dir, CowFile), filepath.Join(fx.dir, CowTailFile)
+	b, err := os.ReadFile(cow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := int64(len(b)/2) / 4096 * 4096
+	// cow.img keeps its first half; the tail, sparse, holds the rest at
+	// the same offsets, cow.img zeros there.
+	tf, err := os.Create(tail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tf.Truncate(int64(len(b)))
+	if _, err := tf.WriteAt(b[half:], half); err != nil {
+		t.Fatal(err)
+	}
+	tf.Close()
+	f, err := os.OpenFile(cow, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, len(b)-int(half)), half); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	convertFixture(t, fx, ConvertOptions{})
+	if _, err := os.Stat(tail); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("cow.tail still there after conversion (%v)", err)
+	}
+	if _, err := Verify(context.Background(), fx.dir); err != nil {
+		t.Fatal(err)
+	}
+	checkPreImages(t, fx.dir, fx.sim)
+}

@@ -136,26 +136,36 @@ func writeZeros(f *os.File, from, n int64) error {
 }
 
 // releaseCow undoes, for a closed session, what dm.AttachCOW did to its
-// cow.img: it clears the append-only flag (the file is renamed and punched
-// next) and, where the file may have been mapped to the store's device,
-// drops its page cache and checks that none is left, since the kernel
-// wrote its blocks beneath the filesystem and any page cached before is
-// stale (filemap.DropCache). A missing cow.img is fine (converted already).
-func releaseCow(path string) error {
+// cow.img: it clears the immutable (or, from older versions, append-only)
+// flag, since the file is written, renamed and punched next; folds the
+// tail file into it (the pre-images the kernel wrote past the mapped part:
+// filemap.FoldInto, which removes the tail once cow.img holds them durably);
+// and, where the file may have been mapped to the store's device, drops
+// its page cache and checks that none is left, since the kernel wrote its
+// blocks beneath the filesystem and any page cached before is stale
+// (filemap.DropCache). A missing cow.img is fine (converted already; its
+// tail was folded before the rename, and one left anyway is removed).
+func releaseCow(path, tail string) error {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(tail); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
 		return nil
 	}
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	if err := filemap.Unpin(f); err != nil {
+		return err
+	}
+	if _, err := filemap.FoldInto(path, tail); err != nil {
+		return fmt.Errorf("folding %s into %s: %w", tail, path, err)
+	}
 	_, perr := filemap.Probe(f)
 	if perr != nil && !errors.Is(perr, filemap.ErrUnsupported) {
 		return perr
-	}
-	if err := filemap.Unpin(f); err != nil {
-		return err
 	}
 	if perr != nil {
 		return nil // never mapped: AttachCOW probes the same way

@@ -8,6 +8,7 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -119,4 +120,56 @@ func TestCLIOtherStateLeavesLiveSessionAlone(t *testing.T) {
 		t.Fatalf("sessions %+v, want one closed of 3100 chunks", ss)
 	}
 	c.ok(t, "sessions", "verify", ss[0].ID)
+}
+
+// TestCLICowPinnedAgainstDedupe: a dedupe pass and a defragmenter run over
+// the store while a session is open (the hidden check of the COW-path
+// issue): the live cow.img's extents do not change, and the session
+// restores the device byte for byte.
+func TestCLICowPinnedAgainstDedupe(t *testing.T) {
+	for _, fs := range []string{"ext4", "xfs"} {
+		t.Run(fs, func(t *testing.T) {
+			vmtest.RequireDM(t)
+			base := t.TempDir()
+			c := &cli{state: filepath.Join(base, "state"), store: filepath.Join(vmtest.StoreFS(t, base, fs, 2<<30), "store"), prealloc: "16MiB"}
+			raw := rawDevice(t, 64<<20)
+			c.activate(t, raw, "pin")
+			w := c.watch(t)
+			origin := "/dev/mapper/dmsnap-pin"
+			mnt := t.TempDir()
+			before := hash(t, origin)
+			vmtest.Run(t, "mount", origin, mnt)
+			vmtest.Sh(t, "dd if=/dev/urandom of="+mnt+"/a bs=1M count=8 conv=fsync 2>/dev/null")
+			live := c.status(t).Devices[0].Sessions[0]
+			cow := filepath.Join(live.Dir, "cow.img")
+			extents := func() string { return vmtest.Sh(t, "xfs_io -r -c 'fiemap -v' "+cow) }
+			was := extents()
+			zero := filepath.Join(filepath.Dir(c.store), "zeros")
+			vmtest.Sh(t, "dd if=/dev/zero of="+zero+" bs=1M count=16 conv=fsync 2>/dev/null")
+			for _, mode := range []string{"-r ", ""} {
+				out, _ := exec.Command("sh", "-c", "xfs_io "+mode+"-c 'dedupe "+zero+" 0 8m 8m' "+cow+" 2>&1").CombinedOutput()
+				t.Logf("xfs_io %sdedupe: %s", mode, strings.TrimSpace(string(out)))
+			}
+			if f, err := os.OpenFile(cow, os.O_RDWR|os.O_APPEND, 0); err == nil {
+				f.Close()
+				t.Fatal("the live cow.img opens for writing: a defragmenter could move its blocks")
+			}
+			if now := extents(); now != was {
+				t.Fatalf("the live cow.img's extents changed:\nbefore\n%s\nafter\n%s", was, now)
+			}
+			vmtest.Sh(t, "dd if=/dev/urandom of="+mnt+"/b bs=1M count=24 conv=fsync 2>/dev/null")
+			vmtest.Run(t, "umount", mnt)
+			eventually(t, "the session to close", 60*time.Second, func() bool {
+				ss := c.list(t, "pin")
+				return len(ss) == 2 && ss[0].State == "closed"
+			})
+			w.stop(t)
+			id := c.list(t, "pin")[0].ID
+			c.ok(t, "sessions", "verify", id)
+			c.ok(t, "restore", "pin", "--session", id, "--yes")
+			if h := hash(t, origin); h != before {
+				t.Fatalf("after the restore: sha256 %s, want %s", h, before)
+			}
+		})
+	}
 }

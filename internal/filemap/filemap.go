@@ -15,9 +15,9 @@
 //     compression, inline data or DAX);
 //   - offers only plain extents: written (not unwritten, delayed or
 //     shared), aligned, at known device offsets (Extent.Plain);
-//   - pins the file append-only while it is mapped (Pin): no truncate,
-//     hole punch, unlink, rename or defragmentation can move or free its
-//     blocks, while writes through a descriptor opened before still work;
+//   - pins the file immutable while it is mapped (Pin): no write,
+//     truncate, hole punch, unlink, rename, defragmentation or
+//     deduplication can move, share or free its blocks;
 //   - drops the file's page cache and proves with mincore that none is left
 //     (DropCache), before the blocks are mapped and again before the file
 //     is read through the filesystem after they were.
@@ -158,6 +158,7 @@ func Extents(f *os.File) ([]Extent, error) {
 // File flags (FS_IOC_GETFLAGS, include/uapi/linux/fs.h).
 const (
 	flagCompr       = 0x4
+	flagImmutable   = 0x10
 	flagAppend      = 0x20
 	flagEncrypt     = 0x800
 	flagJournalData = 0x4000
@@ -287,44 +288,52 @@ func mountOptions(major, minor uint32) ([]string, error) {
 	return nil, fmt.Errorf("device %d:%d is in no mount of %s: %w", major, minor, selfMountInfo, ErrUnsupported)
 }
 
-// Pin sets or clears the file's append-only flag (FS_APPEND_FL, chattr
-// +a). While it is set nobody can truncate, punch, unlink, rename or
-// defragment the file (e4defrag and xfs_fsr skip or are refused), so its
-// blocks stay where Extents found them; writes through a descriptor
-// opened before (the loop device's) still work. It needs CAP_LINUX_IMMUTABLE.
+// Pin sets or clears the file's immutable flag (FS_IMMUTABLE_FL, chattr
+// +i). While it is set the file's blocks stay where Extents found them:
+// nobody can write, truncate, punch, unlink or rename it, and neither
+// defragmentation (EXT4_IOC_MOVE_EXT) nor deduplication (FIDEDUPERANGE,
+// whose generic checks refuse only immutable and swap files) can move or
+// share them. The append-only flag (+a), which older dmsnap versions set,
+// does not stop either: xfs dedupes an append-only file through a
+// read-only descriptor, and ext4's MOVE_EXT checks only the donor's flag.
+// It needs CAP_LINUX_IMMUTABLE. Clearing also clears +a.
 func Pin(f *os.File, on bool) error {
 	flags, err := getFlags(f)
 	if err != nil {
 		return err
 	}
-	want := flags &^ flagAppend
+	want := flags &^ (flagImmutable | flagAppend)
 	if on {
-		want |= flagAppend
+		want |= flagImmutable
 	}
 	if want == flags {
 		return nil
 	}
 	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(want)); err != nil {
-		return &os.PathError{Op: "set append-only flag", Path: f.Name(), Err: err}
+		what := "clear the immutable flag of"
+		if on {
+			what = "set the immutable flag of"
+		}
+		return &os.PathError{Op: what, Path: f.Name(), Err: err}
 	}
 	return nil
 }
 
-// Pinned reports whether the file's append-only flag is set.
+// Pinned reports whether the file's immutable flag is set.
 func Pinned(f *os.File) (bool, error) {
 	flags, err := getFlags(f)
-	return flags&flagAppend != 0, err
+	return flags&flagImmutable != 0, err
 }
 
-// Unpin clears f's append-only flag if it has it: done before dmsnap
-// renames, punches or removes a COW file it once mapped. A filesystem
-// without file flags never pinned it.
+// Unpin clears f's immutable and append-only flags if it has them: done
+// before dmsnap writes, renames, punches or removes a COW file it once
+// mapped. A filesystem without file flags never pinned it.
 func Unpin(f *os.File) error {
-	pinned, err := Pinned(f)
+	flags, err := getFlags(f)
 	if errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.EOPNOTSUPP) {
 		return nil
 	}
-	if err != nil || !pinned {
+	if err != nil || flags&(flagImmutable|flagAppend) == 0 {
 		return err
 	}
 	return Pin(f, false)

@@ -227,7 +227,7 @@ func (k Kernel) StackUp(_ context.Context, name, devicePath string) error {
 // the COW device goes again.
 func (k Kernel) AttachSnapshot(_ context.Context, name string, n int, cowFile string, chunkSectors uint32) error {
 	s := k.stack(name, "")
-	cow, err := s.AttachCOW(n, cowFile)
+	cow, err := s.AttachCOW(n, cowFile, filepath.Join(filepath.Dir(cowFile), snapstore.CowTailFile))
 	if err != nil {
 		return err
 	}
@@ -511,12 +511,24 @@ func phase(p snapstore.Phase) session.SessionState {
 }
 
 // cowUsed reports whether the kernel initialised the session's COW (its
-// first four bytes are no longer zero), or conversion has begun.
+// first four bytes are no longer zero, in cow.img or, when its start was
+// not mapped, in the tail file), or conversion has begun.
 func cowUsed(dir string) (bool, error) {
 	if _, err := os.Stat(filepath.Join(dir, snapstore.DataFile)); err == nil {
 		return true, nil
 	}
-	f, err := os.Open(filepath.Join(dir, snapstore.CowFile))
+	for _, name := range []string{snapstore.CowFile, snapstore.CowTailFile} {
+		if used, err := headerWritten(filepath.Join(dir, name)); used || err != nil {
+			return used, err
+		}
+	}
+	return false, nil
+}
+
+// headerWritten reports whether the first four bytes of the file at path
+// are not zero; a missing file has none.
+func headerWritten(path string) (bool, error) {
+	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
