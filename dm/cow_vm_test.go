@@ -371,7 +371,7 @@ const ext4MoveExt = 0xc028660f
 // TestCOWPinnedAgainstDedupeAndMoves: what a dedupe pass over the store
 // (xfs_io dedupe, duperemove) or a defragmenter (ext4's MOVE_EXT) does to a
 // live, mapped cow.img. Append-only, as cow.img was pinned before, let
-// both move its blocks under the kernel (KERNEL-NOTES: xfs dedupes through
+// both move its blocks under the kernel (docs/kernel.md: xfs dedupes through
 // a read-only descriptor; MOVE_EXT takes O_RDWR|O_APPEND). Immutable, every
 // attempt is refused, the file's extents do not change, and the snapshot
 // still shows the image from before the writes, byte for byte.

@@ -19,8 +19,9 @@ const Prefix = "dmsnap-"
 // "-snap<digits>".
 func ValidateName(name string) error { return names.Validate(name) }
 
-// Stack is the device-mapper stack of one activated device (DESIGN.md, "The
-// stack"), for Name "sdb1" over Device /dev/sdb1:
+// Stack is the device-mapper stack of one activated device
+// (docs/architecture.md, "What dmsnap builds"), for Name "sdb1" over
+// Device /dev/sdb1:
 //
 //	dmsnap-sdb1        snapshot-origin  dmsnap-sdb1-real       (users mount this)
 //	dmsnap-sdb1-real   linear           /dev/sdb1              (holds the raw device)

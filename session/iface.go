@@ -6,7 +6,7 @@ import (
 )
 
 // Kernel is the device-mapper side of the session life cycle, at the level
-// of the dmsnap stack (DESIGN.md, "The stack"). Package dm provides the real
+// of the dmsnap stack (docs/architecture.md, "What dmsnap builds"). Package dm provides the real
 // one (dm.Stack and loop devices behind a thin adapter); sessiontest.Kernel
 // is an in-memory fake with the same rules.
 //

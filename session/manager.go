@@ -22,7 +22,7 @@ const DefaultChunkSize = 4096
 
 // Chunk sizes dmsnap accepts, as LVM does: powers of two from 4 KiB to
 // 512 KiB. Smaller chunks copy less per write and cost more memory and
-// metadata per changed byte (KERNEL-NOTES.md, "Costs").
+// metadata per changed byte (README, "Benchmarks").
 const (
 	MinChunkSize = 4 << 10
 	MaxChunkSize = 512 << 10
@@ -738,7 +738,7 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 			return deviceErr(op, req.Device, "", fmt.Errorf("store: %w", err))
 		}
 		// A COW file on the filesystem of the device it protects would wait
-		// on itself (KERNEL-NOTES.md, "Loop devices").
+		// on itself (docs/kernel.md).
 		if DevNumFromRdev(st.Dev) == id.Dev {
 			return deviceErrf(op, req.Device, "give a --store on another device", nil, "the store %s is on the device itself", store)
 		}

@@ -14,8 +14,8 @@ import (
 	"github.com/dmsnap/dmsnap/internal/names"
 )
 
-// Instant restores (`dmsnap restore --merge`, DESIGN.md "Views and instant
-// restore"): the origin's table is a snapshot-merge over -real with a COW
+// Instant restores (`dmsnap restore --merge`, README "Using it"): the
+// origin's table is a snapshot-merge over -real with a COW
 // store holding the restored state while the kernel copies it back. The
 // session armed when the merge started stays loaded and records what the
 // merge overwrites (the kernel copies into other snapshots before merging a

@@ -15,7 +15,7 @@ import (
 	"github.com/dmsnap/dmsnap/internal/devid"
 )
 
-// Defaults for the global flags (DESIGN.md, "CLI").
+// Defaults for the global flags (README, "Using it").
 const (
 	DefaultStateDir = "/var/lib/dmsnap"
 	DefaultStore    = "/snapshot"

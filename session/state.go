@@ -20,7 +20,7 @@ const (
 	DeviceDeactivating DeviceState = "deactivating"
 )
 
-// SessionState is where a session is in its life (DESIGN.md, "Sessions"):
+// SessionState is where a session is in its life (docs/architecture.md, "Sessions"):
 //
 //	arming → armed → opening → open → closing → closed (leaves the registry)
 //	   any state ──(kernel marks the snapshot Invalid)──▶ invalid → closed

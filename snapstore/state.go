@@ -37,7 +37,7 @@ const (
 	dirPerm  = 0o755
 )
 
-// Phase is where an unconverted session is in its life (DESIGN.md, "Sessions").
+// Phase is where an unconverted session is in its life (docs/architecture.md, "Sessions").
 type Phase string
 
 const (

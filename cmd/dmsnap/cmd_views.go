@@ -15,7 +15,7 @@ import (
 )
 
 // Views: read-only devices showing a device as it was before a session
-// (DESIGN.md, "Views and instant restore"). A view of session NAME_SECS is
+// (README, "Using it"). A view of session NAME_SECS is
 // dmsnap-NAME-atSECS, a `snapshot` target over dmsnap-NAME-real whose COW
 // (a sparse file in the state directory, on a loop device) holds the
 // restore plan's pre-images. The origin stays in use: what is written to it
