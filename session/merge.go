@@ -263,6 +263,9 @@ func (m *Manager) finishMerge(ctx context.Context, reg *Registry, k MergeKernel,
 		return o, err
 	}
 	o.Progress = p
+	// ran: the merge did run (now or before a crash or a reboot), so the
+	// session armed for it recorded what it overwrote.
+	ran := p.Merging
 	switch {
 	case p.Failed:
 		o.Problem = "the kernel stopped the merge (Merge failed): the device shows the restored state but its store is still needed; see the kernel log"
@@ -278,6 +281,7 @@ func (m *Manager) finishMerge(ctx context.Context, reg *Registry, k MergeKernel,
 		Crashpoint(CrashpointMergeEnded)
 		log.Info("merge done: snapshot-origin is back")
 	case mg.Phase == MergeRunning || (mg.Phase == MergeStarting && fileExists(mg.COW)):
+		ran = true
 		// The stack was rebuilt as snapshot-origin while the merge ran (a
 		// reboot): what is not merged yet is still in the store. The
 		// merge goes on from there, but never under a mounted file
@@ -332,7 +336,7 @@ func (m *Manager) finishMerge(ctx context.Context, reg *Registry, k MergeKernel,
 		return o, nil
 	}
 	cur := d.Current()
-	if cur == nil || cur.N != mg.Recording || cur.State != SessionArmed || !p.Merging {
+	if cur == nil || cur.N != mg.Recording || cur.State != SessionArmed || !ran {
 		return o, nil
 	}
 	stacks, err := m.Kernel.Stacks(ctx)

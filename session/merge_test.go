@@ -146,12 +146,13 @@ func TestFinishMergesAfterTheStackWasRebuilt(t *testing.T) {
 		calls   string
 		kept    bool
 		problem bool
+		undo    bool // the session that recorded the merge is closed: it undoes the restore
 	}{
 		{phase: session.MergeStarting, noStore: true, calls: "RemoveCOW sdb1.cow"},
 		{phase: session.MergeStarting, resumes: true, calls: "ResumeMerge sdb1", kept: true},
-		{phase: session.MergeStarting, calls: "ResumeMerge sdb1,RemoveCOW sdb1.cow"},
+		{phase: session.MergeStarting, calls: "ResumeMerge sdb1,RemoveCOW sdb1.cow", undo: true},
 		{phase: session.MergeRunning, resumes: true, calls: "ResumeMerge sdb1", kept: true},
-		{phase: session.MergeRunning, calls: "ResumeMerge sdb1,RemoveCOW sdb1.cow"},
+		{phase: session.MergeRunning, calls: "ResumeMerge sdb1,RemoveCOW sdb1.cow", undo: true},
 		{phase: session.MergeRunning, resumes: true, mounted: true, kept: true, problem: true},
 	} {
 		w := newWorld(t)
@@ -176,6 +177,12 @@ func TestFinishMergesAfterTheStackWasRebuilt(t *testing.T) {
 		}
 		if len(outs) != 1 || (outs[0].Problem != "") != c.problem {
 			t.Errorf("%+v: outcome %+v", c, outs)
+		}
+		// A merge that ran and was finished after a crash (the watcher died
+		// between its steps) closes its recording session as the normal
+		// end does, so the next session starts from the restored state.
+		if len(outs) == 1 && (outs[0].Undo != "") != c.undo {
+			t.Errorf("%+v: undo session %q, want one: %v", c, outs[0].Undo, c.undo)
 		}
 	}
 }

@@ -34,6 +34,9 @@ invalid, and anything that needs attention.
                  "snapshot": {"state": "active", "cow_used_bytes": 65536,
                               "cow_size_bytes": 67239936, "metadata_bytes": 8192},
                  "cow_direct_io": true,         the loop device over cow.img takes direct I/O
+                                                (a COW of which nothing is mapped)
+                 "cow_tail_write_through": true, the rest of a mapped COW goes to cow.tail
+                                                through a write-through loop device
                  "cow_fast_bytes": 268435456,   bytes of cow.img the kernel writes straight
                                                 to the store's block device, not through its
                                                 filesystem (dmsnap-NAME-cowN; see activate
@@ -106,6 +109,7 @@ type liveSessionJSON struct {
 	Error         string               `json:"error,omitempty"`
 	Snapshot      *snapshotJSON        `json:"snapshot"`
 	CowDirectIO   *bool                `json:"cow_direct_io,omitempty"`
+	CowTailWT     *bool                `json:"cow_tail_write_through,omitempty"`
 	CowFastBytes  *uint64              `json:"cow_fast_bytes,omitempty"`
 	CowSegments   int                  `json:"cow_segments,omitempty"`
 }
@@ -140,6 +144,17 @@ var cowDirectIO = func(cowFile string) *bool {
 		return nil
 	}
 	v := l.DirectIO
+	return &v
+}
+
+// cowTailWriteThrough reports whether the loop device over a session's
+// tail file is write-through (nil when there is none: nothing mapped).
+var cowTailWriteThrough = func(tailFile string) *bool {
+	l, err := dm.FindLoop(tailFile)
+	if err != nil || l == nil {
+		return nil
+	}
+	v := l.WriteThrough
 	return &v
 }
 
@@ -178,6 +193,7 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 					CowSizeBytes: snap.Total * dm.SectorSize, MetadataBytes: snap.Metadata * dm.SectorSize}
 				if s.Dir != "" {
 					ls.CowDirectIO = cowDirectIO(filepath.Join(s.Dir, snapstore.CowFile))
+					ls.CowTailWT = cowTailWriteThrough(filepath.Join(s.Dir, snapstore.CowTailFile))
 				}
 				ls.CowFastBytes, ls.CowSegments = cowMap(d.Name, s.N)
 			}
@@ -294,7 +310,7 @@ func printDevice(e *env, d deviceJSON) {
 			switch {
 			case s.CowFastBytes == nil:
 			case *s.CowFastBytes > 0:
-				fmt.Fprintf(w, "    COW: %s of it goes straight to the store's device, the rest through its filesystem (%d segments)\n", humanBytes(*s.CowFastBytes), s.CowSegments)
+				fmt.Fprintf(w, "    COW: %s of it goes straight to the store's device (cow.img, immutable), the rest to cow.tail through its filesystem (%d segments)\n", humanBytes(*s.CowFastBytes), s.CowSegments)
 			default:
 				fmt.Fprintln(w, "    COW: through the store's filesystem")
 			}

@@ -251,6 +251,7 @@ type statusOut struct {
 				CowUsed uint64 `json:"cow_used_bytes"`
 			} `json:"snapshot"`
 			CowDirectIO  *bool   `json:"cow_direct_io"`
+			CowTailWT    *bool   `json:"cow_tail_write_through"`
 			CowFastBytes *uint64 `json:"cow_fast_bytes"`
 		} `json:"sessions"`
 		InvalidSessions []string `json:"invalid_sessions"`
@@ -550,12 +551,12 @@ func TestCLIWatcherKilledMidSession(t *testing.T) {
 
 // TestCLIAttachAfterReboot: the stack goes (a reboot) with pre-images in
 // the armed session's COW, on both of its kinds of segment (the first 8 MiB
-// mapped straight to the ext4 store's device, the rest through the
-// filesystem); `dmsnap attach` brings it back with every exception, and the
-// session rebuilds the device as it was. Meanwhile cow.img cannot be
-// removed (it is pinned append-only), and a read of it through the page
-// cache while the kernel writes beneath the filesystem does not make the
-// conversion read stale pages.
+// mapped straight to the ext4 store's device, the rest in cow.tail through
+// the filesystem); `dmsnap attach` folds the tail back and brings the COW
+// back with every exception, and the session rebuilds the device as it
+// was. Meanwhile cow.img cannot be removed (it is pinned immutable), and a
+// read of it through the page cache while the kernel writes beneath the
+// filesystem does not make the conversion read stale pages.
 func TestCLIAttachAfterReboot(t *testing.T) {
 	c := newCLI(t)
 	raw := rawDevice(t, 32<<20)
@@ -570,9 +571,9 @@ func TestCLIAttachAfterReboot(t *testing.T) {
 	// 12 MiB of pre-images, more than the 8 MiB mapped straight.
 	vmtest.Sh(t, "dd if=/dev/urandom of="+origin+" bs=4k seek=100 count=3000 conv=fsync 2>/dev/null")
 	before := c.status(t).Devices[0].Sessions[0]
-	if before.Snapshot == nil || before.Snapshot.CowUsed < 11<<20 || before.CowDirectIO == nil || !*before.CowDirectIO ||
+	if before.Snapshot == nil || before.Snapshot.CowUsed < 11<<20 || before.CowTailWT == nil || !*before.CowTailWT ||
 		before.CowFastBytes == nil || *before.CowFastBytes != 8<<20 {
-		t.Fatalf("before: %+v (want 11 MiB or more of COW in use, 8 MiB of the COW mapped to the store's device, the rest through a loop device with direct I/O)", before)
+		t.Fatalf("before: %+v (want 11 MiB or more of COW in use, 8 MiB of the COW mapped to the store's device, the rest to cow.tail through a write-through loop device)", before)
 	}
 	cow := filepath.Join(before.Dir, "cow.img")
 	if err := os.Remove(cow); err == nil || !errors.Is(err, syscall.EPERM) {
@@ -596,7 +597,7 @@ func TestCLIAttachAfterReboot(t *testing.T) {
 	}
 	after := st.Devices[0].Sessions[0]
 	if after.N != before.N || after.Dir != before.Dir || after.State != "armed" || after.Snapshot == nil ||
-		after.Snapshot.State != "active" || after.Snapshot.CowUsed != before.Snapshot.CowUsed || after.CowDirectIO == nil || !*after.CowDirectIO {
+		after.Snapshot.State != "active" || after.Snapshot.CowUsed != before.Snapshot.CowUsed || after.CowTailWT == nil || !*after.CowTailWT {
 		t.Fatalf("session after attach: %+v, before: %+v", after, before)
 	}
 	// After the reboot everything of cow.img that is written is mapped
