@@ -328,8 +328,10 @@ func TestCOWGrowWhileWriting(t *testing.T) {
 			if st.DataSectors() < 92<<20/512 || !st.Valid() {
 				t.Fatalf("status %s: want 92 MiB of pre-images", st)
 			}
-			if cow.FastBytes < 90<<20 {
-				t.Fatalf("COW %+v: nothing more mapped straight", cow)
+			// Each grow maps what it filled; what the kernel wrote past the
+			// mapped part before a grow caught up stays in the tail.
+			if cow.FastBytes < 12<<20+uint64(grows-1)*8<<20 {
+				t.Fatalf("COW %+v after %d grows: not all they filled is mapped straight", cow, grows)
 			}
 			f, err := os.Open(cowPath)
 			if err != nil {
