@@ -16,6 +16,29 @@ import (
 	"github.com/dmsnap/dmsnap/session/sessiontest"
 )
 
+// usedLiveCOW marks the live session's COW as the kernel initialises it
+// ("SnAp" in its header) and returns the session's directory.
+func (w *world) usedLiveCOW() string {
+	w.t.Helper()
+	dir := w.liveDir()
+	if err := os.WriteFile(filepath.Join(dir, sessiontest.COWFile), []byte("SnAp"), 0o600); err != nil {
+		w.t.Fatal(err)
+	}
+	return dir
+}
+
+// mountCycle is one session from the watcher's view: a minute later the
+// device is mounted, reconciled (opened), unmounted and reconciled again
+// (closed, the next one armed).
+func (w *world) mountCycle() {
+	w.t.Helper()
+	w.tick(time.Minute)
+	w.mount()
+	w.reconcile()
+	w.unmount()
+	w.reconcile()
+}
+
 // liveDir returns the directory of the device's live session.
 func (w *world) liveDir() string {
 	w.t.Helper()
@@ -33,10 +56,7 @@ func (w *world) liveDir() string {
 func TestAnotherStateDirectoryLeavesLiveSessionAlone(t *testing.T) {
 	w := newWorld(t)
 	w.activate()
-	dir := w.liveDir()
-	if err := os.WriteFile(filepath.Join(dir, sessiontest.COWFile), []byte("SnAp"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	dir := w.usedLiveCOW()
 	other := w.sys.Manager(filepath.Join(t.TempDir(), "other-state"), w.store)
 	w.sys.ResetCalls()
 	rep, err := other.Reconcile(bgctx)
@@ -64,15 +84,8 @@ func TestAnotherStateDirectoryLeavesLiveSessionAlone(t *testing.T) {
 func TestLostRegistryThenActivateAdopts(t *testing.T) {
 	w := newWorld(t)
 	w.activate()
-	w.tick(time.Minute)
-	w.mount()
-	w.reconcile()
-	w.unmount()
-	w.reconcile() // session 1 closed, session 2 armed
-	old := w.liveDir()
-	if err := os.WriteFile(filepath.Join(old, sessiontest.COWFile), []byte("SnAp"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	w.mountCycle() // session 1 closed, session 2 armed
+	old := w.usedLiveCOW()
 	if err := os.Rename(session.RegistryPath(w.state), session.RegistryPath(w.state)+".damaged"); err != nil {
 		t.Fatal(err)
 	}
@@ -102,10 +115,7 @@ func TestLostRegistryThenActivateAdopts(t *testing.T) {
 func TestDeactivateUnregisteredStack(t *testing.T) {
 	w := newWorld(t)
 	w.activate()
-	dir := w.liveDir()
-	if err := os.WriteFile(filepath.Join(dir, sessiontest.COWFile), []byte("SnAp"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	dir := w.usedLiveCOW()
 	other := w.sys.Manager(filepath.Join(t.TempDir(), "other-state"), w.store)
 	if err := other.Deactivate(bgctx, "sdb1"); err != nil {
 		t.Fatalf("deactivate of an unregistered stack: %v", err)
@@ -213,11 +223,7 @@ func TestLegacyRegistryLearnsIdentity(t *testing.T) {
 func TestSequenceContinuesAcrossActivations(t *testing.T) {
 	w := newWorld(t)
 	w.activate()
-	w.tick(time.Minute)
-	w.mount()
-	w.reconcile()
-	w.unmount()
-	w.reconcile() // session 1 closed, 2 armed
+	w.mountCycle() // session 1 closed, 2 armed
 	if err := w.manager().Deactivate(bgctx, "sdb1"); err != nil {
 		t.Fatal(err)
 	}
@@ -237,13 +243,8 @@ func TestSequenceContinuesAcrossActivations(t *testing.T) {
 func TestInvalidationLogsLostRestorePoints(t *testing.T) {
 	w := newWorld(t)
 	w.activate()
-	for i := 0; i < 2; i++ { // sessions 1 and 2 closed: two restore points
-		w.tick(time.Minute)
-		w.mount()
-		w.reconcile()
-		w.unmount()
-		w.reconcile()
-	}
+	w.mountCycle() // sessions 1 and 2 closed: two restore points
+	w.mountCycle()
 	var log bytes.Buffer
 	m := w.manager()
 	m.Log = slog.New(slog.NewTextHandler(&log, nil))

@@ -190,15 +190,10 @@ func TestStateChangesWaitForTheLock(t *testing.T) {
 	}
 }
 
-// An invalid session (its snapshot overflowed: pre-images missing) is never
-// a restore point, nor a link of another's chain: restore to it, through
-// it, to a file, as a dry run or as "latest" is refused naming it, and the
-// device is untouched. (No flag lets it in: the CLI has none.)
-func TestInvalidSessionIsNoRestorePoint(t *testing.T) {
-	badInputs := 0
-	defer func() { t.Logf("soak-count bad-inputs %d", badInputs) }()
-	fx := newRestoreFixture(t, []int{1, 2}, []int{2, 3}, []int{4})
-	dir := filepath.Join(fx.store, fx.ids[1])
+// markInvalid rewrites a finished session's meta.json as the conversion of a
+// session the kernel dropped writes it: state invalid, with reason.
+func markInvalid(t *testing.T, dir, reason string) {
+	t.Helper()
 	b, err := os.ReadFile(filepath.Join(dir, snapstore.MetaFile))
 	if err != nil {
 		t.Fatal(err)
@@ -207,24 +202,27 @@ func TestInvalidSessionIsNoRestorePoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.Dmsnap.State, m.Dmsnap.InvalidReason = snapstore.StateInvalid, "snapshot overflowed"
+	m.Dmsnap.State, m.Dmsnap.InvalidReason = snapstore.StateInvalid, reason
 	if b, err = snapstore.EncodeMeta(m); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, snapstore.MetaFile), b, 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// An invalid session (its snapshot overflowed: pre-images missing) is never
+// a restore point, nor a link of another's chain: restore to it, through
+// it, to a file, as a dry run or as "latest" is refused naming it, and the
+// device is untouched. (No flag lets it in: the CLI has none.)
+func TestInvalidSessionIsNoRestorePoint(t *testing.T) {
+	badInputs := 0
+	defer func() { t.Logf("soak-count bad-inputs %d", badInputs) }()
+	fx := newRestoreFixture(t, []int{1, 2}, []int{2, 3}, []int{4})
+	markInvalid(t, filepath.Join(fx.store, fx.ids[1]), "snapshot overflowed")
 	// The newest session invalid too, for "latest".
 	fx2 := newRestoreFixture(t, []int{1}, []int{2})
-	dir2 := filepath.Join(fx2.store, fx2.ids[1])
-	b2, _ := os.ReadFile(filepath.Join(dir2, snapstore.MetaFile))
-	m2, err := snapstore.ParseMeta(b2, snapstore.MetaFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m2.Dmsnap.State = snapstore.StateInvalid
-	b2, _ = snapstore.EncodeMeta(m2)
-	os.WriteFile(filepath.Join(dir2, snapstore.MetaFile), b2, 0o644)
+	markInvalid(t, filepath.Join(fx2.store, fx2.ids[1]), "snapshot overflowed")
 
 	out := filepath.Join(t.TempDir(), "img")
 	// Each refusal offers a session that works, or says there is none.
@@ -264,22 +262,7 @@ func TestInvalidSessionIsNoRestorePoint(t *testing.T) {
 // one breaks the chain for itself and every older one.
 func TestSessionsListShowsRestorePoints(t *testing.T) {
 	fx := newRestoreFixture(t, []int{1, 2}, []int{2, 3}, []int{4})
-	dir := filepath.Join(fx.store, fx.ids[1])
-	b, err := os.ReadFile(filepath.Join(dir, snapstore.MetaFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := snapstore.ParseMeta(b, snapstore.MetaFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.Dmsnap.State, m.Dmsnap.InvalidReason = snapstore.StateInvalid, "snapshot overflowed"
-	if b, err = snapstore.EncodeMeta(m); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, snapstore.MetaFile), b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	markInvalid(t, filepath.Join(fx.store, fx.ids[1]), "snapshot overflowed")
 	var out bytes.Buffer
 	code := run(context.Background(), []string{"--state", fx.state, "--store", fx.store, "sessions", "list", "--json"}, strings.NewReader(""), &out, io.Discard)
 	if code != exitOK {
