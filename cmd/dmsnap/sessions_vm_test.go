@@ -723,7 +723,10 @@ func TestCLIStoreFills(t *testing.T) {
 // pre-images, written while the watcher runs. Where the store can be mapped
 // the watcher writes the COW ahead and maps it as the pre-images come ("COW
 // grown" in its log) and the status shows far more than --prealloc mapped
-// straight; on tmpfs nothing is. Either way the session restores the device
+// straight (half the pre-images or more: where the writer outruns the
+// watcher's poll under emulation, the kernel writes a step through the tail
+// before the watcher maps past it, and that step stays unmapped); on tmpfs
+// nothing is. Either way the session restores the device
 // byte for byte.
 func TestCLIWatcherGrowsCOW(t *testing.T) {
 	c := newCLI(t)
@@ -749,7 +752,7 @@ func TestCLIWatcherGrowsCOW(t *testing.T) {
 		return *ss[0].CowFastBytes
 	}
 	if mapped {
-		eventually(t, "the COW mapped to 96 MiB", 60*time.Second, func() bool { return fast() >= 96<<20 })
+		eventually(t, "48 MiB of the COW mapped (six times --prealloc)", 60*time.Second, func() bool { return fast() >= 48<<20 })
 		if n := strings.Count(w.log.String(), `msg="COW grown"`); n < 3 {
 			t.Fatalf("%d grows logged:\n%s", n, w.log.String())
 		}
