@@ -85,7 +85,7 @@ func TestEveryHelp(t *testing.T) {
 // TestViewName: views.json is checked against session.ViewDMName, which
 // spells dm.Prefix out; both must name the same device.
 func TestViewName(t *testing.T) {
-	if got, want := viewName("sdb1", "sdb1_1700000000"), dm.Prefix+"sdb1-at1700000000"; got != want {
+	if got, want := session.ViewDMName("sdb1", "sdb1_1700000000"), dm.Prefix+"sdb1-at1700000000"; got != want {
 		t.Fatalf("viewName = %s, want %s", got, want)
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
 
@@ -221,7 +222,7 @@ func TestRestoreDryRunAndToFile(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("dry run: exit %d: %s", code, errOut)
 	}
-	var dry restoreResult
+	var dry rollback.Result
 	if err := json.Unmarshal([]byte(out), &dry); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/internal/units"
+	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
@@ -254,7 +255,7 @@ func runSessionsList(e *env, args []string) error {
 				why = append(why, p.Blocker+" "+points[p.Blocker].Why)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, s.Device, s.State, restorable, fmtTime(s.Mounted), fmtTime(s.Unmounted), s.Blocks, humanBytes(uint64(max(s.Bytes, 0))))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, s.Device, s.State, restorable, fmtTime(s.Mounted), fmtTime(s.Unmounted), s.Blocks, restore.FormatBytes(uint64(max(s.Bytes, 0))))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -324,7 +325,7 @@ func runSessionsShow(e *env, args []string) error {
 	row("problem", s.Error)
 	row("filesystem", s.FSType)
 	if s.ChunkSize > 0 {
-		row("chunk size", humanBytes(uint64(s.ChunkSize)))
+		row("chunk size", restore.FormatBytes(uint64(s.ChunkSize)))
 	}
 	for _, t := range []struct {
 		k string
@@ -335,7 +336,7 @@ func runSessionsShow(e *env, args []string) error {
 		}
 	}
 	row("blocks", strconv.FormatInt(s.Blocks, 10))
-	row("bytes", fmt.Sprintf("%d (%s)", s.Bytes, humanBytes(uint64(max(s.Bytes, 0)))))
+	row("bytes", fmt.Sprintf("%d (%s)", s.Bytes, restore.FormatBytes(uint64(max(s.Bytes, 0)))))
 	if s.Meta != nil && s.Meta.Dmsnap != nil {
 		for _, n := range s.Meta.Dmsnap.Notes {
 			row("note", n)
@@ -441,7 +442,7 @@ func verifyOne(e *env, dir string) int {
 	if len(notes) > 0 {
 		extra = "; " + strings.Join(notes, "; ")
 	}
-	fmt.Fprintf(e.stdout, "%s: ok, %d records, %s%s\n", id, res.Records, humanBytes(uint64(max(res.Bytes, 0))), extra)
+	fmt.Fprintf(e.stdout, "%s: ok, %d records, %s%s\n", id, res.Records, restore.FormatBytes(uint64(max(res.Bytes, 0))), extra)
 	return verifyOK
 }
 
@@ -542,32 +543,4 @@ func runSessionsPrune(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "%s: %d restore point(s) %s of %d; %s\n", name, plan.PointsAfter, verb, plan.Points, left)
 	return nil
-}
-
-// errPrunedTarget: a restore target that prune removed. Its pre-images,
-// and those of every session between it and the oldest kept one, are gone,
-// so the device's state before it cannot be rebuilt.
-var errPrunedTarget = errors.New("the chain of pre-images back to it is broken")
-
-// prunedTarget explains why a restore to id, a session of device name that
-// is not among sessions (the device's sessions in store, oldest first), is
-// refused when prune removed it; nil when the store's pruned.log does not
-// list it (the caller says the session is unknown).
-func prunedTarget(store, id, name string, sessions []snapstore.SessionInfo) error {
-	p, ok := snapstore.WasPruned(store, id)
-	if !ok {
-		return nil
-	}
-	return fmt.Errorf("session %s of %s was pruned (%s) with the pre-images it held, so %w: %s",
-		id, name, p.At, errPrunedTarget, oldestRestorable(name, sessions))
-}
-
-// oldestRestorable names the furthest back a device can be restored, as
-// advice for a refused restore.
-func oldestRestorable(name string, sessions []snapstore.SessionInfo) string {
-	pts := snapstore.RestorePoints(sessions)
-	if i := snapstore.OldestRestorable(pts); i >= 0 {
-		return fmt.Sprintf("the oldest state that can be restored is the one before %s (dmsnap restore %s --session %s)", sessions[i].ID, name, sessions[i].ID)
-	}
-	return fmt.Sprintf("no session of %s can be restored to now (dmsnap sessions list %s says why)", name, name)
 }

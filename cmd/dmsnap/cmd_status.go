@@ -8,6 +8,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/restore"
+	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
@@ -80,14 +82,14 @@ type deviceJSON struct {
 	// still be put back to; OldestRestorePoint the furthest back ("" when
 	// none); Unrestorable how many finished sessions can no longer be
 	// restored to (an invalid or damaged session after them).
-	RestorePoints      int        `json:"restore_points"`
-	OldestRestorePoint string     `json:"oldest_restore_point,omitempty"`
-	Unrestorable       int        `json:"unrestorable_sessions"`
-	Error              string     `json:"error,omitempty"`
-	Todo               []string   `json:"todo"`
-	Issues             []string   `json:"issues"`
-	Views              []viewJSON `json:"views,omitempty"` // open views (dmsnap sessions open)
-	Merge              *mergeJSON `json:"merge,omitempty"` // an instant restore running (restore --merge)
+	RestorePoints      int                 `json:"restore_points"`
+	OldestRestorePoint string              `json:"oldest_restore_point,omitempty"`
+	Unrestorable       int                 `json:"unrestorable_sessions"`
+	Error              string              `json:"error,omitempty"`
+	Todo               []string            `json:"todo"`
+	Issues             []string            `json:"issues"`
+	Views              []rollback.ViewInfo `json:"views,omitempty"` // open views (dmsnap sessions open)
+	Merge              *rollback.MergeInfo `json:"merge,omitempty"` // an instant restore running (restore --merge)
 }
 
 type stackJSON struct {
@@ -256,8 +258,8 @@ func runStatus(e *env, args []string) error {
 			continue
 		}
 		d := describeDevice(st)
-		d.Views = viewsOf(e.state, d.Name)
-		d.Merge = mergeOf(e.state, d.Name)
+		d.Views = rollback.ViewsOf(e.state, d.Name)
+		d.Merge = rollback.MergeOf(e.ctx, e.state, d.Name)
 		out.Devices = append(out.Devices, d)
 	}
 	if fs.NArg() == 1 && len(out.Devices) == 0 {
@@ -306,11 +308,11 @@ func printDevice(e *env, d deviceJSON) {
 				dio = map[bool]string{true: ", COW direct I/O", false: ", COW buffered I/O"}[*s.CowDirectIO]
 			}
 			fmt.Fprintf(w, "    snapshot %s, COW %s used of %s%s\n", s.Snapshot.State,
-				humanBytes(s.Snapshot.CowUsedBytes), humanBytes(s.Snapshot.CowSizeBytes), dio)
+				restore.FormatBytes(s.Snapshot.CowUsedBytes), restore.FormatBytes(s.Snapshot.CowSizeBytes), dio)
 			switch {
 			case s.CowFastBytes == nil:
 			case *s.CowFastBytes > 0:
-				fmt.Fprintf(w, "    COW: %s of it goes straight to the store's device (cow.img, immutable), the rest to cow.tail through its filesystem (%d segments)\n", humanBytes(*s.CowFastBytes), s.CowSegments)
+				fmt.Fprintf(w, "    COW: %s of it goes straight to the store's device (cow.img, immutable), the rest to cow.tail through its filesystem (%d segments)\n", restore.FormatBytes(*s.CowFastBytes), s.CowSegments)
 			default:
 				fmt.Fprintln(w, "    COW: through the store's filesystem")
 			}
@@ -323,10 +325,10 @@ func printDevice(e *env, d deviceJSON) {
 		}
 	}
 	if d.StoreSpace != nil {
-		fmt.Fprintf(w, "  store:    %s, %s free of %s\n", d.Store, humanBytes(d.StoreSpace.FreeBytes), humanBytes(d.StoreSpace.TotalBytes))
+		fmt.Fprintf(w, "  store:    %s, %s free of %s\n", d.Store, restore.FormatBytes(d.StoreSpace.FreeBytes), restore.FormatBytes(d.StoreSpace.TotalBytes))
 	}
 	if d.Merge != nil {
-		fmt.Fprintf(w, "  merge:    %s\n", d.Merge.text())
+		fmt.Fprintf(w, "  merge:    %s\n", mergeText(d.Merge))
 	}
 	for _, v := range d.Views {
 		fmt.Fprintf(w, "  view:     %s\n", viewText(v))

@@ -111,20 +111,6 @@ func requireSecret(e *env, p *passwordFlags) error {
 	return fmt.Errorf("control password: %w", err)
 }
 
-// humanBytes renders a byte count for people (binary units).
-func humanBytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
 // printJSON writes v indented, with a final newline.
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)

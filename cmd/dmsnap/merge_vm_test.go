@@ -16,6 +16,7 @@ import (
 
 	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/internal/vmtest"
+	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/session"
 )
 
@@ -73,7 +74,7 @@ func TestMergeRestore(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("restore --merge: exit %d: %s", code, out)
 	}
-	var res restoreResult
+	var res rollback.Result
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
@@ -204,15 +205,17 @@ func TestMergeRestore(t *testing.T) {
 
 	// A kernel that refuses the snapshot-merge table: the normal restore
 	// runs instead, says so, and is undoable as usual.
-	loadMergeTable = func(s dm.Stack, _ string, _ uint32) error {
+	rollback.LoadMergeTable = func(s dm.Stack, _ string, _ uint32) error {
 		return &dm.Error{Op: "load table", Device: s.OriginName(), Err: unix.EINVAL}
 	}
-	t.Cleanup(func() { loadMergeTable = func(s dm.Stack, cow string, c uint32) error { return s.StartMerge(cow, c) } })
+	t.Cleanup(func() {
+		rollback.LoadMergeTable = func(s dm.Stack, cow string, c uint32) error { return s.StartMerge(cow, c) }
+	})
 	code, out = d.restore(d.name, "--session", first, "--merge", "--yes", "--json")
 	if code != 0 {
 		t.Fatalf("restore --merge, refused: exit %d: %s", code, out)
 	}
-	res = restoreResult{}
+	res = rollback.Result{}
 	if err := json.Unmarshal([]byte(out[:strings.LastIndex(out, "}")+1]), &res); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
 
@@ -85,15 +86,15 @@ func TestPrunedTarget(t *testing.T) {
 	if err != nil || len(infos) != 1 {
 		t.Fatalf("after prune: %v %v (the log of pruned sessions must not list as one)", infos, err)
 	}
-	err = prunedTarget(w.store, filepath.Base(old), "sdb1", infos)
-	if !errors.Is(err, errPrunedTarget) || !strings.Contains(err.Error(), "session "+filepath.Base(old)+" of sdb1 was pruned") ||
+	err = rollback.PrunedTarget(w.store, filepath.Base(old), "sdb1", infos)
+	if !errors.Is(err, rollback.ErrPrunedTarget) || !strings.Contains(err.Error(), "session "+filepath.Base(old)+" of sdb1 was pruned") ||
 		!strings.Contains(err.Error(), "restore sdb1 --session "+filepath.Base(kept)) {
 		t.Errorf("pruned target: %v", err)
 	}
 	// Kept, never there, another device, not an ID: not a pruned target.
 	for _, id := range []string{filepath.Base(kept), "sdb1_1", "sdc1_1", "sdb1_x", "../sdb1_1"} {
-		if err := prunedTarget(w.store, id, "sdb1", infos); err != nil {
-			t.Errorf("prunedTarget(%q) = %v, want nil", id, err)
+		if err := rollback.PrunedTarget(w.store, id, "sdb1", infos); err != nil {
+			t.Errorf("rollback.PrunedTarget(%q) = %v, want nil", id, err)
 		}
 	}
 	if code, out, errOut := w.run(t, "", "sessions", "list"); code != exitOK || strings.Contains(out, "pruned") {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/internal/vmtest"
+	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/system"
 	"github.com/dmsnap/dmsnap/snapstore"
@@ -243,7 +244,7 @@ func TestVMRestoreToFile(t *testing.T) {
 	// A dry run of an activated device lists the closed sessions and says
 	// the armed one closes first; it writes nothing.
 	code, out := d.restore(d.name, "--session", s1, "--dry-run", "--json")
-	var dry restoreResult
+	var dry rollback.Result
 	if code != 0 || json.Unmarshal([]byte(out), &dry) != nil || !dry.ArmedCloses || !dry.DryRun ||
 		len(dry.Sessions) != 1 || dry.Sessions[0] != s1 || dry.Summary.Bytes == 0 {
 		t.Fatalf("dry run: exit %d: %s", code, out)

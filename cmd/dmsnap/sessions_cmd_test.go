@@ -5,7 +5,6 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
-	"github.com/dmsnap/dmsnap/internal/devid"
 	"io"
 	"os"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dmsnap/dmsnap/internal/devid"
 
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/sessiontest"

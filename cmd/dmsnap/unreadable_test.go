@@ -1,14 +1,10 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -57,20 +53,5 @@ func TestVerifyUnreadableIsNotDamage(t *testing.T) {
 	// With descriptors to spare, the same sessions verify.
 	if code, out, errOut := w.run(t, "", "sessions", "verify", a, b); code != exitOK || strings.Count(out, ": ok") != 2 {
 		t.Errorf("verify: exit %d\n%s%s", code, out, errOut)
-	}
-}
-
-// TestRestoreRefusesUnreadableSession: a restore through a session the OS
-// would not read says so, apart from damage, and exits 5; it used to call
-// the session damaged.
-func TestRestoreRefusesUnreadableSession(t *testing.T) {
-	osErr := &fs.PathError{Op: "open", Path: "/snapshot/sdb1_1700000000/meta.json", Err: syscall.EACCES}
-	info := snapstore.SessionInfo{ID: "sdb1_1700000000", Name: "sdb1", Status: snapstore.StatusUnreadable,
-		Err: snapstore.ClassifyReadError(osErr)}
-	r := &restorer{e: &env{ctx: context.Background()}, name: "sdb1"}
-	_, _, err := r.plan([]snapstore.SessionInfo{info}, nil)
-	if err == nil || exitCode(err) != exitCannotVerify || !errors.Is(err, syscall.EACCES) ||
-		!strings.Contains(err.Error(), "not damage") || strings.Contains(err.Error(), "damaged") || !strings.Contains(err.Error(), "nothing was written") {
-		t.Fatalf("plan through an unreadable session: %v (exit %d)", err, exitCode(err))
 	}
 }

@@ -170,7 +170,7 @@ func testViews(t *testing.T, fs matrixFS) {
 	for k, id := range ids {
 		out := d.mustViews("open", id)
 		p := strings.TrimSpace(out)
-		want := dm.MapperPath(viewName(d.name, id))
+		want := dm.MapperPath(session.ViewDMName(d.name, id))
 		if p != want {
 			t.Fatalf("open %s printed %q, want %s", id, p, want)
 		}
@@ -302,8 +302,8 @@ func checkViewsGone(t *testing.T, d *vmDev, ids []string, paths map[string]strin
 		if _, err := os.Stat(paths[id]); !os.IsNotExist(err) {
 			t.Errorf("%s after close: %v", paths[id], err)
 		}
-		if _, err := dm.Info(viewName(d.name, id)); err == nil {
-			t.Errorf("device %s still there after close", viewName(d.name, id))
+		if _, err := dm.Info(session.ViewDMName(d.name, id)); err == nil {
+			t.Errorf("device %s still there after close", session.ViewDMName(d.name, id))
 		}
 	}
 	for _, dir := range mountDirs {
@@ -345,9 +345,9 @@ func TestViewsInterruptedOpenAndDeactivate(t *testing.T) {
 	d := newVMDev(t)
 	before := hash(t, d.origin)
 	id := d.session()
-	path := dm.MapperPath(viewName(d.name, id))
+	path := dm.MapperPath(session.ViewDMName(d.name, id))
 	leftover := func() {
-		v := session.View{ID: id, Name: d.name, DM: viewName(d.name, id), COW: filepath.Join(d.state, "views", id+".cow"), Opening: true}
+		v := session.View{ID: id, Name: d.name, DM: session.ViewDMName(d.name, id), COW: filepath.Join(d.state, "views", id+".cow"), Opening: true}
 		if err := os.MkdirAll(filepath.Dir(v.COW), 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -386,7 +386,7 @@ func TestViewsInterruptedOpenAndDeactivate(t *testing.T) {
 	// A reboot takes the view device away and leaves its record and COW:
 	// status says so, and open makes it again.
 	d.mustViews("open", id)
-	if err := removeView(dm.Stack{Name: d.name}, viewName(d.name, id)); err != nil {
+	if err := (dm.Stack{Name: d.name}).RemoveView(session.ViewDMName(d.name, id)); err != nil {
 		t.Fatal(err)
 	}
 	sout.Reset()
