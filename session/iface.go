@@ -85,6 +85,9 @@ const (
 	SnapshotUnknown  SnapshotState = "unknown"
 )
 
+// SectorSize is the unit of SnapshotInfo's counts (the kernel's sector).
+const SectorSize = 512
+
 // SnapshotInfo is one dmsnap-NAME-snapN device.
 type SnapshotInfo struct {
 	N         int

@@ -2,15 +2,14 @@ package main
 
 import (
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/session/system"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
 
@@ -138,39 +137,6 @@ func storeSpace(dir string) (*spaceJSON, error) {
 	return &spaceJSON{FreeBytes: st.Bavail * bs, TotalBytes: st.Blocks * bs}, nil
 }
 
-// cowDirectIO reports whether the loop device over a session's COW file
-// uses direct I/O (nil when the COW is not on a loop device now).
-var cowDirectIO = func(cowFile string) *bool {
-	l, err := dm.FindLoop(cowFile)
-	if err != nil || l == nil {
-		return nil
-	}
-	v := l.DirectIO
-	return &v
-}
-
-// cowTailWriteThrough reports whether the loop device over a session's
-// tail file is write-through (nil when there is none: nothing mapped).
-var cowTailWriteThrough = func(tailFile string) *bool {
-	l, err := dm.FindLoop(tailFile)
-	if err != nil || l == nil {
-		return nil
-	}
-	v := l.WriteThrough
-	return &v
-}
-
-// cowMap returns how much of session n's COW goes straight to the store's
-// device, and in how many segments (nil when it has no COW device now: one
-// armed by an older dmsnap, whose snapshot sits on the loop device directly).
-var cowMap = func(name string, n int) (*uint64, int) {
-	c, err := dm.Stack{Name: name}.COWInfo(n)
-	if err != nil {
-		return nil, 0
-	}
-	return &c.FastBytes, c.Segments
-}
-
 func describeDevice(st session.DeviceStatus) deviceJSON {
 	d := st.Device
 	out := deviceJSON{
@@ -180,7 +146,7 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 		Todo: []string{}, Issues: []string{},
 	}
 	if s := st.Stack; s != nil {
-		out.Stack = &stackJSON{Origin: dm.MapperPath(dm.Prefix + d.Name), OriginDev: s.OriginDev.String(),
+		out.Stack = &stackJSON{Origin: system.OriginPath(d.Name), OriginDev: s.OriginDev.String(),
 			Complete: s.Complete(), Openers: s.OriginOpen, NeedsRepair: s.NeedsRepair}
 	}
 	for _, m := range st.Mounts {
@@ -191,13 +157,10 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 			Unmounted: timeOrNil(s.Unmounted), InvalidReason: s.InvalidReason, Error: s.Error}
 		if st.Stack != nil {
 			if snap, ok := st.Stack.Snapshot(s.N); ok {
-				ls.Snapshot = &snapshotJSON{State: snap.State, CowUsedBytes: snap.Allocated * dm.SectorSize,
-					CowSizeBytes: snap.Total * dm.SectorSize, MetadataBytes: snap.Metadata * dm.SectorSize}
-				if s.Dir != "" {
-					ls.CowDirectIO = cowDirectIO(filepath.Join(s.Dir, snapstore.CowFile))
-					ls.CowTailWT = cowTailWriteThrough(filepath.Join(s.Dir, snapstore.CowTailFile))
-				}
-				ls.CowFastBytes, ls.CowSegments = cowMap(d.Name, s.N)
+				ls.Snapshot = &snapshotJSON{State: snap.State, CowUsedBytes: snap.Allocated * session.SectorSize,
+					CowSizeBytes: snap.Total * session.SectorSize, MetadataBytes: snap.Metadata * session.SectorSize}
+				c := system.InspectCOW(d.Name, s.N, s.Dir)
+				ls.CowDirectIO, ls.CowTailWT, ls.CowFastBytes, ls.CowSegments = c.DirectIO, c.TailWriteThrough, c.FastBytes, c.Segments
 			}
 		}
 		out.Sessions = append(out.Sessions, ls)

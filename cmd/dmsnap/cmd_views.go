@@ -4,10 +4,10 @@ import (
 	"fmt"
 	"path/filepath"
 
-	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/session/system"
 )
 
 // Views: read-only devices showing a device as it was before a session
@@ -79,7 +79,7 @@ func runSessionsMount(e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "%s (before session %s) mounted read-only on %s\n", rollback.ViewPath(v), v.ID, dir)
 	if fstype == "btrfs" {
 		fmt.Fprintf(e.stdout, "note: while this btrfs view is mounted, %s cannot be mounted (same fsid: the kernel refuses it); unmount the view first (dmsnap sessions close %s)\n",
-			dm.Stack{Name: v.Name}.OriginPath(), v.ID)
+			system.OriginPath(v.Name), v.ID)
 	}
 	return nil
 }
