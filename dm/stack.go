@@ -64,7 +64,28 @@ func (s Stack) RealPath() string { return MapperPath(s.RealName()) }
 // SnapshotPath is /dev/mapper/dmsnap-NAME-snapN.
 func (s Stack) SnapshotPath(n int) string { return MapperPath(s.SnapshotName(n)) }
 
-func (s Stack) uuid(part string) string { return "DMSNAP-" + s.Name + "-" + part }
+// UUIDPrefix starts the device-mapper UUID of every device dmsnap makes:
+// DMSNAP-<name>-<part>, part being origin, real, snap<N>, cow<N> or, for a
+// view, at<secs> (dm names: dmsnap-<name>[-<part>]). Stacks are recognised
+// by UUID, not by name, so that another dmsnap-* device is never taken for
+// part of one.
+const UUIDPrefix = "DMSNAP-"
+
+func (s Stack) uuid(part string) string { return UUIDPrefix + s.Name + "-" + part }
+
+// ParseUUID splits a UUID made by Stack into the stack's name and the part
+// (ok false: not one of dmsnap's).
+func ParseUUID(uuid string) (name, part string, ok bool) {
+	rest, ok := strings.CutPrefix(uuid, UUIDPrefix)
+	if !ok {
+		return "", "", false
+	}
+	i := strings.LastIndexByte(rest, '-')
+	if i <= 0 {
+		return "", "", false
+	}
+	return rest[:i], rest[i+1:], true
+}
 
 func (s Stack) check(op string) error {
 	if err := ValidateName(s.Name); err != nil {

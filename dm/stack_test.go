@@ -485,3 +485,22 @@ func TestRepairAfterCrashInBuild(t *testing.T) {
 	}
 	wantDevices(t, f)
 }
+
+// TestParseUUID: the UUIDs a stack makes parse back to its name and part,
+// names with dashes included; anything else is not dmsnap's.
+func TestParseUUID(t *testing.T) {
+	for _, part := range []string{"origin", "real", "snap3", "cow3", "at1700000000"} {
+		for _, name := range []string{"sdb1", "my-disk", "a"} {
+			u := dm.UUIDPrefix + name + "-" + part
+			n, p, ok := dm.ParseUUID(u)
+			if !ok || n != name || p != part {
+				t.Errorf("ParseUUID(%q) = %q, %q, %v", u, n, p, ok)
+			}
+		}
+	}
+	for _, u := range []string{"", "LVM-abc", "DMSNAP-", "DMSNAP-origin", "DMSNAP--real", "dmsnap-sdb1-real"} {
+		if n, p, ok := dm.ParseUUID(u); ok {
+			t.Errorf("ParseUUID(%q) = %q, %q, true; want not dmsnap's", u, n, p)
+		}
+	}
+}

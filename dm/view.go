@@ -12,14 +12,19 @@ import (
 // with each one added or removed, since snapshot-origin tracks its
 // snapshots.
 
-// AddView adds the snapshot target name (dmsnap-NAME-atSECS) over -real
+// AddView adds the snapshot target name (dmsnap-NAME-PART, its UUID
+// DMSNAP-NAME-PART: session.ViewDMName makes PART at<secs>) over -real
 // (real) with COW device cow, in the kernel's order (as AddSnapshot adds a
 // session's snapshot): create and load the view, reload the origin,
 // suspend the origin, resume the view, resume the origin. Failures undo
 // what was done.
 func (s Stack) AddView(name string, real BlockDevice, cow Dev, chunkSectors uint32) error {
 	origin := s.OriginName()
-	if _, err := Create(name, "DMSNAP-"+strings.TrimPrefix(name, Prefix)); err != nil {
+	part, ok := strings.CutPrefix(name, Prefix+s.Name+"-")
+	if !ok {
+		return fmt.Errorf("view %s: not a name of the stack %s", name, s.Name)
+	}
+	if _, err := Create(name, s.uuid(part)); err != nil {
 		return err
 	}
 	rm := func() { Remove(name) }

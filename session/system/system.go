@@ -60,14 +60,6 @@ func (k Kernel) stack(name, device string) dm.Stack {
 
 func dev(d dm.Dev) session.DevNum { return session.DevNum{Major: d.Major, Minor: d.Minor} }
 
-// uuidPrefix starts the device-mapper UUID of every device of a dmsnap
-// stack: DMSNAP-<name>-origin, -real, -snap<N> (dm.Stack). Devices are
-// recognised by UUID, not by name, so that another dmsnap-* device (a
-// restore view, say) is never taken for part of a stack. The COW devices,
-// DMSNAP-<name>-cow<N>, are not listed: one without its snapshot makes the
-// stack need repair.
-const uuidPrefix = "DMSNAP-"
-
 // Stacks implements session.Kernel.
 func (k Kernel) Stacks(ctx context.Context) ([]session.StackInfo, error) {
 	m := k.dm()
@@ -97,15 +89,14 @@ func (k Kernel) Stacks(ctx context.Context) ([]session.StackInfo, error) {
 		if err != nil {
 			return nil, err
 		}
-		rest, ok := strings.CutPrefix(info.UUID, uuidPrefix)
+		// Devices are recognised by UUID (dm.ParseUUID), not by name, so
+		// that another dmsnap-* device (a view, say) is never taken for
+		// part of a stack. The COW devices, DMSNAP-<name>-cow<N>, are not
+		// listed: one without its snapshot makes the stack need repair.
+		name, part, ok := dm.ParseUUID(info.UUID)
 		if !ok {
 			continue
 		}
-		i := strings.LastIndexByte(rest, '-')
-		if i <= 0 {
-			continue
-		}
-		name, part := rest[:i], rest[i+1:]
 		if it.Name != dm.Prefix+name+partSuffix(part) {
 			continue // a UUID that does not match its name: not ours
 		}
