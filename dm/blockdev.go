@@ -251,3 +251,55 @@ func mountsOfDevice(mountinfo string, dev Dev) ([]MountEntry, error) {
 	}
 	return MountsOf(entries, dev, nil), nil
 }
+
+// Size is the size in bytes of the block device or regular file f is open
+// on.
+func Size(f *os.File) (int64, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if fi.Mode()&os.ModeDevice == 0 {
+		return fi.Size(), nil
+	}
+	n, err := unix.IoctlGetUint64(int(f.Fd()), unix.BLKGETSIZE64)
+	if err != nil {
+		return 0, fmt.Errorf("BLKGETSIZE64: %w", err)
+	}
+	return int64(n), nil
+}
+
+// Busy says why the block device at path cannot be written over now, ""
+// when nothing uses it: mounted (per /proc/self/mountinfo; btrfs by its
+// source, MountsOf), open at all when it is a device-mapper device (its
+// open count: dm devices are not always opened exclusively), or held open
+// exclusively by anyone (an O_EXCL open fails). Anything but a block
+// device is never busy. CheckUnused is the stricter check of a device
+// dmsnap is to take over, with who holds it.
+func Busy(path string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return "", err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return "", nil
+	}
+	dev := DevFromNumber(st.Rdev)
+	if ms, err := mountsOfDevice("/proc/self/mountinfo", dev); err == nil && len(ms) > 0 {
+		return "mounted on " + ms[0].MountPoint, nil
+	}
+	if name, err := os.ReadFile(filepath.Join(sysDir, "dev/block", dev.String(), "dm/name")); err == nil {
+		if info, err := Info(strings.TrimSpace(string(name))); err == nil && info.OpenCount > 0 {
+			return fmt.Sprintf("open %d time(s)", info.OpenCount), nil
+		}
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.EBUSY) {
+		return "held open exclusively by another process or device", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	f.Close()
+	return "", nil
+}

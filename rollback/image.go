@@ -80,7 +80,7 @@ func (r *Restorer) ToImage(ctx context.Context, sessions []snapstore.SessionInfo
 		return nil, err
 	}
 	defer sf.Close()
-	size, err := deviceSize(sf)
+	size, err := dm.Size(sf)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", src, err)
 	}
@@ -96,7 +96,7 @@ func (r *Restorer) ToImage(ctx context.Context, sessions []snapstore.SessionInfo
 	}
 	var dst restore.ImageFile = out
 	if tgt.ID.IsBlock() {
-		n, err := deviceSize(out)
+		n, err := dm.Size(out)
 		if err != nil {
 			tgt.Discard(out)
 			return nil, fmt.Errorf("%s: %w; nothing was written", to, err)
