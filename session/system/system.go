@@ -7,11 +7,9 @@
 package system
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -20,7 +18,6 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/dm"
-	"github.com/dmsnap/dmsnap/internal/directio"
 	"github.com/dmsnap/dmsnap/internal/filemap"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
@@ -442,7 +439,7 @@ func (s Store) Discard(ctx context.Context, dir string) error {
 	if _, err := os.Stat(filepath.Join(dir, snapstore.MetaFile)); err == nil {
 		return fmt.Errorf("discard %s: it is a finished session", dir)
 	}
-	used, err := cowUsed(dir)
+	used, err := snapstore.CowUsed(dir)
 	if err != nil {
 		return fmt.Errorf("discard %s: %w", dir, err)
 	}
@@ -478,7 +475,7 @@ func (Store) Pending(_ context.Context, store string) ([]session.PendingSession,
 		if err != nil {
 			continue // not a dmsnap session directory, or not one we can finish
 		}
-		used, err := cowUsed(dir)
+		used, err := snapstore.CowUsed(dir)
 		if err != nil {
 			return nil, err
 		}
@@ -499,47 +496,6 @@ func phase(p snapstore.Phase) session.SessionState {
 		return session.SessionInvalid
 	}
 	return session.SessionClosing
-}
-
-// cowUsed reports whether the kernel initialised the session's COW (its
-// first four bytes are no longer zero, in cow.img or, when its start was
-// not mapped, in the tail file), or conversion has begun.
-func cowUsed(dir string) (bool, error) {
-	if _, err := os.Stat(filepath.Join(dir, snapstore.DataFile)); err == nil {
-		return true, nil
-	}
-	for _, name := range []string{snapstore.CowFile, snapstore.CowTailFile} {
-		if used, err := headerWritten(filepath.Join(dir, name)); used || err != nil {
-			return used, err
-		}
-	}
-	return false, nil
-}
-
-// headerWritten reports whether the first four bytes of the file at path
-// are not zero; a missing file has none.
-func headerWritten(path string) (bool, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	// Around the page cache: the kernel may write the header through the
-	// store's device (dm.AttachCOW), which a cached page would not show.
-	r := directio.NewReader(f)
-	defer r.Close()
-	head := directio.AlignedBuf(directio.Align)
-	n, err := r.ReadAt(head, 0)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return false, err
-	}
-	if n < 4 {
-		return false, nil
-	}
-	return !bytes.Equal(head[:4], make([]byte, 4)), nil
 }
 
 var _ session.COWGrower = Kernel{}
