@@ -13,7 +13,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -57,149 +56,34 @@ func (k Kernel) stack(name, device string) dm.Stack {
 
 func dev(d dm.Dev) session.DevNum { return session.DevNum{Major: d.Major, Minor: d.Minor} }
 
-// Stacks implements session.Kernel.
+// Stacks implements session.Kernel (dm.Stacks).
 func (k Kernel) Stacks(ctx context.Context) ([]session.StackInfo, error) {
-	m := k.dm()
-	items, err := m.List()
+	sts, err := dm.Stacks(k.dm())
 	if err != nil {
 		return nil, err
 	}
-	stacks := map[string]*session.StackInfo{}
-	cows := map[string][]int{} // stack name → numbers of its COW devices
-	snaps := map[string]bool{} // "name/N" of every snapshot device
-	get := func(name string) *session.StackInfo {
-		if s, ok := stacks[name]; ok {
-			return s
-		}
-		s := &session.StackInfo{Name: name}
-		stacks[name] = s
-		return s
-	}
-	for _, it := range items {
-		if !strings.HasPrefix(it.Name, dm.Prefix) {
-			continue
-		}
-		info, err := m.Info(it.Name)
-		if errors.Is(err, dm.ErrNotFound) {
-			continue // removed meanwhile
-		}
-		if err != nil {
-			return nil, err
-		}
-		// Devices are recognised by UUID (dm.ParseUUID), not by name, so
-		// that another dmsnap-* device (a view, say) is never taken for
-		// part of a stack. The COW devices, DMSNAP-<name>-cow<N>, are not
-		// listed: one without its snapshot makes the stack need repair.
-		name, part, ok := dm.ParseUUID(info.UUID)
-		if !ok {
-			continue
-		}
-		if it.Name != dm.Prefix+name+partSuffix(part) {
-			continue // a UUID that does not match its name: not ours
-		}
-		broken := info.Suspended || info.Inactive
-		switch {
-		case part == "origin":
-			s := get(name)
-			s.HasOrigin, s.OriginDev, s.OriginOpen = info.LiveTable, dev(info.Dev), int(info.OpenCount)
-			s.NeedsRepair = s.NeedsRepair || broken
-		case part == "real":
-			s := get(name)
-			s.HasReal = info.LiveTable
-			s.NeedsRepair = s.NeedsRepair || broken
-			if info.LiveTable {
-				if tbl, err := m.Table(it.Name); err == nil && len(tbl) == 1 {
-					if t, err := dm.ParseTarget(tbl[0]); err == nil {
-						if l, ok := t.(dm.Linear); ok {
-							s.RawDev = dev(l.Device)
-						}
-					}
-				}
+	out := make([]session.StackInfo, 0, len(sts))
+	for _, s := range sts {
+		si := session.StackInfo{Name: s.Name, HasOrigin: s.HasOrigin, HasReal: s.HasReal, OriginDev: dev(s.OriginDev),
+			RawDev: dev(s.RawDev), OriginOpen: s.OriginOpen, NeedsRepair: s.NeedsRepair}
+		for _, sn := range s.Snapshots {
+			ss := sn.Status
+			info := session.SnapshotInfo{N: sn.N, Dev: dev(sn.Dev), Allocated: ss.Allocated, Total: ss.Total, Metadata: ss.Metadata}
+			switch ss.State {
+			case dm.SnapshotActive:
+				info.State = session.SnapshotActive
+			case dm.SnapshotInvalid:
+				info.State = session.SnapshotInvalid
+			case dm.SnapshotOverflow:
+				info.State = session.SnapshotOverflow
+			default:
+				info.State = session.SnapshotUnknown
 			}
-		case strings.HasPrefix(part, "cow"):
-			n, err := strconv.Atoi(part[len("cow"):])
-			if err != nil || n < 0 {
-				continue
-			}
-			cows[name] = append(cows[name], n)
-			// Left suspended or with a new table loaded: a crash while its
-			// fast part grew (dm.Stack.GrowCOW); the snapshot's I/O waits.
-			s := get(name)
-			s.NeedsRepair = s.NeedsRepair || broken
-		case strings.HasPrefix(part, "snap"):
-			n, err := strconv.Atoi(part[len("snap"):])
-			if err != nil || n < 0 {
-				continue
-			}
-			s := get(name)
-			snaps[name+"/"+strconv.Itoa(n)] = true
-			if !info.LiveTable {
-				s.NeedsRepair = true // a snapshot device that never got its table
-				continue
-			}
-			s.NeedsRepair = s.NeedsRepair || broken
-			snap, ok, err := k.snapshot(it.Name, n, info)
-			if err != nil {
-				return nil, err
-			}
-			if ok {
-				s.Snapshots = append(s.Snapshots, snap)
-			}
+			si.Snapshots = append(si.Snapshots, info)
 		}
-	}
-	// A COW device whose snapshot is not there is a crash's leftover
-	// (between the two at arming, or at removal): Repair removes it.
-	for name, ns := range cows {
-		s := get(name)
-		for _, n := range ns {
-			if !snaps[name+"/"+strconv.Itoa(n)] {
-				s.NeedsRepair = true
-			}
-		}
-	}
-	out := make([]session.StackInfo, 0, len(stacks))
-	for _, s := range stacks {
-		out = append(out, *s)
+		out = append(out, si)
 	}
 	return out, nil
-}
-
-func partSuffix(part string) string {
-	if part == "origin" {
-		return ""
-	}
-	return "-" + part
-}
-
-// snapshot reads a snapshot device's status. A snapshot-merge (a restore
-// in progress) is not reported: it belongs to the restore, not to a session.
-func (k Kernel) snapshot(name string, n int, info dm.DeviceInfo) (session.SnapshotInfo, bool, error) {
-	st, err := k.dm().Status(name)
-	if errors.Is(err, dm.ErrNotFound) {
-		return session.SnapshotInfo{}, false, nil
-	}
-	if err != nil {
-		return session.SnapshotInfo{}, false, err
-	}
-	if len(st) != 1 || st[0].Type != "snapshot" {
-		return session.SnapshotInfo{}, false, nil
-	}
-	ss, err := dm.ParseSnapshotStatus(st[0].Params)
-	if err != nil {
-		return session.SnapshotInfo{}, false, fmt.Errorf("%s: %w", name, err)
-	}
-	out := session.SnapshotInfo{N: n, Dev: dev(info.Dev), Allocated: ss.Allocated, Total: ss.Total, Metadata: ss.Metadata}
-	switch ss.State {
-	case dm.SnapshotActive:
-		out.State = session.SnapshotActive
-	case dm.SnapshotInvalid:
-		out.State = session.SnapshotInvalid
-	case dm.SnapshotOverflow:
-		out.State = session.SnapshotOverflow
-	default:
-		out.State = session.SnapshotUnknown
-	}
-	return out, true, nil
 }
 
 // StackUp implements session.Kernel.
