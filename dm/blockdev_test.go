@@ -26,11 +26,11 @@ func TestParseMountInfo(t *testing.T) {
 	if len(entries) != 6 {
 		t.Fatalf("got %d entries", len(entries))
 	}
-	want := MountEntry{Dev: Dev{8, 17}, Root: "/", MountPoint: "/mnt/my data", FSType: "ext4", Source: "/dev/sdb1"}
+	want := MountEntry{Dev: Dev{Major: 8, Minor: 17}, Root: "/", MountPoint: "/mnt/my data", FSType: "ext4", Source: "/dev/sdb1"}
 	if entries[2] != want {
 		t.Errorf("entry 2 = %+v, want %+v", entries[2], want)
 	}
-	if e := entries[4]; e.FSType != "btrfs" || e.Source != "/dev/sdc" || e.Dev != (Dev{0, 45}) {
+	if e := entries[4]; e.FSType != "btrfs" || e.Source != "/dev/sdc" || e.Dev != (Dev{Major: 0, Minor: 45}) {
 		t.Errorf("optional fields not skipped: %+v", e)
 	}
 }
@@ -53,19 +53,19 @@ func TestMountsOf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sources := map[string]Dev{"/dev/sdc": {8, 32}, "/dev/sdb1": {8, 17}, "/dev/vda": {253, 1}}
+	sources := map[string]Dev{"/dev/sdc": {Major: 8, Minor: 32}, "/dev/sdb1": {Major: 8, Minor: 17}, "/dev/vda": {Major: 253, Minor: 1}}
 	resolve := func(p string) (Dev, bool) { d, ok := sources[p]; return d, ok }
 
-	got := MountsOf(entries, Dev{8, 17}, resolve)
+	got := MountsOf(entries, Dev{Major: 8, Minor: 17}, resolve)
 	if len(got) != 2 || got[0].MountPoint != "/mnt/my data" || got[1].MountPoint != "/srv/bind" {
 		t.Errorf("sdb1 mounts = %+v", got)
 	}
 	// btrfs shows an anonymous device number; the source path gives it away.
-	got = MountsOf(entries, Dev{8, 32}, resolve)
+	got = MountsOf(entries, Dev{Major: 8, Minor: 32}, resolve)
 	if len(got) != 1 || got[0].MountPoint != "/mnt/btr" {
 		t.Errorf("sdc mounts = %+v", got)
 	}
-	if got := MountsOf(entries, Dev{8, 48}, resolve); len(got) != 0 {
+	if got := MountsOf(entries, Dev{Major: 8, Minor: 48}, resolve); len(got) != 0 {
 		t.Errorf("unmounted device has mounts %+v", got)
 	}
 	// A tmpfs, FUSE or overlay source is any string the mounter chose: one
@@ -77,7 +77,7 @@ func TestMountsOf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := MountsOf(fake, Dev{8, 17}, resolve); len(got) != 0 {
+	if got := MountsOf(fake, Dev{Major: 8, Minor: 17}, resolve); len(got) != 0 {
 		t.Errorf("mounts whose source merely names sdb1 count as mounting it: %+v", got)
 	}
 }
@@ -109,11 +109,11 @@ func fakeSys(t *testing.T) string {
 
 func TestHolders(t *testing.T) {
 	sys := fakeSys(t)
-	got := holders(sys, Dev{7, 0})
+	got := holders(sys, Dev{Major: 7, Minor: 0})
 	if len(got) != 1 || got[0] != "dm-3 (device-mapper dmsnap-a-real)" {
 		t.Errorf("holders = %q", got)
 	}
-	if got := holders(sys, Dev{7, 9}); got != nil {
+	if got := holders(sys, Dev{Major: 7, Minor: 9}); got != nil {
 		t.Errorf("holders of an unknown device = %q", got)
 	}
 }
@@ -162,7 +162,7 @@ func TestBoundLoopsAndFind(t *testing.T) {
 		t.Fatalf("found %+v", found)
 	}
 	l := found[0]
-	if l.Path != "/dev/loop2" || l.Number != 2 || l.Dev != (Dev{7, 2}) || l.Backing != cow || !l.DirectIO || !l.AutoClear {
+	if l.Path != "/dev/loop2" || l.Number != 2 || l.Dev != (Dev{Major: 7, Minor: 2}) || l.Backing != cow || !l.DirectIO || !l.AutoClear {
 		t.Errorf("found %+v, want loop2 (7:2) over %s with dio and autoclear", *l, cow)
 	}
 	// A deleted backing file is no match.
@@ -201,10 +201,10 @@ func TestEnsureNodeExisting(t *testing.T) {
 	if err := os.Symlink("/dev/null", link); err != nil {
 		t.Fatal(err)
 	}
-	if err := ensureNode(link, unix.S_IFCHR, Dev{1, 3}, false); err != nil {
+	if err := ensureNode(link, unix.S_IFCHR, Dev{Major: 1, Minor: 3}, false); err != nil {
 		t.Errorf("matching node: %v", err)
 	}
-	err := ensureNode(link, unix.S_IFCHR, Dev{1, 5}, false)
+	err := ensureNode(link, unix.S_IFCHR, Dev{Major: 1, Minor: 5}, false)
 	if err == nil || !strings.Contains(err.Error(), "is not device 1:5") {
 		t.Errorf("mismatch without replace: err = %v", err)
 	}
@@ -248,16 +248,16 @@ func TestLoopBackingFromSysfs(t *testing.T) {
 		t.Fatal(err)
 	}
 	devd := t.TempDir()
-	if d, i, ok, err := loopBacking(sys, devd, Dev{7, 2}); err != nil || !ok || d != want.Dev || i != want.Ino {
+	if d, i, ok, err := loopBacking(sys, devd, Dev{Major: 7, Minor: 2}); err != nil || !ok || d != want.Dev || i != want.Ino {
 		t.Errorf("loop2: %d, %d, %v, %v; want %d, %d", d, i, ok, err, want.Dev, want.Ino)
 	}
-	for _, dev := range []Dev{{7, 1}, {8, 16}} {
+	for _, dev := range []Dev{{Major: 7, Minor: 1}, {Major: 8, Minor: 16}} {
 		if _, _, ok, err := loopBacking(sys, devd, dev); ok || err != nil {
 			t.Errorf("%s: ok %v, %v; want no backing file", dev, ok, err)
 		}
 	}
 	writeSysFile(t, sys, "dev/block/7:2/loop/backing_file", file+".gone (deleted)\n")
-	if _, _, ok, err := loopBacking(sys, devd, Dev{7, 2}); ok || err == nil {
+	if _, _, ok, err := loopBacking(sys, devd, Dev{Major: 7, Minor: 2}); ok || err == nil {
 		t.Errorf("a stale path: ok %v, %v; want an error", ok, err)
 	}
 }

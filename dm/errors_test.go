@@ -82,7 +82,7 @@ func TestMountedAndHeldMessages(t *testing.T) {
 	if err.Error() != want {
 		t.Errorf("message\n got %q\nwant %q", err.Error(), want)
 	}
-	held := heldError("/dev/loop0", Dev{7, 0}, []string{"dm-0 (device-mapper dmsnap-a-real)"})
+	held := heldError("/dev/loop0", Dev{Major: 7, Minor: 0}, []string{"dm-0 (device-mapper dmsnap-a-real)"})
 	if !errors.Is(held, ErrBusy) || !strings.Contains(held.Error(), "held by dm-0 (device-mapper dmsnap-a-real)") {
 		t.Errorf("held message %q", held)
 	}

@@ -198,7 +198,7 @@ func TestDecodeStatusReply(t *testing.T) {
 	if r.Full {
 		t.Fatal("Full set on a complete reply")
 	}
-	if r.Header.Name != "dmsnap-x-snap1" || DevFromNumber(r.Header.Dev) != (Dev{253, 4}) {
+	if r.Header.Name != "dmsnap-x-snap1" || DevFromNumber(r.Header.Dev) != (Dev{Major: 253, Minor: 4}) {
 		t.Errorf("header name %q dev %v", r.Header.Name, DevFromNumber(r.Header.Dev))
 	}
 	if len(r.Specs) != len(want) {

@@ -25,7 +25,7 @@ func TestBusyPartitions(t *testing.T) {
 	if err := os.WriteFile(mi, []byte("22 1 253:1 / / rw - ext4 /dev/vda rw\n40 22 259:0 / /mnt/p\\0401 rw - ext4 /dev/loop0p1 rw\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	got := busyPartitions(sys, mi, Dev{7, 0})
+	got := busyPartitions(sys, mi, Dev{Major: 7, Minor: 0})
 	want := []string{
 		"its partition /dev/loop0p1 (mounted on /mnt/p 1)",
 		"its partition /dev/loop0p2 (held by dm-4 (device-mapper dmsnap-p2-real))",
@@ -33,10 +33,10 @@ func TestBusyPartitions(t *testing.T) {
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("busyPartitions = %q, want %q", got, want)
 	}
-	if got := busyPartitions(sys, mi, Dev{7, 1}); got != nil {
+	if got := busyPartitions(sys, mi, Dev{Major: 7, Minor: 1}); got != nil {
 		t.Errorf("a disk without partitions: %q", got)
 	}
-	err := heldError("/dev/loop0", Dev{7, 0}, got)
+	err := heldError("/dev/loop0", Dev{Major: 7, Minor: 0}, got)
 	if !strings.Contains(err.Error(), "/dev/loop0 is in use: it is held by its partition /dev/loop0p1 (mounted on /mnt/p 1)") {
 		t.Errorf("heldError: %v", err)
 	}

@@ -6,17 +6,17 @@ import (
 )
 
 func TestTargetSpecs(t *testing.T) {
-	real := Dev{253, 0}
-	cow := Dev{7, 1}
+	real := Dev{Major: 253, Minor: 0}
+	cow := Dev{Major: 7, Minor: 1}
 	cases := []struct {
 		target Target
 		want   string
 	}{
-		{Linear{Length: 131072, Device: Dev{7, 0}}, "0 131072 linear 7:0 0"},
-		{Linear{Start: 8, Length: 16, Device: Dev{8, 17}, Offset: 2048}, "8 16 linear 8:17 2048"},
+		{Linear{Length: 131072, Device: Dev{Major: 7, Minor: 0}}, "0 131072 linear 7:0 0"},
+		{Linear{Start: 8, Length: 16, Device: Dev{Major: 8, Minor: 17}, Offset: 2048}, "8 16 linear 8:17 2048"},
 		{SnapshotOrigin{Length: 131072, Origin: real}, "0 131072 snapshot-origin 253:0"},
 		{Snapshot{Length: 131072, Origin: real, COW: cow, ChunkSectors: 8}, "0 131072 snapshot 253:0 7:1 P 8"},
-		{Snapshot{Length: 10, Origin: real, COW: Dev{259, 65536}, ChunkSectors: 1024}, "0 10 snapshot 253:0 259:65536 P 1024"},
+		{Snapshot{Length: 10, Origin: real, COW: Dev{Major: 259, Minor: 65536}, ChunkSectors: 1024}, "0 10 snapshot 253:0 259:65536 P 1024"},
 		{SnapshotMerge{Length: 131072, Origin: real, COW: cow, ChunkSectors: 16}, "0 131072 snapshot-merge 253:0 7:1 P 16"},
 	}
 	for _, c := range cases {
@@ -41,7 +41,7 @@ func TestTargetSpecs(t *testing.T) {
 }
 
 func TestTargetSpecErrors(t *testing.T) {
-	real, cow := Dev{253, 0}, Dev{7, 1}
+	real, cow := Dev{Major: 253, Minor: 0}, Dev{Major: 7, Minor: 1}
 	cases := []struct {
 		target Target
 		want   string
@@ -64,22 +64,22 @@ func TestTargetSpecErrors(t *testing.T) {
 }
 
 func TestSpecsContiguous(t *testing.T) {
-	a := Linear{Length: 8, Device: Dev{7, 0}}
-	b := Linear{Start: 8, Length: 8, Device: Dev{7, 1}}
+	a := Linear{Length: 8, Device: Dev{Major: 7, Minor: 0}}
+	b := Linear{Start: 8, Length: 8, Device: Dev{Major: 7, Minor: 1}}
 	specs, err := Specs(a, b)
 	if err != nil || len(specs) != 2 {
 		t.Fatalf("Specs = %v, %v", specs, err)
 	}
-	if _, err := Specs(a, Linear{Start: 9, Length: 8, Device: Dev{7, 1}}); err == nil || !strings.Contains(err.Error(), "contiguous") {
+	if _, err := Specs(a, Linear{Start: 9, Length: 8, Device: Dev{Major: 7, Minor: 1}}); err == nil || !strings.Contains(err.Error(), "contiguous") {
 		t.Errorf("gap: err = %v", err)
 	}
-	if _, err := Specs(Linear{Start: 1, Length: 8, Device: Dev{7, 0}}); err == nil {
+	if _, err := Specs(Linear{Start: 1, Length: 8, Device: Dev{Major: 7, Minor: 0}}); err == nil {
 		t.Error("table not starting at 0 accepted")
 	}
 	if _, err := Specs(); err == nil {
 		t.Error("empty table accepted")
 	}
-	if _, err := Specs(Linear{Device: Dev{7, 0}}); err == nil || !strings.Contains(err.Error(), "zero length") {
+	if _, err := Specs(Linear{Device: Dev{Major: 7, Minor: 0}}); err == nil || !strings.Contains(err.Error(), "zero length") {
 		t.Errorf("zero length: err = %v", err)
 	}
 }
@@ -90,7 +90,7 @@ func TestParseTargetKernelForms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := got.(Snapshot); s.COW != (Dev{7, 2}) || s.ChunkSectors != 8 {
+	if s := got.(Snapshot); s.COW != (Dev{Major: 7, Minor: 2}) || s.ChunkSectors != 8 {
 		t.Errorf("got %#v", s)
 	}
 	bad := []TargetSpec{
@@ -109,7 +109,7 @@ func TestParseTargetKernelForms(t *testing.T) {
 
 func TestDev(t *testing.T) {
 	d, err := ParseDev("259:65536")
-	if err != nil || d != (Dev{259, 65536}) {
+	if err != nil || d != (Dev{Major: 259, Minor: 65536}) {
 		t.Fatalf("ParseDev = %v, %v", d, err)
 	}
 	if DevFromNumber(d.Number()) != d {

@@ -63,7 +63,7 @@ func TestFileUsers(t *testing.T) {
 	}
 	// loop3 shows the store device from 512 KiB on.
 	seg := func(offsetBytes, lengthBytes uint64) []TargetSpec {
-		spec, err := Linear{Start: 0, Length: lengthBytes / SectorSize, Device: Dev{7, 3}, Offset: offsetBytes / SectorSize}.Spec()
+		spec, err := Linear{Start: 0, Length: lengthBytes / SectorSize, Device: Dev{Major: 7, Minor: 3}, Offset: offsetBytes / SectorSize}.Spec()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -6,25 +6,25 @@ import (
 	"strings"
 
 	"github.com/dmsnap/dmsnap/internal/devid"
-	"github.com/dmsnap/dmsnap/internal/mountinfo"
+	"github.com/dmsnap/dmsnap/internal/devnum"
 	"golang.org/x/sys/unix"
 )
 
-// DevNum is a block device number (mountinfo.Dev, whose methods give
-// IsZero, String and its text form "major:minor"). dmsnap compares devices
+// DevNum is a block device number (internal/devnum's Dev, the one type
+// dm.Dev, snapstore.DevNum and mountinfo.Dev are too: IsZero, String and
+// its text form "major:minor"). dmsnap compares devices
 // by number, never by path: /dev/sdb1, /dev/disk/by-uuid/… and
 // /dev/mapper/… are symlinks or aliases, the number names the device
-// itself. (dm.Dev and snapstore.DevNum are the same two numbers; adapters
-// convert field by field.)
-type DevNum = mountinfo.Dev
+// itself.
+type DevNum = devnum.Dev
 
 // ParseDevNum parses "major:minor" (decimal, as in mountinfo and
 // device-mapper tables).
-func ParseDevNum(s string) (DevNum, error) { return mountinfo.ParseDev(s) }
+func ParseDevNum(s string) (DevNum, error) { return devnum.Parse(s) }
 
 // DevNumFromRdev splits a kernel dev_t (stat's st_rdev or st_dev).
 func DevNumFromRdev(rdev uint64) DevNum {
-	return DevNum{Major: unix.Major(rdev), Minor: unix.Minor(rdev)}
+	return devnum.FromNumber(rdev)
 }
 
 // BlockDevNum returns the device number of the block device at path,

@@ -7,9 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dmsnap/dmsnap/internal/devnum"
 )
 
 // meta.json (FORMAT.md, "meta.json").
@@ -85,30 +86,9 @@ type Device struct {
 	FSUUID string `json:"fs_uuid,omitempty"`
 }
 
-// DevNum is a device number, written "major:minor" as device-mapper does.
-type DevNum struct {
-	Major, Minor uint32
-}
-
-func (d DevNum) String() string { return fmt.Sprintf("%d:%d", d.Major, d.Minor) }
-
-// MarshalText writes "major:minor".
-func (d DevNum) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
-
-// UnmarshalText reads "major:minor".
-func (d *DevNum) UnmarshalText(b []byte) error {
-	maj, min, ok := strings.Cut(string(b), ":")
-	if !ok {
-		return fmt.Errorf("device number %q is not major:minor", b)
-	}
-	a, err1 := strconv.ParseUint(maj, 10, 32)
-	c, err2 := strconv.ParseUint(min, 10, 32)
-	if err1 != nil || err2 != nil {
-		return fmt.Errorf("device number %q is not major:minor", b)
-	}
-	d.Major, d.Minor = uint32(a), uint32(c)
-	return nil
-}
+// DevNum is a device number, written "major:minor" as device-mapper does
+// (internal/devnum, dmsnap's one device-number type).
+type DevNum = devnum.Dev
 
 // Times are the moments of a session's life (RFC 3339, UTC, nanoseconds);
 // a moment that did not happen is left out.

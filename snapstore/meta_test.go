@@ -165,7 +165,7 @@ func TestMetaRejects(t *testing.T) {
 
 func TestDevNumText(t *testing.T) {
 	var d DevNum
-	if err := d.UnmarshalText([]byte("253:4")); err != nil || d != (DevNum{253, 4}) {
+	if err := d.UnmarshalText([]byte("253:4")); err != nil || d != (DevNum{Major: 253, Minor: 4}) {
 		t.Fatalf("%v %v", d, err)
 	}
 	for _, bad := range []string{"", "8", "8:", ":1", "a:b", "8:99999999999"} {

@@ -31,7 +31,7 @@ func TestSessionLifecycle(t *testing.T) {
 	store := filepath.Join(t.TempDir(), "snapshot")
 	st := State{
 		Name:      "sdb1",
-		Device:    Device{Path: "/dev/sdb1", Size: 10<<20 + 512, DevNum: DevNum{8, 17}},
+		Device:    Device{Path: "/dev/sdb1", Size: 10<<20 + 512, DevNum: DevNum{Major: 8, Minor: 17}},
 		ChunkSize: 4096,
 		Times:     Times{Armed: fixtureTime},
 	}

@@ -11,32 +11,13 @@ import (
 	"io"
 	"strconv"
 	"strings"
+
+	"github.com/dmsnap/dmsnap/internal/devnum"
 )
 
-// Dev is a device number, major:minor. session.DevNum is this type (an
-// alias); dm converts it to its own dm.Dev (the same two numbers).
-type Dev struct {
-	Major, Minor uint32
-}
-
-// IsZero reports whether d is unset.
-func (d Dev) IsZero() bool { return d == Dev{} }
-
-// String returns "major:minor".
-func (d Dev) String() string { return fmt.Sprintf("%d:%d", d.Major, d.Minor) }
-
-// MarshalText writes "major:minor".
-func (d Dev) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
-
-// UnmarshalText reads "major:minor".
-func (d *Dev) UnmarshalText(b []byte) error {
-	v, err := ParseDev(string(b))
-	if err != nil {
-		return err
-	}
-	*d = v
-	return nil
-}
+// Dev is a device number, major:minor (internal/devnum, the one type
+// dm.Dev and session.DevNum are too).
+type Dev = devnum.Dev
 
 // Mount is one line of /proc/<pid>/mountinfo:
 //
@@ -143,17 +124,7 @@ func ParseLine(line string) (Mount, error) {
 
 // ParseDev parses "major:minor" in decimal (as in mountinfo and
 // device-mapper tables).
-func ParseDev(s string) (Dev, error) {
-	maj, min, ok := strings.Cut(s, ":")
-	if ok {
-		a, err1 := strconv.ParseUint(maj, 10, 32)
-		b, err2 := strconv.ParseUint(min, 10, 32)
-		if err1 == nil && err2 == nil {
-			return Dev{Major: uint32(a), Minor: uint32(b)}, nil
-		}
-	}
-	return Dev{}, fmt.Errorf("device number %q is not major:minor", s)
-}
+func ParseDev(s string) (Dev, error) { return devnum.Parse(s) }
 
 // unescape decodes the kernel's \ooo escapes (seq_escape/mangle). A
 // backslash not followed by three octal digits giving a byte is kept as is.

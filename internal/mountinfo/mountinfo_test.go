@@ -59,7 +59,7 @@ func TestResolveSourceDevs(t *testing.T) {
 	}
 	blockDev := func(p string) (Dev, error) {
 		if p == "/dev/sdc" {
-			return Dev{8, 32}, nil
+			return Dev{Major: 8, Minor: 32}, nil
 		}
 		if p == "/dev/sdb1" {
 			t.Errorf("a mount with a real device number was resolved")
@@ -67,7 +67,7 @@ func TestResolveSourceDevs(t *testing.T) {
 		return Dev{}, errNotBlock
 	}
 	got := ResolveSourceDevs(ms, blockDev)
-	want := []Dev{{8, 32}, {0, 46}, {0, 47}, {8, 17}}
+	want := []Dev{{Major: 8, Minor: 32}, {Major: 0, Minor: 46}, {Major: 0, Minor: 47}, {Major: 8, Minor: 17}}
 	for i := range want {
 		if got[i].Dev != want[i] {
 			t.Errorf("%s: %v, want %v", got[i].MountPoint, got[i].Dev, want[i])
@@ -91,7 +91,7 @@ func TestResolveSourceDevsOnlyDeviceFilesystems(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	x := Dev{253, 4}
+	x := Dev{Major: 253, Minor: 4}
 	got := ResolveSourceDevs(ms, func(p string) (Dev, error) {
 		if p == "/dev/mapper/dmsnap-x" {
 			return x, nil // the path is a real block device
@@ -99,7 +99,7 @@ func TestResolveSourceDevsOnlyDeviceFilesystems(t *testing.T) {
 		return Dev{}, errNotBlock
 	})
 	for _, m := range got {
-		want := Dev{0, uint32(m.ID)}
+		want := Dev{Major: 0, Minor: uint32(m.ID)}
 		if m.FSType == "btrfs" {
 			want = x
 		}

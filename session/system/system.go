@@ -54,7 +54,6 @@ func (k Kernel) stack(name, device string) dm.Stack {
 	return dm.Stack{Name: name, Device: device, DM: k.dm()}
 }
 
-func dev(d dm.Dev) session.DevNum { return session.DevNum{Major: d.Major, Minor: d.Minor} }
 
 // Stacks implements session.Kernel (dm.Stacks).
 func (k Kernel) Stacks(ctx context.Context) ([]session.StackInfo, error) {
@@ -64,11 +63,11 @@ func (k Kernel) Stacks(ctx context.Context) ([]session.StackInfo, error) {
 	}
 	out := make([]session.StackInfo, 0, len(sts))
 	for _, s := range sts {
-		si := session.StackInfo{Name: s.Name, HasOrigin: s.HasOrigin, HasReal: s.HasReal, OriginDev: dev(s.OriginDev),
-			RawDev: dev(s.RawDev), OriginOpen: s.OriginOpen, NeedsRepair: s.NeedsRepair}
+		si := session.StackInfo{Name: s.Name, HasOrigin: s.HasOrigin, HasReal: s.HasReal, OriginDev: s.OriginDev,
+			RawDev: s.RawDev, OriginOpen: s.OriginOpen, NeedsRepair: s.NeedsRepair}
 		for _, sn := range s.Snapshots {
 			ss := sn.Status
-			info := session.SnapshotInfo{N: sn.N, Dev: dev(sn.Dev), Allocated: ss.Allocated, Total: ss.Total, Metadata: ss.Metadata}
+			info := session.SnapshotInfo{N: sn.N, Dev: sn.Dev, Allocated: ss.Allocated, Total: ss.Total, Metadata: ss.Metadata}
 			switch ss.State {
 			case dm.SnapshotActive:
 				info.State = session.SnapshotActive
@@ -232,7 +231,7 @@ func createSession(store string, spec session.ArmSpec) (string, error) {
 		Device: snapstore.Device{
 			Path:   spec.DevicePath,
 			Size:   spec.Identity.Size,
-			DevNum: snapstore.DevNum{Major: spec.Identity.Dev.Major, Minor: spec.Identity.Dev.Minor},
+			DevNum: spec.Identity.Dev,
 			FSUUID: spec.Identity.FSUUID,
 		},
 		ChunkSize: spec.ChunkSize,

@@ -47,7 +47,7 @@ func newRig(t *testing.T) *rig {
 		StateDir:   filepath.Join(dir, "state"),
 		Kernel:     Kernel{DM: r.fk},
 		Store:      Store{},
-		Prober:     prober{rawPath: {Dev: session.DevNum{Major: d.Major, Minor: d.Minor}, Size: 64 << 20}},
+		Prober:     prober{rawPath: {Dev: d, Size: 64 << 20}},
 		ReadMounts: func() ([]session.MountInfo, error) { return slices.Clone(r.mounts), nil },
 		Stores:     []string{r.store},
 		Now:        func() time.Time { return r.clock },
@@ -67,7 +67,7 @@ func (r *rig) origin() dm.DeviceInfo {
 func (r *rig) mount() {
 	oi := r.origin()
 	r.fk.SetMounted("/dev/mapper/dmsnap-vdb", "/mnt")
-	r.mounts = []session.MountInfo{{ID: 70, ParentID: 1, Dev: dev(oi.Dev), Root: "/", MountPoint: "/mnt", FSType: "ext4", Source: "/dev/mapper/dmsnap-vdb"}}
+	r.mounts = []session.MountInfo{{ID: 70, ParentID: 1, Dev: oi.Dev, Root: "/", MountPoint: "/mnt", FSType: "ext4", Source: "/dev/mapper/dmsnap-vdb"}}
 }
 
 func (r *rig) unmount() {
@@ -235,7 +235,7 @@ func TestStacksRecognisesLeftoversAndIgnoresOthers(t *testing.T) {
 		t.Fatalf("stacks %+v", stacks)
 	}
 	s := stacks[0]
-	if s.Name != "vdc" || !s.HasReal || s.HasOrigin || s.RawDev != dev(raw) || !s.NeedsRepair || len(s.Snapshots) != 0 {
+	if s.Name != "vdc" || !s.HasReal || s.HasOrigin || s.RawDev != raw || !s.NeedsRepair || len(s.Snapshots) != 0 {
 		t.Fatalf("stack %+v", s)
 	}
 	if err := (Kernel{DM: fk}).StackDown(ctx, "vdc"); err != nil {
