@@ -282,16 +282,66 @@ func writeMapFiles(ctx context.Context, dir string, st State, salvage bool) (*Co
 		return nil, fmt.Errorf("no conversion checkpoint and cannot open the COW file: %w", err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
+	conv := &Conversion{CowValid: true, LastArea: -1, ChunkSize: st.ChunkSize}
+	entries, lenient, err := readExceptions(f, cowPath, st, salvage, conv)
 	if err != nil {
 		return nil, err
 	}
+	if entries, err = dedupeExceptions(entries, cowPath, lenient, conv); err != nil {
+		return nil, err
+	}
+	cb, devSize := int64(conv.ChunkSize), st.Device.Size
+	recSize := func(e convEntry) int64 { return min(cb, devSize-int64(e.old)*cb) }
+	buf := directio.AlignedBuf(convReadBlock)
+	var dat *renameio.PendingFile
+	if st.Layout == LayoutCOW {
+		// One sequential pass over the data in COW order, around the page
+		// cache where the store allows it (nothing reads it again soon).
+		unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL) // a hint for the cached path: its failure changes nothing
+		r := directio.NewReader(f)
+		err := crcInCowOrder(ctx, r, entries, cb, recSize, buf)
+		r.Close()
+		if err != nil {
+			return nil, err
+		}
+		slices.SortFunc(entries, func(a, b convEntry) int { return cmp.Compare(a.old, b.old) })
+	} else {
+		slices.SortFunc(entries, func(a, b convEntry) int { return cmp.Compare(a.old, b.old) })
+		dat, err = renameio.NewPendingFile(filepath.Join(dir, DataFile), renameio.WithTempDir(dir), renameio.WithPermissions(filePerm))
+		if err != nil {
+			return nil, err
+		}
+		defer dat.Cleanup()
+		if err := copyPacked(ctx, f, dat, entries, cb, recSize, buf); err != nil {
+			return nil, err
+		}
+	}
+	if err := writeRecords(dir, entries, cb, recSize, st.Layout, conv); err != nil {
+		return nil, err
+	}
+	if dat != nil {
+		if err := dat.CloseAtomicallyReplace(); err != nil {
+			return nil, err
+		}
+	}
+	if err := syncDir(dir); err != nil {
+		return nil, err
+	}
+	return conv, nil
+}
 
-	conv := &Conversion{CowValid: true, LastArea: -1, ChunkSize: st.ChunkSize}
-	lenient := salvage || st.Phase == PhaseInvalid
+// readExceptions reads the exceptions the kernel committed in the COW file
+// f. It notes in conv what it finds wrong (and how much it kept), sets the
+// chunk size the header gives, and reports whether what follows must be
+// lenient (salvage, an invalid session or an invalid header: keep what
+// can be kept instead of failing).
+func readExceptions(f *os.File, cowPath string, st State, salvage bool, conv *Conversion) (entries []convEntry, lenient bool, err error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, false, err
+	}
+	lenient = salvage || st.Phase == PhaseInvalid
 	devSize := st.Device.Size
-	var entries []convEntry
-
 	cow, err := OpenCow(f, fi.Size(), cowPath)
 	switch {
 	case errors.Is(err, ErrUninitialized):
@@ -301,7 +351,7 @@ func writeMapFiles(ctx context.Context, dir string, st State, salvage bool) (*Co
 		conv.Notes = append(conv.Notes, "the COW store was never initialised by the kernel: the snapshot never started, so writes made in this session were not captured")
 	case err != nil:
 		if !salvage {
-			return nil, err
+			return nil, false, err
 		}
 		conv.CowValid = false
 		conv.Notes = append(conv.Notes, fmt.Sprintf("the COW header is unreadable, nothing salvaged: %v", err))
@@ -331,16 +381,21 @@ func writeMapFiles(ctx context.Context, dir string, st State, salvage bool) (*Co
 		conv.LastArea = stats.LastArea
 		if werr != nil {
 			if !lenient {
-				return nil, werr
+				return nil, false, werr
 			}
 			conv.CowValid = false
 			conv.Notes = append(conv.Notes, fmt.Sprintf("the exception list is damaged; kept the %d exceptions before the damage: %v", len(entries), werr))
 		}
 	}
-	cb := int64(conv.ChunkSize)
+	return entries, lenient, nil
+}
 
-	// Duplicates of an origin chunk: the kernel never commits one twice,
-	// and when loading it finds the first one loaded; keep that.
+// dedupeExceptions drops the duplicates of an origin chunk (the kernel
+// never commits one twice, and when loading it finds the first one loaded;
+// that one is kept) and refuses two origin chunks sharing a COW chunk,
+// which is damage (one holds the other's bytes) — or, lenient, keeps the
+// first of them. entries come back sorted by COW chunk.
+func dedupeExceptions(entries []convEntry, cowPath string, lenient bool, conv *Conversion) ([]convEntry, error) {
 	slices.SortFunc(entries, func(a, b convEntry) int {
 		return cmp.Or(cmp.Compare(a.old, b.old), cmp.Compare(a.seq, b.seq))
 	})
@@ -349,8 +404,6 @@ func writeMapFiles(ctx context.Context, dir string, st State, salvage bool) (*Co
 	if d := n - len(entries); d > 0 {
 		conv.Notes = append(conv.Notes, fmt.Sprintf("dropped %d duplicate exceptions for origin chunks already saved (kept the first of each)", d))
 	}
-	// Two origin chunks sharing a COW chunk is damage: one of them holds
-	// the other's bytes.
 	slices.SortFunc(entries, func(a, b convEntry) int {
 		return cmp.Or(cmp.Compare(a.new, b.new), cmp.Compare(a.seq, b.seq))
 	})
@@ -370,41 +423,21 @@ func writeMapFiles(ctx context.Context, dir string, st State, salvage bool) (*Co
 			conv.Notes = append(conv.Notes, fmt.Sprintf("dropped %d exceptions sharing a COW chunk with an earlier one", d))
 		}
 	}
+	return entries, nil
+}
 
-	recSize := func(e convEntry) int64 { return min(cb, devSize-int64(e.old)*cb) }
-	buf := directio.AlignedBuf(convReadBlock)
-	var dat *renameio.PendingFile
-	if st.Layout == LayoutCOW {
-		// One sequential pass over the data in COW order, around the page
-		// cache where the store allows it (nothing reads it again soon).
-		unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL) // a hint for the cached path: its failure changes nothing
-		r := directio.NewReader(f)
-		err := crcInCowOrder(ctx, r, entries, cb, recSize, buf)
-		r.Close()
-		if err != nil {
-			return nil, err
-		}
-		slices.SortFunc(entries, func(a, b convEntry) int { return cmp.Compare(a.old, b.old) })
-	} else {
-		slices.SortFunc(entries, func(a, b convEntry) int { return cmp.Compare(a.old, b.old) })
-		dat, err = renameio.NewPendingFile(filepath.Join(dir, DataFile), renameio.WithTempDir(dir), renameio.WithPermissions(filePerm))
-		if err != nil {
-			return nil, err
-		}
-		defer dat.Cleanup()
-		if err := copyPacked(ctx, f, dat, entries, cb, recSize, buf); err != nil {
-			return nil, err
-		}
-	}
-
-	// Records, in sector order.
+// writeRecords writes blocks.crc and blocks.map for entries (sorted by
+// origin chunk, their CRCs computed): each record's offset is its COW
+// chunk's (layout cow) or the next packed offset (layout packed). It sets
+// conv's records, data end and the two files' checksums.
+func writeRecords(dir string, entries []convEntry, cb int64, recSize func(convEntry) int64, layout string, conv *Conversion) error {
 	var dataEnd, packedOff int64
 	recs := func(yield func(Record, uint32) bool) {
 		packedOff = 0
 		for _, e := range entries {
 			size := recSize(e)
 			r := Record{Sector: e.old * uint64(cb/SectorSize), Size: uint32(size)}
-			if st.Layout == LayoutCOW {
+			if layout == LayoutCOW {
 				r.Offset = e.new * uint64(cb)
 			} else {
 				r.Offset = uint64(packedOff)
@@ -427,7 +460,7 @@ func writeMapFiles(ctx context.Context, dir string, st State, salvage bool) (*Co
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	mapSum, err := writeStream(dir, MapFile, func(w io.Writer) error {
 		var b []byte
@@ -440,21 +473,13 @@ func writeMapFiles(ctx context.Context, dir string, st State, salvage bool) (*Co
 		return nil
 	})
 	if err != nil {
-		return nil, err
-	}
-	if dat != nil {
-		if err := dat.CloseAtomicallyReplace(); err != nil {
-			return nil, err
-		}
-	}
-	if err := syncDir(dir); err != nil {
-		return nil, err
+		return err
 	}
 	conv.Records = int64(len(entries))
 	conv.DataEnd = dataEnd
 	conv.BlocksCRC = crcSum
 	conv.BlocksMap = mapSum
-	return conv, nil
+	return nil
 }
 
 // crcInCowOrder computes each entry's CRC, reading the COW file once in
