@@ -3,6 +3,8 @@ package restore
 import (
 	"errors"
 	"fmt"
+
+	"github.com/dmsnap/dmsnap/snapstore"
 )
 
 // Identity is what ties sessions to a device: its size and, when it holds a
@@ -25,19 +27,14 @@ type Device interface {
 	Identity() (Identity, error)
 }
 
-// SessionState is a session's state as recorded in its meta.json.
-type SessionState string
-
-const (
-	StateComplete   SessionState = "complete"
-	StateInvalid    SessionState = "invalid"    // the kernel invalidated the snapshot: pre-images are missing
-	StateIncomplete SessionState = "incomplete" // no meta.json: never finished
-)
-
 // SessionInfo is what preflight needs to know of one session of the plan.
 type SessionInfo struct {
-	ID    string
-	State SessionState
+	ID string
+	// State is how the session's directory reads (snapstore.Status):
+	// complete, or invalid (the kernel dropped the snapshot: pre-images are
+	// missing), or incomplete (no meta.json: never finished); a seed
+	// session is complete and not Verified.
+	State snapstore.Status
 	// Verified is true when the session records checksums (dmsnap wrote
 	// it); sessions the seed wrote are restorable but unverified.
 	Verified bool
@@ -86,7 +83,7 @@ func (e *IdentityError) Unwrap() error { return ErrIdentityMismatch }
 // ErrSessionNotComplete.
 type StateError struct {
 	Session string
-	State   SessionState
+	State   snapstore.Status
 }
 
 func (e *StateError) Error() string {
@@ -94,11 +91,11 @@ func (e *StateError) Error() string {
 		e.Session, describeState(e.State))
 }
 
-func describeState(s SessionState) string {
+func describeState(s snapstore.Status) string {
 	switch s {
-	case StateInvalid:
+	case snapstore.StatusInvalid:
 		return "is invalid (its snapshot overflowed or failed, so pre-images are missing)"
-	case StateIncomplete:
+	case snapstore.StatusIncomplete:
 		return "is incomplete (it has no meta.json: still open, or its conversion did not finish)"
 	}
 	return fmt.Sprintf("is in state %q, not complete", string(s))
@@ -145,7 +142,7 @@ func Preflight(dev Device, sessions []SessionInfo, opts PreflightOptions) (warni
 	}
 	for _, s := range sessions {
 		switch {
-		case s.State == StateComplete:
+		case s.State == snapstore.StatusComplete:
 			if !s.Verified {
 				warnings = append(warnings, fmt.Sprintf("session %s has no checksums (written by the seed): its pre-images are restored unverified", s.ID))
 			}

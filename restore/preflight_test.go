@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/dmsnap/dmsnap/snapstore"
 )
 
 type fakeDevice struct {
@@ -20,8 +22,8 @@ func (d *fakeDevice) Identity() (Identity, error) { return d.id, d.idErr }
 
 func chain() []SessionInfo {
 	return []SessionInfo{
-		{ID: "sdb1_1700000000", State: StateComplete, Verified: true, Identity: Identity{Size: 1 << 30, FSUUID: "old-uuid"}},
-		{ID: "sdb1_1700000100", State: StateComplete, Verified: true, Identity: Identity{Size: 1 << 30, FSUUID: "new-uuid"}},
+		{ID: "sdb1_1700000000", State: snapstore.StatusComplete, Verified: true, Identity: Identity{Size: 1 << 30, FSUUID: "old-uuid"}},
+		{ID: "sdb1_1700000100", State: snapstore.StatusComplete, Verified: true, Identity: Identity{Size: 1 << 30, FSUUID: "new-uuid"}},
 	}
 }
 
@@ -114,8 +116,8 @@ func TestPreflightIdentity(t *testing.T) {
 func TestPreflightSessionStates(t *testing.T) {
 	dev := &fakeDevice{path: "/dev/sdb1", id: Identity{Size: 1 << 30, FSUUID: "new-uuid"}}
 	s := chain()
-	s[0].State = StateInvalid
-	s[1].State = StateIncomplete
+	s[0].State = snapstore.StatusInvalid
+	s[1].State = snapstore.StatusIncomplete
 	_, err := Preflight(dev, s, PreflightOptions{})
 	if !errors.Is(err, ErrSessionNotComplete) {
 		t.Fatalf("error %v", err)
@@ -149,7 +151,7 @@ func TestPreflightSessionStates(t *testing.T) {
 func TestPreflightJoinsEveryReason(t *testing.T) {
 	dev := &fakeDevice{path: "/dev/sdb1", busy: "open by another process", id: Identity{Size: 1 << 20}}
 	s := chain()
-	s[1].State = StateInvalid
+	s[1].State = snapstore.StatusInvalid
 	_, err := Preflight(dev, s, PreflightOptions{})
 	for _, target := range []error{ErrDeviceBusy, ErrIdentityMismatch, ErrSessionNotComplete} {
 		if !errors.Is(err, target) {

@@ -63,10 +63,10 @@ func (a *StoreSession) ReadRecord(r Record, p []byte) error {
 
 // Info is what Preflight needs to know of the session, from its meta.json.
 func (a *StoreSession) Info() SessionInfo {
-	info := SessionInfo{ID: a.S.ID, State: StateComplete, Verified: a.S.Verified()}
+	info := SessionInfo{ID: a.S.ID, State: snapstore.StatusComplete, Verified: a.S.Verified()}
 	if d := a.S.Meta.Dmsnap; d != nil {
 		if d.State != snapstore.StateComplete {
-			info.State = SessionState(d.State)
+			info.State = snapstore.Status(d.State)
 		}
 		info.Identity = Identity{Size: uint64(d.Device.Size), FSUUID: d.Device.FSUUID}
 	}

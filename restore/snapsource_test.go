@@ -79,7 +79,7 @@ func TestStoreSessionSeedOrderSorted(t *testing.T) {
 	// The seed wrote records in write order.
 	writeStoreSession(t, dir, []diskRec{{16, chunk(3)}, {0, chunk(1)}, {8, chunk(2)}}, true, 0)
 	s := openStore(t, dir)
-	if info := s.Info(); info.Verified || info.State != StateComplete || info.ID != "loop0_1700000000" {
+	if info := s.Info(); info.Verified || info.State != snapstore.StatusComplete || info.ID != "loop0_1700000000" {
 		t.Fatalf("info %+v", info)
 	}
 	plan, err := NewPlan([]Session{s})

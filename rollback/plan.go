@@ -18,13 +18,13 @@ func (r *Restorer) plan(ctx context.Context, sessions []snapstore.SessionInfo, d
 		info := restore.SessionInfo{ID: s.ID}
 		switch s.Status {
 		case snapstore.StatusComplete:
-			info.State, info.Verified = restore.StateComplete, true
+			info.State, info.Verified = snapstore.StatusComplete, true
 		case snapstore.StatusUnverified:
-			info.State = restore.StateComplete
+			info.State = snapstore.StatusComplete
 		case snapstore.StatusInvalid:
-			info.State, info.Verified = restore.StateInvalid, true
+			info.State, info.Verified = snapstore.StatusInvalid, true
 		case snapstore.StatusIncomplete:
-			info.State = restore.StateIncomplete
+			info.State = snapstore.StatusIncomplete
 		case snapstore.StatusUnreadable:
 			return nil, nil, unreadable(s.ID, s.Err)
 		default:
@@ -61,7 +61,7 @@ func (r *Restorer) plan(ctx context.Context, sessions []snapstore.SessionInfo, d
 		}
 	} else {
 		for _, info := range infos {
-			if info.State != restore.StateComplete {
+			if info.State != snapstore.StatusComplete {
 				return nil, nil, &restore.StateError{Session: info.ID, State: info.State}
 			}
 		}
