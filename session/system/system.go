@@ -54,7 +54,6 @@ func (k Kernel) stack(name, device string) dm.Stack {
 	return dm.Stack{Name: name, Device: device, DM: k.dm()}
 }
 
-
 // Stacks implements session.Kernel (dm.Stacks).
 func (k Kernel) Stacks(ctx context.Context) ([]session.StackInfo, error) {
 	sts, err := dm.Stacks(k.dm())
