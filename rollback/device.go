@@ -70,7 +70,7 @@ func (r *Restorer) Prepare(ctx context.Context, sessions []snapstore.SessionInfo
 	}
 	pd := &Pending{r: r, opt: opt, chain: chain, write: r.Device, through: "the raw device (" + r.Device + ")"}
 	if r.Active != nil {
-		pd.write = dm.Stack{Name: r.Name}.OriginPath()
+		pd.write = r.cfg.originPath(r.Name)
 		pd.through = pd.write
 	}
 	pd.dev = newProbe(pd.write, r.Device)

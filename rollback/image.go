@@ -22,7 +22,7 @@ func (r *Restorer) DryRun(ctx context.Context, sessions []snapstore.SessionInfo,
 	chain := sessions[target:]
 	dev := newProbe(r.Device, r.Device)
 	if r.Active != nil {
-		dev = newProbe(dm.Stack{Name: r.Name}.OriginPath(), r.Device)
+		dev = newProbe(r.cfg.originPath(r.Name), r.Device)
 	}
 	dev.busyWarns = true
 	p, warns, err := r.plan(ctx, chain, dev)

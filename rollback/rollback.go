@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
@@ -27,6 +28,17 @@ type Config struct {
 	Progress restore.Progress
 	// Warn gets what goes wrong without stopping the operation (nil: dropped).
 	Warn func(string)
+	// OriginPath is the device an activated device is restored through,
+	// dmsnap-NAME (nil: dm.Stack's). Host tests give the device file of
+	// sessiontest.System.ModelData, which stands for the origin there.
+	OriginPath func(name string) string
+}
+
+func (c Config) originPath(name string) string {
+	if c.OriginPath != nil {
+		return c.OriginPath(name)
+	}
+	return dm.Stack{Name: name}.OriginPath()
 }
 
 func (c Config) progress() restore.Progress {

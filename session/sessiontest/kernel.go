@@ -18,6 +18,7 @@ type Kernel struct {
 
 type stack struct {
 	name      string
+	path      string // the device given to StackUp
 	hasOrigin bool
 	hasReal   bool
 	broken    bool // an operation was interrupted: the origin is left suspended
@@ -33,6 +34,8 @@ type snap struct {
 	file  os.FileInfo // the COW file itself: a loop device follows it across renames
 	state session.SnapshotState
 	use   session.COWUse // SetCOWUse; GrowCOW moves FastEnd
+	base  []byte         // ModelData: the device when the snapshot was taken
+	chunk int            // ModelData: chunk size, bytes
 }
 
 var _ session.Kernel = (*Kernel)(nil)
@@ -88,7 +91,7 @@ func (k *Kernel) StackUp(_ context.Context, name, devicePath string) error {
 				return fmt.Errorf("stack up %s: %s is held by dmsnap-%s-real: %w", name, devicePath, st.name, ErrBusy)
 			}
 		}
-		k.stacks[name] = &stack{name: name, hasReal: true, hasOrigin: true, raw: id.Dev, origin: k.dev()}
+		k.stacks[name] = &stack{name: name, path: devicePath, hasReal: true, hasOrigin: true, raw: id.Dev, origin: k.dev()}
 		return nil
 	})
 }
@@ -136,7 +139,13 @@ func (k *Kernel) AttachSnapshot(_ context.Context, name string, n int, cowFile s
 		if err := initCOW(cowFile); err != nil {
 			return fmt.Errorf("attach snapshot %d: %w", n, err)
 		}
-		st.snaps = append(st.snaps, &snap{n: n, dev: k.dev(), cow: cowFile, file: fi, state: session.SnapshotActive})
+		sn := &snap{n: n, dev: k.dev(), cow: cowFile, file: fi, state: session.SnapshotActive, chunk: int(chunkSectors) * 512}
+		if k.sys.data != nil {
+			if sn.base, err = os.ReadFile(st.path); err != nil {
+				return fmt.Errorf("attach snapshot %d: %w", n, err)
+			}
+		}
+		st.snaps = append(st.snaps, sn)
 		return nil
 	})
 }
@@ -154,6 +163,11 @@ func (k *Kernel) RemoveSnapshot(_ context.Context, name string, n int) error {
 		i := slices.IndexFunc(st.snaps, func(s *snap) bool { return s.n == n })
 		if i < 0 {
 			return nil
+		}
+		if k.sys.data != nil && st.snaps[i].state == session.SnapshotActive {
+			if err := k.sys.data.keepLocked(st.path, st.snaps[i]); err != nil {
+				return fmt.Errorf("remove snapshot %d: %w", n, err)
+			}
 		}
 		st.snaps = slices.Delete(st.snaps, i, i+1)
 		if st.hasOrigin && st.hasReal && len(st.snaps) == 0 {

@@ -42,6 +42,10 @@ type State struct {
 	InvalidReason string               `json:"invalid_reason,omitempty"`
 	Prealloc      int64                `json:"prealloc,omitempty"` // bytes FillCOW wrote ahead
 	Sequence      int                  `json:"sequence,omitempty"`
+	// What ModelData's Convert writes into a real meta.json.
+	DevicePath string `json:"device_path,omitempty"`
+	DeviceSize int64  `json:"device_size,omitempty"`
+	ChunkSize  uint32 `json:"chunk_size,omitempty"`
 }
 
 // Meta is the fake meta.json: the final state of a converted session.
@@ -117,7 +121,8 @@ func (st *Store) ArmSession(_ context.Context, store string, spec session.ArmSpe
 		if err := os.Mkdir(d, 0o755); err != nil {
 			return err
 		}
-		if err := writeJSON(filepath.Join(d, StateFile), State{Name: spec.Name, Phase: session.SessionArmed, Armed: spec.Armed, Sequence: spec.Sequence}); err != nil {
+		if err := writeJSON(filepath.Join(d, StateFile), State{Name: spec.Name, Phase: session.SessionArmed, Armed: spec.Armed, Sequence: spec.Sequence,
+			DevicePath: spec.DevicePath, DeviceSize: spec.Identity.Size, ChunkSize: spec.ChunkSize}); err != nil {
 			return err
 		}
 		if err := os.WriteFile(filepath.Join(d, COWFile), make([]byte, 4096), 0o600); err != nil {
@@ -215,6 +220,9 @@ func (st *Store) Convert(_ context.Context, dir string) error {
 		if st.sys.Kernel.attachedLocked(cow) {
 			st.sys.violate("Convert %s while its COW is attached", dir)
 			return fmt.Errorf("convert %s: COW still attached", dir)
+		}
+		if st.sys.data != nil {
+			return st.sys.data.convertLocked(dir, s)
 		}
 		if _, err := os.Stat(cow); err == nil {
 			if err := os.Rename(cow, filepath.Join(dir, DataFile)); err != nil {

@@ -39,6 +39,7 @@ type System struct {
 	nextID int
 
 	failing map[string]error // call-name prefixes that fail (FailCalls)
+	data    *dataModel       // ModelData
 
 	calls       int // mutating calls so far
 	crashBefore int // crash before the effect of this call (1-based; 0: never)
