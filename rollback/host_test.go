@@ -324,3 +324,69 @@ func (w *world) sessionNumbered(t *testing.T, n int) string {
 	t.Fatalf("no session numbered %d in %s", n, w.store)
 	return ""
 }
+
+// TestDirectRestore: a device that is not activated (deactivated here) is
+// restored by writing it directly, which no session records: it cannot be
+// undone, and restores.log then refuses the sessions it left behind, a
+// state the device never had. A dry run writes nothing.
+func TestDirectRestore(t *testing.T) {
+	w := newWorld(t)
+	a := w.read(t)
+	s1 := w.session(t, 1, 2, 15)
+	s2 := w.session(t, 2, 7)
+	c := w.read(t)
+	if err := w.manager().Deactivate(context.Background(), "sdb1"); err != nil {
+		t.Fatal(err)
+	}
+	// By name: the device is the one its newest session recorded.
+	r, err := rollback.Open(w.config(nil), "sdb1", s2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if r.Active != nil || r.Name != "sdb1" || r.Device != w.dev {
+		t.Fatalf("opened %s on %s (activated: %v), want sdb1 not activated, on %s", r.Name, r.Device, r.Active != nil, w.dev)
+	}
+	sessions, err := r.Sessions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Deactivation closed the armed session: three closed sessions.
+	if len(sessions) != 3 || sessions[0].ID != s1 || sessions[1].ID != s2 {
+		t.Fatalf("sessions: %v", rollback.IDs(sessions))
+	}
+	target, err := r.Find(sessions, s1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dry, err := r.DryRun(context.Background(), sessions, target, false)
+	if err != nil || !dry.DryRun || dry.Summary.Bytes != 4*chunk || !bytes.Equal(w.read(t), c) {
+		t.Fatalf("dry run: %+v, %v (it must write nothing)", dry, err)
+	}
+	pd, err := r.Prepare(context.Background(), sessions, target, rollback.DeviceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := pd.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(w.read(t), a) || res.Undoable || res.Undo != "" || res.Active {
+		t.Fatalf("direct restore: %+v; device restored: %v", res, bytes.Equal(w.read(t), a))
+	}
+	// The device no longer has the past s2 describes: a restore to before
+	// s2 would write s2's pre-images over a, giving a state the device never had.
+	r2, err := rollback.Open(w.config(nil), "sdb1", s2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	sessions, _ = r2.Sessions()
+	i, _ := r2.Find(sessions, s2)
+	if err := r2.CheckTarget(sessions, i); err == nil {
+		t.Fatalf("a restore to before %s after a direct restore to before %s was not refused", s2, s1)
+	}
+	if i, _ := r2.Find(sessions, s1); r2.CheckTarget(sessions, i) != nil {
+		t.Errorf("restoring to before %s again is refused: %v", s1, r2.CheckTarget(sessions, i))
+	}
+}

@@ -187,6 +187,15 @@ func (k *Kernel) StackDown(_ context.Context, name string) error {
 		if st.hasOrigin && k.sys.mountedLocked(st.origin) {
 			return fmt.Errorf("stack down %s: dmsnap-%s is mounted: %w", name, name, ErrBusy)
 		}
+		if k.sys.data != nil {
+			for _, sn := range st.snaps {
+				if sn.state == session.SnapshotActive {
+					if err := k.sys.data.keepLocked(st.path, sn); err != nil {
+						return fmt.Errorf("stack down %s: %w", name, err)
+					}
+				}
+			}
+		}
 		delete(k.stacks, name)
 		return nil
 	})
