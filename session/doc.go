@@ -4,7 +4,7 @@
 // (armed → open → closing → closed / invalid) as a persisted state machine,
 // the reconcile that finishes whatever a crash or a reboot interrupted, the
 // mount watcher's building blocks (a mountinfo parser, a poll(2)-based
-// waiter and a differ), the control secret, and the text of the udev rule
+// waiter and a differ), and the text of the udev rule
 // and systemd unit that keep protection alive across reboots.
 //
 // It must not talk to device-mapper, loop devices or session files itself.

@@ -8,14 +8,6 @@ import (
 // Sentinel errors. The CLI maps them to exit codes and hints; errors.Is
 // works through every wrapper this package returns.
 var (
-	// ErrWrongPassword: the control secret did not match (exit code 3).
-	ErrWrongPassword = errors.New("wrong password")
-	// ErrNoPassword: a password was needed to set or check but none was given.
-	ErrNoPassword = errors.New("no password given")
-	// ErrPasswordFile: the control password file is there but cannot be
-	// trusted (a symbolic link, damaged, ...); commands that need the
-	// password fail closed until root removes it.
-	ErrPasswordFile = errors.New("control password file cannot be trusted")
 	// ErrLocked: another dmsnap command holds the state lock (see *LockedError).
 	ErrLocked = errors.New("state directory is locked")
 	// ErrNotActivated: no activated device has this name or device path.

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/internal/passwd"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
@@ -37,7 +38,7 @@ type env struct {
 	stdout io.Writer
 	stderr io.Writer
 	store  string // --store: where closed sessions live
-	state  string // --state: registry, lock (not the password: session.PasswordPath)
+	state  string // --state: registry, lock (not the password: passwd.Path)
 }
 
 // command is one subcommand. run gets the arguments after the subcommand's
@@ -125,7 +126,7 @@ func exitCode(err error) int {
 	switch {
 	case errors.As(err, &u):
 		return exitUsage
-	case errors.Is(err, session.ErrWrongPassword):
+	case errors.Is(err, passwd.ErrWrongPassword):
 		return exitBadPassword
 	case errors.Is(err, session.ErrBusy), errors.Is(err, dm.ErrBusy),
 		errors.Is(err, restore.ErrDeviceBusy), errors.Is(err, session.ErrLocked):

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/internal/passwd"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
 )
@@ -53,7 +54,7 @@ func TestExitCodes(t *testing.T) {
 		want int
 	}{
 		{usagef("bad"), exitUsage},
-		{fmt.Errorf("activate: %w", session.ErrWrongPassword), exitBadPassword},
+		{fmt.Errorf("activate: %w", passwd.ErrWrongPassword), exitBadPassword},
 		{fmt.Errorf("activate: %w", dm.ErrBusy), exitBusy},
 		{fmt.Errorf("restore: %w", restore.ErrDeviceBusy), exitBusy},
 		{fmt.Errorf("lock: %w", session.ErrLocked), exitBusy},
@@ -63,6 +64,15 @@ func TestExitCodes(t *testing.T) {
 		if got := exitCode(c.err); got != c.want {
 			t.Errorf("exitCode(%v) = %d, want %d", c.err, got, c.want)
 		}
+	}
+}
+
+// The host's control password lies in the default state directory, whatever
+// --state says: package passwd spells the path out, since it does not import
+// session.
+func TestPasswordInDefaultStateDir(t *testing.T) {
+	if want := session.DefaultStateDir + "/" + passwd.File; passwd.Path != want {
+		t.Fatalf("passwd.Path = %q, want %q", passwd.Path, want)
 	}
 }
 

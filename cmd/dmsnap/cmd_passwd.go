@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/dmsnap/dmsnap/internal/passwd"
 	"github.com/dmsnap/dmsnap/session"
 )
 
@@ -19,14 +20,14 @@ const passwdHelp = `usage: dmsnap passwd [--password-stdin|--password-file FILE]
 Sets the control password that activate asks for, and so does every command
 that removes protection or restore points: deactivate, sessions prune (not
 --dry-run), restore --no-undo, and passwd itself (the old password first).
-Only a salted Argon2id hash is stored, in ` + session.PasswordPath + `, for
+Only a salted Argon2id hash is stored, in ` + passwd.Path + `, for
 the whole host: --state does not move it. With --password-stdin or
 --password-file, the first line is the old password (when one is set) and
 the next line the new one.
 
 A password file that cannot be trusted (a symbolic link, damaged, writable by
 others, ...) refuses every command that needs the password, this one included:
-root removes it by hand (rm ` + session.PasswordPath + `) and sets a new password.
+root removes it by hand (rm ` + passwd.Path + `) and sets a new password.
 
 Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong (old) password.
 `
@@ -59,7 +60,7 @@ func runPasswd(e *env, args []string) error {
 		if err != nil {
 			return err
 		}
-		in = session.PasswordInput{Stdin: true, StdinReader: lr}
+		in = passwd.Input{Stdin: true, StdinReader: lr}
 	}
 	if set {
 		if err := sec.Require(e.ctx, func() ([]byte, error) { return in.Read("current control password: ") }); err != nil {
@@ -77,7 +78,7 @@ func runPasswd(e *env, args []string) error {
 		return nil
 	}
 	p, err := in.ReadNew("new control password: ")
-	if errors.Is(err, session.ErrNoPassword) {
+	if errors.Is(err, passwd.ErrNoPassword) {
 		return fmt.Errorf("new control password: %w (give it on the next line or at the prompt)", err)
 	}
 	if err != nil {
@@ -91,7 +92,7 @@ func runPasswd(e *env, args []string) error {
 	return nil
 }
 
-// lineSource hands out one line per Read, so that each PasswordInput.Read
+// lineSource hands out one line per Read, so that each passwd.Input.Read
 // (which buffers what it reads) takes exactly one line of the input.
 type lineSource struct{ lines [][]byte }
 

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/internal/passwd"
 	"github.com/dmsnap/dmsnap/internal/vmtest"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
@@ -393,8 +394,8 @@ func TestCrashpointsMergeViewsPrune(t *testing.T) {
 	// passwd: killed right after the new hash is written, the new password
 	// is the one in force.
 	t.Run("passwd/"+session.CrashpointPasswd, func(t *testing.T) {
-		t.Cleanup(func() { os.Remove(session.PasswordPath) })
-		os.Remove(session.PasswordPath)
+		t.Cleanup(func() { os.Remove(passwd.Path) })
+		os.Remove(passwd.Path)
 		cmd := c.cmd("first\n", "passwd", "--password-stdin")
 		cmd.Env = append(os.Environ(), session.CrashpointEnv+"="+session.CrashpointPasswd)
 		out, err := cmd.CombinedOutput()

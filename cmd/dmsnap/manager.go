@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/dmsnap/dmsnap/internal/passwd"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/system"
 )
@@ -83,29 +84,29 @@ func (p *passwordFlags) check() error {
 	return nil
 }
 
-func (p *passwordFlags) input(e *env) session.PasswordInput {
-	return session.PasswordInput{Stdin: p.stdin, StdinReader: e.stdin, File: p.file}
+func (p *passwordFlags) input(e *env) passwd.Input {
+	return passwd.Input{Stdin: p.stdin, StdinReader: e.stdin, File: p.file}
 }
 
-// newSecret returns the control secret of the host (session.PasswordPath,
+// newSecret returns the control secret of the host (passwd.Path,
 // whatever --state says); tests put it in a temporary directory and shorten
 // its refusal delay.
-var newSecret = session.NewSecret
+var newSecret = passwd.New
 
 // requireSecret asks for the control secret when one is set and checks it.
 // A wrong password returns (after the refusal delay) an error wrapping
-// session.ErrWrongPassword: exit code 3, and nothing has been changed.
+// passwd.ErrWrongPassword: exit code 3, and nothing has been changed.
 func requireSecret(e *env, p *passwordFlags) error {
 	in := p.input(e)
 	err := newSecret().Require(e.ctx, func() ([]byte, error) { return in.Read("dmsnap control password: ") })
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, session.ErrWrongPassword):
+	case errors.Is(err, passwd.ErrWrongPassword):
 		return fmt.Errorf("control password: %w; nothing was changed", err)
-	case errors.Is(err, session.ErrNoPassword):
+	case errors.Is(err, passwd.ErrNoPassword):
 		return fmt.Errorf("control password: %w; a control password is set (dmsnap passwd): type it at the prompt or give it with --password-stdin or --password-file", err)
-	case errors.Is(err, session.ErrPasswordFile):
+	case errors.Is(err, passwd.ErrPasswordFile):
 		return err // names the file and what to do
 	}
 	return fmt.Errorf("control password: %w", err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/internal/devid"
+	"github.com/dmsnap/dmsnap/internal/passwd"
 
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/sessiontest"
@@ -26,7 +27,7 @@ type world struct {
 	sys    *sessiontest.System
 	state  string
 	store  string
-	passwd string // the control password file, in place of session.PasswordPath
+	passwd string // the control password file, in place of passwd.Path
 }
 
 func newWorld(t *testing.T) *world {
@@ -47,11 +48,11 @@ func newWorld(t *testing.T) *world {
 // returns its path.
 func testSecret(t *testing.T) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "etc", session.PasswordFile)
+	path := filepath.Join(t.TempDir(), "etc", passwd.File)
 	prev := newSecret
-	newSecret = func() *session.Secret {
-		return &session.Secret{Path: path, RefusalDelay: 50 * time.Millisecond,
-			Params: session.Argon2Params{Time: 1, MemoryKiB: 1024, Threads: 1, SaltLen: 16, KeyLen: 32}}
+	newSecret = func() *passwd.Secret {
+		return &passwd.Secret{Path: path, RefusalDelay: 50 * time.Millisecond,
+			Params: passwd.Argon2Params{Time: 1, MemoryKiB: 1024, Threads: 1, SaltLen: 16, KeyLen: 32}}
 	}
 	t.Cleanup(func() { newSecret = prev })
 	return path

@@ -25,8 +25,8 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/internal/passwd"
 	"github.com/dmsnap/dmsnap/internal/vmtest"
-	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
 
@@ -380,11 +380,11 @@ func TestCLIRefusals(t *testing.T) {
 	// The secret is set with cheap Argon2 parameters (Verify uses those
 	// stored with the hash): the default 64 MiB, 3 passes take long under
 	// software emulation. `dmsnap passwd` itself is tested on the host.
-	// The password is the guest's (session.PasswordPath, whatever --state
+	// The password is the guest's (passwd.Path, whatever --state
 	// says): removed at the end, so that the tests after this one in the
 	// same guest find none, even if this one fails half-way.
-	sec := session.NewSecret()
-	sec.Params = session.Argon2Params{Time: 1, MemoryKiB: 1024, Threads: 1, SaltLen: 16, KeyLen: 32}
+	sec := passwd.New()
+	sec.Params = passwd.Argon2Params{Time: 1, MemoryKiB: 1024, Threads: 1, SaltLen: 16, KeyLen: 32}
 	t.Cleanup(func() {
 		if err := os.Remove(sec.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("remove the guest's control password: %v", err)

@@ -1,4 +1,9 @@
-package session
+// Package passwd is dmsnap's control password: the Argon2id hash file that
+// the commands removing protection or restore points check (Secret), its
+// bounded parser, and reading a password from a terminal, standard input or
+// a file (Input). The password itself is never stored, logged or taken from
+// argv.
+package passwd
 
 import (
 	"bytes"
@@ -22,13 +27,27 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// PasswordFile is the control secret's file name.
-const PasswordFile = "passwd"
+// File is the control secret's file name.
+const File = "passwd"
 
-// PasswordPath is the control secret of the host, whatever --state says:
-// one host, one password, so that pointing a command at another state
-// directory cannot skip it.
-const PasswordPath = DefaultStateDir + "/" + PasswordFile
+// Path is the control secret of the host, whatever --state says: one host,
+// one password, so that pointing a command at another state directory
+// cannot skip it. It is File in the default state directory
+// (session.DefaultStateDir; a test of cmd/dmsnap checks they agree).
+const Path = "/var/lib/dmsnap/" + File
+
+// Sentinel errors. The CLI maps them to exit codes and hints; errors.Is
+// works through every wrapper this package returns.
+var (
+	// ErrWrongPassword: the control secret did not match (exit code 3).
+	ErrWrongPassword = errors.New("wrong password")
+	// ErrNoPassword: a password was needed to set or check but none was given.
+	ErrNoPassword = errors.New("no password given")
+	// ErrPasswordFile: the control password file is there but cannot be
+	// trusted (a symbolic link, damaged, ...); commands that need the
+	// password fail closed until root removes it.
+	ErrPasswordFile = errors.New("control password file cannot be trusted")
+)
 
 // DefaultRefusalDelay is how long a wrong password waits before it is
 // refused, so guessing is slow even where Argon2 alone would not be.
@@ -80,7 +99,7 @@ func (p Argon2Params) check() error {
 
 // Secret is the control secret that the commands removing protection or
 // restore points ask for when one is set (`dmsnap passwd`). Only a salted
-// Argon2id hash is stored, in PasswordPath, mode 0600, in the PHC string
+// Argon2id hash is stored, in Path, mode 0600, in the PHC string
 // format:
 //
 //	$argon2id$v=19$m=65536,t=3,p=2$<salt, base64>$<hash, base64>
@@ -105,9 +124,9 @@ type Secret struct {
 	RefusalDelay time.Duration
 }
 
-// NewSecret returns the control secret of the host (PasswordPath).
-func NewSecret() *Secret {
-	return &Secret{Path: PasswordPath}
+// New returns the control secret of the host (Path).
+func New() *Secret {
+	return &Secret{Path: Path}
 }
 
 // IsSet reports whether a control secret is set. A password file that is

@@ -1,4 +1,4 @@
-package session
+package passwd
 
 import (
 	"bufio"
@@ -17,11 +17,11 @@ import (
 // maxPasswordLen bounds what is read from a file or stdin.
 const maxPasswordLen = 4096
 
-// PasswordInput says where a password comes from, mirroring the flags:
+// Input says where a password comes from, mirroring the flags:
 // --password-stdin (Stdin set, read from StdinReader), --password-file FILE
 // (File), or else a prompt on the controlling terminal with echo off. A
 // password is never taken from argv.
-type PasswordInput struct {
+type Input struct {
 	Stdin       bool      // --password-stdin
 	StdinReader io.Reader // what --password-stdin reads (os.Stdin when nil)
 	File        string    // --password-file
@@ -32,7 +32,7 @@ type PasswordInput struct {
 // Read returns the password. From stdin or a file it is the first line,
 // without its line ending; on a terminal the prompt is shown and the typed
 // text is not echoed. An empty password is ErrNoPassword.
-func (in PasswordInput) Read(prompt string) ([]byte, error) {
+func (in Input) Read(prompt string) ([]byte, error) {
 	switch {
 	case in.Stdin && in.File != "":
 		return nil, errors.New("give --password-stdin or --password-file, not both")
@@ -60,7 +60,7 @@ func (in PasswordInput) Read(prompt string) ([]byte, error) {
 
 // ReadNew reads a new password: from stdin or a file as Read does, on a
 // terminal twice, and the two must match.
-func (in PasswordInput) ReadNew(prompt string) ([]byte, error) {
+func (in Input) ReadNew(prompt string) ([]byte, error) {
 	if in.Stdin || in.File != "" {
 		return in.Read(prompt)
 	}
@@ -86,7 +86,7 @@ func (in PasswordInput) ReadNew(prompt string) ([]byte, error) {
 	return a, nil
 }
 
-func (in PasswordInput) terminal() (*os.File, func(), error) {
+func (in Input) terminal() (*os.File, func(), error) {
 	if in.Terminal != nil {
 		return in.Terminal, func() {}, nil
 	}

@@ -1,4 +1,4 @@
-package session
+package passwd
 
 import (
 	"bytes"
@@ -20,7 +20,7 @@ import (
 var fastArgon2 = Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1, SaltLen: 16, KeyLen: 32}
 
 func testSecret(t *testing.T) *Secret {
-	s := &Secret{Path: filepath.Join(t.TempDir(), "state", PasswordFile)}
+	s := &Secret{Path: filepath.Join(t.TempDir(), "state", File)}
 	s.Params = fastArgon2
 	s.RefusalDelay = -1
 	return s
@@ -248,9 +248,9 @@ func TestSecretFailsClosed(t *testing.T) {
 
 // Regression: the password file was <--state>/passwd, so
 // `dmsnap --state /tmp/x deactivate` found none and asked for nothing.
-func TestNewSecretIsHostWide(t *testing.T) {
-	if got := NewSecret().Path; got != "/var/lib/dmsnap/passwd" {
-		t.Fatalf("NewSecret().Path = %q, want the host's /var/lib/dmsnap/passwd", got)
+func TestNewIsHostWide(t *testing.T) {
+	if got := New().Path; got != "/var/lib/dmsnap/passwd" {
+		t.Fatalf("New().Path = %q, want the host's /var/lib/dmsnap/passwd", got)
 	}
 }
 
@@ -292,7 +292,7 @@ func TestSecretRequire(t *testing.T) {
 	}
 }
 
-func TestPasswordInputStdinAndFile(t *testing.T) {
+func TestInputStdinAndFile(t *testing.T) {
 	cases := map[string]string{
 		"secret\n":           "secret",
 		"secret\r\n":         "secret",
@@ -301,40 +301,40 @@ func TestPasswordInputStdinAndFile(t *testing.T) {
 		" spaced \n":         " spaced ",
 	}
 	for in, want := range cases {
-		got, err := PasswordInput{Stdin: true, StdinReader: strings.NewReader(in)}.Read("")
+		got, err := Input{Stdin: true, StdinReader: strings.NewReader(in)}.Read("")
 		if err != nil || string(got) != want {
 			t.Errorf("stdin %q: %q %v, want %q", in, got, err, want)
 		}
 		f := filepath.Join(t.TempDir(), "pw")
 		os.WriteFile(f, []byte(in), 0o600)
-		got, err = PasswordInput{File: f}.ReadNew("")
+		got, err = Input{File: f}.ReadNew("")
 		if err != nil || string(got) != want {
 			t.Errorf("file %q: %q %v, want %q", in, got, err, want)
 		}
 	}
 	for _, in := range []string{"", "\n", "\r\n"} {
-		if _, err := (PasswordInput{Stdin: true, StdinReader: strings.NewReader(in)}).Read(""); !errors.Is(err, ErrNoPassword) {
+		if _, err := (Input{Stdin: true, StdinReader: strings.NewReader(in)}).Read(""); !errors.Is(err, ErrNoPassword) {
 			t.Errorf("stdin %q: %v, want ErrNoPassword", in, err)
 		}
 	}
 	long := strings.Repeat("x", maxPasswordLen)
-	if got, err := (PasswordInput{Stdin: true, StdinReader: strings.NewReader(long + "\r\n")}).Read(""); err != nil || len(got) != maxPasswordLen {
+	if got, err := (Input{Stdin: true, StdinReader: strings.NewReader(long + "\r\n")}).Read(""); err != nil || len(got) != maxPasswordLen {
 		t.Errorf("longest password: %d %v", len(got), err)
 	}
-	if _, err := (PasswordInput{Stdin: true, StdinReader: strings.NewReader(long + "x\n")}).Read(""); err == nil {
+	if _, err := (Input{Stdin: true, StdinReader: strings.NewReader(long + "x\n")}).Read(""); err == nil {
 		t.Error("over-long password accepted")
 	}
-	if _, err := (PasswordInput{Stdin: true, File: "x"}).Read(""); err == nil {
+	if _, err := (Input{Stdin: true, File: "x"}).Read(""); err == nil {
 		t.Error("both sources accepted")
 	}
-	if _, err := (PasswordInput{File: "/nonexistent/pw"}).Read(""); err == nil {
+	if _, err := (Input{File: "/nonexistent/pw"}).Read(""); err == nil {
 		t.Error("missing file accepted")
 	}
 	// Not a terminal: a clear error naming the flags.
 	r, w, _ := os.Pipe()
 	defer r.Close()
 	defer w.Close()
-	if _, err := (PasswordInput{Terminal: r}).Read("Password: "); err == nil || !strings.Contains(err.Error(), "--password-stdin") {
+	if _, err := (Input{Terminal: r}).Read("Password: "); err == nil || !strings.Contains(err.Error(), "--password-stdin") {
 		t.Errorf("pipe as terminal: %v", err)
 	}
 }
@@ -361,7 +361,7 @@ func openPTY(t *testing.T) (master, slave *os.File) {
 	return m, s
 }
 
-func TestPasswordInputTerminalNoEcho(t *testing.T) {
+func TestInputTerminalNoEcho(t *testing.T) {
 	master, slave := openPTY(t)
 	type result struct {
 		pw  []byte
@@ -369,7 +369,7 @@ func TestPasswordInputTerminalNoEcho(t *testing.T) {
 	}
 	res := make(chan result, 1)
 	go func() {
-		pw, err := PasswordInput{Terminal: slave}.ReadNew("New password: ")
+		pw, err := Input{Terminal: slave}.ReadNew("New password: ")
 		res <- result{pw, err}
 	}()
 	// Read what the terminal shows while typing.
@@ -404,7 +404,7 @@ func TestPasswordInputTerminalNoEcho(t *testing.T) {
 
 	// Two different entries are refused.
 	go func() {
-		pw, err := PasswordInput{Terminal: slave}.ReadNew("New password: ")
+		pw, err := Input{Terminal: slave}.ReadNew("New password: ")
 		res <- result{pw, err}
 	}()
 	shown.Reset()
@@ -428,7 +428,7 @@ func TestPasswordPromptHelperProcess(t *testing.T) {
 	if err != nil {
 		os.Exit(2)
 	}
-	PasswordInput{Terminal: tty}.Read("Password: ")
+	Input{Terminal: tty}.Read("Password: ")
 	os.Exit(0)
 }
 
