@@ -4,8 +4,8 @@
 // (armed → open → closing → closed / invalid) as a persisted state machine,
 // the reconcile that finishes whatever a crash or a reboot interrupted, the
 // mount watcher's building blocks (a mountinfo parser, a poll(2)-based
-// waiter and a differ), and the text of the udev rule
-// and systemd unit that keep protection alive across reboots.
+// waiter and a differ), and keeping the udev rule that re-attaches devices
+// at boot in step with the registry (internal/hostfiles renders it).
 //
 // It must not talk to device-mapper, loop devices or session files itself.
 // The kernel side is the Kernel interface (package dm implements the real

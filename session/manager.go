@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dmsnap/dmsnap/internal/hostfiles"
 )
 
 // DefaultChunkSize is the snapshot chunk size when none is given (LVM's
@@ -59,10 +61,11 @@ type Manager struct {
 	// Log receives what reconcile does (nil: discarded).
 	Log *slog.Logger
 	// UdevRule, when set, is the udev rule file kept in step with the
-	// registry (UdevRules with Gen): rewritten whenever the set of devices
-	// or their identities change.
+	// registry (hostfiles.UdevRules with Gen, whose empty paths
+	// HostFileOptions fills in): rewritten whenever the set of devices or
+	// their identities change.
 	UdevRule string
-	Gen      GenOptions
+	Gen      hostfiles.Options
 }
 
 func (m *Manager) now() time.Time {
@@ -341,12 +344,13 @@ func (m *Manager) syncUdev(reg *Registry) {
 	if m.UdevRule == "" {
 		return
 	}
-	want, err := UdevRules(reg, m.Gen)
+	gen, devs := HostFileOptions(m.Gen), reg.UdevDevices()
+	want, err := hostfiles.UdevRules(RegistryPath(gen.StateDir), devs, gen)
 	if err == nil {
 		if have, rerr := os.ReadFile(m.UdevRule); rerr == nil && string(have) == want {
 			return
 		}
-		err = WriteUdevRules(m.UdevRule, reg, m.Gen)
+		err = hostfiles.WriteUdevRules(m.UdevRule, RegistryPath(gen.StateDir), devs, gen)
 	}
 	if err != nil {
 		m.log().Error("udev rule not updated; activated devices may not be re-attached at boot", "file", m.UdevRule, "err", err)

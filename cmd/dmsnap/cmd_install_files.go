@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/dmsnap/dmsnap/internal/hostfiles"
 	"github.com/dmsnap/dmsnap/session"
 )
 
@@ -22,7 +23,7 @@ make install: dmsnap install-files "$(DESTDIR)".
 
 func runInstallFiles(e *env, args []string) error {
 	fs := newFlags(e, "install-files")
-	bin := fs.String("binary", session.DefaultBinary, "the dmsnap executable the unit and rule run")
+	bin := fs.String("binary", hostfiles.DefaultBinary, "the dmsnap executable the unit and rule run")
 	fs.Usage = func() { fmt.Fprint(e.stderr, installFilesHelp) }
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -31,8 +32,8 @@ func runInstallFiles(e *env, args []string) error {
 		return usagef("install-files takes one DIR")
 	}
 	root := fs.Arg(0)
-	gen := session.GenOptions{Binary: *bin, StateDir: e.state, Store: e.store}
-	unit, err := session.SystemdUnit(gen)
+	gen := session.HostFileOptions(hostfiles.Options{Binary: *bin, StateDir: e.state, Store: e.store})
+	unit, err := hostfiles.SystemdUnit(gen)
 	if err != nil {
 		return err
 	}
@@ -40,18 +41,18 @@ func runInstallFiles(e *env, args []string) error {
 	if err != nil {
 		reg = &session.Registry{Version: session.RegistryVersion}
 	}
-	unitPath := filepath.Join(root, session.SystemdUnitPath)
+	unitPath := filepath.Join(root, hostfiles.SystemdUnitPath)
 	if err := os.MkdirAll(filepath.Dir(unitPath), 0o755); err != nil {
 		return err
 	}
 	if err := os.WriteFile(unitPath, []byte(unit), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", unitPath, err)
 	}
-	rulePath := filepath.Join(root, session.UdevRulePath)
+	rulePath := filepath.Join(root, hostfiles.UdevRulePath)
 	if err := os.MkdirAll(filepath.Dir(rulePath), 0o755); err != nil {
 		return err
 	}
-	if err := session.WriteUdevRules(rulePath, reg, gen); err != nil {
+	if err := hostfiles.WriteUdevRules(rulePath, session.RegistryPath(gen.StateDir), reg.UdevDevices(), gen); err != nil {
 		return fmt.Errorf("write %s: %w", rulePath, err)
 	}
 	fmt.Fprintf(e.stdout, "%s\n%s\n", unitPath, rulePath)

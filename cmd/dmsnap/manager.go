@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/dmsnap/dmsnap/internal/hostfiles"
 	"github.com/dmsnap/dmsnap/internal/passwd"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/system"
@@ -45,24 +46,24 @@ func systemManager(e *env) *session.Manager {
 	return m
 }
 
-// udevRulePath is where the udev rule is kept: session.UdevRulePath when
+// udevRulePath is where the udev rule is kept: hostfiles.UdevRulePath when
 // the system has udev's configuration directory, else nowhere (a system
 // without udev, such as the test VM, gets no rule and no error).
 func udevRulePath() string {
 	if st, err := os.Stat("/etc/udev"); err == nil && st.IsDir() {
-		return session.UdevRulePath
+		return hostfiles.UdevRulePath
 	}
 	return ""
 }
 
 // genOptions are the paths the generated udev rule and systemd unit run
 // dmsnap with: this executable and the global flags in effect.
-func genOptions(e *env) session.GenOptions {
+func genOptions(e *env) hostfiles.Options {
 	bin, err := os.Executable()
 	if err != nil || strings.HasPrefix(bin, os.TempDir()) {
 		bin = ""
 	}
-	return session.GenOptions{Binary: bin, StateDir: e.state, Store: e.store}
+	return hostfiles.Options{Binary: bin, StateDir: e.state, Store: e.store}
 }
 
 // passwordFlags are the ways a command can be given the control secret.

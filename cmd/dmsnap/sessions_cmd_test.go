@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/internal/devid"
+	"github.com/dmsnap/dmsnap/internal/hostfiles"
 	"github.com/dmsnap/dmsnap/internal/passwd"
 
 	"github.com/dmsnap/dmsnap/session"
@@ -464,11 +465,11 @@ func TestInstallFiles(t *testing.T) {
 	if code, _, errOut := w.run(t, "", "install-files", "--binary", "/usr/sbin/dmsnap", root); code != exitOK {
 		t.Fatalf("install-files: exit %d: %s", code, errOut)
 	}
-	unit, err := os.ReadFile(filepath.Join(root, session.SystemdUnitPath))
+	unit, err := os.ReadFile(filepath.Join(root, hostfiles.SystemdUnitPath))
 	if err != nil || !strings.Contains(string(unit), "/usr/sbin/dmsnap") || !strings.Contains(string(unit), " watch") || !strings.Contains(string(unit), w.state) {
 		t.Fatalf("unit: %v\n%s", err, unit)
 	}
-	if _, err := os.Stat(filepath.Join(root, session.UdevRulePath)); err != nil {
+	if _, err := os.Stat(filepath.Join(root, hostfiles.UdevRulePath)); err != nil {
 		t.Fatal(err)
 	}
 	if _, out, _ := w.run(t, "", "help"); strings.Contains(out, "install-files") {

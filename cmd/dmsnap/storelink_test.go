@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmsnap/dmsnap/internal/hostfiles"
 	"github.com/dmsnap/dmsnap/session"
 )
 
@@ -93,7 +94,7 @@ func TestStateDirThroughRootsSymlink(t *testing.T) {
 	if code, _, errOut := w.run(t, "", "install-files", root); code != exitOK {
 		t.Fatalf("install-files: exit %d: %s", code, errOut)
 	}
-	unit, err := os.ReadFile(filepath.Join(root, session.SystemdUnitPath))
+	unit, err := os.ReadFile(filepath.Join(root, hostfiles.SystemdUnitPath))
 	if err != nil || !strings.Contains(string(unit), "--state "+real+" ") {
 		t.Errorf("the unit does not run dmsnap with the real state directory %s: %v\n%s", real, err, unit)
 	}

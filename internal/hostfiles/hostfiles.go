@@ -1,4 +1,9 @@
-package session
+// Package hostfiles renders the files dmsnap installs on the host: the udev
+// rule that re-attaches the activated devices when they appear, and the
+// systemd unit that runs the watcher. It knows nothing of the registry: its
+// callers hand it the devices (session.Registry.UdevDevices) and the paths
+// (session.HostFileOptions fills in the global flags' defaults).
+package hostfiles
 
 import (
 	"fmt"
@@ -9,6 +14,7 @@ import (
 
 	"github.com/dmsnap/dmsnap/internal/atomicfile"
 	"github.com/dmsnap/dmsnap/internal/devid"
+	"github.com/dmsnap/dmsnap/internal/devnum"
 )
 
 // Where the generated files go by default.
@@ -18,22 +24,18 @@ const (
 	DefaultBinary   = "/usr/local/sbin/dmsnap"
 )
 
-// GenOptions are the paths the generated rule and unit run dmsnap with.
-type GenOptions struct {
+// Options are the paths the generated rule and unit run dmsnap with. Only
+// Binary has a default here; StateDir and Store must be given (an empty one
+// is refused), session.HostFileOptions fills in the global flags' defaults.
+type Options struct {
 	Binary   string // the dmsnap executable (DefaultBinary when "")
-	StateDir string // --state (DefaultStateDir when "")
-	Store    string // --store, for the unit (DefaultStore when "")
+	StateDir string // --state
+	Store    string // --store, for the unit
 }
 
-func (o GenOptions) withDefaults() GenOptions {
+func (o Options) withDefaults() Options {
 	if o.Binary == "" {
 		o.Binary = DefaultBinary
-	}
-	if o.StateDir == "" {
-		o.StateDir = DefaultStateDir
-	}
-	if o.Store == "" {
-		o.Store = DefaultStore
 	}
 	return o
 }
@@ -43,7 +45,7 @@ func (o GenOptions) withDefaults() GenOptions {
 // needs no quoting in either.
 var plainPath = regexp.MustCompile(`^/[A-Za-z0-9_./+-]*$`)
 
-func (o GenOptions) check() error {
+func (o Options) check() error {
 	for _, p := range []struct{ what, path string }{{"dmsnap binary", o.Binary}, {"state directory", o.StateDir}, {"store", o.Store}} {
 		if !plainPath.MatchString(p.path) || strings.Contains(p.path, "/../") || strings.HasSuffix(p.path, "/..") {
 			return fmt.Errorf("%s %q: the generated udev rule and systemd unit need an absolute path of letters, digits and _ . / + -", p.what, p.path)
@@ -55,21 +57,31 @@ func (o GenOptions) check() error {
 // uuidRule is what may appear in an ID_FS_UUID match unquoted and unescaped.
 var uuidRule = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
 
-// UdevRules renders the udev rule that re-attaches the activated devices of
-// reg when they appear (at boot, on hot-plug): per device, lines matching
+// Device is what the udev rule matches one activated device by.
+type Device struct {
+	Name   string     // its dmsnap name, for a comment
+	Path   string     // the device path it was activated as, for a comment
+	Dev    devnum.Dev // its number when last seen
+	FSUUID string     // its filesystem's UUID; "" when not known
+	Stable *devid.ID  // its stable identity; nil when not known
+}
+
+// UdevRules renders the udev rule that re-attaches the activated devices
+// devs, read from the registry file registry (named in the rule's header),
+// when they appear (at boot, on hot-plug): per device, lines matching
 // what names it (a partition's ID_PART_ENTRY_UUID, a disk's
 // ID_SERIAL_SHORT, a device-mapper device's DM_UUID, all set by
 // 60-persistent-storage.rules, hence the 90- file), its filesystem UUID
 // (ID_FS_UUID) when known, and its major:minor, each running
 // `dmsnap attach $devnode`. The number alone is not enough: two disks may
 // be found in the other order at the next boot. dmsnap's own devices
-// (DM_NAME dmsnap-*) show the same filesystem UUID and are skipped. A
-// registry with no device gives a rule file that matches nothing.
+// (DM_NAME dmsnap-*) show the same filesystem UUID and are skipped. No
+// device gives a rule file that matches nothing.
 //
 // attach finds the device by its stable identity, number or filesystem
 // UUID, refuses any device whose identity differs from the registry's, and
 // does nothing when the stack is up already, so extra runs are harmless.
-func UdevRules(reg *Registry, opt GenOptions) (string, error) {
+func UdevRules(registry string, devs []Device, opt Options) (string, error) {
 	opt = opt.withDefaults()
 	if err := opt.check(); err != nil {
 		return "", err
@@ -77,23 +89,19 @@ func UdevRules(reg *Registry, opt GenOptions) (string, error) {
 	run := fmt.Sprintf(`RUN+="%s --state %s attach $devnode"`, opt.Binary, opt.StateDir)
 	var b strings.Builder
 	fmt.Fprintf(&b, "# dmsnap: re-attach activated devices when they appear (boot, hot-plug).\n")
-	fmt.Fprintf(&b, "# Generated from %s by `dmsnap activate` and `dmsnap deactivate`; edits are lost.\n",
-		RegistryPath(opt.StateDir))
+	fmt.Fprintf(&b, "# Generated from %s by `dmsnap activate` and `dmsnap deactivate`; edits are lost.\n", registry)
 	b.WriteString(`ACTION!="add", GOTO="dmsnap_end"` + "\n")
 	b.WriteString(`SUBSYSTEM!="block", GOTO="dmsnap_end"` + "\n")
 	b.WriteString(`ENV{DM_NAME}=="dmsnap-*", GOTO="dmsnap_end"` + "\n")
-	for _, d := range reg.Devices {
-		if d.State == DeviceDeactivating {
-			continue
-		}
+	for _, d := range devs {
 		fmt.Fprintf(&b, "\n# %s (%s)\n", d.Name, commentSafe(d.Path))
-		if key, val := stableMatch(d.Identity.Stable); key != "" {
+		if key, val := stableMatch(d.Stable); key != "" {
 			fmt.Fprintf(&b, "ENV{%s}==\"%s\", %s\n", key, val, run)
 		}
-		if uuidRule.MatchString(d.Identity.FSUUID) {
-			fmt.Fprintf(&b, "ENV{ID_FS_UUID}==\"%s\", %s\n", d.Identity.FSUUID, run)
+		if uuidRule.MatchString(d.FSUUID) {
+			fmt.Fprintf(&b, "ENV{ID_FS_UUID}==\"%s\", %s\n", d.FSUUID, run)
 		}
-		fmt.Fprintf(&b, "ENV{MAJOR}==\"%d\", ENV{MINOR}==\"%d\", %s\n", d.Identity.Dev.Major, d.Identity.Dev.Minor, run)
+		fmt.Fprintf(&b, "ENV{MAJOR}==\"%d\", ENV{MINOR}==\"%d\", %s\n", d.Dev.Major, d.Dev.Minor, run)
 	}
 	b.WriteString("\nLABEL=\"dmsnap_end\"\n")
 	return b.String(), nil
@@ -121,13 +129,13 @@ func stableMatch(id *devid.ID) (key, value string) {
 // unquoted and unescaped.
 var serialRule = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
 
-// WriteUdevRules writes UdevRules(reg) to path atomically (UdevRulePath
-// when ""). udev reads changed rule files on its next event.
-func WriteUdevRules(path string, reg *Registry, opt GenOptions) error {
+// WriteUdevRules writes UdevRules(registry, devs, opt) to path atomically
+// (UdevRulePath when ""). udev reads changed rule files on its next event.
+func WriteUdevRules(path, registry string, devs []Device, opt Options) error {
 	if path == "" {
 		path = UdevRulePath
 	}
-	text, err := UdevRules(reg, opt)
+	text, err := UdevRules(registry, devs, opt)
 	if err != nil {
 		return err
 	}
@@ -144,7 +152,7 @@ func WriteUdevRules(path string, reg *Registry, opt GenOptions) error {
 // must see the mounts of the host, so the unit sets up no private mount
 // namespace (no PrivateMounts, ProtectSystem, ...); it needs the state
 // directory and the store mounted before it starts.
-func SystemdUnit(opt GenOptions) (string, error) {
+func SystemdUnit(opt Options) (string, error) {
 	opt = opt.withDefaults()
 	if err := opt.check(); err != nil {
 		return "", err

@@ -1,17 +1,32 @@
-package session
+package hostfiles
 
 import (
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/dmsnap/dmsnap/internal/devid"
+	"github.com/dmsnap/dmsnap/internal/devnum"
 )
 
+// The global flags' defaults (session.HostFileOptions fills them in).
+var defaults = Options{StateDir: "/var/lib/dmsnap", Store: "/snapshot"}
+
+const registry = "/var/lib/dmsnap/registry.json"
+
+// sampleDevices are the devices of session's sample registry that the rule
+// re-attaches (session.Registry.UdevDevices).
+func sampleDevices() []Device {
+	return []Device{
+		{Name: "sdb1", Path: "/dev/sdb1", Dev: devnum.Dev{Major: 8, Minor: 17}, FSUUID: "0b9a4c8e-1111-4d7e-9d43-5a1b2c3d4e5f",
+			Stable: &devid.ID{Kind: devid.KindPartition, PartUUID: "5a1b2c3d-01", PartNumber: 1, Start: 2048, Sectors: 1 << 21}},
+		{Name: "a-disk", Path: "/dev/vdb", Dev: devnum.Dev{Major: 254, Minor: 16}},
+	}
+}
+
 func TestUdevRules(t *testing.T) {
-	reg := sampleRegistry()
-	reg.Devices = append(reg.Devices, &Device{Name: "gone", Path: "/dev/sdz", State: DeviceDeactivating, NextSession: 1,
-		Identity: Identity{Dev: DevNum{Major: 8, Minor: 240}, FSUUID: "ffff"}})
-	text, err := UdevRules(reg, GenOptions{})
+	text, err := UdevRules(registry, sampleDevices(), defaults)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,15 +50,14 @@ LABEL="dmsnap_end"
 		t.Fatalf("rule text:\n%s\nwant:\n%s", text, want)
 	}
 
-	empty, err := UdevRules(&Registry{}, GenOptions{Binary: "/usr/bin/dmsnap", StateDir: "/srv/state"})
+	empty, err := UdevRules("/srv/state/registry.json", nil, Options{Binary: "/usr/bin/dmsnap", StateDir: "/srv/state", Store: "/snapshot"})
 	if err != nil || strings.Contains(empty, "RUN") || !strings.Contains(empty, "/srv/state/registry.json") {
 		t.Fatalf("empty registry: %v\n%s", err, empty)
 	}
 
 	// A UUID that is not safe in a rule falls back to the device number.
-	reg = &Registry{Devices: []*Device{{Name: "x", Path: "/dev/x\nRUN+=\"/bin/evil\"", State: DeviceActive, NextSession: 1,
-		Identity: Identity{Dev: DevNum{Major: 7, Minor: 3}, FSUUID: `a", RUN+="/bin/evil`}}}}
-	text, err = UdevRules(reg, GenOptions{})
+	devs := []Device{{Name: "x", Path: "/dev/x\nRUN+=\"/bin/evil\"", Dev: devnum.Dev{Major: 7, Minor: 3}, FSUUID: `a", RUN+="/bin/evil`}}
+	text, err = UdevRules(registry, devs, defaults)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,8 +69,16 @@ LABEL="dmsnap_end"
 	if !strings.Contains(text, `ENV{MAJOR}=="7", ENV{MINOR}=="3"`) {
 		t.Fatalf("no fallback to the device number:\n%s", text)
 	}
-	for _, bad := range []GenOptions{{Binary: "dmsnap"}, {Binary: "/opt/my dmsnap"}, {StateDir: "/var/lib/$x"}, {Store: "/a/../b"}} {
-		if _, err := UdevRules(&Registry{}, bad); err == nil {
+	state, store := defaults.StateDir, defaults.Store
+	for _, bad := range []Options{
+		{Binary: "dmsnap", StateDir: state, Store: store},
+		{Binary: "/opt/my dmsnap", StateDir: state, Store: store},
+		{StateDir: "/var/lib/$x", Store: store},
+		{StateDir: state, Store: "/a/../b"},
+		{Store: store}, // no state directory: the caller fills in the defaults
+		{StateDir: state},
+	} {
+		if _, err := UdevRules(registry, nil, bad); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}
 		if _, err := SystemdUnit(bad); err == nil {
@@ -67,7 +89,7 @@ LABEL="dmsnap_end"
 
 func TestWriteUdevRules(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "rules.d", "90-dmsnap.rules")
-	if err := WriteUdevRules(path, sampleRegistry(), GenOptions{}); err != nil {
+	if err := WriteUdevRules(path, registry, sampleDevices(), defaults); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(path)
@@ -81,7 +103,7 @@ func TestWriteUdevRules(t *testing.T) {
 }
 
 func TestSystemdUnit(t *testing.T) {
-	text, err := SystemdUnit(GenOptions{Binary: "/usr/bin/dmsnap", Store: "/data/snapshots"})
+	text, err := SystemdUnit(Options{Binary: "/usr/bin/dmsnap", StateDir: "/var/lib/dmsnap", Store: "/data/snapshots"})
 	if err != nil {
 		t.Fatal(err)
 	}

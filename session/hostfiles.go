@@ -1,0 +1,30 @@
+package session
+
+import "github.com/dmsnap/dmsnap/internal/hostfiles"
+
+// HostFileOptions returns opt with the global flags' defaults in place of
+// what it leaves "": DefaultStateDir and DefaultStore (hostfiles fills in
+// the binary).
+func HostFileOptions(opt hostfiles.Options) hostfiles.Options {
+	if opt.StateDir == "" {
+		opt.StateDir = DefaultStateDir
+	}
+	if opt.Store == "" {
+		opt.Store = DefaultStore
+	}
+	return opt
+}
+
+// UdevDevices are the devices of r that the udev rule re-attaches
+// (hostfiles.UdevRules): every one but those being deactivated.
+func (r *Registry) UdevDevices() []hostfiles.Device {
+	var devs []hostfiles.Device
+	for _, d := range r.Devices {
+		if d.State == DeviceDeactivating {
+			continue
+		}
+		devs = append(devs, hostfiles.Device{Name: d.Name, Path: d.Path, Dev: d.Identity.Dev,
+			FSUUID: d.Identity.FSUUID, Stable: d.Identity.Stable})
+	}
+	return devs
+}
