@@ -7,8 +7,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/internal/fsprobe"
 	"github.com/dmsnap/dmsnap/restore"
-	"github.com/dmsnap/dmsnap/session"
 )
 
 // probe is restore.Device over a block device (or an image file):
@@ -53,7 +53,7 @@ func (d *probe) Identity() (restore.Identity, error) {
 	if err != nil {
 		return restore.Identity{}, err
 	}
-	_, uuid, err := session.ProbeFilesystem(f)
+	_, uuid, err := fsprobe.Probe(f)
 	if err != nil {
 		return restore.Identity{}, err
 	}

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/internal/fsprobe"
 	"github.com/dmsnap/dmsnap/session"
 )
 
@@ -178,24 +179,26 @@ func btrfsMountError(v session.View, dir string, err error) error {
 		ViewPath(v), dir, err, v.Name, ViewPath(v), ViewPath(v), v.ID)
 }
 
-// ViewFS finds the file system on dev and the mount options that keep it
-// from writing: a view is read-only, and a journal replay would write.
+// ViewFS finds the file system on dev (fsprobe.Probe, as activation
+// identifies a device) and the mount options that keep it from writing: a
+// view is read-only, and a journal replay would write.
 func ViewFS(dev string) (fstype, opts string, err error) {
 	f, err := os.Open(dev)
 	if err != nil {
 		return "", "", err
 	}
 	defer f.Close()
-	b := make([]byte, 0x10048)
-	if _, err := f.ReadAt(b, 0); err != nil {
+	typ, _, err := fsprobe.Probe(f)
+	if err != nil {
 		return "", "", fmt.Errorf("%s: reading the superblock: %w", dev, err)
 	}
-	switch {
-	case b[1080] == 0x53 && b[1081] == 0xef:
+	switch typ {
+	case "ext2", "ext3", "ext4":
+		// The ext4 driver mounts all three.
 		return "ext4", "noload", nil
-	case string(b[0:4]) == "XFSB":
+	case "xfs":
 		return "xfs", "norecovery,nouuid", nil
-	case string(b[0x10040:0x10048]) == "_BHRfS_M":
+	case "btrfs":
 		// A read-only btrfs mount still replays the log tree, which
 		// writes.
 		return "btrfs", "nologreplay", nil
