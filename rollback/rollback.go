@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/internal/trustdir"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
@@ -94,7 +95,7 @@ type Restorer struct {
 // names), the registry and the store, and checks the device's store: a
 // store others could write to may hold planted sessions, never to be
 // written onto a device. From then on Store is the store's real path
-// (session.ResolveStore), so that a symlink swapped after the check cannot
+// (trustdir.ResolveStore), so that a symlink swapped after the check cannot
 // redirect the restore.
 func Open(cfg Config, arg, id string) (*Restorer, error) {
 	r := &Restorer{cfg: cfg}
@@ -102,7 +103,7 @@ func Open(cfg Config, arg, id string) (*Restorer, error) {
 		return nil, err
 	}
 	var err error
-	if r.Store, err = session.ResolveStore(r.Store); err != nil {
+	if r.Store, err = trustdir.ResolveStore(r.Store); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -124,7 +125,7 @@ func (r *Restorer) find(arg, id string) error {
 	r.Store = r.cfg.Store
 	if arg == "" && id != "" && id != "latest" {
 		// The session names the device: read it only from a checked store.
-		if r.Store, err = session.ResolveStore(r.Store); err != nil {
+		if r.Store, err = trustdir.ResolveStore(r.Store); err != nil {
 			return err
 		}
 		info := snapstore.Inspect(filepath.Join(r.Store, id))
@@ -154,7 +155,7 @@ func (r *Restorer) find(arg, id string) error {
 		}
 		r.Name = arg
 	} else {
-		if r.Store, err = session.ResolveStore(r.Store); err != nil {
+		if r.Store, err = trustdir.ResolveStore(r.Store); err != nil {
 			return err
 		}
 		names, err := storeNames(r.Store)
@@ -176,7 +177,7 @@ func (r *Restorer) find(arg, id string) error {
 	}
 	// Not activated, given by name: the device the newest session recorded,
 	// read only from a checked store.
-	if r.Store, err = session.ResolveStore(r.Store); err != nil {
+	if r.Store, err = trustdir.ResolveStore(r.Store); err != nil {
 		return err
 	}
 	sessions, err := r.Sessions()

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dmsnap/dmsnap/internal/hostfiles"
+	"github.com/dmsnap/dmsnap/internal/trustdir"
 )
 
 // DefaultChunkSize is the snapshot chunk size when none is given (LVM's
@@ -188,7 +189,7 @@ func (m *Manager) Observe(ctx context.Context, reg *Registry, hints map[string]s
 		// Checked, and by its real path: a session is then known by one
 		// directory whatever symlink led to its store, and is never
 		// "relocated" to a path through a symlink that can be swapped.
-		real, err := ResolveStore(s)
+		real, err := trustdir.ResolveStore(s)
 		if err != nil {
 			return obs, fmt.Errorf("list unfinished sessions: %w", err)
 		}
@@ -528,7 +529,7 @@ func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
 	case ActArm:
 		// The checked real path, so that a symlink swapped after the check
 		// cannot redirect the new session.
-		store, err := ResolveStore(d.Store)
+		store, err := trustdir.ResolveStore(d.Store)
 		if err != nil {
 			return err
 		}
@@ -724,7 +725,7 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 		}
 		// Checked before it is made; its real path is what is made,
 		// recorded and used.
-		if store, err = ResolveStore(store); err != nil {
+		if store, err = trustdir.ResolveStore(store); err != nil {
 			return deviceErr(op, req.Device, "", err)
 		}
 		if err := os.MkdirAll(store, 0o755); err != nil {

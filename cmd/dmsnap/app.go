@@ -13,6 +13,7 @@ import (
 
 	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/internal/passwd"
+	"github.com/dmsnap/dmsnap/internal/trustdir"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
@@ -101,7 +102,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			// is: the registry says which devices are stacked and where
 			// their sessions go. Its real path is what the command uses.
 			var err error
-			if e.state, err = session.ResolveStateDir(e.state); err != nil {
+			if e.state, err = trustdir.ResolveStateDir(e.state); err != nil {
 				fmt.Fprintf(stderr, "dmsnap %s: %v\n", c.name, err)
 				return exitCode(err)
 			}

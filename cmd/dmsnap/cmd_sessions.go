@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dmsnap/dmsnap/internal/trustdir"
 	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
@@ -85,7 +86,7 @@ func runSessions(e *env, args []string) error {
 		// What the store holds is restored onto devices: refuse one that
 		// others could have written to, and use its real path from now on.
 		var err error
-		if e.store, err = session.ResolveStore(e.store); err != nil {
+		if e.store, err = trustdir.ResolveStore(e.store); err != nil {
 			return err
 		}
 	}

@@ -1,4 +1,4 @@
-package session
+package trustdir
 
 import (
 	"errors"
@@ -64,7 +64,7 @@ func TestCheckStore(t *testing.T) {
 			}
 		}
 		err := checkStore(tc.store)
-		var ie *InsecureStoreError
+		var ie *InsecureError
 		if !errors.Is(err, ErrInsecureStore) || !errors.As(err, &ie) {
 			t.Errorf("%s: %v, want ErrInsecureStore", tc.store, err)
 			continue
@@ -126,7 +126,7 @@ func TestResolveStoreRefusesOthersSymlinks(t *testing.T) {
 		{link(t, evil, filepath.Join(sticky, "chain"), 0), evil, store},
 	} {
 		got, err := ResolveStore(tc.path)
-		var ie *InsecureStoreError
+		var ie *InsecureError
 		if !errors.Is(err, ErrInsecureStore) || !errors.As(err, &ie) || got != "" {
 			t.Errorf("%s: %q, %v; want ErrInsecureStore", tc.path, got, err)
 			continue
@@ -237,7 +237,7 @@ func TestResolveStateDir(t *testing.T) {
 	state := filepath.Dir(store) // a good directory
 	evil := link(t, state, filepath.Join(sticky, "state"), 4242)
 	got, err := ResolveStateDir(evil)
-	var ie *InsecureStoreError
+	var ie *InsecureError
 	if !errors.Is(err, ErrInsecureStateDir) || errors.Is(err, ErrInsecureStore) || !errors.As(err, &ie) || ie.Dir != evil || got != "" {
 		t.Fatalf("ResolveStateDir(%s) = %q, %v; want ErrInsecureStateDir blaming the symlink", evil, got, err)
 	}

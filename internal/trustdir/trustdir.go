@@ -1,4 +1,9 @@
-package session
+// Package trustdir checks the directories dmsnap trusts with what it
+// writes onto devices, the store (--store) and the state directory
+// (--state): no one but root or the user running dmsnap may be able to
+// write to them, to a directory above them, or redirect a symlink on the
+// way to them. It returns their real paths, to be used from then on.
+package trustdir
 
 import (
 	"errors"
@@ -25,8 +30,9 @@ var ErrInsecureStore = errors.New("insecure store")
 // holds the control password's hash.
 var ErrInsecureStateDir = errors.New("insecure state directory")
 
-// InsecureStoreError names the directory or symlink at fault and the fix.
-type InsecureStoreError struct {
+// InsecureError (ErrInsecureStore or ErrInsecureStateDir) names the
+// directory or symlink at fault and the fix.
+type InsecureError struct {
 	Store string // the store (or state directory) asked for
 	Dir   string // the directory at fault (the store or one above it), or the symlink
 	Mode  uint32 // permission bits, with the sticky bit (0o1000); 0 for a symlink
@@ -39,7 +45,7 @@ type InsecureStoreError struct {
 	StateDir bool
 }
 
-func (e *InsecureStoreError) Error() string {
+func (e *InsecureError) Error() string {
 	role, flag, risk := "store", "--store", "plant sessions that a restore would write onto the device"
 	if e.StateDir {
 		role, flag, risk = "state directory", "--state", "rewrite the registry (which devices dmsnap stacks, where their sessions go) or the control password"
@@ -56,7 +62,7 @@ func (e *InsecureStoreError) Error() string {
 		role, e.Store, what, e.Why, e.Mode, e.UID, risk, e.Fix)
 }
 
-func (e *InsecureStoreError) Unwrap() error {
+func (e *InsecureError) Unwrap() error {
 	if e.StateDir {
 		return ErrInsecureStateDir
 	}
@@ -112,8 +118,8 @@ func (t trusted) errorf(format string, a ...any) error {
 	return fmt.Errorf("%s %s: %w", t.role(), t.path, fmt.Errorf(format, a...))
 }
 
-func (t trusted) insecure(dir string, st *unix.Stat_t) *InsecureStoreError {
-	return &InsecureStoreError{Store: t.path, Dir: dir, Mode: st.Mode & 0o7777, UID: st.Uid, StateDir: t.stateDir}
+func (t trusted) insecure(dir string, st *unix.Stat_t) *InsecureError {
+	return &InsecureError{Store: t.path, Dir: dir, Mode: st.Mode & 0o7777, UID: st.Uid, StateDir: t.stateDir}
 }
 
 func (t trusted) resolve() (string, error) {
