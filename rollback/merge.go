@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/system"
@@ -27,15 +26,9 @@ import (
 // overwrites; `dmsnap watch` puts the snapshot-origin back when the kernel is
 // done and removes the store.
 
-// LoadMergeTable loads the origin as snapshot-merge; a variable so that a
-// VM test can play a kernel that refuses the table.
-var LoadMergeTable = func(s dm.Stack, cow string, chunkSectors uint32) error {
-	return s.StartMerge(cow, chunkSectors)
-}
-
-// errMergeRefused wraps a kernel refusal of the snapshot-merge table: the
-// restore then falls back to writing the plan.
-var errMergeRefused = errors.New("the kernel refused the snapshot-merge table")
+// ErrMergeRefused wraps a kernel refusal of the snapshot-merge table
+// (Kernel.StartMerge): the restore then falls back to writing the plan.
+var ErrMergeRefused = errors.New("the kernel refused the snapshot-merge table")
 
 // errMergeNoSpace: no room for the merge store in the state directory; the
 // normal restore, which needs none, runs instead.
@@ -54,9 +47,9 @@ func (r *Restorer) restoreMerge(ctx context.Context, p *restore.Plan, chain []sn
 	if cur == nil {
 		return nil, nil, fmt.Errorf("%s has no armed session to record the merge (run dmsnap watch, or dmsnap attach %s)", r.Name, r.Device)
 	}
-	origin := dm.Stack{Name: r.Name}.OriginPath()
+	origin := r.cfg.originPath(r.Name)
 	mg, err := r.startMerge(ctx, p, chain[0].ID, cur.N)
-	if errors.Is(err, errMergeRefused) || errors.Is(err, errMergeNoSpace) {
+	if errors.Is(err, ErrMergeRefused) || errors.Is(err, errMergeNoSpace) {
 		r.cfg.warn("no instant restore: %v; restoring by writing the plan through %s instead (undoable as usual)", err, origin)
 		return nil, &MergeInfo{Requested: true, FallbackReason: err.Error()}, nil
 	}
@@ -76,7 +69,7 @@ func (r *Restorer) restoreMerge(ctx context.Context, p *restore.Plan, chain []sn
 // startMerge writes the plan p as the merge store and loads the origin as
 // snapshot-merge over it. The armed session (recording) was armed after the
 // one closed for the restore; nobody else has the origin open (the caller
-// holds it exclusively). A kernel refusal is errMergeRefused and leaves
+// holds it exclusively). A kernel refusal is ErrMergeRefused and leaves
 // nothing behind.
 func (r *Restorer) startMerge(ctx context.Context, p *restore.Plan, target string, recording int) (*session.Merge, error) {
 	state := r.cfg.State
@@ -92,8 +85,8 @@ func (r *Restorer) startMerge(ctx context.Context, p *restore.Plan, target strin
 	if mg := session.FindMerge(ms, r.Name); mg != nil {
 		return nil, fmt.Errorf("%s: an instant restore (to the state before %s) is still merging; wait for it (dmsnap status) (%w)", r.Name, mg.Session, session.ErrBusy)
 	}
-	stack := dm.Stack{Name: r.Name}
-	real, err := dm.Inspect(stack.RealPath())
+	k := r.cfg.kernel()
+	realPath, realSize, err := k.Real(r.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -105,42 +98,24 @@ func (r *Restorer) startMerge(ctx context.Context, p *restore.Plan, target strin
 	if err := os.MkdirAll(filepath.Dir(mg.COW), 0o700); err != nil {
 		return nil, err
 	}
-	drop := func(err error) (*session.Merge, error) {
+	// -real holds the state the closed session ended with: the armed
+	// session is empty and the origin is held exclusively.
+	if err := writePlanCow(ctx, p, mg.COW, realPath, realSize, int64(r.Active.ChunkSize)); err != nil {
+		os.Remove(mg.COW)
+		return nil, fmt.Errorf("writing the merge store %s: %w", mg.COW, err)
+	}
+	// The record first: a merge that runs is always recorded.
+	if err := session.SaveMerges(state, append(ms, mg)); err != nil {
 		os.Remove(mg.COW)
 		return nil, err
 	}
-	// -real holds the state the closed session ended with: the armed
-	// session is empty and the origin is held exclusively.
-	if err := writePlanCow(ctx, p, mg.COW, stack.RealPath(), int64(real.Sectors)*512, int64(r.Active.ChunkSize)); err != nil {
-		return drop(fmt.Errorf("writing the merge store %s: %w", mg.COW, err))
-	}
-	loop, err := dm.AttachLoop(mg.COW, dm.LoopOptions{AutoClear: true})
-	if err != nil {
-		return drop(err)
-	}
-	// AutoClear: the loop device goes with the merge table.
-	defer loop.Close()
-	// The record first: a merge that runs is always recorded.
-	if err := session.SaveMerges(state, append(ms, mg)); err != nil {
-		return drop(err)
-	}
 	session.Crashpoint(session.CrashpointMergeRecorded)
-	if err := LoadMergeTable(stack, loop.Path, r.Active.ChunkSectors()); err != nil {
+	if err := k.StartMerge(r.Name, mg.COW, r.Active.ChunkSectors()); err != nil {
 		if serr := session.SaveMerges(state, ms); serr != nil {
 			return nil, errors.Join(err, serr)
 		}
 		os.Remove(mg.COW)
-		var de *dm.Error
-		if errors.As(err, &de) && de.Op == "load table" {
-			return nil, fmt.Errorf("%w: %w", errMergeRefused, err)
-		}
 		return nil, err
-	}
-	// The origin's page cache may hold blocks read before the table
-	// changed under it: drop them, so the next reader sees the restore.
-	if f, err := os.Open(stack.OriginPath()); err == nil {
-		unix.IoctlSetInt(int(f.Fd()), unix.BLKFLSBUF, 0)
-		f.Close()
 	}
 	session.Crashpoint(session.CrashpointMergeLoaded)
 	mg.Phase = session.MergeRunning

@@ -33,6 +33,15 @@ type Config struct {
 	// dmsnap-NAME (nil: dm.Stack's). Host tests give the device file of
 	// sessiontest.System.ModelData, which stands for the origin there.
 	OriginPath func(name string) string
+	// Kernel is device-mapper for views and instant restores (nil: DM).
+	Kernel Kernel
+}
+
+func (c Config) kernel() Kernel {
+	if c.Kernel != nil {
+		return c.Kernel
+	}
+	return DM{}
 }
 
 func (c Config) originPath(name string) string {

@@ -39,7 +39,8 @@ type ViewInfo struct {
 
 // ViewsOf lists the open views of device name, for status; nil when there
 // are none or the views file cannot be read.
-func ViewsOf(state, name string) []ViewInfo {
+func ViewsOf(cfg Config, name string) []ViewInfo {
+	state := cfg.State
 	vs, _ := session.LoadViews(state)
 	var out []ViewInfo
 	for _, v := range vs {
@@ -48,28 +49,11 @@ func ViewsOf(state, name string) []ViewInfo {
 		}
 		j := ViewInfo{View: v, State: "opening"}
 		if !v.Opening {
-			j.State = viewState(v)
-			if st, err := dm.ViewStatus(v.DM); err == nil {
-				j.CowUsedBytes = st.Allocated * 512
-			}
+			j.State, j.CowUsedBytes = cfg.kernel().ViewState(v.DM)
 		}
 		out = append(out, j)
 	}
 	return out
-}
-
-// viewState is "active", "invalid" or "gone" (see ViewInfo).
-func viewState(v session.View) string {
-	st, err := dm.ViewStatus(v.DM)
-	switch {
-	case errors.Is(err, dm.ErrNotFound):
-		return "gone"
-	case err != nil:
-		return "unknown"
-	case !st.Valid():
-		return "invalid"
-	}
-	return "active"
 }
 
 func findView(vs []session.View, id string) int {
@@ -154,7 +138,7 @@ func CloseView(ctx context.Context, cfg Config, id string) (session.View, error)
 			return v, fmt.Errorf("unmount %s: %w", v.Mount, err)
 		}
 	}
-	if err := DropView(v); err != nil {
+	if err := dropView(cfg, v); err != nil {
 		return v, err
 	}
 	session.Crashpoint(session.CrashpointViewDropped)
@@ -214,12 +198,12 @@ func openView(ctx context.Context, cfg Config, id string) (session.View, error) 
 		return session.View{}, err
 	}
 	if i := findView(vs, id); i >= 0 {
-		if !vs[i].Opening && viewState(vs[i]) != "gone" {
+		if st, _ := cfg.kernel().ViewState(vs[i].DM); !vs[i].Opening && st != "gone" {
 			return vs[i], nil
 		}
 		// An open that a crash interrupted, or a view a reboot removed:
 		// clean up what is left, then open again.
-		if err := DropView(vs[i]); err != nil {
+		if err := dropView(cfg, vs[i]); err != nil {
 			return session.View{}, fmt.Errorf("cleaning up an interrupted open of the view of %s: %w", id, err)
 		}
 		vs = append(vs[:i], vs[i+1:]...)
@@ -238,8 +222,9 @@ func openView(ctx context.Context, cfg Config, id string) (session.View, error) 
 	if err := RefuseWhileMerging(cfg.State, r.Name, "opening a view"); err != nil {
 		return session.View{}, err
 	}
-	stack := dm.Stack{Name: r.Name}
-	if ok, err := stack.Active(); err != nil {
+	k := cfg.kernel()
+	origin := cfg.originPath(r.Name)
+	if ok, err := k.StackUp(r.Name); err != nil {
 		return session.View{}, err
 	} else if !ok {
 		return session.View{}, fmt.Errorf("%s is activated but its stack is not up (is %s present? dmsnap attach %s)", r.Name, r.Device, r.Device)
@@ -262,20 +247,20 @@ func openView(ctx context.Context, cfg Config, id string) (session.View, error) 
 			return session.View{}, fmt.Errorf("session %d of %s is still closing: retry when dmsnap watch has converted it", s.N, r.Name)
 		}
 	}
-	origin, err := dm.Info(stack.OriginName())
+	openers, err := k.OriginOpeners(r.Name)
 	if err != nil {
 		return session.View{}, err
 	}
-	if origin.OpenCount > 0 {
-		return session.View{}, fmt.Errorf("%s is in use (%d openers): unmount it and let its session close, then open the view (it may be mounted again once the view is open)", stack.OriginPath(), origin.OpenCount)
+	if openers > 0 {
+		return session.View{}, fmt.Errorf("%s is in use (%d openers): unmount it and let its session close, then open the view (it may be mounted again once the view is open)", origin, openers)
 	}
 	if cur := r.Active.Current(); cur != nil {
-		st, err := stack.SnapshotStatus(cur.N)
+		data, err := k.SnapshotData(r.Name, cur.N)
 		if err != nil {
 			return session.View{}, err
 		}
-		if st.DataSectors() > 0 {
-			return session.View{}, fmt.Errorf("%s was written since its last session closed (armed session %d holds %d sectors): a view would not show the state before %s; mount and unmount it to close that session first", stack.OriginPath(), cur.N, st.DataSectors(), id)
+		if data > 0 {
+			return session.View{}, fmt.Errorf("%s was written since its last session closed (armed session %d holds %d sectors): a view would not show the state before %s; mount and unmount it to close that session first", origin, cur.N, data, id)
 		}
 	}
 	p, _, err := r.plan(ctx, sessions[target:], nil)
@@ -290,7 +275,7 @@ func openView(ctx context.Context, cfg Config, id string) (session.View, error) 
 	if err := dm.ValidateName(strings.TrimPrefix(v.DM, dm.Prefix)); err != nil {
 		return session.View{}, fmt.Errorf("view name %s: %w", v.DM, err)
 	}
-	real, err := dm.Inspect(stack.RealPath())
+	realPath, realSize, err := k.Real(r.Name)
 	if err != nil {
 		return session.View{}, err
 	}
@@ -305,7 +290,7 @@ func openView(ctx context.Context, cfg Config, id string) (session.View, error) 
 	}
 	session.Crashpoint(session.CrashpointViewRecorded)
 	fail := func(err error) (session.View, error) {
-		if derr := DropView(v); derr != nil {
+		if derr := dropView(cfg, v); derr != nil {
 			return session.View{}, errors.Join(err, fmt.Errorf("undoing the open left pieces (dmsnap sessions close %s retries): %w", id, derr))
 		}
 		if serr := session.SaveViews(cfg.State, vs); serr != nil {
@@ -313,16 +298,10 @@ func openView(ctx context.Context, cfg Config, id string) (session.View, error) 
 		}
 		return session.View{}, err
 	}
-	if err := writePlanCow(ctx, p, v.COW, stack.RealPath(), int64(real.Sectors)*512, int64(r.Active.ChunkSize)); err != nil {
+	if err := writePlanCow(ctx, p, v.COW, realPath, realSize, int64(r.Active.ChunkSize)); err != nil {
 		return fail(fmt.Errorf("writing the view of %s: %w", id, err))
 	}
-	loop, err := dm.AttachLoop(v.COW, dm.LoopOptions{AutoClear: true})
-	if err != nil {
-		return fail(err)
-	}
-	// AutoClear: the loop device goes when the view's table is removed.
-	defer loop.Close()
-	if err := stack.AddView(v.DM, real, loop.Dev, r.Active.ChunkSectors()); err != nil {
+	if err := k.AddView(r.Name, v.DM, v.COW, r.Active.ChunkSectors()); err != nil {
 		return fail(err)
 	}
 	session.Crashpoint(session.CrashpointViewStacked)
@@ -333,14 +312,11 @@ func openView(ctx context.Context, cfg Config, id string) (session.View, error) 
 	return v, nil
 }
 
-// DropView removes whatever of view v exists: its device, the loop device
+// dropView removes whatever of view v exists: its device, the loop device
 // of its COW, the COW file. It refuses an open (mounted) view device.
-func DropView(v session.View) error {
-	if err := (dm.Stack{Name: v.Name}).RemoveView(v.DM); err != nil {
+func dropView(cfg Config, v session.View) error {
+	if err := cfg.kernel().RemoveView(v.Name, v.DM, v.COW); err != nil {
 		return err
-	}
-	if l, err := dm.FindLoop(v.COW); err == nil && l != nil {
-		dm.DetachLoop(l.Path)
 	}
 	if err := os.Remove(v.COW); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
