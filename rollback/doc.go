@@ -10,7 +10,10 @@
 // planning and verifying the chain, holding the device, rotating the live
 // session around the write, recording views and merges before the kernel
 // sees them. It reads the plan from package restore, sessions from
-// snapstore, and changes the stack through session.Manager and dm.Stack.
+// snapstore, and changes the stack through session.Manager (sessions) and
+// Kernel (views and merges; DM over device-mapper, a fake in the host
+// tests). Config.OriginPath and Config.Kernel are the seams the host tests
+// use, over session/sessiontest's data model.
 //
 // It must not talk to a terminal or print: the caller (cmd/dmsnap) asks
 // the questions, between Restorer.Prepare and Pending.Run, and prints the
