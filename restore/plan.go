@@ -27,7 +27,7 @@ func (e Extent) Sector() uint64 { return e.Start / SectorSize }
 
 // RecordOffset is the offset of the extent's first byte within its record's
 // pre-image.
-func (e Extent) RecordOffset() uint64 { return e.Start - e.Record.Start() }
+func (e Extent) RecordOffset() uint64 { return e.Start - uint64(e.Record.Start()) }
 
 // Plan is the restore plan over a chain of sessions of one device, ordered
 // oldest to newest: the session to restore to (the target) first, then
@@ -106,7 +106,8 @@ func (s *stream) advance() error {
 			return &SessionError{Session: s.id, Index: idx, Record: r,
 				Err: fmt.Errorf("%w: %d bytes, more than %d (64 MiB)", ErrRecordTooLarge, r.Size, MaxRecordSize)}
 		}
-		start, end := r.Start(), r.End()
+		// The range check above keeps both in [0, maxEnd]: exact as uint64.
+		start, end := uint64(r.Start()), uint64(r.End())
 		if s.seen {
 			if start < s.lastStart {
 				s.ok = false

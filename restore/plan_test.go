@@ -53,8 +53,8 @@ func checkExtents(sessions []*memSession, devSize uint64, exts []Extent) error {
 		if e.Index < 0 || e.Index >= int64(len(s.recs)) || s.recs[e.Index] != e.Record {
 			return fmt.Errorf("extent %d: record %d of session %d is not %+v", i, e.Index, e.Session, e.Record)
 		}
-		if e.Start < e.Record.Start() || e.End() > e.Record.End() {
-			return fmt.Errorf("extent %d [%d, %d) is not inside its record [%d, %d)", i, e.Start, e.End(), e.Record.Start(), e.Record.End())
+		if rs, rend := uint64(e.Record.Start()), uint64(e.Record.End()); e.Start < rs || e.End() > rend {
+			return fmt.Errorf("extent %d [%d, %d) is not inside its record [%d, %d)", i, e.Start, e.End(), rs, rend)
 		}
 		if e.End() > devSize {
 			return fmt.Errorf("extent %d ends past the device", i)
@@ -178,7 +178,7 @@ func TestPlanHandCases(t *testing.T) {
 			for i, recs := range tc.sessions {
 				ms = append(ms, newMemSession(rng, fmt.Sprintf("s%d", i), recs))
 				for _, r := range recs {
-					devSize = max(devSize, r.End())
+					devSize = max(devSize, uint64(r.End()))
 				}
 			}
 			got, err := collect(mustPlan(t, ms))
@@ -367,15 +367,16 @@ func FuzzPlan(f *testing.F) {
 				size = uint32(sz%64+1) * SectorSize
 			}
 			r := Record{Sector: sector, Size: size}
+			start, end := uint64(r.Start()), uint64(r.End())
 			if len(recs[s]) > 0 && !invalid[s] {
-				if r.Start() < lastStart[s] || r.Start() < lastEnd[s] {
+				if start < lastStart[s] || start < lastEnd[s] {
 					invalid[s] = true
 				}
 			}
-			lastStart[s], lastEnd[s] = r.Start(), r.End()
+			lastStart[s], lastEnd[s] = start, end
 			recs[s] = append(recs[s], r)
-			cursor[s] = max(cursor[s], (r.End()+SectorSize-1)/SectorSize)
-			devSize = max(devSize, r.End())
+			cursor[s] = max(cursor[s], (end+SectorSize-1)/SectorSize)
+			devSize = max(devSize, end)
 		}
 		rng := rand.New(rand.NewPCG(uint64(len(data)), 7))
 		var ms []*memSession

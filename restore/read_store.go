@@ -39,9 +39,7 @@ type storageOrderChecker interface {
 // checkInStorageOrder implements storageOrderChecker for a session dmsnap
 // wrote (with blocks.crc).
 func (a *StoreSession) checkInStorageOrder(ctx context.Context, add func(uint64), bad func(int64, Record, error) bool) (bool, error) {
-	return a.S.CheckInStorageOrder(ctx, add, func(idx int64, r snapstore.Record, err error) bool {
-		return bad(idx, Record{Sector: r.Sector, Size: r.Size, Offset: r.Offset}, err)
-	})
+	return a.S.CheckInStorageOrder(ctx, add, bad)
 }
 
 // recordReader reads whole records for the write pass.

@@ -1,25 +1,21 @@
 package restore
 
-import "io"
+import (
+	"io"
 
-// SectorSize is the unit of Record.Sector: blocks.map positions are in
-// 512-byte sectors whatever the device's logical block size.
-const SectorSize = 512
+	"github.com/dmsnap/dmsnap/snapstore"
+)
 
-// Record is one blocks.map record: Size bytes of pre-image for the device
-// bytes starting at Sector*SectorSize, stored at byte Offset of the session's
-// blocks.dat. It has the same fields as snapstore.Record.
-type Record struct {
-	Sector uint64
-	Size   uint32
-	Offset uint64
-}
+// SectorSize is the unit of Record.Sector (snapstore.SectorSize): blocks.map
+// positions are in 512-byte sectors whatever the device's logical block size.
+const SectorSize = snapstore.SectorSize
 
-// Start is the record's first device byte.
-func (r Record) Start() uint64 { return r.Sector * SectorSize }
-
-// End is one past the record's last device byte.
-func (r Record) End() uint64 { return r.Start() + uint64(r.Size) }
+// Record is one blocks.map record, snapstore.Record under the name the
+// planner's interfaces use: Size bytes of pre-image for the device bytes
+// [Start(), End()), stored at byte Offset of the session's blocks.dat. The
+// planner refuses a record whose End would not fit an int64 before it asks
+// for either.
+type Record = snapstore.Record
 
 // Session is one closed session as the planner sees it.
 type Session interface {

@@ -58,7 +58,7 @@ func (a *StoreSession) Records() (RecordIter, error) {
 // ReadRecord implements Session: snapstore checks the record's CRC-32C
 // where the session has one.
 func (a *StoreSession) ReadRecord(r Record, p []byte) error {
-	return a.S.ReadRecord(snapstore.Record{Sector: r.Sector, Size: r.Size, Offset: r.Offset}, p)
+	return a.S.ReadRecord(r, p)
 }
 
 // Info is what Preflight needs to know of the session, from its meta.json.
@@ -83,7 +83,7 @@ func (s storeIter) Next() (Record, error) {
 		}
 		return Record{}, io.EOF
 	}
-	return Record{Sector: e.Sector, Size: e.Size, Offset: e.Offset}, nil
+	return e.Record, nil
 }
 
 func (s storeIter) Close() error { return s.it.Close() }

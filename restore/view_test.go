@@ -55,7 +55,7 @@ func touchedChunks(ms []*memSession, cb uint64) map[uint64]bool {
 	m := map[uint64]bool{}
 	for _, s := range ms {
 		for _, r := range s.recs {
-			for c := r.Start() / cb; c*cb < r.End(); c++ {
+			for c := uint64(r.Start()) / cb; c*cb < uint64(r.End()); c++ {
 				m[c] = true
 			}
 		}

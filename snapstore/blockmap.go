@@ -39,10 +39,15 @@ type Record struct {
 	Offset uint64
 }
 
-// Start is the record's first origin byte.
+// Start is the record's first origin byte, Sector*SectorSize. It is exact
+// for a record whose End fits an int64, as for every record MapReader
+// returns (it refuses a sector past maxSector) and every record the
+// restore planner accepts (it refuses one ending past math.MaxInt64); an
+// int64 is what io.ReaderAt and io.WriterAt take.
 func (r Record) Start() int64 { return int64(r.Sector) * SectorSize }
 
-// End is one past the record's last origin byte.
+// End is one past the record's last origin byte, Start()+Size, under the
+// same condition as Start.
 func (r Record) End() int64 { return r.Start() + int64(r.Size) }
 
 // Append appends the record's 20 bytes to b.
