@@ -6,7 +6,7 @@ PKG ?= ./...
 FUZZTIME ?= 10000x
 export CGO_ENABLED := 0
 
-.PHONY: all build build-test test lint unit fuzz test-vm test-powercut soak vm-setup demo bench install clean
+.PHONY: all build build-test test lint unit host-deps fuzz test-vm test-powercut soak vm-setup demo bench install uninstall clean
 
 all: build
 
@@ -40,9 +40,13 @@ lint:
 	$(GO) tool staticcheck -tags vmhost ./cmd/dmsnap/
 
 # The release build's tests, then the crash points' own in the test build.
-unit:
+unit: host-deps
 	$(GO) test -count=1 $(PKG)
 	$(GO) test -count=1 -tags crashpoints ./session/
+
+# Debian packages the host tests need (bash-completion, man-db).
+host-deps:
+	hack/host-deps.sh
 
 fuzz:
 	hack/fuzz.sh $(FUZZTIME)
@@ -79,11 +83,21 @@ demo: build vm-setup
 bench: build vm-setup
 	hack/bench/run.sh
 
-# The binary, the systemd unit of the watcher and the udev rule (which dmsnap
-# keeps in step with its registry from then on).
+# The binary, the systemd unit of the watcher, the udev rule (which dmsnap
+# keeps in step with its registry from then on), the man pages and the
+# shell completions, under PREFIX (and DESTDIR when staging).
+PREFIX ?= /usr/local
+INSTALL_FILES = bin/dmsnap install-files --binary $(PREFIX)/sbin/dmsnap --prefix $(PREFIX) "$(or $(DESTDIR),/)"
+
 install: build
-	install -D -m 0755 bin/dmsnap $(DESTDIR)/usr/local/sbin/dmsnap
-	bin/dmsnap install-files --binary /usr/local/sbin/dmsnap "$(or $(DESTDIR),/)"
+	install -D -m 0755 bin/dmsnap $(DESTDIR)$(PREFIX)/sbin/dmsnap
+	$(INSTALL_FILES)
+
+# Removes what install wrote (install-files --list names it). The store and
+# the state directory stay: they hold the sessions.
+uninstall: build
+	$(INSTALL_FILES) --list | xargs -r rm -f --
+	rm -f $(DESTDIR)$(PREFIX)/sbin/dmsnap
 
 clean:
 	rm -rf bin

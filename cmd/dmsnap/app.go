@@ -6,10 +6,9 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"sort"
 	"strings"
 
-	"github.com/spf13/pflag"
+	"github.com/spf13/cobra"
 
 	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/internal/passwd"
@@ -32,6 +31,11 @@ const (
 	exitCannotVerify = 5
 )
 
+// exitCodesHelp ends the top-level help and the man page.
+const exitCodesHelp = `Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device busy or
+mounted (or the lock held), 5 cannot verify (an OS error reading a session,
+not damage).`
+
 // env is what every subcommand gets: its streams and the global settings.
 type env struct {
 	ctx    context.Context
@@ -42,15 +46,12 @@ type env struct {
 	state  string // --state: registry, lock (not the password: passwd.Path)
 }
 
-// command is one subcommand. run gets the arguments after the subcommand's
-// name, with the global flags already removed.
-type command struct {
-	name    string
-	summary string
-	hidden  bool
-	noState bool // does not use the state directory: not checked for it
-	run     func(e *env, args []string) error
-}
+// Annotations a command may carry.
+const (
+	// annoNoState: the command does not use the state directory, which is
+	// then not checked for it.
+	annoNoState = "dmsnap/no-state"
+)
 
 // usageError marks a mistake on the command line (exit code 2).
 type usageError struct{ msg string }
@@ -59,66 +60,163 @@ func (u usageError) Error() string { return u.msg }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
 
-// registered holds the subcommands; each cmd_*.go file adds its own in init,
-// so that subcommands live one to a file.
-var registered []command
+// registered holds the constructors of the top-level commands; each cmd_*.go
+// file adds its own in init, so that commands live one to a file. They are
+// built anew for every run (tests run many), over that run's env.
+var registered []func(e *env) *cobra.Command
 
-func register(c command) { registered = append(registered, c) }
+func register(f func(e *env) *cobra.Command) { registered = append(registered, f) }
 
-func commands() []command { return registered }
+// newRoot builds the command tree over e.
+func newRoot(e *env) *cobra.Command {
+	// The root's hook (the state directory's check) runs before a group's
+	// own (sessions: the store's), not instead of it.
+	cobra.EnableTraverseRunHooks = true
+	root := &cobra.Command{
+		Use:   "dmsnap",
+		Short: "mount-scoped snapshot sessions for block devices, through device-mapper",
+		Long: `dmsnap gives a block device snapshot sessions: once a device is activated,
+each mount to unmount of /dev/mapper/dmsnap-NAME is a session, the
+pre-image of every block it overwrites is kept in the store, and
+dmsnap restore puts the device back, byte for byte, to its state before
+any session. See README.md and docs/ for the whole story.
+
+` + exitCodesHelp,
+		Version:       versionString(),
+		SilenceErrors: true, // run prints them, with the command's name
+		SilenceUsage:  true, // a usage error says where the help is instead
+		// No arguments: print the help, a usage mistake (exit 2). An unknown
+		// command lands here too (Args is set, so cobra does not refuse it
+		// itself, with its own error that is no usageError).
+		Args: cobra.ArbitraryArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				c.SetOut(e.stderr)
+				c.Help()
+				return usageError{"a command is needed"}
+			}
+			return unknownCommand(c, args[0])
+		},
+	}
+	root.SetIn(e.stdin)
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
+	root.SetVersionTemplate("dmsnap {{.Version}}\n")
+	root.PersistentFlags().StringVar(&e.store, "store", "/snapshot", "the store `DIR`, where the sessions go")
+	root.PersistentFlags().StringVar(&e.state, "state", session.DefaultStateDir, "the state `DIR` (registry, lock)")
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usagef("%v (see %s --help)", err, c.CommandPath())
+	})
+	root.PersistentPreRunE = func(c *cobra.Command, args []string) error {
+		// Paths under the state directory are recorded in its files (merge
+		// stores, view COWs) and checked to lie in it: absolute from here on.
+		if abs, err := filepath.Abs(e.state); err == nil {
+			e.state = abs
+		}
+		if !needsState(c) {
+			return nil
+		}
+		// Checked once, before the command does anything, as the store is:
+		// the registry says which devices are stacked and where their
+		// sessions go. Its real path is what the command uses.
+		var err error
+		e.state, err = trustdir.ResolveStateDir(e.state)
+		return err
+	}
+	for _, f := range registered {
+		root.AddCommand(f(e))
+	}
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			c.Annotations = map[string]string{annoNoState: "yes"}
+		}
+	}
+	root.SetUsageTemplate(usageTemplate)
+	return root
+}
+
+// needsState reports whether c uses the state directory: not the help,
+// the version, or a completion script (completing reads the registry, but
+// only if it can).
+func needsState(c *cobra.Command) bool {
+	for p := c; p != nil; p = p.Parent() {
+		if p.Annotations[annoNoState] != "" {
+			return false
+		}
+		switch p.Name() {
+		case "help", cobra.ShellCompRequestCmd, cobra.ShellCompNoDescRequestCmd:
+			return false
+		}
+	}
+	return c.HasParent()
+}
+
+// unknownCommand is the usage error for a command name c does not have,
+// with cobra's suggestions of what was meant.
+func unknownCommand(c *cobra.Command, name string) error {
+	msg := fmt.Sprintf("unknown command %q", name)
+	if c.SuggestionsMinimumDistance <= 0 {
+		c.SuggestionsMinimumDistance = 2 // cobra's default, set only on its own paths
+	}
+	if s := c.SuggestionsFor(name); len(s) > 0 {
+		msg += fmt.Sprintf("; did you mean %s?", strings.Join(s, " or "))
+	}
+	return usagef("%s (see %s --help)", msg, c.CommandPath())
+}
+
+// group makes a command that only holds subcommands: run alone or with an
+// unknown subcommand, it is a usage error naming them.
+func group(c *cobra.Command) *cobra.Command {
+	c.Args = cobra.ArbitraryArgs
+	c.RunE = func(c *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			var names []string
+			for _, s := range c.Commands() {
+				if s.IsAvailableCommand() {
+					names = append(names, s.Name())
+				}
+			}
+			return usagef("%s needs a subcommand: %s (see %s --help)", c.CommandPath(), strings.Join(names, ", "), c.CommandPath())
+		}
+		return unknownCommand(c, args[0])
+	}
+	return c
+}
+
+// usageTemplate is cobra's, without a usage line for the commands that
+// only hold others (they run only to say so), and with the global flags
+// named so.
+const usageTemplate = `Usage:{{if and .Runnable (not .HasAvailableSubCommands)}}
+  {{.UseLine}}{{end}}{{if .HasAvailableSubCommands}}
+  {{.CommandPath}} COMMAND{{end}}{{if .HasAvailableSubCommands}}
+
+Commands:{{range .Commands}}{{if (or .IsAvailableCommand (eq .Name "help"))}}
+  {{rpad .Name .NamePadding }} {{.Short}}{{end}}{{end}}{{end}}{{if .HasAvailableLocalFlags}}
+
+Flags:
+{{.LocalFlags.FlagUsages | trimTrailingWhitespaces}}{{end}}{{if .HasAvailableInheritedFlags}}
+
+Global flags:
+{{.InheritedFlags.FlagUsages | trimTrailingWhitespaces}}{{end}}{{if .HasAvailableSubCommands}}
+
+Use "{{.CommandPath}} COMMAND --help" for more about a command.{{end}}
+`
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e := &env{ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr}
-	global := pflag.NewFlagSet("dmsnap", pflag.ContinueOnError)
-	global.SetInterspersed(false)
-	global.SetOutput(io.Discard)
-	global.StringVar(&e.store, "store", "/snapshot", "directory of the session store")
-	global.StringVar(&e.state, "state", "/var/lib/dmsnap", "directory of dmsnap's state (registry, lock)")
-	help := global.BoolP("help", "h", false, "show help")
-	if err := global.Parse(args); err != nil {
-		fmt.Fprintf(stderr, "dmsnap: %v\n", err)
-		printUsage(stderr, global)
-		return exitUsage
-	}
-	// Paths under the state directory are recorded in its files (merge
-	// stores, view COWs) and checked to lie in it: absolute from here on.
-	if abs, err := filepath.Abs(e.state); err == nil {
-		e.state = abs
-	}
-	rest := global.Args()
-	if *help || len(rest) == 0 || rest[0] == "help" {
-		printUsage(stdout, global)
-		if len(rest) == 0 && !*help {
-			return exitUsage
-		}
+	root := newRoot(e)
+	root.SetArgs(args)
+	c, err := root.ExecuteContextC(ctx)
+	if err == nil {
 		return exitOK
 	}
-	for _, c := range commands() {
-		if c.name != rest[0] {
-			continue
-		}
-		if !c.noState {
-			// Checked once, before the command does anything, as the store
-			// is: the registry says which devices are stacked and where
-			// their sessions go. Its real path is what the command uses.
-			var err error
-			if e.state, err = trustdir.ResolveStateDir(e.state); err != nil {
-				fmt.Fprintf(stderr, "dmsnap %s: %v\n", c.name, err)
-				return exitCode(err)
-			}
-		}
-		err := c.run(e, rest[1:])
-		if err == nil {
-			return exitOK
-		}
-		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "dmsnap %s: %v\n", c.name, err)
-		return exitCode(err)
+	name := "dmsnap"
+	if c != nil {
+		name = c.CommandPath()
 	}
-	fmt.Fprintf(stderr, "dmsnap: unknown command %q (see dmsnap help)\n", rest[0])
-	return exitUsage
+	fmt.Fprintf(stderr, "%s: %v\n", name, err)
+	return exitCode(err)
 }
 
 // exitCode maps an error to the documented exit codes.
@@ -146,59 +244,13 @@ func wrote(err error) bool {
 	return errors.As(err, &pw) && pw.Written > 0 || errors.As(err, &ie)
 }
 
-func printUsage(w io.Writer, global *pflag.FlagSet) {
-	fmt.Fprintln(w, "usage: dmsnap [--store DIR] [--state DIR] COMMAND [ARGS]")
-	fmt.Fprintln(w, "\ncommands:")
-	cmds := commands()
-	sort.Slice(cmds, func(i, j int) bool { return cmds[i].name < cmds[j].name })
-	for _, c := range cmds {
-		if !c.hidden {
-			fmt.Fprintf(w, "  %-20s %s\n", c.name, c.summary)
+// argsBetween checks a command's positional arguments: between min and max of
+// them (max < 0: no limit), else the usage error msg.
+func argsBetween(min, max int, msg string) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if len(args) < min || max >= 0 && len(args) > max {
+			return usagef("%s (see %s --help)", msg, c.CommandPath())
 		}
+		return nil
 	}
-	fmt.Fprintln(w, "\nglobal flags:")
-	global.SetOutput(w)
-	fmt.Fprint(w, strings.TrimRight(flagUsages(global), "\n")+"\n")
-	fmt.Fprintln(w, "\nexit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device busy or mounted,")
-	fmt.Fprintln(w, "5 cannot verify (an OS error reading a session, not damage)")
-}
-
-// flagUsages is fs.FlagUsages without the "[=true|false]" pflag shows after
-// a bool flag: it takes no value on the command line. The columns stay
-// aligned.
-func flagUsages(fs *pflag.FlagSet) string {
-	return strings.ReplaceAll(fs.FlagUsages(), "[=true|false]", strings.Repeat(" ", len("[=true|false]")))
-}
-
-// newFlags makes a subcommand's flag set that reports errors instead of exiting.
-func newFlags(e *env, name string) *pflag.FlagSet {
-	fs := pflag.NewFlagSet("dmsnap "+name, pflag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	// A command with its own help text replaces this one.
-	fs.Usage = func() {
-		fmt.Fprintf(e.stderr, "usage: dmsnap %s", name)
-		if fs.HasFlags() {
-			fmt.Fprint(e.stderr, " [flags]")
-		}
-		for _, c := range commands() {
-			if c.name == name {
-				fmt.Fprintf(e.stderr, "\n\n%s\n", c.summary)
-			}
-		}
-		if fs.HasFlags() {
-			fmt.Fprint(e.stderr, "\nflags:\n", flagUsages(fs))
-		}
-	}
-	return fs
-}
-
-// parseFlags parses a subcommand's flags and turns their errors into usage errors.
-func parseFlags(fs *pflag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return err
-		}
-		return usageError{err.Error()}
-	}
-	return nil
 }

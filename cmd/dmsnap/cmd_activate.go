@@ -3,17 +3,25 @@ package main
 import (
 	"fmt"
 
+	"github.com/spf13/cobra"
+
 	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/session"
 )
 
-func init() {
-	register(command{name: "activate", summary: "put a block device under dmsnap and arm its first session", run: runActivate})
+func init() { register(activateCmd) }
+
+type activateFlags struct {
+	name, chunk, prealloc string
+	pw                    passwordFlags
 }
 
-const activateHelp = `usage: dmsnap activate DEVICE [--name NAME] [--chunk-size 4KiB] [--prealloc 256MiB] [--password-stdin|--password-file FILE]
-
-Builds the dmsnap stack over DEVICE (which must not be mounted) and arms its
+func activateCmd(e *env) *cobra.Command {
+	var f activateFlags
+	c := &cobra.Command{
+		Use:   "activate DEVICE",
+		Short: "put a block device under dmsnap and arm its first session",
+		Long: `Builds the dmsnap stack over DEVICE (which must not be mounted) and arms its
 first session. Mount /dev/mapper/dmsnap-NAME from then on: every mount to
 unmount of it is one session in the store.
 
@@ -24,50 +32,47 @@ to the store's block device instead of through its filesystem: first writes
 to the device cost about what they cost under an LVM snapshot. A session
 gives back what it did not use when it closes. 0 turns this off.
 
-Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device mounted or busy.
-`
+Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device mounted or busy.`,
+		Args:              argsBetween(1, 1, "activate takes one DEVICE"),
+		ValidArgsFunction: completeBlockDevices,
+		RunE:              func(c *cobra.Command, args []string) error { return runActivate(e, f, args[0]) },
+	}
+	fs := c.Flags()
+	fs.StringVar(&f.name, "name", "", "dmsnap `NAME` of the device (default: the device's base name)")
+	fs.StringVar(&f.chunk, "chunk-size", "4KiB", "snapshot chunk `SIZE`, a power of two from 4KiB to 512KiB")
+	fs.StringVar(&f.prealloc, "prealloc", fmt.Sprintf("%dMiB", session.DefaultPrealloc>>20), "`SIZE` of each new COW file written ahead (0: none)")
+	f.pw.add(fs)
+	return c
+}
 
-func runActivate(e *env, args []string) error {
-	fs := newFlags(e, "activate")
-	name := fs.String("name", "", "dmsnap `NAME` of the device (default: the device's base name)")
-	chunk := fs.String("chunk-size", "4KiB", "snapshot chunk `SIZE`, a power of two from 4KiB to 512KiB")
-	prealloc := fs.String("prealloc", fmt.Sprintf("%dMiB", session.DefaultPrealloc>>20), "`SIZE` of each new COW file written ahead (0: none)")
-	var pw passwordFlags
-	pw.add(fs)
-	fs.Usage = func() { fmt.Fprint(e.stderr, activateHelp, "\nflags:\n", flagUsages(fs)) }
-	if err := parseFlags(fs, args); err != nil {
+func runActivate(e *env, f activateFlags, device string) error {
+	if err := f.pw.check(); err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return usagef("activate takes one DEVICE (see dmsnap activate --help)")
-	}
-	if err := pw.check(); err != nil {
-		return err
-	}
-	size, err := units.ParseSize(*chunk)
+	size, err := units.ParseSize(f.chunk)
 	if err != nil {
 		return usagef("--chunk-size: %v", err)
 	}
 	if size > session.MaxChunkSize || session.ValidateChunkSize(uint32(size)) != nil {
-		return usagef("--chunk-size %s: use a power of two from 4KiB to 512KiB", *chunk)
+		return usagef("--chunk-size %s: use a power of two from 4KiB to 512KiB", f.chunk)
 	}
-	pre, err := units.ParseSize(*prealloc)
+	pre, err := units.ParseSize(f.prealloc)
 	if err != nil {
 		return usagef("--prealloc: %v", err)
 	}
 	if pre > 1<<62 {
-		return usagef("--prealloc %s: too large", *prealloc)
+		return usagef("--prealloc %s: too large", f.prealloc)
 	}
-	if *name != "" {
-		if err := session.ValidateName(*name); err != nil {
+	if f.name != "" {
+		if err := session.ValidateName(f.name); err != nil {
 			return usagef("--name: %v", err)
 		}
 	}
-	if err := requireSecret(e, &pw); err != nil {
+	if err := requireSecret(e, &f.pw); err != nil {
 		return err
 	}
 	m := newManager(e)
-	d, err := m.Activate(e.ctx, session.ActivateRequest{Device: fs.Arg(0), Name: *name, ChunkSize: uint32(size), Store: e.store, Prealloc: int64(pre)})
+	d, err := m.Activate(e.ctx, session.ActivateRequest{Device: device, Name: f.name, ChunkSize: uint32(size), Store: e.store, Prealloc: int64(pre)})
 	if err != nil {
 		return err
 	}

@@ -4,16 +4,23 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/spf13/cobra"
+
 	"github.com/dmsnap/dmsnap/session"
 )
 
-func init() {
-	register(command{name: "attach", summary: "re-attach an activated device that (re)appeared (run by udev)", run: runAttach})
-}
+func init() { register(attachCmd) }
 
-const attachHelp = `usage: dmsnap attach DEVICE [--force-identity [--name NAME] [--password-stdin|--password-file FILE]]
-
-Rebuilds the dmsnap stack of an activated device that appeared at DEVICE (at
+func attachCmd(e *env) *cobra.Command {
+	var (
+		force bool
+		name  string
+		pw    passwordFlags
+	)
+	c := &cobra.Command{
+		Use:   "attach DEVICE",
+		Short: "re-attach an activated device that (re)appeared (run by udev)",
+		Long: `Rebuilds the dmsnap stack of an activated device that appeared at DEVICE (at
 boot or on hot-plug; the udev rule runs this) and re-attaches its armed
 session, whose pre-images are kept. Does nothing when the stack is up.
 An instant restore (restore --merge) that a reboot interrupted is resumed
@@ -27,35 +34,34 @@ before a byte is written anywhere, and the message names both devices.
 activated device at all) and records its identity from then on: only for a
 device you know to be the same one. It asks for the control password.
 
-Exit codes: 0 ok, 1 failure (another device), 2 usage, 3 wrong password, 4 device busy.
-`
-
-func runAttach(e *env, args []string) error {
-	fs := newFlags(e, "attach")
-	force := fs.Bool("force-identity", false, "attach DEVICE even though its identity differs from the activated device's, and record it")
-	name := fs.String("name", "", "with --force-identity: the dmsnap `NAME` to attach DEVICE as")
-	var pw passwordFlags
+Exit codes: 0 ok, 1 failure (another device), 2 usage, 3 wrong password, 4 device busy.`,
+		Args:              argsBetween(1, 1, "attach takes one DEVICE"),
+		ValidArgsFunction: completeBlockDevices,
+		RunE: func(c *cobra.Command, args []string) error {
+			return runAttach(e, args[0], name, force, &pw)
+		},
+	}
+	fs := c.Flags()
+	fs.BoolVar(&force, "force-identity", false, "attach DEVICE even though its identity differs from the activated device's, and record it")
+	fs.StringVar(&name, "name", "", "with --force-identity: the dmsnap `NAME` to attach DEVICE as")
 	pw.add(fs)
-	fs.Usage = func() { fmt.Fprint(e.stderr, attachHelp, "\nflags:\n", flagUsages(fs)) }
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("attach takes one DEVICE (see dmsnap attach --help)")
-	}
-	if *name != "" && !*force {
+	return c
+}
+
+func runAttach(e *env, device, name string, force bool, pw *passwordFlags) error {
+	if name != "" && !force {
 		return usagef("--name goes with --force-identity: without it, attach finds the device's name itself")
 	}
 	if err := pw.check(); err != nil {
 		return err
 	}
-	if *force {
-		if err := requireSecret(e, &pw); err != nil {
+	if force {
+		if err := requireSecret(e, pw); err != nil {
 			return err
 		}
 	}
 	m := newManager(e)
-	rep, err := m.Attach(e.ctx, fs.Arg(0), session.AttachOptions{Name: *name, ForceIdentity: *force})
+	rep, err := m.Attach(e.ctx, device, session.AttachOptions{Name: name, ForceIdentity: force})
 	if err != nil {
 		return err
 	}

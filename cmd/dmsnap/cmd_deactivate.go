@@ -2,41 +2,38 @@ package main
 
 import (
 	"fmt"
+
+	"github.com/spf13/cobra"
 )
 
-func init() {
-	register(command{name: "deactivate", summary: "close a device's sessions and take it out of dmsnap", run: runDeactivate})
-}
+func init() { register(deactivateCmd) }
 
-const deactivateHelp = `usage: dmsnap deactivate NAME|DEVICE [--password-stdin|--password-file FILE]
-
-Closes and converts the device's sessions, tears its dmsnap stack down and
+func deactivateCmd(e *env) *cobra.Command {
+	var pw passwordFlags
+	c := &cobra.Command{
+		Use:   "deactivate NAME|DEVICE",
+		Short: "close a device's sessions and take it out of dmsnap",
+		Long: `Closes and converts the device's sessions, tears its dmsnap stack down and
 forgets it. The device keeps its content and its sessions stay in the store.
 The device must not be mounted.
 
-Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device mounted or busy.
-`
-
-func runDeactivate(e *env, args []string) error {
-	fs := newFlags(e, "deactivate")
-	var pw passwordFlags
-	pw.add(fs)
-	fs.Usage = func() { fmt.Fprint(e.stderr, deactivateHelp, "\nflags:\n", flagUsages(fs)) }
-	if err := parseFlags(fs, args); err != nil {
-		return err
+Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device mounted or busy.`,
+		Args:              argsBetween(1, 1, "deactivate takes one NAME or DEVICE"),
+		ValidArgsFunction: completeDevices(e),
+		RunE: func(c *cobra.Command, args []string) error {
+			if err := pw.check(); err != nil {
+				return err
+			}
+			if err := requireSecret(e, &pw); err != nil {
+				return err
+			}
+			if err := newManager(e).Deactivate(e.ctx, args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "deactivated %s; its sessions stay in the store\n", args[0])
+			return nil
+		},
 	}
-	if fs.NArg() != 1 {
-		return usagef("deactivate takes one NAME or DEVICE (see dmsnap deactivate --help)")
-	}
-	if err := pw.check(); err != nil {
-		return err
-	}
-	if err := requireSecret(e, &pw); err != nil {
-		return err
-	}
-	if err := newManager(e).Deactivate(e.ctx, fs.Arg(0)); err != nil {
-		return err
-	}
-	fmt.Fprintf(e.stdout, "deactivated %s; its sessions stay in the store\n", fs.Arg(0))
-	return nil
+	pw.add(c.Flags())
+	return c
 }

@@ -5,34 +5,42 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/spf13/cobra"
+
 	"github.com/dmsnap/dmsnap/internal/hostfiles"
 	"github.com/dmsnap/dmsnap/session"
 )
 
-func init() {
-	register(command{name: "install-files", summary: "write the systemd unit and udev rule under DIR", hidden: true, run: runInstallFiles})
+func init() { register(installFilesCmd) }
+
+type installFlags struct {
+	binary, prefix string
+	list           bool
 }
 
-const installFilesHelp = `usage: dmsnap install-files [--binary PATH] DIR
-
-Writes DIR/etc/systemd/system/dmsnap-watch.service (runs dmsnap watch with the
-global --state and --store) and DIR/etc/udev/rules.d/90-dmsnap.rules (the rule
-for the devices activated now; dmsnap keeps the installed one in step). For
-make install: dmsnap install-files "$(DESTDIR)".
-`
-
-func runInstallFiles(e *env, args []string) error {
-	fs := newFlags(e, "install-files")
-	bin := fs.String("binary", hostfiles.DefaultBinary, "the dmsnap executable the unit and rule run")
-	fs.Usage = func() { fmt.Fprint(e.stderr, installFilesHelp) }
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func installFilesCmd(e *env) *cobra.Command {
+	var f installFlags
+	c := &cobra.Command{
+		Use:   "install-files DIR",
+		Short: "write the systemd unit, udev rule, man pages and completions under DIR",
+		Long: `Writes, under DIR: etc/systemd/system/dmsnap-watch.service (runs dmsnap watch
+with the global --state and --store), etc/udev/rules.d/90-dmsnap.rules (the
+rule for the devices activated now; dmsnap keeps the installed one in step),
+and under DIR/PREFIX the man pages (share/man/man8) and the bash, zsh and
+fish completions. For make install: dmsnap install-files "$(DESTDIR)".
+--list prints the paths only (make uninstall removes them).`,
+		Hidden: true,
+		Args:   argsBetween(1, 1, "install-files takes one DIR"),
+		RunE:   func(c *cobra.Command, args []string) error { return runInstallFiles(e, c.Root(), f, args[0]) },
 	}
-	if fs.NArg() != 1 {
-		return usagef("install-files takes one DIR")
-	}
-	root := fs.Arg(0)
-	gen := session.HostFileOptions(hostfiles.Options{Binary: *bin, StateDir: e.state, Store: e.store})
+	c.Flags().StringVar(&f.binary, "binary", hostfiles.DefaultBinary, "the dmsnap executable `PATH` the unit and rule run")
+	c.Flags().StringVar(&f.prefix, "prefix", "/usr/local", "the `PREFIX` under DIR of the man pages and completions")
+	c.Flags().BoolVar(&f.list, "list", false, "print the paths that would be written, and write nothing")
+	return c
+}
+
+func runInstallFiles(e *env, root *cobra.Command, f installFlags, dir string) error {
+	gen := session.HostFileOptions(hostfiles.Options{Binary: f.binary, StateDir: e.state, Store: e.store})
 	unit, err := hostfiles.SystemdUnit(gen)
 	if err != nil {
 		return err
@@ -41,20 +49,29 @@ func runInstallFiles(e *env, args []string) error {
 	if err != nil {
 		reg = &session.Registry{Version: session.RegistryVersion}
 	}
-	unitPath := filepath.Join(root, hostfiles.SystemdUnitPath)
-	if err := os.MkdirAll(filepath.Dir(unitPath), 0o755); err != nil {
+	rule, err := hostfiles.UdevRules(session.RegistryPath(gen.StateDir), reg.UdevDevices(), gen)
+	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(unitPath, []byte(unit), 0o644); err != nil {
-		return fmt.Errorf("write %s: %w", unitPath, err)
-	}
-	rulePath := filepath.Join(root, hostfiles.UdevRulePath)
-	if err := os.MkdirAll(filepath.Dir(rulePath), 0o755); err != nil {
+	docs, err := docFiles(root, f.prefix)
+	if err != nil {
 		return err
 	}
-	if err := hostfiles.WriteUdevRules(rulePath, session.RegistryPath(gen.StateDir), reg.UdevDevices(), gen); err != nil {
-		return fmt.Errorf("write %s: %w", rulePath, err)
+	files := []docFile{{hostfiles.SystemdUnitPath, []byte(unit)}, {hostfiles.UdevRulePath, []byte(rule)}}
+	for _, d := range docs {
+		files = append(files, docFile{filepath.Join(f.prefix, d.path), d.text})
 	}
-	fmt.Fprintf(e.stdout, "%s\n%s\n", unitPath, rulePath)
+	for _, file := range files {
+		p := filepath.Join(dir, file.path)
+		if !f.list {
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return err
+			}
+			if err := os.WriteFile(p, file.text, 0o644); err != nil {
+				return fmt.Errorf("write %s: %w", p, err)
+			}
+		}
+		fmt.Fprintln(e.stdout, p)
+	}
 	return nil
 }

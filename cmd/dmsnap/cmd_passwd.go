@@ -7,17 +7,23 @@ import (
 	"io"
 	"os"
 
+	"github.com/spf13/cobra"
+
 	"github.com/dmsnap/dmsnap/internal/passwd"
 	"github.com/dmsnap/dmsnap/session"
 )
 
-func init() {
-	register(command{name: "passwd", summary: "set or change the control password (activate, deactivate, prune, restore --no-undo)", run: runPasswd})
-}
+func init() { register(passwdCmd) }
 
-const passwdHelp = `usage: dmsnap passwd [--password-stdin|--password-file FILE] [--clear]
-
-Sets the control password that activate asks for, and so does every command
+func passwdCmd(e *env) *cobra.Command {
+	var (
+		pw     passwordFlags
+		remove bool
+	)
+	c := &cobra.Command{
+		Use:   "passwd",
+		Short: "set or change the control password (activate, deactivate, prune, restore --no-undo)",
+		Long: `Sets the control password that activate asks for, and so does every command
 that removes protection or restore points: deactivate, sessions prune (not
 --dry-run), restore --no-undo, and passwd itself (the old password first).
 Only a salted Argon2id hash is stored, in ` + passwd.Path + `, for
@@ -29,21 +35,16 @@ A password file that cannot be trusted (a symbolic link, damaged, writable by
 others, ...) refuses every command that needs the password, this one included:
 root removes it by hand (rm ` + passwd.Path + `) and sets a new password.
 
-Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong (old) password.
-`
+Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong (old) password.`,
+		Args: argsBetween(0, 0, "passwd takes no arguments"),
+		RunE: func(c *cobra.Command, args []string) error { return runPasswd(e, pw, remove) },
+	}
+	pw.add(c.Flags())
+	c.Flags().BoolVar(&remove, "clear", false, "remove the control password (the old one is asked)")
+	return c
+}
 
-func runPasswd(e *env, args []string) error {
-	fs := newFlags(e, "passwd")
-	var pw passwordFlags
-	pw.add(fs)
-	clear := fs.Bool("clear", false, "remove the control password (the old one is asked)")
-	fs.Usage = func() { fmt.Fprint(e.stderr, passwdHelp, "\nflags:\n", flagUsages(fs)) }
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 0 {
-		return usagef("passwd takes no arguments")
-	}
+func runPasswd(e *env, pw passwordFlags, remove bool) error {
 	if err := pw.check(); err != nil {
 		return err
 	}
@@ -66,11 +67,11 @@ func runPasswd(e *env, args []string) error {
 		if err := sec.Require(e.ctx, func() ([]byte, error) { return in.Read("current control password: ") }); err != nil {
 			return fmt.Errorf("control password: %w", err)
 		}
-	} else if *clear {
+	} else if remove {
 		fmt.Fprintln(e.stdout, "no control password is set")
 		return nil
 	}
-	if *clear {
+	if remove {
 		if err := sec.Clear(); err != nil {
 			return err
 		}

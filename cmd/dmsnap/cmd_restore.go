@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
 	"github.com/dmsnap/dmsnap/restore"
@@ -18,14 +19,9 @@ import (
 	"github.com/dmsnap/dmsnap/snapstore"
 )
 
-func init() {
-	register(command{name: "restore", summary: "return a device to its state before a session", run: runRestore})
-}
+func init() { register(restoreCmd) }
 
-const restoreUsage = `usage: dmsnap restore [NAME|DEVICE] [--session ID|latest] [--to FILE [--force]] [--dry-run] [--no-undo] [--merge] [--yes] [--json]
-                      [--password-stdin|--password-file FILE]
-
-Returns the device to its state before session ID: the pre-images of that
+const restoreHelp = `Returns the device to its state before session ID: the pre-images of that
 session and of every later one are written back, the oldest winning. Every
 session of the plan is verified before a byte is written.
 
@@ -77,10 +73,18 @@ type restoreFlags struct {
 	pw      passwordFlags // asked for with --no-undo
 }
 
-func runRestore(e *env, args []string) error {
-	fs := newFlags(e, "restore")
+func restoreCmd(e *env) *cobra.Command {
 	var f restoreFlags
-	fs.StringVar(&f.session, "session", "", "restore to the state before this session (an ID, or latest)")
+	c := &cobra.Command{
+		Use:               "restore [NAME|DEVICE]",
+		Short:             "return a device to its state before a session",
+		Long:              restoreHelp,
+		Args:              argsBetween(0, 1, "restore takes at most one device (NAME or DEVICE)"),
+		ValidArgsFunction: completeDevices(e),
+		RunE:              func(c *cobra.Command, args []string) error { return runRestore(e, f, args) },
+	}
+	fs := c.Flags()
+	fs.StringVar(&f.session, "session", "", "restore to the state before this session (an `ID`, or latest)")
 	fs.StringVar(&f.to, "to", "", "write the restored image to `FILE`; the device is only read")
 	fs.BoolVar(&f.force, "force", false, "with --to: overwrite FILE when it is not empty, or is a block device")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print the plan and write nothing")
@@ -89,15 +93,11 @@ func runRestore(e *env, args []string) error {
 	fs.BoolVarP(&f.yes, "yes", "y", false, "do not ask for confirmation")
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON")
 	f.pw.add(fs)
-	fs.Usage = func() {
-		fmt.Fprint(e.stderr, restoreUsage, "\nflags:\n", flagUsages(fs))
-	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 1 {
-		return usagef("restore takes at most one device (NAME or DEVICE), got %q", fs.Args())
-	}
+	c.RegisterFlagCompletionFunc("session", completeSessions(e, true))
+	return c
+}
+
+func runRestore(e *env, f restoreFlags, args []string) error {
 	if f.force && f.to == "" {
 		return usagef("--force goes with --to only: it allows overwriting the image file")
 	}
@@ -115,7 +115,11 @@ func runRestore(e *env, args []string) error {
 	if err := f.pw.check(); err != nil {
 		return err
 	}
-	return restoreCmd(e, f, fs.Arg(0))
+	arg := ""
+	if len(args) == 1 {
+		arg = args[0]
+	}
+	return restoreDevice(e, f, arg)
 }
 
 // isTerminal reports whether r is a terminal one can ask questions on.
@@ -159,7 +163,7 @@ func (c crashProgress) Add(n uint64) {
 	}
 }
 
-func restoreCmd(e *env, f restoreFlags, arg string) error {
+func restoreDevice(e *env, f restoreFlags, arg string) error {
 	tty := isTerminal(e.stdin)
 	var in *bufio.Reader
 	if tty {

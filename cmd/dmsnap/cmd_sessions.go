@@ -10,6 +10,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/dmsnap/dmsnap/internal/trustdir"
 	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/restore"
@@ -17,33 +20,10 @@ import (
 	"github.com/dmsnap/dmsnap/snapstore"
 )
 
-func init() {
-	register(command{name: "sessions", summary: "list, show, verify and prune the sessions in the store", run: runSessions})
-}
+func init() { register(sessionsCmd) }
 
-const sessionsHelp = `usage: dmsnap sessions list [NAME] [--json]
-       dmsnap sessions show ID [--json]
-       dmsnap sessions verify [ID...]
-       dmsnap sessions prune NAME (--keep N | --older-than DURATION) [--dry-run]
-                             [--password-stdin|--password-file FILE]
-       dmsnap sessions open ID;  dmsnap sessions mount ID DIR;  dmsnap sessions close ID
-
-list    the sessions of the store (of device NAME only when given), oldest first
-show    one session
-verify  check every checksum of the given sessions (all finished ones when none
-        is given); exit 1 naming each damaged file, offset and record
-prune   remove the oldest finished sessions of device NAME: all but the newest
-        N, or those that started more than DURATION ago (a Go duration such
-        as 36h, or whole days or weeks: 30d, 2w; at most 100 years). Live
-        sessions are never removed. Runs under the state lock. Asks for the
-        control password first when one is set (dmsnap passwd), except with
-        --dry-run: the sessions it removes are restore points.
-open    a read-only view of activated device NAME as it was before session ID:
-        /dev/mapper/dmsnap-NAME-atSECS, a snapshot over dmsnap-NAME-real (the
-        device may be mounted and written while the view is open)
-mount   open the view if needed and mount it read-only on DIR (ext4 ro,noload;
-        xfs ro,norecovery,nouuid; btrfs ro)
-close   unmount the view, remove its device and delete its COW
+const sessionsHelp = `The sessions in the store: list them, show one, verify their checksums,
+prune the oldest, and open read-only views of a device as it was before one.
 
 --json output of list is an array of sessions, of show one session:
   {"id": "sdb1_1700000000",          directory name, <name>_<unix seconds>
@@ -74,42 +54,25 @@ show adds "meta": meta.json as stored, for finished sessions.
 Exit codes: 0 ok, 1 failure (a damaged session for verify), 2 usage,
 3 wrong password (prune), 4 state locked, 5 cannot verify (verify could not
 read a session's files for a reason of the OS: permission, too many open
-files, an I/O error; that is not damage, and no session was found damaged).
-`
+files, an I/O error; that is not damage, and no session was found damaged).`
 
-func runSessions(e *env, args []string) error {
-	if len(args) == 0 {
-		return usagef("sessions needs a subcommand: list, show, verify or prune (see dmsnap sessions --help)")
-	}
-	switch args[0] {
-	case "list", "show", "verify", "prune", "open", "mount", "close":
-		// What the store holds is restored onto devices: refuse one that
-		// others could have written to, and use its real path from now on.
-		var err error
-		if e.store, err = trustdir.ResolveStore(e.store); err != nil {
+func sessionsCmd(e *env) *cobra.Command {
+	c := group(&cobra.Command{
+		Use:   "sessions",
+		Short: "list, show, verify and prune the sessions in the store; open views of them",
+		Long:  sessionsHelp,
+		PersistentPreRunE: func(c *cobra.Command, args []string) error {
+			// What the store holds is restored onto devices: refuse one
+			// that others could have written to, and use its real path
+			// from now on.
+			var err error
+			e.store, err = trustdir.ResolveStore(e.store)
 			return err
-		}
-	}
-	switch args[0] {
-	case "list":
-		return runSessionsList(e, args[1:])
-	case "show":
-		return runSessionsShow(e, args[1:])
-	case "verify":
-		return runSessionsVerify(e, args[1:])
-	case "prune":
-		return runSessionsPrune(e, args[1:])
-	case "open":
-		return runSessionsOpen(e, args[1:])
-	case "mount":
-		return runSessionsMount(e, args[1:])
-	case "close":
-		return runSessionsClose(e, args[1:])
-	case "-h", "--help", "help":
-		fmt.Fprint(e.stdout, sessionsHelp)
-		return nil
-	}
-	return usagef("sessions: unknown subcommand %q (list, show, verify, prune, open, mount, close)", args[0])
+		},
+	})
+	c.AddCommand(sessionsListCmd(e), sessionsShowCmd(e), sessionsVerifyCmd(e), sessionsPruneCmd(e),
+		sessionsOpenCmd(e), sessionsMountCmd(e), sessionsCloseCmd(e))
+	return c
 }
 
 // sessionJSON is one session in --json output; its shape is documented in
@@ -214,16 +177,20 @@ func describeSession(info snapstore.SessionInfo) sessionJSON {
 	return s
 }
 
-func runSessionsList(e *env, args []string) error {
-	fs := newFlags(e, "sessions list")
-	asJSON := fs.Bool("json", false, "print JSON (see dmsnap sessions --help)")
-	fs.Usage = func() { fmt.Fprint(e.stderr, sessionsHelp) }
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func sessionsListCmd(e *env) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:               "list [NAME]",
+		Short:             "list the sessions of the store (of device NAME only when given), oldest first",
+		Args:              argsBetween(0, 1, "sessions list takes at most one NAME"),
+		ValidArgsFunction: completeDevices(e),
+		RunE:              func(c *cobra.Command, args []string) error { return runSessionsList(e, asJSON, args) },
 	}
-	if fs.NArg() > 1 {
-		return usagef("sessions list takes at most one NAME")
-	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (see dmsnap sessions --help)")
+	return c
+}
+
+func runSessionsList(e *env, asJSON bool, args []string) error {
 	infos, err := snapstore.ListSessions(e.store)
 	if err != nil {
 		return fmt.Errorf("list the store %s: %w", e.store, err)
@@ -231,12 +198,12 @@ func runSessionsList(e *env, args []string) error {
 	points := restorePoints(infos)
 	out := []sessionJSON{}
 	for _, info := range infos {
-		if fs.NArg() == 1 && info.Name != fs.Arg(0) {
+		if len(args) == 1 && info.Name != args[0] {
 			continue
 		}
 		out = append(out, withRestorability(describeSession(info), points[info.ID]))
 	}
-	if *asJSON {
+	if asJSON {
 		return printJSON(e.stdout, out)
 	}
 	if len(out) == 0 {
@@ -284,17 +251,21 @@ func resolveSession(e *env, id string) (string, error) {
 	return dir, nil
 }
 
-func runSessionsShow(e *env, args []string) error {
-	fs := newFlags(e, "sessions show")
-	asJSON := fs.Bool("json", false, "print JSON (see dmsnap sessions --help)")
-	fs.Usage = func() { fmt.Fprint(e.stderr, sessionsHelp) }
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func sessionsShowCmd(e *env) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:               "show ID",
+		Short:             "show one session",
+		Args:              argsBetween(1, 1, "sessions show takes one session ID"),
+		ValidArgsFunction: completeSessions(e, false),
+		RunE:              func(c *cobra.Command, args []string) error { return runSessionsShow(e, asJSON, args[0]) },
 	}
-	if fs.NArg() != 1 {
-		return usagef("sessions show takes one session ID")
-	}
-	dir, err := resolveSession(e, fs.Arg(0))
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (see dmsnap sessions --help)")
+	return c
+}
+
+func runSessionsShow(e *env, asJSON bool, id string) error {
+	dir, err := resolveSession(e, id)
 	if err != nil {
 		return err
 	}
@@ -304,7 +275,7 @@ func runSessionsShow(e *env, args []string) error {
 	if infos, err := snapstore.ListSessions(filepath.Dir(dir)); err == nil {
 		s = withRestorability(s, restorePoints(infos)[info.ID])
 	}
-	if *asJSON {
+	if asJSON {
 		return printJSON(e.stdout, s)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
@@ -346,14 +317,21 @@ func runSessionsShow(e *env, args []string) error {
 	return tw.Flush()
 }
 
-func runSessionsVerify(e *env, args []string) error {
-	fs := newFlags(e, "sessions verify")
-	fs.Usage = func() { fmt.Fprint(e.stderr, sessionsHelp) }
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func sessionsVerifyCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "verify [ID...]",
+		Short: "check every checksum of the given sessions (all finished ones when none is given)",
+		Long: `Checks every checksum of the given sessions (all finished ones when none is
+given). Exit 1 naming each damaged file, offset and record; exit 5 when a
+session could not be read for a reason of the OS (not damage).`,
+		ValidArgsFunction: completeSessions(e, false),
+		RunE:              func(c *cobra.Command, args []string) error { return runSessionsVerify(e, args) },
 	}
+}
+
+func runSessionsVerify(e *env, args []string) error {
 	var dirs []string
-	if fs.NArg() == 0 {
+	if len(args) == 0 {
 		infos, err := snapstore.ListSessions(e.store)
 		if err != nil {
 			return fmt.Errorf("list the store %s: %w", e.store, err)
@@ -369,7 +347,7 @@ func runSessionsVerify(e *env, args []string) error {
 			return nil
 		}
 	}
-	for _, id := range fs.Args() {
+	for _, id := range args {
 		dir, err := resolveSession(e, id)
 		if err != nil {
 			return err
@@ -447,20 +425,37 @@ func verifyOne(e *env, dir string) int {
 	return verifyOK
 }
 
-func runSessionsPrune(e *env, args []string) error {
-	fs := newFlags(e, "sessions prune")
-	keep := fs.Int("keep", 0, "keep the newest `N` finished sessions")
-	older := fs.String("older-than", "", "remove sessions that started more than `DURATION` ago (e.g. 36h, 30d, 2w)")
-	dry := fs.Bool("dry-run", false, "show what would be removed")
-	var pw passwordFlags
-	pw.add(fs)
-	fs.Usage = func() { fmt.Fprint(e.stderr, sessionsHelp) }
-	if err := parseFlags(fs, args); err != nil {
-		return err
+type pruneFlags struct {
+	keep  int
+	older string
+	dry   bool
+	pw    passwordFlags
+}
+
+func sessionsPruneCmd(e *env) *cobra.Command {
+	var f pruneFlags
+	c := &cobra.Command{
+		Use:   "prune NAME (--keep N | --older-than DURATION)",
+		Short: "remove the oldest finished sessions of device NAME",
+		Long: `Removes the oldest finished sessions of device NAME: all but the newest N,
+or those that started more than DURATION ago (a Go duration such as 36h, or
+whole days or weeks: 30d, 2w; at most 100 years). Live sessions are never
+removed. Runs under the state lock. Asks for the control password first when
+one is set (dmsnap passwd), except with --dry-run: the sessions it removes
+are restore points.`,
+		Args:              argsBetween(1, 1, "sessions prune takes one device NAME"),
+		ValidArgsFunction: completeDevices(e),
+		RunE:              func(c *cobra.Command, args []string) error { return runSessionsPrune(e, c.Flags(), f, args[0]) },
 	}
-	if fs.NArg() != 1 {
-		return usagef("sessions prune takes one device NAME")
-	}
+	fs := c.Flags()
+	fs.IntVar(&f.keep, "keep", 0, "keep the newest `N` finished sessions")
+	fs.StringVar(&f.older, "older-than", "", "remove sessions that started more than `DURATION` ago (e.g. 36h, 30d, 2w)")
+	fs.BoolVar(&f.dry, "dry-run", false, "show what would be removed")
+	f.pw.add(fs)
+	return c
+}
+
+func runSessionsPrune(e *env, fs *pflag.FlagSet, f pruneFlags, name string) error {
 	// Changed, not the values: a given --keep -1 or --older-than "" is a
 	// mistake to name, not an absent flag.
 	if fs.Changed("keep") == fs.Changed("older-than") {
@@ -468,27 +463,26 @@ func runSessionsPrune(e *env, args []string) error {
 	}
 	keepN, age := -1, time.Duration(0) // pruneVictims: keepN < 0 prunes by age
 	if fs.Changed("keep") {
-		if keepN = *keep; keepN < 0 {
-			return usagef("--keep %d: want 0 or more", *keep)
+		if keepN = f.keep; keepN < 0 {
+			return usagef("--keep %d: want 0 or more", f.keep)
 		}
 	} else {
 		var err error
-		if age, err = units.ParseAge(*older); errors.Is(err, units.ErrZeroAge) {
-			return usagef("--older-than %s would remove every finished session: give a positive DURATION, or --keep 0 to remove them all", *older)
+		if age, err = units.ParseAge(f.older); errors.Is(err, units.ErrZeroAge) {
+			return usagef("--older-than %s would remove every finished session: give a positive DURATION, or --keep 0 to remove them all", f.older)
 		} else if err != nil {
 			return usagef("--older-than: %v", err)
 		}
 	}
-	if err := pw.check(); err != nil {
+	if err := f.pw.check(); err != nil {
 		return err
 	}
-	if !*dry {
+	if !f.dry {
 		// Asked before the lock is taken, so a slow typist holds up no one.
-		if err := requireSecret(e, &pw); err != nil {
+		if err := requireSecret(e, &f.pw); err != nil {
 			return err
 		}
 	}
-	name := fs.Arg(0)
 	lock, err := newManager(e).Lock(e.ctx)
 	if err != nil {
 		return fmt.Errorf("prune %s: %w", name, err)
@@ -521,7 +515,7 @@ func runSessionsPrune(e *env, args []string) error {
 		fmt.Fprintf(e.stderr, "dmsnap sessions prune: %s\n", plan.Short)
 	}
 	for _, info := range plan.Remove {
-		if *dry {
+		if f.dry {
 			fmt.Fprintf(e.stdout, "would remove %s\n", info.ID)
 			continue
 		}
@@ -539,7 +533,7 @@ func runSessionsPrune(e *env, args []string) error {
 		left = fmt.Sprintf("the oldest is the state before %s", plan.Oldest)
 	}
 	verb := "left"
-	if *dry {
+	if f.dry {
 		verb = "would be left"
 	}
 	fmt.Fprintf(e.stdout, "%s: %d restore point(s) %s of %d; %s\n", name, plan.PointsAfter, verb, plan.Points, left)

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/dmsnap/dmsnap/restore"
@@ -13,13 +15,23 @@ import (
 	"github.com/dmsnap/dmsnap/snapstore"
 )
 
-func init() {
-	register(command{name: "status", summary: "show the activated devices, their stacks and sessions", run: runStatus})
+func init() { register(statusCmd) }
+
+func statusCmd(e *env) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:               "status [NAME]",
+		Short:             "show the activated devices, their stacks and sessions",
+		Long:              statusHelp,
+		Args:              argsBetween(0, 1, "status takes at most one NAME"),
+		ValidArgsFunction: completeDevices(e),
+		RunE:              func(c *cobra.Command, args []string) error { return runStatus(e, asJSON, args) },
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (see dmsnap status --help)")
+	return c
 }
 
-const statusHelp = `usage: dmsnap status [NAME] [--json]
-
-Shows each activated device (or only NAME): its stack, where it is mounted,
+const statusHelp = `Shows each activated device (or only NAME): its stack, where it is mounted,
 its live session and COW use, the store's free space, the sessions flagged
 invalid, and anything that needs attention.
 
@@ -201,23 +213,14 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 	return out
 }
 
-func runStatus(e *env, args []string) error {
-	fs := newFlags(e, "status")
-	asJSON := fs.Bool("json", false, "print JSON (see dmsnap status --help)")
-	fs.Usage = func() { fmt.Fprint(e.stderr, statusHelp) }
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 1 {
-		return usagef("status takes at most one NAME")
-	}
+func runStatus(e *env, asJSON bool, args []string) error {
 	sts, err := newManager(e).Status(e.ctx)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
 	out := statusJSON{Devices: []deviceJSON{}}
 	for _, st := range sts {
-		if fs.NArg() == 1 && st.Device.Name != fs.Arg(0) && st.Device.Path != fs.Arg(0) {
+		if len(args) == 1 && st.Device.Name != args[0] && st.Device.Path != args[0] {
 			continue
 		}
 		d := describeDevice(st)
@@ -225,10 +228,10 @@ func runStatus(e *env, args []string) error {
 		d.Merge = rollback.MergeOf(e.ctx, e.state, d.Name)
 		out.Devices = append(out.Devices, d)
 	}
-	if fs.NArg() == 1 && len(out.Devices) == 0 {
-		return fmt.Errorf("%s: %w; `dmsnap status` lists the activated devices", fs.Arg(0), session.ErrNotActivated)
+	if len(args) == 1 && len(out.Devices) == 0 {
+		return fmt.Errorf("%s: %w; `dmsnap status` lists the activated devices", args[0], session.ErrNotActivated)
 	}
-	if *asJSON {
+	if asJSON {
 		return printJSON(e.stdout, out)
 	}
 	if len(out.Devices) == 0 {

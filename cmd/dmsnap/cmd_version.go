@@ -3,26 +3,32 @@ package main
 import (
 	"fmt"
 
+	"github.com/spf13/cobra"
+
 	"github.com/dmsnap/dmsnap/session"
 )
 
-func init() {
-	register(command{name: "version", summary: "print the version", noState: true, run: runVersion})
+func init() { register(versionCmd) }
+
+func versionCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:         "version",
+		Short:       "print the version",
+		Args:        argsBetween(0, 0, "version takes no arguments"),
+		Annotations: map[string]string{annoNoState: "yes"},
+		RunE: func(c *cobra.Command, args []string) error {
+			_, err := fmt.Fprintf(e.stdout, "dmsnap %s\n", versionString())
+			return err
+		},
+	}
 }
 
-func runVersion(e *env, args []string) error {
-	fs := newFlags(e, "version")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("version takes no arguments")
-	}
-	build := ""
+// versionString is the version, and which build it is: only the test
+// build (crash points) can crash on purpose, and says so, so that the VM
+// tests show which binary they got.
+func versionString() string {
 	if session.CrashpointsBuilt {
-		// Says which binary the VM tests got: only this one can crash on purpose.
-		build = " (test build: crash points)"
+		return version + " (test build: crash points)"
 	}
-	_, err := fmt.Fprintf(e.stdout, "dmsnap %s%s\n", version, build)
-	return err
+	return version
 }

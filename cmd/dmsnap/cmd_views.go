@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"path/filepath"
 
+	"github.com/spf13/cobra"
+
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/session"
@@ -32,47 +34,63 @@ func viewText(v rollback.ViewInfo) string {
 	return s
 }
 
-func sessionIDArg(e *env, sub string, args []string, n int) ([]string, error) {
-	fs := newFlags(e, "sessions "+sub)
-	fs.Usage = func() { fmt.Fprint(e.stderr, sessionsHelp) }
-	if err := parseFlags(fs, args); err != nil {
-		return nil, err
+// sessionIDArgs checks that the command got n arguments (an ID, and a
+// directory when n is 2) and that the first is a session ID.
+func sessionIDArgs(n int) cobra.PositionalArgs {
+	msg := "takes one session ID"
+	if n == 2 {
+		msg = "takes a session ID and a directory"
 	}
-	if fs.NArg() != n {
-		if n == 1 {
-			return nil, usagef("sessions %s takes one session ID", sub)
+	return func(c *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usagef("%s %s (see %s --help)", c.CommandPath(), msg, c.CommandPath())
 		}
-		return nil, usagef("sessions %s takes a session ID and a directory", sub)
+		if err := session.ValidateSessionID(args[0]); err != nil {
+			return usagef("%q: %v", args[0], err)
+		}
+		return nil
 	}
-	if err := session.ValidateSessionID(fs.Arg(0)); err != nil {
-		return nil, usagef("%q: %v", fs.Arg(0), err)
-	}
-	return fs.Args(), nil
 }
 
-func runSessionsOpen(e *env, args []string) error {
-	a, err := sessionIDArg(e, "open", args, 1)
-	if err != nil {
-		return err
+func sessionsOpenCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "open ID",
+		Short: "open a read-only view of a device as it was before session ID",
+		Long: `Opens a read-only view of the activated device as it was before session ID:
+/dev/mapper/dmsnap-NAME-atSECS, a snapshot over dmsnap-NAME-real (the device
+may be mounted and written while the view is open).`,
+		Args:              sessionIDArgs(1),
+		ValidArgsFunction: completeSessions(e, false),
+		RunE: func(c *cobra.Command, args []string) error {
+			v, err := rollback.OpenView(e.ctx, rollbackConfig(e, true), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(e.stdout, rollback.ViewPath(v))
+			return nil
+		},
 	}
-	v, err := rollback.OpenView(e.ctx, rollbackConfig(e, true), a[0])
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(e.stdout, rollback.ViewPath(v))
-	return nil
 }
 
-func runSessionsMount(e *env, args []string) error {
-	a, err := sessionIDArg(e, "mount", args, 2)
+func sessionsMountCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "mount ID DIR",
+		Short: "open the view before session ID if needed and mount it read-only on DIR",
+		Long: `Opens the view of the device as it was before session ID if needed, and
+mounts it read-only on DIR (ext4 ro,noload; xfs ro,norecovery,nouuid;
+btrfs ro).`,
+		Args:              sessionIDArgs(2),
+		ValidArgsFunction: completeSessions(e, false),
+		RunE:              func(c *cobra.Command, args []string) error { return runSessionsMount(e, args[0], args[1]) },
+	}
+}
+
+func runSessionsMount(e *env, id, dir string) error {
+	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return err
 	}
-	dir, err := filepath.Abs(a[1])
-	if err != nil {
-		return err
-	}
-	v, fstype, err := rollback.MountView(e.ctx, rollbackConfig(e, true), a[0], dir)
+	v, fstype, err := rollback.MountView(e.ctx, rollbackConfig(e, true), id, dir)
 	if err != nil {
 		return err
 	}
@@ -84,15 +102,19 @@ func runSessionsMount(e *env, args []string) error {
 	return nil
 }
 
-func runSessionsClose(e *env, args []string) error {
-	a, err := sessionIDArg(e, "close", args, 1)
-	if err != nil {
-		return err
+func sessionsCloseCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:               "close ID",
+		Short:             "unmount the view before session ID, remove its device and delete its COW",
+		Args:              sessionIDArgs(1),
+		ValidArgsFunction: completeSessions(e, false),
+		RunE: func(c *cobra.Command, args []string) error {
+			v, err := rollback.CloseView(e.ctx, rollbackConfig(e, true), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "closed the view of %s (%s)\n", v.ID, rollback.ViewPath(v))
+			return nil
+		},
 	}
-	v, err := rollback.CloseView(e.ctx, rollbackConfig(e, true), a[0])
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(e.stdout, "closed the view of %s (%s)\n", v.ID, rollback.ViewPath(v))
-	return nil
 }

@@ -6,17 +6,25 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
 
-func init() {
-	register(command{name: "watch", summary: "run the watcher: open and close sessions on mount and unmount", run: runWatch})
+func init() { register(watchCmd) }
+
+type watchFlags struct {
+	interval, growEvery time.Duration
+	jsonLogs            bool
 }
 
-const watchHelp = `usage: dmsnap watch [--interval 30s] [--grow-every 1s] [--json-logs]
-
-The long-running watcher (run by the dmsnap-watch systemd unit). It
+func watchCmd(e *env) *cobra.Command {
+	var f watchFlags
+	c := &cobra.Command{
+		Use:   "watch",
+		Short: "run the watcher: open and close sessions on mount and unmount",
+		Long: `The long-running watcher (run by the dmsnap-watch systemd unit). It
 reconciles at start (re-stacking devices, finishing conversions), then opens
 a session at each mount of /dev/mapper/dmsnap-NAME and closes it at the
 unmount, arming the next one at once. On every beat it also checks the
@@ -31,8 +39,16 @@ grown" in the log, with the pause). Logs go to
 standard error (log/slog) with device and session attributes. SIGINT or
 SIGTERM stops it.
 
-Exit codes: 0 stopped by a signal, 1 failure, 2 usage.
-`
+Exit codes: 0 stopped by a signal, 1 failure, 2 usage.`,
+		Args: argsBetween(0, 0, "watch takes no arguments"),
+		RunE: func(c *cobra.Command, args []string) error { return runWatch(e, f) },
+	}
+	fs := c.Flags()
+	fs.DurationVar(&f.interval, "interval", session.DefaultWatchInterval, "how often to check snapshots and store space without mount changes")
+	fs.DurationVar(&f.growEvery, "grow-every", session.DefaultGrowEvery, "how often to look at the live sessions' COW use to write more of it ahead (0: never)")
+	fs.BoolVar(&f.jsonLogs, "json-logs", false, "log JSON lines instead of text")
+	return c
+}
 
 // Store free space below which the watcher warns: the larger of
 // lowSpaceBytes and lowSpaceFraction of the store's filesystem.
@@ -41,29 +57,18 @@ const (
 	lowSpaceFraction = 0.05
 )
 
-func runWatch(e *env, args []string) error {
-	fs := newFlags(e, "watch")
-	interval := fs.Duration("interval", session.DefaultWatchInterval, "how often to check snapshots and store space without mount changes")
-	growEvery := fs.Duration("grow-every", session.DefaultGrowEvery, "how often to look at the live sessions' COW use to write more of it ahead (0: never)")
-	jsonLogs := fs.Bool("json-logs", false, "log JSON lines instead of text")
-	fs.Usage = func() { fmt.Fprint(e.stderr, watchHelp, "\nflags:\n", flagUsages(fs)) }
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 0 {
-		return usagef("watch takes no arguments")
-	}
-	if *interval <= 0 {
+func runWatch(e *env, f watchFlags) error {
+	if f.interval <= 0 {
 		return usagef("--interval must be positive")
 	}
-	if *growEvery < 0 {
+	if f.growEvery < 0 {
 		return usagef("--grow-every must be 0 (never) or positive")
 	}
-	if *growEvery == 0 {
-		*growEvery = -1 // session.WatchOptions: never
+	if f.growEvery == 0 {
+		f.growEvery = -1 // session.WatchOptions: never
 	}
 	var h slog.Handler = slog.NewTextHandler(e.stderr, nil)
-	if *jsonLogs {
+	if f.jsonLogs {
 		h = slog.NewJSONHandler(e.stderr, nil)
 	}
 	log := slog.New(h)
@@ -76,9 +81,9 @@ func runWatch(e *env, args []string) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		mon.run(ctx, *interval)
+		mon.run(ctx, f.interval)
 	}()
-	err := m.Watch(ctx, session.WatchOptions{Interval: *interval, GrowEvery: *growEvery})
+	err := m.Watch(ctx, session.WatchOptions{Interval: f.interval, GrowEvery: f.growEvery})
 	cancel()
 	<-done
 	if err != nil {
