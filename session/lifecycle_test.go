@@ -787,7 +787,7 @@ func TestLockIsHeldDuringOperations(t *testing.T) {
 	m.LockWait = 100 * time.Millisecond
 	_, err = m.Activate(bgctx, session.ActivateRequest{Device: rawDev, Store: w.store})
 	var le *session.LockedError
-	if !errors.As(err, &le) || le.PID != os.Getpid() {
+	if !errors.As(err, &le) || le.Holder.PID != os.Getpid() {
 		t.Fatalf("err %v, want a LockedError naming pid %d", err, os.Getpid())
 	}
 	if len(w.sys.Calls) != 0 {

@@ -29,6 +29,31 @@ const HostLockPath = "/run/dmsnap/lock"
 // before giving up with a *LockedError.
 const DefaultLockWait = 10 * time.Second
 
+// NoLockWait as a wait tries the lock once: a held lock is a *LockedError
+// at once (dmsnap --no-wait).
+const NoLockWait time.Duration = -1
+
+// Holder is who holds a lock, as written in its file: the process ID and
+// its command line (PID 0 when unknown).
+type Holder struct {
+	PID     int
+	Command string
+}
+
+func (h Holder) String() string {
+	switch {
+	case h.PID <= 0:
+		return "another dmsnap command"
+	case h.Command == "":
+		return fmt.Sprintf("pid %d", h.PID)
+	}
+	return fmt.Sprintf("pid %d (%s)", h.PID, h.Command)
+}
+
+// WaitNotice, when set on a lock request, is called once when the lock is
+// found held, before the wait: the command tells its user who it waits for.
+type WaitNotice func(path string, holder Holder, wait time.Duration)
+
 // lockRetry is the pause between attempts while the lock is held. A
 // blocking flock(2) cannot be interrupted by a context, so the wait is a
 // short sleep between non-blocking attempts.
@@ -36,16 +61,16 @@ const lockRetry = 50 * time.Millisecond
 
 // LockedError says who holds the state lock.
 type LockedError struct {
-	Path string // the lock file
-	PID  int    // the holder's process ID, 0 when unknown
+	Path   string // the lock file
+	Holder Holder
 }
 
 func (e *LockedError) Error() string {
-	who := "another dmsnap command"
-	if e.PID > 0 {
-		who = fmt.Sprintf("another dmsnap command (pid %d)", e.PID)
+	who := e.Holder.String()
+	if e.Holder.PID > 0 {
+		who = "dmsnap " + who
 	}
-	return fmt.Sprintf("%s holds the lock on %s; retry", who, e.Path)
+	return fmt.Sprintf("%s holds the lock on %s; retry when it is done (--wait DURATION waits longer)", who, e.Path)
 }
 
 func (e *LockedError) Is(target error) bool { return target == ErrLocked }
@@ -68,20 +93,29 @@ type Lock struct {
 // wait (DefaultLockWait when 0) or until ctx ends. When the wait runs out
 // the error is a *LockedError (errors.Is(err, ErrLocked)).
 func AcquireLock(ctx context.Context, stateDir string, wait time.Duration) (*Lock, error) {
-	return acquireLocks(ctx, wait, filepath.Join(stateDir, LockFile))
+	return acquireLocks(ctx, wait, nil, filepath.Join(stateDir, LockFile))
 }
 
 // acquireLocks takes the lock files in order (each made, with its
 // directory, when missing), sharing one wait. Every caller names them in
 // the same order (host, then state), so two commands never deadlock.
-func acquireLocks(ctx context.Context, wait time.Duration, paths ...string) (*Lock, error) {
-	if wait <= 0 {
+// notice (when not nil) is called once, at the first lock found held.
+func acquireLocks(ctx context.Context, wait time.Duration, notice WaitNotice, paths ...string) (*Lock, error) {
+	switch {
+	case wait == 0:
 		wait = DefaultLockWait
+	case wait < 0:
+		wait = 0
 	}
 	deadline := time.Now().Add(wait)
 	l := &Lock{}
 	for _, p := range paths {
-		f, err := acquireFile(ctx, p, time.Until(deadline))
+		f, err := acquireFile(ctx, p, time.Until(deadline), func(h Holder) {
+			if notice != nil && wait > 0 {
+				notice(p, h, time.Until(deadline).Round(time.Second))
+				notice = nil
+			}
+		})
 		if err != nil {
 			l.Release()
 			return nil, err
@@ -91,7 +125,7 @@ func acquireLocks(ctx context.Context, wait time.Duration, paths ...string) (*Lo
 	return l, nil
 }
 
-func acquireFile(ctx context.Context, path string, wait time.Duration) (*os.File, error) {
+func acquireFile(ctx context.Context, path string, wait time.Duration, held func(Holder)) (*os.File, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("lock: %w", err)
 	}
@@ -101,7 +135,7 @@ func acquireFile(ctx context.Context, path string, wait time.Duration) (*os.File
 	}
 	deadline := time.NewTimer(max(wait, time.Millisecond))
 	defer deadline.Stop()
-	for {
+	for first := true; ; first = false {
 		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 		if err == nil {
 			break
@@ -109,6 +143,9 @@ func acquireFile(ctx context.Context, path string, wait time.Duration) (*os.File
 		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
 			f.Close()
 			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		if first {
+			held(readHolder(f))
 		}
 		retry := time.NewTimer(lockRetry)
 		select {
@@ -121,11 +158,11 @@ func acquireFile(ctx context.Context, path string, wait time.Duration) (*os.File
 			f.Close()
 			return nil, fmt.Errorf("waiting for the lock on %s: %w", path, ctx.Err())
 		}
-		pid := readPID(f)
+		h := readHolder(f)
 		f.Close()
-		return nil, &LockedError{Path: path, PID: pid}
+		return nil, &LockedError{Path: path, Holder: h}
 	}
-	if err := writePID(f, os.Getpid()); err != nil {
+	if err := writeHolder(f); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
@@ -150,20 +187,47 @@ func (l *Lock) Release() error {
 	return errors.Join(errs...)
 }
 
-func writePID(f *os.File, pid int) error {
+// writeHolder writes this process's ID and command line into the lock
+// file: "<pid> <command>\n", the command cut to maxHolderCommand bytes
+// and made one line.
+func writeHolder(f *os.File) error {
 	if err := f.Truncate(0); err != nil {
 		return err
 	}
-	_, err := f.WriteAt([]byte(strconv.Itoa(pid)+"\n"), 0)
+	line := strconv.Itoa(os.Getpid()) + " " + holderCommand(os.Args) + "\n"
+	_, err := f.WriteAt([]byte(line), 0)
 	return err
 }
 
-func readPID(f *os.File) int {
-	b := make([]byte, 32)
-	n, _ := f.ReadAt(b, 0)
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b[:n])))
-	if err != nil || pid <= 0 {
-		return 0
+// maxHolderCommand bounds the command line written beside the PID.
+const maxHolderCommand = 200
+
+func holderCommand(args []string) string {
+	if len(args) > 0 {
+		args = append([]string{filepath.Base(args[0])}, args[1:]...)
 	}
-	return pid
+	cmd := strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, strings.Join(args, " "))
+	if len(cmd) > maxHolderCommand {
+		cmd = cmd[:maxHolderCommand] + "..."
+	}
+	return strings.ToValidUTF8(cmd, "?")
+}
+
+// readHolder reads who holds the lock of f ("<pid>" alone, as written
+// before the command line was added, is read too).
+func readHolder(f *os.File) Holder {
+	b := make([]byte, 32+maxHolderCommand+8)
+	n, _ := f.ReadAt(b, 0)
+	line, _, _ := strings.Cut(string(b[:n]), "\n")
+	pidText, cmd, _ := strings.Cut(strings.TrimSpace(line), " ")
+	pid, err := strconv.Atoi(pidText)
+	if err != nil || pid <= 0 {
+		return Holder{}
+	}
+	return Holder{PID: pid, Command: strings.TrimSpace(cmd)}
 }

@@ -21,8 +21,9 @@ func TestLockExcludesAndNamesHolder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := os.ReadFile(filepath.Join(dir, LockFile)); strings.TrimSpace(string(b)) != fmt.Sprint(os.Getpid()) {
-		t.Fatalf("lock file holds %q, want our pid", b)
+	wantLine := fmt.Sprintf("%d %s\n", os.Getpid(), holderCommand(os.Args))
+	if b, _ := os.ReadFile(filepath.Join(dir, LockFile)); string(b) != wantLine || !strings.HasPrefix(holderCommand(os.Args), filepath.Base(os.Args[0])) {
+		t.Fatalf("lock file holds %q, want %q: our pid and command", b, wantLine)
 	}
 	start := time.Now()
 	_, err = AcquireLock(ctx, dir, 200*time.Millisecond)
@@ -31,10 +32,10 @@ func TestLockExcludesAndNamesHolder(t *testing.T) {
 	if !errors.As(err, &le) || !errors.Is(err, ErrLocked) {
 		t.Fatalf("second lock: %v, want a LockedError", err)
 	}
-	if le.PID != os.Getpid() || le.Path != filepath.Join(dir, LockFile) {
+	if le.Holder.PID != os.Getpid() || le.Holder.Command != holderCommand(os.Args) || le.Path != filepath.Join(dir, LockFile) {
 		t.Fatalf("LockedError %+v", le)
 	}
-	want := fmt.Sprintf("another dmsnap command (pid %d) holds the lock on %s; retry", os.Getpid(), le.Path)
+	want := fmt.Sprintf("dmsnap pid %d (%s) holds the lock on %s; retry when it is done (--wait DURATION waits longer)", os.Getpid(), holderCommand(os.Args), le.Path)
 	if err.Error() != want {
 		t.Fatalf("message %q, want %q", err, want)
 	}
@@ -156,7 +157,7 @@ func TestLockAcrossProcesses(t *testing.T) {
 	}
 	_, err = AcquireLock(context.Background(), dir, 100*time.Millisecond)
 	var le *LockedError
-	if !errors.As(err, &le) || le.PID != cmd.Process.Pid {
+	if !errors.As(err, &le) || le.Holder.PID != cmd.Process.Pid {
 		t.Fatalf("err %v, want a LockedError naming pid %d", err, cmd.Process.Pid)
 	}
 	// The holder dies without releasing: the kernel drops the lock.
@@ -204,4 +205,57 @@ func TestHostLockSpansStateDirectories(t *testing.T) {
 		t.Fatalf("state lock while the manager holds both: %v", err)
 	}
 	lb.Release()
+}
+
+// A held lock is announced once, naming its holder, before the wait; with
+// NoLockWait there is no wait and no announcement, only the refusal.
+func TestLockWaitNotice(t *testing.T) {
+	dir := t.TempDir()
+	l, err := AcquireLock(context.Background(), dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	var notices []string
+	m := &Manager{StateDir: dir, LockWait: 300 * time.Millisecond, LockNotice: func(path string, h Holder, wait time.Duration) {
+		notices = append(notices, fmt.Sprintf("%s %d %s", path, h.PID, h.Command))
+	}}
+	if _, err := m.Lock(context.Background()); !errors.Is(err, ErrLocked) {
+		t.Fatalf("Lock while held: %v", err)
+	}
+	want := fmt.Sprintf("%s %d %s", filepath.Join(dir, LockFile), os.Getpid(), holderCommand(os.Args))
+	if len(notices) != 1 || notices[0] != want {
+		t.Fatalf("notices %q, want one: %q", notices, want)
+	}
+	notices = nil
+	m.LockWait = NoLockWait
+	start := time.Now()
+	if _, err := m.Lock(context.Background()); !errors.Is(err, ErrLocked) || time.Since(start) > 100*time.Millisecond {
+		t.Fatalf("NoLockWait: %v after %v, want ErrLocked at once", err, time.Since(start))
+	}
+	if len(notices) != 0 {
+		t.Fatalf("NoLockWait announced a wait: %q", notices)
+	}
+}
+
+func TestHolderCommand(t *testing.T) {
+	if got := holderCommand([]string{"/usr/sbin/dmsnap", "restore", "a\nb"}); got != "dmsnap restore a b" {
+		t.Errorf("holderCommand = %q", got)
+	}
+	long := holderCommand([]string{"x", strings.Repeat("y", 500)})
+	if len(long) != maxHolderCommand+3 {
+		t.Errorf("a long command is %d bytes", len(long))
+	}
+	f, err := os.CreateTemp(t.TempDir(), "lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for text, want := range map[string]Holder{"42\n": {PID: 42}, "42 dmsnap watch\n": {42, "dmsnap watch"}, "": {}, "x y\n": {}} {
+		f.Truncate(0)
+		f.WriteAt([]byte(text), 0)
+		if got := readHolder(f); got != want {
+			t.Errorf("readHolder(%q) = %+v, want %+v", text, got, want)
+		}
+	}
 }

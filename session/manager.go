@@ -54,8 +54,12 @@ type Manager struct {
 	Stores []string
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
-	// LockWait is how long to wait for the lock (0: DefaultLockWait).
+	// LockWait is how long to wait for the lock (0: DefaultLockWait;
+	// NoLockWait: not at all).
 	LockWait time.Duration
+	// LockNotice, when set, is told once when the lock is found held,
+	// before the wait (who holds it, for how long at most it waits).
+	LockNotice WaitNotice
 	// HostLock, when set, is taken before the state directory's lock
 	// (HostLockPath on the running system; tests leave it empty).
 	HostLock string
@@ -113,7 +117,7 @@ func (m *Manager) Lock(ctx context.Context) (*Lock, error) {
 	if m.HostLock != "" {
 		paths = append(paths, m.HostLock)
 	}
-	return acquireLocks(ctx, m.LockWait, append(paths, filepath.Join(m.StateDir, LockFile))...)
+	return acquireLocks(ctx, m.LockWait, m.LockNotice, append(paths, filepath.Join(m.StateDir, LockFile))...)
 }
 
 // withLock runs fn with the lock held and the registry loaded.
