@@ -1,6 +1,7 @@
 package rollback
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -107,8 +108,16 @@ type Restorer struct {
 // (trustdir.ResolveStore), so that a symlink swapped after the check cannot
 // redirect the restore.
 func Open(cfg Config, arg, id string) (*Restorer, error) {
+	return OpenAs(cfg, arg, "", id)
+}
+
+// OpenAs is Open with the device's dmsnap name given: for a device or
+// image that is not activated, whose sessions carry another name than its
+// file's (a loop device's image: loop0_...). Without it, a session ID
+// names the device itself.
+func OpenAs(cfg Config, arg, name, id string) (*Restorer, error) {
 	r := &Restorer{cfg: cfg}
-	if err := r.find(arg, id); err != nil {
+	if err := r.find(arg, name, id); err != nil {
 		return nil, err
 	}
 	var err error
@@ -126,12 +135,24 @@ func (r *Restorer) Close() {
 	r.opened = nil
 }
 
-func (r *Restorer) find(arg, id string) error {
+func (r *Restorer) find(arg, name, id string) error {
 	reg, err := session.LoadRegistry(r.cfg.State)
 	if err != nil {
 		return err
 	}
 	r.Store = r.cfg.Store
+	idName := ""
+	if id != "" && id != "latest" {
+		idName, _ = snapstore.SessionName(id)
+	}
+	if arg == "" && name != "" {
+		arg = name
+	}
+	if d := reg.Device(idName); arg == "" && d != nil {
+		// The session's ID names an activated device, whose sessions
+		// are in the store it was activated with.
+		arg = d.Name
+	}
 	if arg == "" && id != "" && id != "latest" {
 		// The session names the device: read it only from a checked store.
 		if r.Store, err = trustdir.ResolveStore(r.Store); err != nil {
@@ -150,6 +171,8 @@ func (r *Restorer) find(arg, id string) error {
 			err = session.ErrNotActivated
 		}
 		switch {
+		case err == nil && name != "" && name != d.Name:
+			return fmt.Errorf("%s is activated as %s, not %s", arg, d.Name, name)
 		case err == nil:
 			r.Active, r.Name, r.Device = d, d.Name, d.Path
 			if d.Store != "" {
@@ -159,7 +182,9 @@ func (r *Restorer) find(arg, id string) error {
 		case !errors.Is(err, session.ErrNotActivated):
 			return err
 		case strings.Contains(arg, "/"):
-			r.Device, r.Name = arg, snapstore.SanitizeName(arg)
+			// Its sessions' name: given, or the one the session ID
+			// carries, or its file's.
+			r.Device, r.Name = arg, cmp.Or(name, idName, snapstore.SanitizeName(arg))
 			return nil
 		}
 		r.Name = arg

@@ -316,6 +316,13 @@ func SessionID(name string, t time.Time) string {
 	return name + "_" + strconv.FormatInt(t.Unix(), 10)
 }
 
+// SessionName returns the device name in session ID id (<name>_<Unix
+// seconds>), false when id is not of that form.
+func SessionName(id string) (string, bool) {
+	s, ok := parseSessionID(id)
+	return s.name, ok
+}
+
 var sessionIDRe = regexp.MustCompile(`^(.+)_([0-9]+)$`)
 
 type sessionID struct {
