@@ -7,10 +7,12 @@ import (
 	"io"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/internal/config"
 	"github.com/dmsnap/dmsnap/internal/passwd"
 	"github.com/dmsnap/dmsnap/internal/trustdir"
 	"github.com/dmsnap/dmsnap/restore"
@@ -29,12 +31,21 @@ const (
 	// the OS (permission, too many open files, an I/O error), so it could
 	// not be checked; that is not damage (exit 1).
 	exitCannotVerify = 5
+	// exitNotFound: the store or the state directory named (by a flag,
+	// the environment or the configuration file) does not exist.
+	exitNotFound = 6
 )
 
 // exitCodesHelp ends the top-level help and the man page.
-const exitCodesHelp = `Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device busy or
+const exitCodesHelp = `Settings: --store and --state, else the environment's DMSNAP_STORE and
+DMSNAP_STATE, else "store =" and "state =" lines in ` + config.Path + `
+(DMSNAP_CONFIG names another file), else /snapshot and /var/lib/dmsnap. A
+device that is activated keeps the store it was activated with: commands on
+its sessions read that one.
+
+Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device busy or
 mounted (or the lock held), 5 cannot verify (an OS error reading a session,
-not damage).`
+not damage), 6 store or state directory not found.`
 
 // env is what every subcommand gets: its streams and the global settings.
 type env struct {
@@ -44,6 +55,11 @@ type env struct {
 	stderr io.Writer
 	store  string // --store: where closed sessions live
 	state  string // --state: registry, lock (not the password: passwd.Path)
+	// storeSet, stateSet: given by a flag, the environment or the
+	// configuration file, not the built-in default (settings).
+	storeSet, stateSet bool
+	wait               time.Duration // --wait: for the lock
+	noWait             bool          // --no-wait
 }
 
 // Annotations a command may carry.
@@ -51,6 +67,10 @@ const (
 	// annoNoState: the command does not use the state directory, which is
 	// then not checked for it.
 	annoNoState = "dmsnap/no-state"
+	// annoReadsState: the command reports on the state directory's
+	// devices (status, deactivate): a missing one that was named is a
+	// mistyped path (exit 6), not a host with no device activated.
+	annoReadsState = "dmsnap/reads-state"
 )
 
 // usageError marks a mistake on the command line (exit code 2).
@@ -104,10 +124,18 @@ any session. See README.md and docs/ for the whole story.
 	root.SetVersionTemplate("dmsnap {{.Version}}\n")
 	root.PersistentFlags().StringVar(&e.store, "store", "/snapshot", "the store `DIR`, where the sessions go")
 	root.PersistentFlags().StringVar(&e.state, "state", session.DefaultStateDir, "the state `DIR` (registry, lock)")
+	root.PersistentFlags().DurationVar(&e.wait, "wait", cliLockWait, "how long to wait (a `DURATION`: 90s, 5m) for the lock another dmsnap command holds")
+	root.PersistentFlags().BoolVar(&e.noWait, "no-wait", false, "fail at once (exit 4) when another dmsnap command holds the lock")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usagef("%v (see %s --help)", err, c.CommandPath())
 	})
 	root.PersistentPreRunE = func(c *cobra.Command, args []string) error {
+		if err := e.settings(c); err != nil && needsState(c) {
+			return err
+		}
+		if f := c.Flags().Lookup("wait"); f != nil && f.Changed && (e.noWait || e.wait <= 0) {
+			return usagef("--wait takes a positive DURATION, and not with --no-wait")
+		}
 		// Paths under the state directory are recorded in its files (merge
 		// stores, view COWs) and checked to lie in it: absolute from here on.
 		if abs, err := filepath.Abs(e.state); err == nil {
@@ -120,8 +148,13 @@ any session. See README.md and docs/ for the whole story.
 		// the registry says which devices are stacked and where their
 		// sessions go. Its real path is what the command uses.
 		var err error
-		e.state, err = trustdir.ResolveStateDir(e.state)
-		return err
+		if e.state, err = trustdir.ResolveStateDir(e.state); err != nil {
+			return err
+		}
+		if e.stateSet && c.Annotations[annoReadsState] != "" {
+			return mustExist("state directory", e.state)
+		}
+		return nil
 	}
 	for _, f := range registered {
 		root.AddCommand(f(e))
@@ -232,6 +265,8 @@ func exitCode(err error) int {
 		return exitBusy
 	case errors.Is(err, snapstore.ErrCannotVerify) && !wrote(err):
 		return exitCannotVerify
+	case errors.Is(err, errNotFound):
+		return exitNotFound
 	}
 	return exitFailure
 }

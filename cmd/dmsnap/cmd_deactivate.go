@@ -11,8 +11,9 @@ func init() { register(deactivateCmd) }
 func deactivateCmd(e *env) *cobra.Command {
 	var pw passwordFlags
 	c := &cobra.Command{
-		Use:   "deactivate NAME|DEVICE",
-		Short: "close a device's sessions and take it out of dmsnap",
+		Use:         "deactivate NAME|DEVICE",
+		Annotations: map[string]string{annoReadsState: "yes"},
+		Short:       "close a device's sessions and take it out of dmsnap",
 		Long: `Closes and converts the device's sessions, tears its dmsnap stack down and
 forgets it. The device keeps its content and its sessions stay in the store.
 The device must not be mounted.

@@ -62,6 +62,7 @@ files, not damage; nothing was written)
 `
 
 type restoreFlags struct {
+	name    string
 	session string
 	to      string
 	force   bool
@@ -84,6 +85,7 @@ func restoreCmd(e *env) *cobra.Command {
 		RunE:              func(c *cobra.Command, args []string) error { return runRestore(e, f, args) },
 	}
 	fs := c.Flags()
+	fs.StringVar(&f.name, "name", "", "the device's dmsnap `NAME`, for a device or image that is not activated and whose sessions carry another name than its file")
 	fs.StringVar(&f.session, "session", "", "restore to the state before this session (an `ID`, or latest)")
 	fs.StringVar(&f.to, "to", "", "write the restored image to `FILE`; the device is only read")
 	fs.BoolVar(&f.force, "force", false, "with --to: overwrite FILE when it is not empty, or is a block device")
@@ -94,6 +96,7 @@ func restoreCmd(e *env) *cobra.Command {
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON")
 	f.pw.add(fs)
 	c.RegisterFlagCompletionFunc("session", completeSessions(e, true))
+	c.RegisterFlagCompletionFunc("name", completeDevices(e))
 	return c
 }
 
@@ -169,7 +172,7 @@ func restoreDevice(e *env, f restoreFlags, arg string) error {
 	if tty {
 		in = bufio.NewReader(e.stdin)
 	}
-	r, err := rollback.Open(rollbackConfig(e, f.json), arg, f.session)
+	r, err := rollback.OpenAs(rollbackConfig(e, f.json), arg, f.name, f.session)
 	if err != nil {
 		return err
 	}

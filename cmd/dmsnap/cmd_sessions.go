@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -13,7 +14,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/dmsnap/dmsnap/internal/trustdir"
 	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
@@ -61,14 +61,6 @@ func sessionsCmd(e *env) *cobra.Command {
 		Use:   "sessions",
 		Short: "list, show, verify and prune the sessions in the store; open views of them",
 		Long:  sessionsHelp,
-		PersistentPreRunE: func(c *cobra.Command, args []string) error {
-			// What the store holds is restored onto devices: refuse one
-			// that others could have written to, and use its real path
-			// from now on.
-			var err error
-			e.store, err = trustdir.ResolveStore(e.store)
-			return err
-		},
 	})
 	c.AddCommand(sessionsListCmd(e), sessionsShowCmd(e), sessionsVerifyCmd(e), sessionsPruneCmd(e),
 		sessionsOpenCmd(e), sessionsMountCmd(e), sessionsCloseCmd(e))
@@ -191,9 +183,19 @@ func sessionsListCmd(e *env) *cobra.Command {
 }
 
 func runSessionsList(e *env, asJSON bool, args []string) error {
-	infos, err := snapstore.ListSessions(e.store)
+	name := ""
+	if len(args) == 1 {
+		name = args[0]
+	}
+	// What the stores hold is restored onto devices: sessionStores refuses
+	// one that others could have written to.
+	stores, err := e.sessionStores(name)
 	if err != nil {
-		return fmt.Errorf("list the store %s: %w", e.store, err)
+		return err
+	}
+	infos, err := listStores(stores)
+	if err != nil {
+		return err
 	}
 	points := restorePoints(infos)
 	out := []sessionJSON{}
@@ -207,7 +209,7 @@ func runSessionsList(e *env, asJSON bool, args []string) error {
 		return printJSON(e.stdout, out)
 	}
 	if len(out) == 0 {
-		fmt.Fprintf(e.stdout, "no sessions in %s\n", e.store)
+		fmt.Fprintf(e.stdout, "no sessions in %s\n", strings.Join(stores, ", "))
 		return nil
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
@@ -241,31 +243,72 @@ func fmtTime(t *time.Time) string {
 	return t.Local().Format("2006-01-02 15:04:05")
 }
 
-// resolveSession finds session id in the store, refusing IDs that are
-// not plain names inside it.
-func resolveSession(e *env, id string) (string, error) {
-	dir, err := session.ResolveSessionDir(e.store, id)
-	if err != nil {
-		return "", fmt.Errorf("session %s in %s: %w (`dmsnap sessions list` shows the IDs)", id, e.store, err)
-	}
-	return dir, nil
-}
-
 func sessionsShowCmd(e *env) *cobra.Command {
-	var asJSON bool
+	var (
+		asJSON bool
+		name   string
+	)
 	c := &cobra.Command{
-		Use:               "show ID",
-		Short:             "show one session",
-		Args:              argsBetween(1, 1, "sessions show takes one session ID"),
-		ValidArgsFunction: completeSessions(e, false),
-		RunE:              func(c *cobra.Command, args []string) error { return runSessionsShow(e, asJSON, args[0]) },
+		Use:   "show ID|latest",
+		Short: "show one session",
+		Long: `Shows one session, by ID or the latest finished one (of device --name NAME,
+which may be left out when the stores hold the sessions of one device only).`,
+		Args:              argsBetween(1, 1, "sessions show takes one session ID, or latest"),
+		ValidArgsFunction: completeSessions(e, true),
+		RunE:              func(c *cobra.Command, args []string) error { return runSessionsShow(e, asJSON, name, args[0]) },
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (see dmsnap sessions --help)")
+	c.Flags().StringVar(&name, "name", "", "with latest: the device `NAME`")
+	c.RegisterFlagCompletionFunc("name", completeDevices(e))
 	return c
 }
 
-func runSessionsShow(e *env, asJSON bool, id string) error {
-	dir, err := resolveSession(e, id)
+// latestSession finds the newest finished session of device name ("": of
+// the only device the stores hold).
+func (e *env) latestSession(name string) (string, error) {
+	stores, err := e.sessionStores(name)
+	if err != nil {
+		return "", err
+	}
+	infos, err := listStores(stores)
+	if err != nil {
+		return "", err
+	}
+	var names []string
+	latest := ""
+	for _, info := range infos {
+		if name != "" && info.Name != name {
+			continue
+		}
+		if !slices.Contains(names, info.Name) {
+			names = append(names, info.Name)
+		}
+		if info.Status != snapstore.StatusIncomplete {
+			latest = info.Dir
+		}
+	}
+	switch {
+	case len(names) > 1:
+		return "", usagef("the stores hold sessions of %s: name one with --name", strings.Join(names, ", "))
+	case latest == "" && name != "":
+		return "", fmt.Errorf("no finished session of %s in %s", name, strings.Join(stores, ", "))
+	case latest == "":
+		return "", fmt.Errorf("no finished session in %s", strings.Join(stores, ", "))
+	}
+	return latest, nil
+}
+
+func runSessionsShow(e *env, asJSON bool, name, id string) error {
+	var dir string
+	var err error
+	switch {
+	case id == "latest":
+		dir, err = e.latestSession(name)
+	case name != "":
+		return usagef("--name goes with latest only: a session ID names its device")
+	default:
+		dir, err = e.findSession(id)
+	}
 	if err != nil {
 		return err
 	}
@@ -332,9 +375,13 @@ session could not be read for a reason of the OS (not damage).`,
 func runSessionsVerify(e *env, args []string) error {
 	var dirs []string
 	if len(args) == 0 {
-		infos, err := snapstore.ListSessions(e.store)
+		stores, err := e.sessionStores("")
 		if err != nil {
-			return fmt.Errorf("list the store %s: %w", e.store, err)
+			return err
+		}
+		infos, err := listStores(stores)
+		if err != nil {
+			return err
 		}
 		for _, info := range infos {
 			if info.Status == snapstore.StatusIncomplete {
@@ -343,12 +390,12 @@ func runSessionsVerify(e *env, args []string) error {
 			dirs = append(dirs, info.Dir)
 		}
 		if len(dirs) == 0 {
-			fmt.Fprintf(e.stdout, "no finished sessions in %s\n", e.store)
+			fmt.Fprintf(e.stdout, "no finished sessions in %s\n", strings.Join(stores, ", "))
 			return nil
 		}
 	}
 	for _, id := range args {
-		dir, err := resolveSession(e, id)
+		dir, err := e.findSession(id)
 		if err != nil {
 			return err
 		}
@@ -483,6 +530,11 @@ func runSessionsPrune(e *env, fs *pflag.FlagSet, f pruneFlags, name string) erro
 			return err
 		}
 	}
+	stores, err := e.sessionStores(name)
+	if err != nil {
+		return err
+	}
+	store := stores[0] // name's: the registry's, else --store
 	lock, err := newManager(e).Lock(e.ctx)
 	if err != nil {
 		return fmt.Errorf("prune %s: %w", name, err)
@@ -501,14 +553,14 @@ func runSessionsPrune(e *env, fs *pflag.FlagSet, f pruneFlags, name string) erro
 		}
 	}
 	now := time.Now()
-	if done, err := snapstore.FinishPrunes(e.store, now); err != nil {
-		return fmt.Errorf("prune %s: finishing an interrupted prune in %s: %w", name, e.store, err)
+	if done, err := snapstore.FinishPrunes(store, now); err != nil {
+		return fmt.Errorf("prune %s: finishing an interrupted prune in %s: %w", name, store, err)
 	} else if len(done) > 0 {
 		fmt.Fprintf(e.stderr, "dmsnap sessions prune: finished removing %s (an interrupted prune)\n", strings.Join(done, ", "))
 	}
-	infos, err := snapstore.ListSessions(e.store)
+	infos, err := snapstore.ListSessions(store)
 	if err != nil {
-		return fmt.Errorf("list the store %s: %w", e.store, err)
+		return fmt.Errorf("list the store %s: %w", store, err)
 	}
 	plan := snapstore.PlanPrune(infos, snapstore.PruneRequest{Name: name, Keep: keepN, OlderThan: age, Now: now, Held: held})
 	if plan.Short != "" {
@@ -519,7 +571,7 @@ func runSessionsPrune(e *env, fs *pflag.FlagSet, f pruneFlags, name string) erro
 			fmt.Fprintf(e.stdout, "would remove %s\n", info.ID)
 			continue
 		}
-		err := snapstore.PruneSession(e.store, info, time.Now(), func(step string) { session.Crashpoint(session.CrashpointPrune + step) })
+		err := snapstore.PruneSession(store, info, time.Now(), func(step string) { session.Crashpoint(session.CrashpointPrune + step) })
 		if err != nil {
 			return fmt.Errorf("remove session %s: %w", info.ID, err)
 		}

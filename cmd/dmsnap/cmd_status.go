@@ -21,6 +21,7 @@ func statusCmd(e *env) *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
 		Use:               "status [NAME]",
+		Annotations:       map[string]string{annoReadsState: "yes"},
 		Short:             "show the activated devices, their stacks and sessions",
 		Long:              statusHelp,
 		Args:              argsBetween(0, 1, "status takes at most one NAME"),

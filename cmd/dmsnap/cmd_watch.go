@@ -74,6 +74,9 @@ func runWatch(e *env, f watchFlags) error {
 	log := slog.New(h)
 	m := newManager(e)
 	m.Log = log
+	m.LockNotice = func(path string, h session.Holder, wait time.Duration) {
+		log.Info("waiting for the lock", "lock", path, "holder", h.String(), "up_to", wait)
+	}
 
 	ctx, cancel := context.WithCancel(e.ctx)
 	defer cancel()

@@ -23,7 +23,7 @@ import (
 // data but reads every pre-image once for its checksums, so a session with
 // gigabytes of changes holds the lock for a while, and the default wait
 // (session.DefaultLockWait, 10 s) made commands fail behind it. Commands
-// therefore wait up to two minutes — a conversion of ten or so GiB on a
+// therefore wait up to two minutes (--wait changes it) — a conversion of ten or so GiB on a
 // slow disk — and then fail with exit 4 naming the holder's PID. Two
 // minutes also stays under udev's 180 s event timeout, which would kill a
 // waiting `dmsnap attach`. (The alternative, converting outside the lock,
@@ -39,11 +39,23 @@ var newManager = systemManager
 // devices, snapstore, with the udev rule kept in step when udev is there.
 func systemManager(e *env) *session.Manager {
 	m := system.NewManager(e.state, e.store)
-	m.LockWait = cliLockWait
+	setLockWait(e, m)
 	m.Log = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	m.UdevRule = udevRulePath()
 	m.Gen = genOptions(e)
 	return m
+}
+
+// setLockWait sets m's wait for the lock from --wait and --no-wait, and
+// has it say on stderr who it waits for: a silent wait looks like a hang.
+func setLockWait(e *env, m *session.Manager) {
+	m.LockWait = e.wait
+	if e.noWait {
+		m.LockWait = session.NoLockWait
+	}
+	m.LockNotice = func(path string, h session.Holder, wait time.Duration) {
+		fmt.Fprintf(e.stderr, "dmsnap: the lock on %s is held by %s: waiting up to %s for it (--wait DURATION, --no-wait)\n", path, h, wait)
+	}
 }
 
 // udevRulePath is where the udev rule is kept: hostfiles.UdevRulePath when

@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -37,7 +38,10 @@ func newWorld(t *testing.T) *world {
 	prevM := newManager
 	newManager = func(e *env) *session.Manager {
 		m := w.sys.Manager(e.state, e.store)
-		m.LockWait = 2 * time.Second
+		setLockWait(e, m)
+		if !e.noWait && e.wait == cliLockWait {
+			m.LockWait = 2 * time.Second // a test's default: a held lock fails soon
+		}
 		return m
 	}
 	t.Cleanup(func() { newManager = prevM })
@@ -294,6 +298,25 @@ func TestLockedStateIsBusy(t *testing.T) {
 	code, _, errOut := w.run(t, "", "activate", "/dev/sdb1")
 	if code != exitBusy || !strings.Contains(errOut, "lock") {
 		t.Fatalf("activate while locked: exit %d: %s", code, errOut)
+	}
+	// The wait is announced, naming the holder; the refusal names it too.
+	holder := fmt.Sprintf("pid %d (%s ", os.Getpid(), filepath.Base(os.Args[0])) // and its arguments
+	if !strings.Contains(errOut, "is held by "+holder) || !strings.Contains(errOut, "waiting up to 2s") || !strings.Contains(errOut, "dmsnap "+holder) {
+		t.Errorf("activate while locked says %q; want the wait announced and the holder named (%s)", errOut, holder)
+	}
+	// --no-wait: at once, with no wait announced.
+	start := time.Now()
+	code, _, errOut = w.run(t, "", "--no-wait", "activate", "/dev/sdb1")
+	if code != exitBusy || strings.Contains(errOut, "waiting") || time.Since(start) > time.Second {
+		t.Errorf("activate --no-wait while locked: exit %d after %v: %s", code, time.Since(start), errOut)
+	}
+	// --wait: as long as asked.
+	start = time.Now()
+	if code, _, errOut = w.run(t, "", "activate", "/dev/sdb1", "--wait", "300ms"); code != exitBusy || time.Since(start) > 1500*time.Millisecond {
+		t.Errorf("activate --wait 300ms while locked: exit %d after %v: %s", code, time.Since(start), errOut)
+	}
+	if code, _, _ = w.run(t, "", "activate", "/dev/sdb1", "--wait", "1s", "--no-wait"); code != exitUsage {
+		t.Errorf("--wait with --no-wait: exit %d, want %d", code, exitUsage)
 	}
 }
 
