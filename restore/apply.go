@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/dmsnap/dmsnap/internal/directio"
+	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
 
@@ -73,7 +74,7 @@ func (e *PartialWriteError) Error() string {
 		return fmt.Sprintf("restore stopped before writing anything: %v", e.Err)
 	}
 	return fmt.Sprintf("restore stopped after writing %s of %s, so the target is partially restored (run the restore again to finish it): %v",
-		FormatBytes(e.Written), FormatBytes(e.Total), e.Err)
+		units.FormatBytes(e.Written), units.FormatBytes(e.Total), e.Err)
 }
 
 func (e *PartialWriteError) Unwrap() error { return e.Err }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dmsnap/dmsnap/internal/units"
 )
 
 // Progress receives the progress of a long pass. Begin starts a phase
@@ -131,14 +133,14 @@ func FormatBar(phase string, done, total uint64, elapsed time.Duration, width in
 	rate, eta := "--", "--"
 	if secs := elapsed.Seconds(); secs > 0 && done > 0 {
 		r := float64(done) / secs
-		rate = FormatBytes(uint64(r)) + "/s"
+		rate = units.FormatBytes(uint64(r)) + "/s"
 		eta = formatETA(time.Duration(float64(total-done) / r * float64(time.Second)))
 	}
 	if done == total {
 		eta = formatETA(0)
 	}
 	return fmt.Sprintf("%-7s [%s] %3d%%  %s / %s  %s  ETA %s",
-		phase, bar, int(frac*100), FormatBytes(done), FormatBytes(total), rate, eta)
+		phase, bar, int(frac*100), units.FormatBytes(done), units.FormatBytes(total), rate, eta)
 }
 
 // formatETA renders a duration as m:ss, or h:mm:ss past an hour.
@@ -152,19 +154,4 @@ func formatETA(d time.Duration) string {
 		return fmt.Sprintf("%d:%02d:%02d", h, m, sec)
 	}
 	return fmt.Sprintf("%d:%02d", m, sec)
-}
-
-// FormatBytes renders a byte count in binary units with one decimal: 512 B,
-// 4.0 KiB, 1.5 GiB.
-func FormatBytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -8,26 +8,6 @@ import (
 	"time"
 )
 
-func TestFormatBytes(t *testing.T) {
-	cases := map[uint64]string{
-		0:             "0 B",
-		512:           "512 B",
-		1023:          "1023 B",
-		1024:          "1.0 KiB",
-		1536:          "1.5 KiB",
-		64 << 20:      "64.0 MiB",
-		1<<30 + 1<<29: "1.5 GiB",
-		3 << 40:       "3.0 TiB",
-		1<<64 - 1:     "16.0 EiB",
-		1<<20 - 1:     "1024.0 KiB",
-	}
-	for n, want := range cases {
-		if got := FormatBytes(n); got != want {
-			t.Errorf("FormatBytes(%d) = %q, want %q", n, got, want)
-		}
-	}
-}
-
 func TestFormatETA(t *testing.T) {
 	cases := map[time.Duration]string{
 		0:                       "0:00",

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"text/tabwriter"
+
+	"github.com/dmsnap/dmsnap/internal/units"
 )
 
 // Summary describes a plan without touching any pre-image: what --dry-run
@@ -103,7 +105,7 @@ func (s Summary) UsedRecordBytes() uint64 {
 func (s Summary) WriteText(w io.Writer) error {
 	ew := &errWriter{w: w}
 	fmt.Fprintf(ew, "restore plan: %d session%s, %s (%d bytes) in %d extent%s, %d contiguous run%s\n",
-		len(s.Sessions), plural(len(s.Sessions)), FormatBytes(s.Bytes), s.Bytes,
+		len(s.Sessions), plural(len(s.Sessions)), units.FormatBytes(s.Bytes), s.Bytes,
 		s.Extents, plural(int(s.Extents)), s.Runs, plural(int(s.Runs)))
 	if s.Bytes > 0 {
 		fmt.Fprintf(ew, "device range: bytes %d to %d (sectors %d to %d), inclusive\n",
@@ -115,7 +117,7 @@ func (s Summary) WriteText(w io.Writer) error {
 	fmt.Fprintf(tw, "session\trecords\tused\tshadowed\textents\tbytes\n")
 	for _, ss := range s.Sessions {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\n",
-			ss.ID, ss.Records, ss.RecordsUsed, ss.Records-ss.RecordsUsed, ss.Extents, FormatBytes(ss.Bytes))
+			ss.ID, ss.Records, ss.RecordsUsed, ss.Records-ss.RecordsUsed, ss.Extents, units.FormatBytes(ss.Bytes))
 	}
 	tw.Flush()
 	return ew.err

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/system"
@@ -210,7 +211,7 @@ func (r *Restorer) cowSpace(ctx context.Context, p *restore.Plan, dir, what stri
 	need := sum.Bytes + uint64(r.Active.ChunkSize)*uint64(sum.Runs) + cowSpaceMargin
 	if free < need {
 		return fmt.Errorf("not enough space for %s in %s: it needs about %s, %s is free; free some space there, or use another --state directory",
-			what, dir, restore.FormatBytes(need), restore.FormatBytes(free))
+			what, dir, units.FormatBytes(need), units.FormatBytes(free))
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/session"
@@ -233,7 +234,7 @@ func restoreDevice(e *env, f restoreFlags, arg string) error {
 	if !f.yes {
 		chain := pd.Chain()
 		q := fmt.Sprintf("Restore %s (%s) to its state before session %s? %s in %d session(s) will be written",
-			r.Name, r.Device, chain[0].ID, restore.FormatBytes(pd.Summary.Bytes), len(chain))
+			r.Name, r.Device, chain[0].ID, units.FormatBytes(pd.Summary.Bytes), len(chain))
 		if r.Active != nil {
 			q += ", plus what its armed session recorded"
 		}
@@ -259,7 +260,7 @@ func pickSession(in *bufio.Reader, out io.Writer, name string, sessions []snapst
 		blocks, size := "-", "-"
 		if m := s.Meta; m != nil {
 			blocks = strconv.FormatInt(m.TotalBlocksSaved, 10)
-			size = restore.FormatBytes(uint64(m.TotalBlocksSaved) * uint64(m.BlockSize))
+			size = units.FormatBytes(uint64(m.TotalBlocksSaved) * uint64(m.BlockSize))
 		}
 		fmt.Fprintf(out, "  %3d  %-28s  %-20s  %8s  %10s  %s\n", i+1, s.ID, s.Time.UTC().Format(time.DateTime), blocks, size, s.Status)
 	}
@@ -320,7 +321,7 @@ func printImage(e *env, f restoreFlags, res *rollback.Result) error {
 	}
 	printWarnings(e.stderr, res.Warnings)
 	fmt.Fprintf(e.stdout, "Wrote %s: %s as it was before session %s (%s of the device copied, %s from %d session(s)); %s was only read.\n",
-		res.To, res.Name, res.Session, restore.FormatBytes(res.Image.Bytes), restore.FormatBytes(res.Written), len(res.Sessions), res.Source)
+		res.To, res.Name, res.Session, units.FormatBytes(res.Image.Bytes), units.FormatBytes(res.Written), len(res.Sessions), res.Source)
 	return nil
 }
 
@@ -331,13 +332,13 @@ func printRestore(e *env, f restoreFlags, res *rollback.Result) error {
 	w := e.stdout
 	if mg := res.Merge; mg != nil && mg.Started {
 		fmt.Fprintf(w, "Restored %s to its state before session %s instantly: %s shows it now, and the kernel copies %s from %d session(s) back in the background (dmsnap status shows how far; dmsnap watch puts the stack back when it is done).\n",
-			res.Name, res.Session, strings.TrimPrefix(res.Through, "snapshot-merge on "), restore.FormatBytes(res.Summary.Bytes), len(res.Sessions))
+			res.Name, res.Session, strings.TrimPrefix(res.Through, "snapshot-merge on "), units.FormatBytes(res.Summary.Bytes), len(res.Sessions))
 		fmt.Fprintf(w, "This restore can be undone: session %d (armed at %s UTC) records what the merge overwrites. Once it has closed (dmsnap watch closes it when the merge is done, unless the device is mounted; then the unmount does), restore it: it is the first session of %s after this restore in dmsnap sessions list %s; dmsnap watch also logs the command.\n",
 			mg.Recording, mg.RecordingArmed.UTC().Format(time.TimeOnly), res.Name, res.Name)
 		return nil
 	}
 	fmt.Fprintf(w, "Restored %s to its state before session %s: %s written in %d write(s) through %s, from %d session(s).\n",
-		res.Name, res.Session, restore.FormatBytes(res.Written), res.Writes, res.Through, len(res.Sessions))
+		res.Name, res.Session, units.FormatBytes(res.Written), res.Writes, res.Through, len(res.Sessions))
 	switch {
 	case res.Undoable:
 		fmt.Fprintf(w, "To undo: dmsnap restore %s --session %s\n", res.Name, res.Undo)

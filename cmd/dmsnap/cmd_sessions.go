@@ -15,7 +15,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/dmsnap/dmsnap/internal/units"
-	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
@@ -225,7 +224,7 @@ func runSessionsList(e *env, asJSON bool, args []string) error {
 				why = append(why, p.Blocker+" "+points[p.Blocker].Why)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, s.Device, s.State, restorable, fmtTime(s.Mounted), fmtTime(s.Unmounted), s.Blocks, restore.FormatBytes(uint64(max(s.Bytes, 0))))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, s.Device, s.State, restorable, fmtTime(s.Mounted), fmtTime(s.Unmounted), s.Blocks, units.FormatBytes(uint64(max(s.Bytes, 0))))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -340,7 +339,7 @@ func runSessionsShow(e *env, asJSON bool, name, id string) error {
 	row("problem", s.Error)
 	row("filesystem", s.FSType)
 	if s.ChunkSize > 0 {
-		row("chunk size", restore.FormatBytes(uint64(s.ChunkSize)))
+		row("chunk size", units.FormatBytes(uint64(s.ChunkSize)))
 	}
 	for _, t := range []struct {
 		k string
@@ -351,7 +350,7 @@ func runSessionsShow(e *env, asJSON bool, name, id string) error {
 		}
 	}
 	row("blocks", strconv.FormatInt(s.Blocks, 10))
-	row("bytes", fmt.Sprintf("%d (%s)", s.Bytes, restore.FormatBytes(uint64(max(s.Bytes, 0)))))
+	row("bytes", fmt.Sprintf("%d (%s)", s.Bytes, units.FormatBytes(uint64(max(s.Bytes, 0)))))
 	if s.Meta != nil && s.Meta.Dmsnap != nil {
 		for _, n := range s.Meta.Dmsnap.Notes {
 			row("note", n)
@@ -468,7 +467,7 @@ func verifyOne(e *env, dir string) int {
 	if len(notes) > 0 {
 		extra = "; " + strings.Join(notes, "; ")
 	}
-	fmt.Fprintf(e.stdout, "%s: ok, %d records, %s%s\n", id, res.Records, restore.FormatBytes(uint64(max(res.Bytes, 0))), extra)
+	fmt.Fprintf(e.stdout, "%s: ok, %d records, %s%s\n", id, res.Records, units.FormatBytes(uint64(max(res.Bytes, 0))), extra)
 	return verifyOK
 }
 

@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dmsnap/dmsnap/restore"
+	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/system"
@@ -275,11 +275,11 @@ func printDevice(e *env, d deviceJSON) {
 				dio = map[bool]string{true: ", COW direct I/O", false: ", COW buffered I/O"}[*s.CowDirectIO]
 			}
 			fmt.Fprintf(w, "    snapshot %s, COW %s used of %s%s\n", s.Snapshot.State,
-				restore.FormatBytes(s.Snapshot.CowUsedBytes), restore.FormatBytes(s.Snapshot.CowSizeBytes), dio)
+				units.FormatBytes(s.Snapshot.CowUsedBytes), units.FormatBytes(s.Snapshot.CowSizeBytes), dio)
 			switch {
 			case s.CowFastBytes == nil:
 			case *s.CowFastBytes > 0:
-				fmt.Fprintf(w, "    COW: %s of it goes straight to the store's device (cow.img, immutable), the rest to cow.tail through its filesystem (%d segments)\n", restore.FormatBytes(*s.CowFastBytes), s.CowSegments)
+				fmt.Fprintf(w, "    COW: %s of it goes straight to the store's device (cow.img, immutable), the rest to cow.tail through its filesystem (%d segments)\n", units.FormatBytes(*s.CowFastBytes), s.CowSegments)
 			default:
 				fmt.Fprintln(w, "    COW: through the store's filesystem")
 			}
@@ -292,7 +292,7 @@ func printDevice(e *env, d deviceJSON) {
 		}
 	}
 	if d.StoreSpace != nil {
-		fmt.Fprintf(w, "  store:    %s, %s free of %s\n", d.Store, restore.FormatBytes(d.StoreSpace.FreeBytes), restore.FormatBytes(d.StoreSpace.TotalBytes))
+		fmt.Fprintf(w, "  store:    %s, %s free of %s\n", d.Store, units.FormatBytes(d.StoreSpace.FreeBytes), units.FormatBytes(d.StoreSpace.TotalBytes))
 	}
 	if d.Merge != nil {
 		fmt.Fprintf(w, "  merge:    %s\n", mergeText(d.Merge))

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/dmsnap/dmsnap/restore"
+	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/system"
@@ -26,7 +26,7 @@ func viewText(v rollback.ViewInfo) string {
 	case "invalid":
 		s += ", INVALID (the kernel dropped it: its COW in the state directory could not take a copy; close it)"
 	default:
-		s += ", COW " + restore.FormatBytes(v.CowUsedBytes)
+		s += ", COW " + units.FormatBytes(v.CowUsedBytes)
 		if v.Mount != "" {
 			s += ", mounted on " + v.Mount
 		}

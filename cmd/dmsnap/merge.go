@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/dmsnap/dmsnap/restore"
+	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/system"
@@ -41,7 +41,7 @@ func mergeText(mj *rollback.MergeInfo) string {
 	case mj.Done:
 		return fmt.Sprintf("to the state before %s: copied back; dmsnap watch puts the stack back", mj.Session)
 	case mj.RemainingBytes != nil:
-		return fmt.Sprintf("to the state before %s: %s left to copy back (the device shows the restored state already)", mj.Session, restore.FormatBytes(*mj.RemainingBytes))
+		return fmt.Sprintf("to the state before %s: %s left to copy back (the device shows the restored state already)", mj.Session, units.FormatBytes(*mj.RemainingBytes))
 	}
 	return fmt.Sprintf("to the state before %s: recorded, but the origin is not merging (dmsnap watch cleans it up)", mj.Session)
 }

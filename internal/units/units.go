@@ -136,3 +136,18 @@ func ParseSize(s string) (uint64, error) {
 	}
 	return q.Uint64(), nil
 }
+
+// FormatBytes renders a byte count in binary units with one decimal: 512 B,
+// 4.0 KiB, 1.5 GiB.
+func FormatBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

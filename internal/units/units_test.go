@@ -266,3 +266,28 @@ func FuzzParseSize(f *testing.F) {
 		}
 	})
 }
+
+// One library prints sizes as it parses them: in binary units, TiB included.
+func TestFormatBytes(t *testing.T) {
+	cases := map[uint64]string{
+		0:             "0 B",
+		512:           "512 B",
+		1023:          "1023 B",
+		1024:          "1.0 KiB",
+		1536:          "1.5 KiB",
+		64 << 20:      "64.0 MiB",
+		1<<30 + 1<<29: "1.5 GiB",
+		3 << 40:       "3.0 TiB",
+		1<<64 - 1:     "16.0 EiB",
+		1<<20 - 1:     "1024.0 KiB",
+	}
+	for n, want := range cases {
+		// What is printed is read back, to the precision printed.
+		if back, err := ParseSize(want); n <= 1<<50 && (err != nil || n >= 1024 && (back > n+n/100 || back < n-n/100)) {
+			t.Errorf("ParseSize(%q) = %d, %v; printed for %d", want, back, err, n)
+		}
+		if got := FormatBytes(n); got != want {
+			t.Errorf("FormatBytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
