@@ -60,6 +60,9 @@ type env struct {
 	storeSet, stateSet bool
 	wait               time.Duration // --wait: for the lock
 	noWait             bool          // --no-wait
+	json               bool          // --json: the envelope (output.go)
+	command            string        // the command's path after "dmsnap", for the envelope
+	emitted            bool          // the envelope was printed
 }
 
 // Annotations a command may carry.
@@ -125,11 +128,13 @@ any session. See README.md and docs/ for the whole story.
 	root.PersistentFlags().StringVar(&e.store, "store", "/snapshot", "the store `DIR`, where the sessions go")
 	root.PersistentFlags().StringVar(&e.state, "state", session.DefaultStateDir, "the state `DIR` (registry, lock)")
 	root.PersistentFlags().DurationVar(&e.wait, "wait", cliLockWait, "how long to wait (a `DURATION`: 90s, 5m) for the lock another dmsnap command holds")
+	root.PersistentFlags().BoolVar(&e.json, "json", false, "print the result as JSON (docs/cli.md: one envelope with a schema version)")
 	root.PersistentFlags().BoolVar(&e.noWait, "no-wait", false, "fail at once (exit 4) when another dmsnap command holds the lock")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usagef("%v (see %s --help)", err, c.CommandPath())
 	})
 	root.PersistentPreRunE = func(c *cobra.Command, args []string) error {
+		e.command = strings.TrimPrefix(c.CommandPath(), "dmsnap ")
 		if err := e.settings(c); err != nil && needsState(c) {
 			return err
 		}
@@ -249,7 +254,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		name = c.CommandPath()
 	}
 	fmt.Fprintf(stderr, "%s: %v\n", name, err)
-	return exitCode(err)
+	code := exitCode(err)
+	if e.command == "" {
+		e.command = strings.TrimPrefix(name, "dmsnap ")
+	}
+	e.emitError(err, code)
+	return code
 }
 
 // exitCode maps an error to the documented exit codes.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -199,5 +201,98 @@ func TestCommandLineConventions(t *testing.T) {
 func TestViewName(t *testing.T) {
 	if got, want := session.ViewDMName("sdb1", "sdb1_1700000000"), dm.Prefix+"sdb1-at1700000000"; got != want {
 		t.Fatalf("viewName = %s, want %s", got, want)
+	}
+}
+
+// decodeResult decodes --json output: the envelope, whose result goes
+// into v. Anything else (another schema, an error envelope) is an error.
+func decodeResult(out string, v any) error {
+	var env struct {
+		Schema  int             `json:"schema"`
+		Command string          `json:"command"`
+		Result  json.RawMessage `json:"result"`
+		Error   *jsonError      `json:"error"`
+	}
+	dec := json.NewDecoder(strings.NewReader(out))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&env); err != nil {
+		return fmt.Errorf("not a JSON envelope: %w", err)
+	}
+	if dec.More() {
+		return errors.New("more than one JSON document")
+	}
+	switch {
+	case env.Schema != jsonSchema:
+		return fmt.Errorf("schema %d, want %d", env.Schema, jsonSchema)
+	case env.Error != nil:
+		return fmt.Errorf("error envelope: %+v", *env.Error)
+	case env.Command == "" || len(env.Result) == 0:
+		return fmt.Errorf("envelope without command or result: %s", out)
+	}
+	return json.Unmarshal(env.Result, v)
+}
+
+// --json on every command that prints gives one envelope on stdout: the
+// result, or the error with its exit code.
+func TestJSONEnvelope(t *testing.T) {
+	fx := newRestoreFixture(t, []int{1}, []int{2})
+	g := []string{"--store", fx.store, "--state", fx.state, "--json"}
+	for _, c := range []struct {
+		args    []string
+		command string
+		check   func(result json.RawMessage) bool
+	}{
+		{[]string{"version"}, "version", func(r json.RawMessage) bool { return strings.Contains(string(r), `"version"`) }},
+		{[]string{"sessions", "list"}, "sessions list", func(r json.RawMessage) bool { return strings.Count(string(r), `"id"`) == 2 }},
+		{[]string{"sessions", "show", "latest"}, "sessions show", func(r json.RawMessage) bool { return strings.Contains(string(r), fx.ids[1]) }},
+		{[]string{"sessions", "verify"}, "sessions verify", func(r json.RawMessage) bool { return strings.Count(string(r), `"outcome": "ok"`) == 2 }},
+		{[]string{"sessions", "prune", "dev.img", "--keep", "1", "--dry-run"}, "sessions prune", func(r json.RawMessage) bool {
+			return strings.Contains(string(r), `"removed": [`) && strings.Contains(string(r), fx.ids[0]) && strings.Contains(string(r), `"dry_run": true`)
+		}},
+		{[]string{"restore", fx.dev, "--session", fx.ids[0], "--dry-run"}, "restore", func(r json.RawMessage) bool { return strings.Contains(string(r), `"dry_run": true`) }},
+	} {
+		code, out, errOut := runCLI(t, append(g, c.args...)...)
+		var raw json.RawMessage
+		if err := decodeResult(out, &raw); err != nil || code != exitOK {
+			t.Errorf("dmsnap %q --json: exit %d, %v\n%s%s", c.args, code, err, out, errOut)
+			continue
+		}
+		var env envelope
+		json.Unmarshal([]byte(out), &env)
+		if env.Command != c.command || !c.check(raw) {
+			t.Errorf("dmsnap %q --json: command %q (want %q), result %s", c.args, env.Command, c.command, raw)
+		}
+	}
+	// A failure: the error and its exit code, in the envelope too.
+	code, out, _ := runCLI(t, append(g, "sessions", "show", "nosuch_1")...)
+	var env envelope
+	if err := json.Unmarshal([]byte(out), &env); err != nil || env.Error == nil || env.Error.ExitCode != code || code != exitFailure || env.Result != nil {
+		t.Errorf("a failed command's envelope: exit %d, %v, %s", code, err, out)
+	}
+	code, out, _ = runCLI(t, append(g, "sessions", "list", "--bogus")...)
+	if err := json.Unmarshal([]byte(out), &env); err != nil || env.Error == nil || env.Error.ExitCode != exitUsage || code != exitUsage {
+		t.Errorf("a usage error's envelope: exit %d, %v, %s", code, err, out)
+	}
+}
+
+// sessions list -o picks the fields, --no-headings drops the heading, as
+// lvs does; times in text are local with their zone.
+func TestSessionsListFields(t *testing.T) {
+	fx := newRestoreFixture(t, []int{1}, []int{2})
+	g := []string{"--store", fx.store, "--state", fx.state}
+	code, out, errOut := runCLI(t, append(g, "sessions", "list", "-o", "id,state,size", "--no-headings")...)
+	want := fx.ids[0] + "  closed  4096\n" + fx.ids[1] + "  closed  4096\n"
+	if code != exitOK || out != want {
+		t.Errorf("sessions list -o id,state,size --no-headings: exit %d\n%q\nwant\n%q\n%s", code, out, want, errOut)
+	}
+	if code, _, errOut := runCLI(t, append(g, "sessions", "list", "-o", "id,bogus")...); code != exitUsage || !strings.Contains(errOut, `unknown field "bogus"`) {
+		t.Errorf("-o id,bogus: exit %d, %q", code, errOut)
+	}
+	store := t.TempDir()
+	closedSession(t, store, "sdb1", time.Unix(1700000000, 0))
+	_, out, _ = runCLI(t, "--store", store, "--state", fx.state, "sessions", "list", "-o", "id,mounted")
+	zone := time.Unix(1700000000, 0).Local().Format("MST")
+	if !strings.HasPrefix(out, "ID") || !strings.Contains(out, " "+localTime(time.Unix(1700000000, 0))+"\n") || !strings.HasSuffix(out, " "+zone+"\n") {
+		t.Errorf("sessions list -o id,mounted: want a heading and times with their zone (%s):\n%s", zone, out)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -274,7 +273,7 @@ func TestSessionsListShowsRestorePoints(t *testing.T) {
 		Restorable    bool   `json:"restorable"`
 		NotRestorable string `json:"not_restorable_because"`
 	}
-	if err := json.Unmarshal(out.Bytes(), &list); err != nil {
+	if err := decodeResult(out.String(), &list); err != nil {
 		t.Fatal(err)
 	}
 	want := []bool{false, false, true}

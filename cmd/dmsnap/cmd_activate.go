@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
 
@@ -76,13 +77,29 @@ func runActivate(e *env, f activateFlags, device string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "activated %s as %s: mount /dev/mapper/dmsnap-%s; sessions go to %s\n", d.Path, d.Name, d.Name, d.Store)
 	if st := d.Identity.Stable; st == nil || !st.Stable() {
 		fmt.Fprintf(e.stderr, "warning: %s has no stable identity (no disk serial or WWN, partition UUID, loop backing file or DM UUID): after a reboot dmsnap cannot tell it from another device of its size, so it is not re-attached by itself; `dmsnap attach --force-identity --name %s DEVICE` protects it again\n",
 			d.Path, d.Name)
 	}
+	res := activated{Name: d.Name, Path: d.Path, Mount: "/dev/mapper/dmsnap-" + d.Name, Store: d.Store}
 	if cur := d.Current(); cur != nil {
-		fmt.Fprintf(e.stdout, "session %d armed in %s\n", cur.N, cur.Dir)
+		res.Session, res.SessionDir = cur.N, cur.Dir
 	}
-	return nil
+	return e.emit(res, func(w io.Writer) error {
+		fmt.Fprintf(w, "activated %s as %s: mount %s; sessions go to %s\n", res.Path, res.Name, res.Mount, res.Store)
+		if res.SessionDir != "" {
+			fmt.Fprintf(w, "session %d armed in %s\n", res.Session, res.SessionDir)
+		}
+		return nil
+	})
+}
+
+// activated is activate's result.
+type activated struct {
+	Name       string `json:"name"`
+	Path       string `json:"path"`
+	Mount      string `json:"mount"` // the device to mount
+	Store      string `json:"store"`
+	Session    int    `json:"session,omitempty"` // the armed session's number
+	SessionDir string `json:"session_dir,omitempty"`
 }

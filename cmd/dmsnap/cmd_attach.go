@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 
 	"github.com/spf13/cobra"
@@ -69,11 +70,21 @@ func runAttach(e *env, device, name string, force bool, pw *passwordFlags) error
 	// reboot must go on now, before the half-merged device is mounted
 	// (the watcher would resume it too, but maybe only after a mount).
 	finishMerges(e.ctx, m, slog.New(slog.NewTextHandler(e.stderr, nil)))
+	res := struct {
+		Done   []string `json:"done"`
+		Issues []string `json:"issues"`
+	}{[]string{}, []string{}}
 	for _, a := range rep.Done {
-		fmt.Fprintf(e.stdout, "%s\n", a)
+		res.Done = append(res.Done, a.String())
 	}
 	for _, is := range rep.Issues {
+		res.Issues = append(res.Issues, is.String())
 		fmt.Fprintf(e.stderr, "needs attention: %s\n", is)
 	}
-	return nil
+	return e.emit(res, func(w io.Writer) error {
+		for _, a := range res.Done {
+			fmt.Fprintln(w, a)
+		}
+		return nil
+	})
 }

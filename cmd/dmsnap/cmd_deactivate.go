@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
 )
@@ -31,8 +32,10 @@ Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device mounted or busy
 			if err := newManager(e).Deactivate(e.ctx, args[0]); err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "deactivated %s; its sessions stay in the store\n", args[0])
-			return nil
+			return e.emit(map[string]string{"deactivated": args[0]}, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "deactivated %s; its sessions stay in the store\n", args[0])
+				return err
+			})
 		},
 	}
 	pw.add(c.Flags())

@@ -68,15 +68,19 @@ func runPasswd(e *env, pw passwordFlags, remove bool) error {
 			return fmt.Errorf("control password: %w", err)
 		}
 	} else if remove {
-		fmt.Fprintln(e.stdout, "no control password is set")
-		return nil
+		return e.emit(map[string]string{"password": "none"}, func(w io.Writer) error {
+			_, err := fmt.Fprintln(w, "no control password is set")
+			return err
+		})
 	}
 	if remove {
 		if err := sec.Clear(); err != nil {
 			return err
 		}
-		fmt.Fprintln(e.stdout, "control password removed: no command asks for one any more")
-		return nil
+		return e.emit(map[string]string{"password": "removed"}, func(w io.Writer) error {
+			_, err := fmt.Fprintln(w, "control password removed: no command asks for one any more")
+			return err
+		})
 	}
 	p, err := in.ReadNew("new control password: ")
 	if errors.Is(err, passwd.ErrNoPassword) {
@@ -89,8 +93,10 @@ func runPasswd(e *env, pw passwordFlags, remove bool) error {
 		return fmt.Errorf("store the control password in %s: %w", sec.Path, err)
 	}
 	session.Crashpoint(session.CrashpointPasswd)
-	fmt.Fprintln(e.stdout, "control password set")
-	return nil
+	return e.emit(map[string]string{"password": "set"}, func(w io.Writer) error {
+		_, err := fmt.Fprintln(w, "control password set")
+		return err
+	})
 }
 
 // lineSource hands out one line per Read, so that each passwd.Input.Read

@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -71,7 +70,6 @@ type restoreFlags struct {
 	noUndo  bool
 	merge   bool
 	yes     bool
-	json    bool
 	pw      passwordFlags // asked for with --no-undo
 }
 
@@ -94,7 +92,6 @@ func restoreCmd(e *env) *cobra.Command {
 	fs.BoolVar(&f.noUndo, "no-undo", false, "write the raw device directly: faster, but the restore cannot be undone")
 	fs.BoolVar(&f.merge, "merge", false, "restore instantly: the kernel merges the plan back in the background (snapshot-merge)")
 	fs.BoolVarP(&f.yes, "yes", "y", false, "do not ask for confirmation")
-	fs.BoolVar(&f.json, "json", false, "print the result as JSON")
 	f.pw.add(fs)
 	c.RegisterFlagCompletionFunc("session", completeSessions(e, true))
 	c.RegisterFlagCompletionFunc("name", completeDevices(e))
@@ -173,7 +170,7 @@ func restoreDevice(e *env, f restoreFlags, arg string) error {
 	if tty {
 		in = bufio.NewReader(e.stdin)
 	}
-	r, err := rollback.OpenAs(rollbackConfig(e, f.json), arg, f.name, f.session)
+	r, err := rollback.OpenAs(rollbackConfig(e, e.json), arg, f.name, f.session)
 	if err != nil {
 		return err
 	}
@@ -183,6 +180,13 @@ func restoreDevice(e *env, f restoreFlags, arg string) error {
 		return err
 	}
 	if len(sessions) == 0 {
+		if r.Active != nil {
+			for _, s := range r.Active.Sessions {
+				if s.State == session.SessionClosing {
+					return fmt.Errorf("no closed sessions of %s in %s yet: session %d is closing (dmsnap watch converts it); retry in a moment", r.Name, r.Store, s.N)
+				}
+			}
+		}
 		return fmt.Errorf("no closed sessions of %s in %s: nothing to restore", r.Name, r.Store)
 	}
 	var target int
@@ -255,14 +259,14 @@ func restoreDevice(e *env, f restoreFlags, arg string) error {
 // pickSession lists the sessions and asks which one to restore to.
 func pickSession(in *bufio.Reader, out io.Writer, name string, sessions []snapstore.SessionInfo) (int, error) {
 	fmt.Fprintf(out, "Sessions of %s (restoring to one undoes it and every later one):\n", name)
-	fmt.Fprintf(out, "  %3s  %-28s  %-20s  %8s  %10s  %s\n", "#", "SESSION", "TIME (UTC)", "BLOCKS", "SIZE", "STATUS")
+	fmt.Fprintf(out, "  %3s  %-28s  %-23s  %8s  %10s  %s\n", "#", "SESSION", "TIME", "BLOCKS", "SIZE", "STATUS")
 	for i, s := range sessions {
 		blocks, size := "-", "-"
 		if m := s.Meta; m != nil {
 			blocks = strconv.FormatInt(m.TotalBlocksSaved, 10)
 			size = units.FormatBytes(uint64(m.TotalBlocksSaved) * uint64(m.BlockSize))
 		}
-		fmt.Fprintf(out, "  %3d  %-28s  %-20s  %8s  %10s  %s\n", i+1, s.ID, s.Time.UTC().Format(time.DateTime), blocks, size, s.Status)
+		fmt.Fprintf(out, "  %3d  %-28s  %-23s  %8s  %10s  %s\n", i+1, s.ID, localTime(s.Time), blocks, size, s.Status)
 	}
 	for {
 		fmt.Fprintf(out, "Restore to the state before which session? [1-%d, q to quit]: ", len(sessions))
@@ -296,8 +300,8 @@ func confirm(in *bufio.Reader, out io.Writer, question string) bool {
 }
 
 func printDryRun(e *env, f restoreFlags, res *rollback.Result) error {
-	if f.json {
-		return printJSON(e.stdout, res)
+	if e.json {
+		return e.emit(res, nil)
 	}
 	w := e.stdout
 	printWarnings(e.stderr, res.Warnings)
@@ -316,8 +320,8 @@ func printDryRun(e *env, f restoreFlags, res *rollback.Result) error {
 }
 
 func printImage(e *env, f restoreFlags, res *rollback.Result) error {
-	if f.json {
-		return printJSON(e.stdout, res)
+	if e.json {
+		return e.emit(res, nil)
 	}
 	printWarnings(e.stderr, res.Warnings)
 	fmt.Fprintf(e.stdout, "Wrote %s: %s as it was before session %s (%s of the device copied, %s from %d session(s)); %s was only read.\n",
@@ -326,15 +330,15 @@ func printImage(e *env, f restoreFlags, res *rollback.Result) error {
 }
 
 func printRestore(e *env, f restoreFlags, res *rollback.Result) error {
-	if f.json {
-		return printJSON(e.stdout, res)
+	if e.json {
+		return e.emit(res, nil)
 	}
 	w := e.stdout
 	if mg := res.Merge; mg != nil && mg.Started {
 		fmt.Fprintf(w, "Restored %s to its state before session %s instantly: %s shows it now, and the kernel copies %s from %d session(s) back in the background (dmsnap status shows how far; dmsnap watch puts the stack back when it is done).\n",
 			res.Name, res.Session, strings.TrimPrefix(res.Through, "snapshot-merge on "), units.FormatBytes(res.Summary.Bytes), len(res.Sessions))
-		fmt.Fprintf(w, "This restore can be undone: session %d (armed at %s UTC) records what the merge overwrites. Once it has closed (dmsnap watch closes it when the merge is done, unless the device is mounted; then the unmount does), restore it: it is the first session of %s after this restore in dmsnap sessions list %s; dmsnap watch also logs the command.\n",
-			mg.Recording, mg.RecordingArmed.UTC().Format(time.TimeOnly), res.Name, res.Name)
+		fmt.Fprintf(w, "This restore can be undone: session %d (armed at %s) records what the merge overwrites. Once it has closed (dmsnap watch closes it when the merge is done, unless the device is mounted; then the unmount does), restore it: it is the first session of %s after this restore in dmsnap sessions list %s; dmsnap watch also logs the command.\n",
+			mg.Recording, localTime(mg.RecordingArmed), res.Name, res.Name)
 		return nil
 	}
 	fmt.Fprintf(w, "Restored %s to its state before session %s: %s written in %d write(s) through %s, from %d session(s).\n",

@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -201,7 +200,7 @@ func TestRestoreChainToEachSession(t *testing.T) {
 			t.Fatalf("restore to %s: device differs from its state before the session", fx.ids[target])
 		}
 		var res map[string]any
-		if err := json.Unmarshal([]byte(out), &res); err != nil {
+		if err := decodeResult(out, &res); err != nil {
 			t.Fatalf("JSON output %q: %v", out, err)
 		}
 		sessions, _ := res["sessions"].([]any)
@@ -223,7 +222,7 @@ func TestRestoreDryRunAndToFile(t *testing.T) {
 		t.Fatalf("dry run: exit %d: %s", code, errOut)
 	}
 	var dry rollback.Result
-	if err := json.Unmarshal([]byte(out), &dry); err != nil {
+	if err := decodeResult(out, &dry); err != nil {
 		t.Fatal(err)
 	}
 	if !dry.DryRun || dry.Summary.Bytes != 3*fxChunk || len(dry.Summary.Sessions) != 2 || dry.Written != 0 {

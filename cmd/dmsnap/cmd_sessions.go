@@ -1,8 +1,11 @@
 package main
 
 import (
+	"cmp"
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -169,19 +172,30 @@ func describeSession(info snapstore.SessionInfo) sessionJSON {
 }
 
 func sessionsListCmd(e *env) *cobra.Command {
-	var asJSON bool
+	var f listFlags
 	c := &cobra.Command{
 		Use:               "list [NAME]",
 		Short:             "list the sessions of the store (of device NAME only when given), oldest first",
 		Args:              argsBetween(0, 1, "sessions list takes at most one NAME"),
 		ValidArgsFunction: completeDevices(e),
-		RunE:              func(c *cobra.Command, args []string) error { return runSessionsList(e, asJSON, args) },
+		RunE:              func(c *cobra.Command, args []string) error { return runSessionsList(e, f, args) },
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (see dmsnap sessions --help)")
+	c.Flags().StringVarP(&f.fields, "output", "o", "", "the `FIELDS` to show, comma-separated, of: "+strings.Join(sessionColumns.allNames(), ","))
+	c.Flags().BoolVar(&f.noHeadings, "no-headings", false, "leave out the heading line and the notes below the table (for scripts)")
 	return c
 }
 
-func runSessionsList(e *env, asJSON bool, args []string) error {
+// listFlags are the output flags of a list command.
+type listFlags struct {
+	fields     string
+	noHeadings bool
+}
+
+func runSessionsList(e *env, f listFlags, args []string) error {
+	fields, err := sessionColumns.pick(f.fields)
+	if err != nil {
+		return err
+	}
 	name := ""
 	if len(args) == 1 {
 		name = args[0]
@@ -204,49 +218,73 @@ func runSessionsList(e *env, asJSON bool, args []string) error {
 		}
 		out = append(out, withRestorability(describeSession(info), points[info.ID]))
 	}
-	if asJSON {
-		return printJSON(e.stdout, out)
+	if e.json {
+		return e.emit(out, nil)
 	}
 	if len(out) == 0 {
 		fmt.Fprintf(e.stdout, "no sessions in %s\n", strings.Join(stores, ", "))
 		return nil
 	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tDEVICE\tSTATE\tRESTORABLE\tMOUNTED\tUNMOUNTED\tBLOCKS\tBYTES")
 	var why []string // one line per session that breaks a chain
 	seen := map[string]bool{}
 	for _, s := range out {
-		restorable := "yes"
-		if !s.Restorable {
-			restorable = "no"
-			if p := points[s.ID]; p.Blocker != "" && !seen[p.Blocker] {
-				seen[p.Blocker] = true
-				why = append(why, p.Blocker+" "+points[p.Blocker].Why)
-			}
+		if p := points[s.ID]; !s.Restorable && p.Blocker != "" && !seen[p.Blocker] {
+			seen[p.Blocker] = true
+			why = append(why, p.Blocker+" "+points[p.Blocker].Why)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.ID, s.Device, s.State, restorable, fmtTime(s.Mounted), fmtTime(s.Unmounted), s.Blocks, units.FormatBytes(uint64(max(s.Bytes, 0))))
 	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	sessionColumns.write(tw, fields, out, f.noHeadings)
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	for _, w := range why {
-		fmt.Fprintf(e.stdout, "not restorable: %s, so it and every session before it cannot be restored to\n", w)
+		if !f.noHeadings {
+			fmt.Fprintf(e.stdout, "not restorable: %s, so it and every session before it cannot be restored to\n", w)
+		}
 	}
 	return nil
+}
+
+// sessionColumns are the fields of sessions list (-o).
+var sessionColumns = columns[sessionJSON]{
+	names: []string{"id", "device", "state", "restorable", "mounted", "unmounted", "blocks", "bytes"},
+	head: map[string]string{"id": "ID", "name": "NAME", "device": "DEVICE", "state": "STATE", "restorable": "RESTORABLE",
+		"armed": "ARMED", "mounted": "MOUNTED", "unmounted": "UNMOUNTED", "closed": "CLOSED", "blocks": "BLOCKS", "bytes": "BYTES",
+		"size": "SIZE", "dir": "DIR", "fs": "FS", "chunk": "CHUNK"},
+	value: map[string]func(sessionJSON) string{
+		"id":     func(s sessionJSON) string { return s.ID },
+		"name":   func(s sessionJSON) string { return s.Name },
+		"device": func(s sessionJSON) string { return cmp.Or(s.Device, "-") },
+		"state":  func(s sessionJSON) string { return s.State },
+		"restorable": func(s sessionJSON) string {
+			if s.Restorable {
+				return "yes"
+			}
+			return "no"
+		},
+		"armed":     func(s sessionJSON) string { return fmtTime(s.Armed) },
+		"mounted":   func(s sessionJSON) string { return fmtTime(s.Mounted) },
+		"unmounted": func(s sessionJSON) string { return fmtTime(s.Unmounted) },
+		"closed":    func(s sessionJSON) string { return fmtTime(s.Closed) },
+		"blocks":    func(s sessionJSON) string { return strconv.FormatInt(s.Blocks, 10) },
+		"bytes":     func(s sessionJSON) string { return units.FormatBytes(uint64(max(s.Bytes, 0))) },
+		"size":      func(s sessionJSON) string { return strconv.FormatInt(s.Bytes, 10) },
+		"dir":       func(s sessionJSON) string { return s.Dir },
+		"fs":        func(s sessionJSON) string { return cmp.Or(s.FSType, "-") },
+		"chunk":     func(s sessionJSON) string { return strconv.FormatUint(uint64(s.ChunkSize), 10) },
+	},
 }
 
 func fmtTime(t *time.Time) string {
 	if t == nil {
 		return "-"
 	}
-	return t.Local().Format("2006-01-02 15:04:05")
+	return localTime(*t)
 }
 
 func sessionsShowCmd(e *env) *cobra.Command {
-	var (
-		asJSON bool
-		name   string
-	)
+	var name string
 	c := &cobra.Command{
 		Use:   "show ID|latest",
 		Short: "show one session",
@@ -254,9 +292,8 @@ func sessionsShowCmd(e *env) *cobra.Command {
 which may be left out when the stores hold the sessions of one device only).`,
 		Args:              argsBetween(1, 1, "sessions show takes one session ID, or latest"),
 		ValidArgsFunction: completeSessions(e, true),
-		RunE:              func(c *cobra.Command, args []string) error { return runSessionsShow(e, asJSON, name, args[0]) },
+		RunE:              func(c *cobra.Command, args []string) error { return runSessionsShow(e, name, args[0]) },
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (see dmsnap sessions --help)")
 	c.Flags().StringVar(&name, "name", "", "with latest: the device `NAME`")
 	c.RegisterFlagCompletionFunc("name", completeDevices(e))
 	return c
@@ -297,7 +334,7 @@ func (e *env) latestSession(name string) (string, error) {
 	return latest, nil
 }
 
-func runSessionsShow(e *env, asJSON bool, name, id string) error {
+func runSessionsShow(e *env, name, id string) error {
 	var dir string
 	var err error
 	switch {
@@ -317,8 +354,8 @@ func runSessionsShow(e *env, asJSON bool, name, id string) error {
 	if infos, err := snapstore.ListSessions(filepath.Dir(dir)); err == nil {
 		s = withRestorability(s, restorePoints(infos)[info.ID])
 	}
-	if asJSON {
-		return printJSON(e.stdout, s)
+	if e.json {
+		return e.emit(s, nil)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	row := func(k, v string) {
@@ -389,8 +426,10 @@ func runSessionsVerify(e *env, args []string) error {
 			dirs = append(dirs, info.Dir)
 		}
 		if len(dirs) == 0 {
-			fmt.Fprintf(e.stdout, "no finished sessions in %s\n", strings.Join(stores, ", "))
-			return nil
+			return e.emit([]verified{}, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "no finished sessions in %s\n", strings.Join(stores, ", "))
+				return err
+			})
 		}
 	}
 	for _, id := range args {
@@ -400,17 +439,26 @@ func runSessionsVerify(e *env, args []string) error {
 		}
 		dirs = append(dirs, dir)
 	}
+	results := []verified{}
 	failed, unverified := 0, 0
 	for _, dir := range dirs {
 		if err := e.ctx.Err(); err != nil {
 			return err
 		}
-		switch verifyOne(e, dir) {
-		case verifyFailed:
+		v := verifyOne(e.ctx, dir)
+		if !e.json {
+			v.print(e.stdout)
+		}
+		results = append(results, v)
+		switch v.Outcome {
+		case verifyDamaged, verifyNotFinished, verifyFailed:
 			failed++
 		case verifyUnreadable:
 			unverified++
 		}
+	}
+	if e.json {
+		e.emit(results, nil)
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d of %d sessions failed verification: restoring through them would be wrong; see the problems above", failed, len(dirs))
@@ -422,53 +470,89 @@ func runSessionsVerify(e *env, args []string) error {
 	return nil
 }
 
-// The outcomes of verifyOne.
+// The outcomes of verifyOne, as --json gives them.
 const (
-	verifyOK         = iota
-	verifyFailed     // damaged, or not a finished session
-	verifyUnreadable // the OS would not read a file: nothing is known
+	verifyOK          = "ok"
+	verifyDamaged     = "damaged"
+	verifyNotFinished = "not_finished" // live, or not converted yet
+	verifyFailed      = "failed"       // verification itself failed
+	verifyUnreadable  = "unreadable"   // the OS would not read a file: nothing is known
 )
 
-// verifyOne verifies a session and prints the outcome.
-func verifyOne(e *env, dir string) int {
-	id := filepath.Base(dir)
+// verified is one session's verification.
+type verified struct {
+	ID         string   `json:"id"`
+	Dir        string   `json:"dir"`
+	Outcome    string   `json:"outcome"`
+	Records    int64    `json:"records"`
+	Bytes      int64    `json:"bytes"`
+	Unverified bool     `json:"unverified,omitempty"` // a seed session: no checksums
+	Invalid    bool     `json:"invalid,omitempty"`    // flagged invalid by the kernel
+	Problems   []string `json:"problems,omitempty"`
+	Error      string   `json:"error,omitempty"`
+}
+
+// verifyOne verifies a session.
+func verifyOne(ctx context.Context, dir string) verified {
+	v := verified{ID: filepath.Base(dir), Dir: dir}
 	if _, err := os.Stat(filepath.Join(dir, snapstore.MetaFile)); errors.Is(err, os.ErrNotExist) {
-		fmt.Fprintf(e.stdout, "%s: not finished (no meta.json): it is live or waiting for `dmsnap watch` to convert it\n", id)
-		return verifyFailed
+		v.Outcome = verifyNotFinished
+		return v
 	}
-	res, err := snapstore.Verify(e.ctx, dir)
+	res, err := snapstore.Verify(ctx, dir)
 	var ve *snapstore.VerifyError
 	switch {
 	case errors.As(err, &ve):
-		fmt.Fprintf(e.stdout, "%s: DAMAGED\n", id)
+		v.Outcome = verifyDamaged
 		for _, p := range res.Problems {
-			fmt.Fprintf(e.stdout, "  %v\n", p)
+			v.Problems = append(v.Problems, fmt.Sprint(p))
 		}
 		if ve.Stopped != nil {
-			fmt.Fprintf(e.stdout, "  and verification stopped there: %v\n", ve.Stopped)
+			v.Error = "verification stopped there: " + ve.Stopped.Error()
 		}
-		return verifyFailed
+		return v
 	case errors.Is(err, snapstore.ErrCannotVerify):
-		// err reads "cannot verify: <what the OS said>".
-		fmt.Fprintf(e.stdout, "%s: %v (an OS error, not damage)\n", id, err)
-		return verifyUnreadable
+		v.Outcome, v.Error = verifyUnreadable, err.Error() // "cannot verify: <what the OS said>"
+		return v
 	case err != nil:
-		fmt.Fprintf(e.stdout, "%s: verification failed: %v\n", id, err)
-		return verifyFailed
+		v.Outcome, v.Error = verifyFailed, err.Error()
+		return v
 	}
-	var notes []string
-	if res.Unverified {
-		notes = append(notes, "unverified: a seed session without checksums, structure checked only")
+	v.Outcome, v.Records, v.Bytes, v.Unverified, v.Invalid = verifyOK, res.Records, res.Bytes, res.Unverified, res.Invalid
+	return v
+}
+
+// print writes v as text.
+func (v verified) print(w io.Writer) {
+	switch v.Outcome {
+	case verifyNotFinished:
+		fmt.Fprintf(w, "%s: not finished (no meta.json): it is live or waiting for `dmsnap watch` to convert it\n", v.ID)
+	case verifyDamaged:
+		fmt.Fprintf(w, "%s: DAMAGED\n", v.ID)
+		for _, p := range v.Problems {
+			fmt.Fprintf(w, "  %s\n", p)
+		}
+		if v.Error != "" {
+			fmt.Fprintf(w, "  and %s\n", v.Error)
+		}
+	case verifyUnreadable:
+		fmt.Fprintf(w, "%s: %s (an OS error, not damage)\n", v.ID, v.Error)
+	case verifyFailed:
+		fmt.Fprintf(w, "%s: verification failed: %s\n", v.ID, v.Error)
+	default:
+		var notes []string
+		if v.Unverified {
+			notes = append(notes, "unverified: a seed session without checksums, structure checked only")
+		}
+		if v.Invalid {
+			notes = append(notes, "flagged invalid: the kernel dropped its snapshot, its pre-images are incomplete")
+		}
+		extra := ""
+		if len(notes) > 0 {
+			extra = "; " + strings.Join(notes, "; ")
+		}
+		fmt.Fprintf(w, "%s: ok, %d records, %s%s\n", v.ID, v.Records, units.FormatBytes(uint64(max(v.Bytes, 0))), extra)
 	}
-	if res.Invalid {
-		notes = append(notes, "flagged invalid: the kernel dropped its snapshot, its pre-images are incomplete")
-	}
-	extra := ""
-	if len(notes) > 0 {
-		extra = "; " + strings.Join(notes, "; ")
-	}
-	fmt.Fprintf(e.stdout, "%s: ok, %d records, %s%s\n", id, res.Records, units.FormatBytes(uint64(max(res.Bytes, 0))), extra)
-	return verifyOK
 }
 
 type pruneFlags struct {
@@ -565,28 +649,50 @@ func runSessionsPrune(e *env, fs *pflag.FlagSet, f pruneFlags, name string) erro
 	if plan.Short != "" {
 		fmt.Fprintf(e.stderr, "dmsnap sessions prune: %s\n", plan.Short)
 	}
+	res := pruned{Name: name, DryRun: f.dry, Removed: []string{}, PointsBefore: plan.Points, PointsAfter: plan.PointsAfter, Oldest: plan.Oldest}
 	for _, info := range plan.Remove {
 		if f.dry {
-			fmt.Fprintf(e.stdout, "would remove %s\n", info.ID)
+			if !e.json {
+				fmt.Fprintf(e.stdout, "would remove %s\n", info.ID)
+			}
+			res.Removed = append(res.Removed, info.ID)
 			continue
 		}
 		err := snapstore.PruneSession(store, info, time.Now(), func(step string) { session.Crashpoint(session.CrashpointPrune + step) })
 		if err != nil {
+			if e.json {
+				e.emit(res, nil) // what was removed before
+			}
 			return fmt.Errorf("remove session %s: %w", info.ID, err)
 		}
-		fmt.Fprintf(e.stdout, "removed %s\n", info.ID)
+		res.Removed = append(res.Removed, info.ID)
+		if !e.json {
+			fmt.Fprintf(e.stdout, "removed %s\n", info.ID)
+		}
 	}
-	if len(plan.Remove) == 0 {
-		fmt.Fprintf(e.stdout, "nothing to prune for %s\n", name)
-	}
-	left := "no restore point is left"
-	if plan.Oldest != "" {
-		left = fmt.Sprintf("the oldest is the state before %s", plan.Oldest)
-	}
-	verb := "left"
-	if f.dry {
-		verb = "would be left"
-	}
-	fmt.Fprintf(e.stdout, "%s: %d restore point(s) %s of %d; %s\n", name, plan.PointsAfter, verb, plan.Points, left)
-	return nil
+	return e.emit(res, func(w io.Writer) error {
+		if len(plan.Remove) == 0 {
+			fmt.Fprintf(w, "nothing to prune for %s\n", name)
+		}
+		left := "no restore point is left"
+		if plan.Oldest != "" {
+			left = fmt.Sprintf("the oldest is the state before %s", plan.Oldest)
+		}
+		verb := "left"
+		if f.dry {
+			verb = "would be left"
+		}
+		_, err := fmt.Fprintf(w, "%s: %d restore point(s) %s of %d; %s\n", name, plan.PointsAfter, verb, plan.Points, left)
+		return err
+	})
+}
+
+// pruned is prune's result.
+type pruned struct {
+	Name         string   `json:"name"`
+	DryRun       bool     `json:"dry_run"`
+	Removed      []string `json:"removed"` // or, with dry_run, would be
+	PointsBefore int      `json:"restore_points_before"`
+	PointsAfter  int      `json:"restore_points_after"`
+	Oldest       string   `json:"oldest_restore_point,omitempty"`
 }

@@ -18,7 +18,6 @@ import (
 func init() { register(statusCmd) }
 
 func statusCmd(e *env) *cobra.Command {
-	var asJSON bool
 	c := &cobra.Command{
 		Use:               "status [NAME]",
 		Annotations:       map[string]string{annoReadsState: "yes"},
@@ -26,9 +25,8 @@ func statusCmd(e *env) *cobra.Command {
 		Long:              statusHelp,
 		Args:              argsBetween(0, 1, "status takes at most one NAME"),
 		ValidArgsFunction: completeDevices(e),
-		RunE:              func(c *cobra.Command, args []string) error { return runStatus(e, asJSON, args) },
+		RunE:              func(c *cobra.Command, args []string) error { return runStatus(e, args) },
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON (see dmsnap status --help)")
 	return c
 }
 
@@ -214,7 +212,7 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 	return out
 }
 
-func runStatus(e *env, asJSON bool, args []string) error {
+func runStatus(e *env, args []string) error {
 	sts, err := newManager(e).Status(e.ctx)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
@@ -232,8 +230,8 @@ func runStatus(e *env, asJSON bool, args []string) error {
 	if len(args) == 1 && len(out.Devices) == 0 {
 		return fmt.Errorf("%s: %w; `dmsnap status` lists the activated devices", args[0], session.ErrNotActivated)
 	}
-	if asJSON {
-		return printJSON(e.stdout, out)
+	if e.json {
+		return e.emit(out, nil)
 	}
 	if len(out.Devices) == 0 {
 		fmt.Fprintln(e.stdout, "no device is activated")

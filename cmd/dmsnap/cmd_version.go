@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
 
@@ -17,8 +18,14 @@ func versionCmd(e *env) *cobra.Command {
 		Args:        argsBetween(0, 0, "version takes no arguments"),
 		Annotations: map[string]string{annoNoState: "yes"},
 		RunE: func(c *cobra.Command, args []string) error {
-			_, err := fmt.Fprintf(e.stdout, "dmsnap %s\n", versionString())
-			return err
+			v := struct {
+				Version     string `json:"version"`
+				CrashPoints bool   `json:"crash_points"`
+			}{version, session.CrashpointsBuilt}
+			return e.emit(v, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "dmsnap %s\n", versionString())
+				return err
+			})
 		},
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -66,8 +67,10 @@ may be mounted and written while the view is open).`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintln(e.stdout, rollback.ViewPath(v))
-			return nil
+			return e.emit(viewResult(v, ""), func(w io.Writer) error {
+				_, err := fmt.Fprintln(w, rollback.ViewPath(v))
+				return err
+			})
 		},
 	}
 }
@@ -94,12 +97,14 @@ func runSessionsMount(e *env, id, dir string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "%s (before session %s) mounted read-only on %s\n", rollback.ViewPath(v), v.ID, dir)
-	if fstype == "btrfs" {
-		fmt.Fprintf(e.stdout, "note: while this btrfs view is mounted, %s cannot be mounted (same fsid: the kernel refuses it); unmount the view first (dmsnap sessions close %s)\n",
-			system.OriginPath(v.Name), v.ID)
-	}
-	return nil
+	return e.emit(viewResult(v, dir), func(w io.Writer) error {
+		fmt.Fprintf(w, "%s (before session %s) mounted read-only on %s\n", rollback.ViewPath(v), v.ID, dir)
+		if fstype == "btrfs" {
+			fmt.Fprintf(w, "note: while this btrfs view is mounted, %s cannot be mounted (same fsid: the kernel refuses it); unmount the view first (dmsnap sessions close %s)\n",
+				system.OriginPath(v.Name), v.ID)
+		}
+		return nil
+	})
 }
 
 func sessionsCloseCmd(e *env) *cobra.Command {
@@ -113,8 +118,22 @@ func sessionsCloseCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "closed the view of %s (%s)\n", v.ID, rollback.ViewPath(v))
-			return nil
+			return e.emit(viewResult(v, ""), func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "closed the view of %s (%s)\n", v.ID, rollback.ViewPath(v))
+				return err
+			})
 		},
 	}
+}
+
+// view is the result of sessions open, mount and close.
+type view struct {
+	Session string `json:"session"`
+	Name    string `json:"name"`
+	Device  string `json:"device"`            // the view's device
+	Mount   string `json:"mounted,omitempty"` // where sessions mount mounted it
+}
+
+func viewResult(v session.View, mount string) view {
+	return view{Session: v.ID, Name: v.Name, Device: rollback.ViewPath(v), Mount: mount}
 }

@@ -68,7 +68,7 @@ func runWatch(e *env, f watchFlags) error {
 		f.growEvery = -1 // session.WatchOptions: never
 	}
 	var h slog.Handler = slog.NewTextHandler(e.stderr, nil)
-	if f.jsonLogs {
+	if f.jsonLogs || e.json {
 		h = slog.NewJSONHandler(e.stderr, nil)
 	}
 	log := slog.New(h)

@@ -1,3 +1,7 @@
+//go:build !vm
+
+// Host tests only: the guest has no bash, bash-completion or man.
+
 package main
 
 import (

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -123,20 +121,4 @@ func requireSecret(e *env, p *passwordFlags) error {
 		return err // names the file and what to do
 	}
 	return fmt.Errorf("control password: %w", err)
-}
-
-// printJSON writes v indented, with a final newline.
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-// timeOrNil returns a pointer to t in UTC, nil when zero, so JSON omits it.
-func timeOrNil(t time.Time) *time.Time {
-	if t.IsZero() {
-		return nil
-	}
-	u := t.UTC()
-	return &u
 }

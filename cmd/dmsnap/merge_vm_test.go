@@ -4,7 +4,6 @@ package main
 
 import (
 	"crypto/rand"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -75,7 +74,7 @@ func TestMergeRestore(t *testing.T) {
 		t.Fatalf("restore --merge: exit %d: %s", code, out)
 	}
 	var res rollback.Result
-	if err := json.Unmarshal([]byte(out), &res); err != nil {
+	if err := decodeResult(out, &res); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	if res.Merge == nil || !res.Merge.Started || !res.Undoable || res.Merge.FallbackReason != "" {
@@ -216,7 +215,7 @@ func TestMergeRestore(t *testing.T) {
 		t.Fatalf("restore --merge, refused: exit %d: %s", code, out)
 	}
 	res = rollback.Result{}
-	if err := json.Unmarshal([]byte(out[:strings.LastIndex(out, "}")+1]), &res); err != nil {
+	if err := decodeResult(out[:strings.LastIndex(out, "}")+1], &res); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	if res.Merge == nil || res.Merge.Started || !strings.Contains(res.Merge.FallbackReason, "refused") || !res.Undoable || res.Undo == "" ||

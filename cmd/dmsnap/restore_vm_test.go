@@ -12,7 +12,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -245,7 +244,7 @@ func TestVMRestoreToFile(t *testing.T) {
 	// the armed one closes first; it writes nothing.
 	code, out := d.restore(d.name, "--session", s1, "--dry-run", "--json")
 	var dry rollback.Result
-	if code != 0 || json.Unmarshal([]byte(out), &dry) != nil || !dry.ArmedCloses || !dry.DryRun ||
+	if code != 0 || decodeResult(out, &dry) != nil || !dry.ArmedCloses || !dry.DryRun ||
 		len(dry.Sessions) != 1 || dry.Sessions[0] != s1 || dry.Summary.Bytes == 0 {
 		t.Fatalf("dry run: exit %d: %s", code, out)
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -166,7 +165,7 @@ func TestActivateStatusDeactivate(t *testing.T) {
 			Issues          []string `json:"issues"`
 		} `json:"devices"`
 	}
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
+	if err := decodeResult(out, &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, out)
 	}
 	if len(st.Devices) != 1 {
@@ -375,7 +374,7 @@ func TestSessionsListShowVerify(t *testing.T) {
 		t.Fatalf("list: exit %d: %s", code, errOut)
 	}
 	var list []map[string]any
-	if err := json.Unmarshal([]byte(out), &list); err != nil {
+	if err := decodeResult(out, &list); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	if len(list) != 3 {
@@ -402,7 +401,7 @@ func TestSessionsListShowVerify(t *testing.T) {
 
 	code, out, _ = w.run(t, "", "sessions", "show", "sdb1_1700003600", "--json")
 	var one map[string]any
-	if code != exitOK || json.Unmarshal([]byte(out), &one) != nil || one["id"] != "sdb1_1700003600" || one["meta"] == nil {
+	if code != exitOK || decodeResult(out, &one) != nil || one["id"] != "sdb1_1700003600" || one["meta"] == nil {
 		t.Fatalf("show: exit %d\n%s", code, out)
 	}
 	if code, _, errOut := w.run(t, "", "sessions", "show", "../etc"); code != exitFailure || !strings.Contains(errOut, "invalid session ID") {

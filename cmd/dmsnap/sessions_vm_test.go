@@ -9,7 +9,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -229,7 +228,7 @@ type listed struct {
 func (c *cli) list(t *testing.T, name string) []listed {
 	t.Helper()
 	var out []listed
-	if err := json.Unmarshal([]byte(c.ok(t, "sessions", "list", name, "--json")), &out); err != nil {
+	if err := decodeResult(c.ok(t, "sessions", "list", name, "--json"), &out); err != nil {
 		t.Fatal(err)
 	}
 	return out
@@ -263,7 +262,7 @@ func (c *cli) status(t *testing.T) statusOut {
 	t.Helper()
 	var st statusOut
 	out := c.ok(t, "status", "--json")
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
+	if err := decodeResult(out, &st); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	return st

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,7 +28,7 @@ func TestSessionsReadTheDevicesStore(t *testing.T) {
 	}
 	_, out, _ = w.run(t, "", "sessions", "list", "sdb1", "--json")
 	var list []sessionJSON
-	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) == 0 || list[0].ID != id {
+	if err := decodeResult(out, &list); err != nil || len(list) == 0 || list[0].ID != id {
 		t.Errorf("sessions list sdb1: %v %q", err, out)
 	}
 	for _, s := range list { // and its armed session, also in other

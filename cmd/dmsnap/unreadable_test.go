@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -46,7 +45,7 @@ func TestVerifyUnreadableIsNotDamage(t *testing.T) {
 		t.Errorf("verify of an unreadable and an unfinished session: exit %d, want %d\n%s", codeMixed, exitFailure, outMixed)
 	}
 	var s map[string]any
-	if codeShow != exitOK || json.Unmarshal([]byte(outShow), &s) != nil || s["state"] != "unreadable" || !strings.Contains(fmt.Sprint(s["error"]), "too many open files") {
+	if codeShow != exitOK || decodeResult(outShow, &s) != nil || s["state"] != "unreadable" || !strings.Contains(fmt.Sprint(s["error"]), "too many open files") {
 		t.Errorf("show with no file descriptor free: exit %d\n%s", codeShow, outShow)
 	}
 
