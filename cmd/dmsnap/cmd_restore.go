@@ -130,12 +130,9 @@ func isTerminal(r io.Reader) bool {
 }
 
 // rollbackConfig is the rollback.Config of the CLI: its state and store,
-// its manager (and so its lock wait), progress on stderr unless json.
-func rollbackConfig(e *env, json bool) rollback.Config {
-	var p restore.Progress = restore.Quiet{}
-	if f, ok := e.stderr.(*os.File); ok && !json {
-		p = restore.ForFile(f)
-	}
+// its manager (and so its lock wait), progress on stderr (newProgress).
+func rollbackConfig(e *env) rollback.Config {
+	p := newProgress(e.stderr)
 	return rollback.Config{
 		State: e.state, Store: e.store,
 		Manager:  func() *session.Manager { return newManager(e) },
@@ -170,7 +167,7 @@ func restoreDevice(e *env, f restoreFlags, arg string) error {
 	if tty {
 		in = bufio.NewReader(e.stdin)
 	}
-	r, err := rollback.OpenAs(rollbackConfig(e, e.json), arg, f.name, f.session)
+	r, err := rollback.OpenAs(rollbackConfig(e), arg, f.name, f.session)
 	if err != nil {
 		return err
 	}

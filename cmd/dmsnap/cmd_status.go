@@ -223,7 +223,7 @@ func runStatus(e *env, args []string) error {
 			continue
 		}
 		d := describeDevice(st)
-		d.Views = rollback.ViewsOf(rollbackConfig(e, true), d.Name)
+		d.Views = rollback.ViewsOf(rollbackConfig(e), d.Name)
 		d.Merge = rollback.MergeOf(e.ctx, e.state, d.Name)
 		out.Devices = append(out.Devices, d)
 	}

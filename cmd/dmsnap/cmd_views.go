@@ -63,7 +63,7 @@ may be mounted and written while the view is open).`,
 		Args:              sessionIDArgs(1),
 		ValidArgsFunction: completeSessions(e, false),
 		RunE: func(c *cobra.Command, args []string) error {
-			v, err := rollback.OpenView(e.ctx, rollbackConfig(e, true), args[0])
+			v, err := rollback.OpenView(e.ctx, rollbackConfig(e), args[0])
 			if err != nil {
 				return err
 			}
@@ -93,7 +93,7 @@ func runSessionsMount(e *env, id, dir string) error {
 	if err != nil {
 		return err
 	}
-	v, fstype, err := rollback.MountView(e.ctx, rollbackConfig(e, true), id, dir)
+	v, fstype, err := rollback.MountView(e.ctx, rollbackConfig(e), id, dir)
 	if err != nil {
 		return err
 	}
@@ -114,7 +114,7 @@ func sessionsCloseCmd(e *env) *cobra.Command {
 		Args:              sessionIDArgs(1),
 		ValidArgsFunction: completeSessions(e, false),
 		RunE: func(c *cobra.Command, args []string) error {
-			v, err := rollback.CloseView(e.ctx, rollbackConfig(e, true), args[0])
+			v, err := rollback.CloseView(e.ctx, rollbackConfig(e), args[0])
 			if err != nil {
 				return err
 			}
