@@ -132,7 +132,7 @@ func isTerminal(r io.Reader) bool {
 // rollbackConfig is the rollback.Config of the CLI: its state and store,
 // its manager (and so its lock wait), progress on stderr (newProgress).
 func rollbackConfig(e *env) rollback.Config {
-	p := newProgress(e.stderr)
+	p := newProgress(e.stderr, e.json)
 	return rollback.Config{
 		State: e.state, Store: e.store,
 		Manager:  func() *session.Manager { return newManager(e) },

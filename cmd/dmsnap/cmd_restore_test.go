@@ -203,6 +203,9 @@ func TestRestoreChainToEachSession(t *testing.T) {
 		if err := decodeResult(out, &res); err != nil {
 			t.Fatalf("JSON output %q: %v", out, err)
 		}
+		if errOut != "" { // no progress lines: 2>&1 still reads as one envelope
+			t.Fatalf("restore --json wrote to stderr: %q", errOut)
+		}
 		sessions, _ := res["sessions"].([]any)
 		sum, _ := res["summary"].(map[string]any)
 		if res["device"] != fx.dev || res["name"] != "dev.img" || res["session"] != fx.ids[target] ||

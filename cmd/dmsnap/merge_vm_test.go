@@ -69,7 +69,7 @@ func TestMergeRestore(t *testing.T) {
 	}
 	setThrottle(t, "1")
 	t.Cleanup(func() { setThrottle(t, string(throttle)) })
-	code, out := d.restore(d.name, "--session", first, "--merge", "--yes", "--json")
+	code, out, _ := d.restoreSplit(d.name, "--session", first, "--merge", "--yes", "--json")
 	if code != 0 {
 		t.Fatalf("restore --merge: exit %d: %s", code, out)
 	}
@@ -210,16 +210,16 @@ func TestMergeRestore(t *testing.T) {
 	t.Cleanup(func() {
 		rollback.LoadMergeTable = func(s dm.Stack, cow string, c uint32) error { return s.StartMerge(cow, c) }
 	})
-	code, out = d.restore(d.name, "--session", first, "--merge", "--yes", "--json")
+	code, out, errOut := d.restoreSplit(d.name, "--session", first, "--merge", "--yes", "--json")
 	if code != 0 {
 		t.Fatalf("restore --merge, refused: exit %d: %s", code, out)
 	}
 	res = rollback.Result{}
-	if err := decodeResult(out[:strings.LastIndex(out, "}")+1], &res); err != nil {
+	if err := decodeResult(out, &res); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	if res.Merge == nil || res.Merge.Started || !strings.Contains(res.Merge.FallbackReason, "refused") || !res.Undoable || res.Undo == "" ||
-		!strings.Contains(out, "no instant restore") {
+		!strings.Contains(errOut, "no instant restore") {
 		t.Fatalf("refused merge did not fall back to a normal restore: %s", out)
 	}
 	if got := hash(t, d.origin); got != before {

@@ -19,12 +19,16 @@ import (
 // width whatever it is, with the bytes done, the rate and the time left;
 // each phase's bar stays on its own line when it ends. Elsewhere (a log, a
 // pipe, a test): no bar, one line per phase when it ends, with its size,
-// time and rate.
+// time and rate. With --json and no terminal, nothing: a script reading the
+// envelope, even with 2>&1, reads the envelope alone.
 
-// newProgress returns the progress for w.
-func newProgress(w io.Writer) restore.Progress {
+// newProgress returns the progress for w; json is --json.
+func newProgress(w io.Writer, json bool) restore.Progress {
 	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		return &barProgress{out: f}
+	}
+	if json {
+		return restore.Quiet{}
 	}
 	return &lineProgress{w: w}
 }

@@ -113,7 +113,7 @@ func TestProgressFitsTheTerminal(t *testing.T) {
 		var raw bytes.Buffer
 		done := make(chan struct{})
 		go func() { io.Copy(&raw, master); close(done) }()
-		p := newProgress(slave)
+		p := newProgress(slave, true) // a terminal shows the bar even with --json
 		if _, ok := p.(*barProgress); !ok {
 			t.Fatalf("a terminal gets %T, want bars", p)
 		}
@@ -143,12 +143,20 @@ func TestProgressFitsTheTerminal(t *testing.T) {
 	}
 
 	var log bytes.Buffer
-	p := newProgress(&log)
+	p := newProgress(&log, false)
 	p.Begin("write", 8<<20)
 	p.Add(8 << 20)
 	p.End()
 	p.End() // once
 	if got := log.String(); !strings.HasPrefix(got, "dmsnap: write: 8.0 MiB of 8.0 MiB in ") || !strings.HasSuffix(got, "/s)\n") || strings.Count(got, "\n") != 1 {
 		t.Errorf("off a terminal: %q", got)
+	}
+	log.Reset()
+	p = newProgress(&log, true)
+	p.Begin("write", 8<<20)
+	p.Add(8 << 20)
+	p.End()
+	if log.Len() != 0 {
+		t.Errorf("off a terminal with --json: %q, want nothing", log.String())
 	}
 }

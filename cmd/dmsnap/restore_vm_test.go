@@ -151,11 +151,18 @@ func (d *vmDev) session() string {
 // output.
 func (d *vmDev) restore(args ...string) (int, string) {
 	d.t.Helper()
+	code, out, errOut := d.restoreSplit(args...)
+	return code, out + errOut
+}
+
+// restoreSplit is restore with stdout (a --json envelope) and stderr apart.
+func (d *vmDev) restoreSplit(args ...string) (code int, stdout, stderr string) {
+	d.t.Helper()
 	var out, errb bytes.Buffer
 	all := append([]string{"--store", d.store, "--state", d.state, "restore"}, args...)
-	code := run(d.ctx, all, strings.NewReader(""), &out, &errb)
+	code = run(d.ctx, all, strings.NewReader(""), &out, &errb)
 	d.t.Logf("dmsnap %s: exit %d\n%s%s", strings.Join(all, " "), code, out.String(), errb.String())
-	return code, out.String() + errb.String()
+	return code, out.String(), errb.String()
 }
 
 var undoRE = regexp.MustCompile(`To undo: dmsnap restore \S+ --session (\S+)`)
@@ -242,7 +249,7 @@ func TestVMRestoreToFile(t *testing.T) {
 
 	// A dry run of an activated device lists the closed sessions and says
 	// the armed one closes first; it writes nothing.
-	code, out := d.restore(d.name, "--session", s1, "--dry-run", "--json")
+	code, out, _ := d.restoreSplit(d.name, "--session", s1, "--dry-run", "--json")
 	var dry rollback.Result
 	if code != 0 || decodeResult(out, &dry) != nil || !dry.ArmedCloses || !dry.DryRun ||
 		len(dry.Sessions) != 1 || dry.Sessions[0] != s1 || dry.Summary.Bytes == 0 {

@@ -23,11 +23,29 @@ import (
 // views runs `dmsnap sessions SUB ARGS` in-process.
 func (d *vmDev) views(sub string, args ...string) (int, string) {
 	d.t.Helper()
+	code, out, errOut := d.viewsSplit(sub, args...)
+	return code, out + errOut
+}
+
+// viewsSplit is views with stdout and stderr (progress, notes) apart.
+func (d *vmDev) viewsSplit(sub string, args ...string) (code int, stdout, stderr string) {
+	d.t.Helper()
 	var out, errb bytes.Buffer
 	all := append([]string{"--store", d.store, "--state", d.state, "sessions", sub}, args...)
-	code := run(d.ctx, all, strings.NewReader(""), &out, &errb)
+	code = run(d.ctx, all, strings.NewReader(""), &out, &errb)
 	d.t.Logf("dmsnap %s: exit %d\n%s%s", strings.Join(all, " "), code, out.String(), errb.String())
-	return code, out.String() + errb.String()
+	return code, out.String(), errb.String()
+}
+
+// openView runs `sessions open id` and returns what it prints on stdout:
+// the view's device path.
+func (d *vmDev) openView(id string) string {
+	d.t.Helper()
+	code, out, errOut := d.viewsSplit("open", id)
+	if code != 0 {
+		d.t.Fatalf("sessions open %s: exit %d: %s%s", id, code, out, errOut)
+	}
+	return strings.TrimSpace(out)
 }
 
 func (d *vmDev) mustViews(sub string, args ...string) string {
@@ -168,8 +186,7 @@ func testViews(t *testing.T, fs matrixFS) {
 	// as it was before that session.
 	paths := map[string]string{}
 	for k, id := range ids {
-		out := d.mustViews("open", id)
-		p := strings.TrimSpace(out)
+		p := d.openView(id)
 		want := dm.MapperPath(session.ViewDMName(d.name, id))
 		if p != want {
 			t.Fatalf("open %s printed %q, want %s", id, p, want)
@@ -180,7 +197,7 @@ func testViews(t *testing.T, fs matrixFS) {
 		}
 	}
 	// Opening again is a no-op that names the same device.
-	if out := d.mustViews("open", ids[1]); strings.TrimSpace(out) != paths[ids[1]] {
+	if out := d.openView(ids[1]); out != paths[ids[1]] {
 		t.Fatalf("second open of %s: %q", ids[1], out)
 	}
 
@@ -374,7 +391,7 @@ func TestViewsInterruptedOpenAndDeactivate(t *testing.T) {
 	checkViewsGone(t, d, []string{id}, map[string]string{id: path})
 
 	leftover()
-	if p := strings.TrimSpace(d.mustViews("open", id)); p != path {
+	if p := d.openView(id); p != path {
 		t.Fatalf("open after an interrupted open printed %q, want %s", p, path)
 	}
 	if got := hash(t, path); got != before {
