@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the host tests need, only those missing:
 # bash-completion (a real bash completes a session ID), man-db and
-# groff-base (the generated man pages render).
+# groff-base (the generated man pages render), systemd (systemd-analyze
+# verifies the generated units; installing it starts nothing).
 set -euo pipefail
-pkgs=(bash-completion man-db groff-base)
+pkgs=(bash-completion man-db groff-base systemd)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

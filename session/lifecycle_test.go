@@ -906,8 +906,8 @@ func TestUdevRuleFollowsRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ = os.ReadFile(rule)
-	if strings.Contains(string(b), "RUN") {
-		t.Fatalf("rule after deactivate still runs attach:\n%s", b)
+	if strings.Contains(string(b), "RUN") || strings.Contains(string(b), "SYSTEMD_WANTS") {
+		t.Fatalf("rule after deactivate still attaches:\n%s", b)
 	}
 }
 

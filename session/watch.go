@@ -23,6 +23,11 @@ type WatchOptions struct {
 	// keep the part mapped straight to the store's device ahead of the
 	// kernel (GrowCOWs); 0 means DefaultGrowEvery, negative never.
 	GrowEvery time.Duration
+	// Ready, when set, is called once the watcher is watching: the mount
+	// table is open, the first reconcile has run (devices re-stacked,
+	// conversions finished or retried) and the COW grower runs. The
+	// watch command tells systemd (Type=notify) from it.
+	Ready func()
 }
 
 // DefaultGrowEvery is how often the watcher looks at the live sessions'
@@ -89,6 +94,9 @@ func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 			m.growLoop(gctx, opt.GrowEvery)
 		}()
 		defer func() { stop(); <-grower }()
+	}
+	if opt.Ready != nil {
+		opt.Ready()
 	}
 	for {
 		wait := opt.Interval

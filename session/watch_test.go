@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -59,6 +60,7 @@ func TestWatchFollowsRealMounts(t *testing.T) {
 	defer cancel()
 	watchDone := make(chan error, 1)
 	logs := &lockedBuffer{}
+	var readyCalls atomic.Int32 // WatchOptions.Ready: once, when watching
 
 	// The watcher's thread: a new mount namespace holding the tmpfs.
 	go func() {
@@ -101,7 +103,8 @@ func TestWatchFollowsRealMounts(t *testing.T) {
 			return slices.DeleteFunc(ms, func(mi session.MountInfo) bool { return mi.MountPoint == base }), err
 		}
 		nsReady <- nsInfo{fd: nsfd, dev: dev}
-		watchDone <- m.Watch(ctx, session.WatchOptions{MountInfo: "/proc/thread-self/mountinfo", Interval: time.Hour, Retry: 50 * time.Millisecond})
+		ready := func() { readyCalls.Add(1) }
+		watchDone <- m.Watch(ctx, session.WatchOptions{MountInfo: "/proc/thread-self/mountinfo", Interval: time.Hour, Retry: 50 * time.Millisecond, Ready: ready})
 	}()
 	ns := <-nsReady
 	if ns.err != nil {
@@ -149,6 +152,11 @@ func TestWatchFollowsRealMounts(t *testing.T) {
 	}
 
 	until(1, session.SessionArmed)
+	for deadline := time.Now().Add(10 * time.Second); readyCalls.Load() == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the watcher never said it was watching (WatchOptions.Ready); log:\n%s", logs.String())
+		}
+	}
 	bind()
 	until(1, session.SessionOpen)
 	unbind()
@@ -182,6 +190,9 @@ func TestWatchFollowsRealMounts(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Watch did not stop with its context")
+	}
+	if n := readyCalls.Load(); n != 1 {
+		t.Fatalf("WatchOptions.Ready called %d times, want once", n)
 	}
 	if err := unix.Unmount(base, 0); err != nil {
 		t.Fatal(err)

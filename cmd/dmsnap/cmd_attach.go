@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -35,6 +38,9 @@ before a byte is written anywhere, and the message names both devices.
 activated device at all) and records its identity from then on: only for a
 device you know to be the same one. It asks for the control password.
 
+DEVICE may also be the device's directory in sysfs (/sys/devices/...): the
+systemd unit dmsnap-attach@.service, started by the udev rule, passes that.
+
 Exit codes: 0 ok, 1 failure (another device), 2 usage, 3 wrong password, 4 device busy.`,
 		Args:              argsBetween(1, 1, "attach takes one DEVICE"),
 		ValidArgsFunction: completeBlockDevices,
@@ -60,6 +66,10 @@ func runAttach(e *env, device, name string, force bool, pw *passwordFlags) error
 		if err := requireSecret(e, pw); err != nil {
 			return err
 		}
+	}
+	device, err := sysfsDevice(device)
+	if err != nil {
+		return err
 	}
 	m := newManager(e)
 	rep, err := m.Attach(e.ctx, device, session.AttachOptions{Name: name, ForceIdentity: force})
@@ -87,4 +97,23 @@ func runAttach(e *env, device, name string, force bool, pw *passwordFlags) error
 		}
 		return nil
 	})
+}
+
+// sysfsDevice turns a device's sysfs directory (what systemd names a
+// device unit's instance after) into its node, /dev/ and the DEVNAME of its
+// uevent file; any other path is returned as it is.
+func sysfsDevice(path string) (string, error) {
+	if !strings.HasPrefix(path, "/sys/") {
+		return path, nil
+	}
+	b, err := os.ReadFile(filepath.Join(path, "uevent"))
+	if err != nil {
+		return "", fmt.Errorf("%s: not a device in sysfs: %w", path, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if name, ok := strings.CutPrefix(line, "DEVNAME="); ok && name != "" && !strings.Contains(name, "..") {
+			return filepath.Join("/dev", name), nil
+		}
+	}
+	return "", fmt.Errorf("%s: no DEVNAME in its uevent file: not a block device", path)
 }

@@ -22,10 +22,12 @@ func installFilesCmd(e *env) *cobra.Command {
 	var f installFlags
 	c := &cobra.Command{
 		Use:   "install-files DIR",
-		Short: "write the systemd unit, udev rule, man pages and completions under DIR",
+		Short: "write the systemd units, udev rule, man pages and completions under DIR",
 		Long: `Writes, under DIR: etc/systemd/system/dmsnap-watch.service (runs dmsnap watch
-with the global --state and --store), etc/udev/rules.d/90-dmsnap.rules (the
-rule for the devices activated now; dmsnap keeps the installed one in step),
+with the global --state and --store), etc/systemd/system/dmsnap-attach@.service
+(the udev rule starts one for each activated device that appears),
+etc/udev/rules.d/90-dmsnap.rules (the rule for the devices activated now;
+dmsnap keeps the installed one in step),
 and under DIR/PREFIX the man pages (share/man/man8) and the bash, zsh and
 fish completions. For make install: dmsnap install-files "$(DESTDIR)".
 --list prints the paths only (make uninstall removes them).`,
@@ -45,6 +47,10 @@ func runInstallFiles(e *env, root *cobra.Command, f installFlags, dir string) er
 	if err != nil {
 		return err
 	}
+	attach, err := hostfiles.AttachUnit(gen)
+	if err != nil {
+		return err
+	}
 	reg, err := session.LoadRegistry(e.state)
 	if err != nil {
 		reg = &session.Registry{Version: session.RegistryVersion}
@@ -57,7 +63,7 @@ func runInstallFiles(e *env, root *cobra.Command, f installFlags, dir string) er
 	if err != nil {
 		return err
 	}
-	files := []docFile{{hostfiles.SystemdUnitPath, []byte(unit)}, {hostfiles.UdevRulePath, []byte(rule)}}
+	files := []docFile{{hostfiles.SystemdUnitPath, []byte(unit)}, {hostfiles.AttachUnitPath, []byte(attach)}, {hostfiles.UdevRulePath, []byte(rule)}}
 	for _, d := range docs {
 		files = append(files, docFile{filepath.Join(f.prefix, d.path), d.text})
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dmsnap/dmsnap/internal/sdnotify"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
@@ -86,7 +87,11 @@ func runWatch(e *env, f watchFlags) error {
 		defer close(done)
 		mon.run(ctx, f.interval)
 	}()
-	err := m.Watch(ctx, session.WatchOptions{Interval: f.interval, GrowEvery: f.growEvery})
+	ready := func() {
+		notify(log, sdnotify.Ready, sdnotify.Status("watching"))
+	}
+	err := m.Watch(ctx, session.WatchOptions{Interval: f.interval, GrowEvery: f.growEvery, Ready: ready})
+	notify(log, sdnotify.Stopping, sdnotify.Status("stopping"))
 	cancel()
 	<-done
 	if err != nil {
@@ -94,6 +99,17 @@ func runWatch(e *env, f watchFlags) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// notify tells systemd (the unit is Type=notify); under no service manager
+// it does nothing. A failure is logged, not fatal: the watcher works
+// without it.
+func notify(log *slog.Logger, lines ...string) {
+	if sent, err := sdnotify.Notify(lines...); err != nil {
+		log.Warn("cannot tell systemd", "err", err)
+	} else if sent {
+		log.Debug("told systemd", "state", lines)
+	}
 }
 
 // monitor looks at the snapshots and the stores on every beat: it logs

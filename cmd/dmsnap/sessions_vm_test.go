@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -156,16 +157,18 @@ func (c *cli) watch(t *testing.T) *watcher {
 func (c *cli) watchEnv(t *testing.T, env ...string) *watcher {
 	t.Helper()
 	w := &watcher{cmd: c.cmd("", "watch", "--interval", "1s"), log: &syncBuffer{}}
-	if len(env) > 0 {
-		w.cmd.Env = append(os.Environ(), env...)
+	// It runs as under systemd (Type=notify), with a $NOTIFY_SOCKET.
+	notify := filepath.Join(t.TempDir(), "notify")
+	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notify, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer ln.Close()
+	w.cmd.Env = append(os.Environ(), append(env, "NOTIFY_SOCKET="+notify)...)
 	w.cmd.Stdout, w.cmd.Stderr = w.log, w.log
 	if err := w.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// Mounts before the watcher has read the mount table are not events to
-	// it (the session stays armed and takes them): wait until it has.
-	eventually(t, "the watcher to start", 30*time.Second, func() bool { return strings.Contains(w.log.String(), "msg=watching") })
 	t.Cleanup(func() {
 		if w.cmd.ProcessState == nil {
 			w.cmd.Process.Kill()
@@ -175,6 +178,18 @@ func (c *cli) watchEnv(t *testing.T, env ...string) *watcher {
 			t.Logf("watcher log:\n%s", w.log.String())
 		}
 	})
+	// Mounts before the watcher has read the mount table are not events to
+	// it (the session stays armed and takes them): wait until it says it
+	// is watching, as systemd does before it starts the units after it.
+	ln.SetReadDeadline(time.Now().Add(60 * time.Second))
+	buf := make([]byte, 4096)
+	n, err := ln.Read(buf)
+	if err != nil || !strings.Contains(string(buf[:n]), "READY=1\n") {
+		t.Fatalf("the watcher did not say READY=1 on $NOTIFY_SOCKET: %q, %v\n%s", buf[:n], err, w.log.String())
+	}
+	if !strings.Contains(w.log.String(), "msg=watching") {
+		t.Fatalf("READY=1 before the watcher logged it was watching:\n%s", w.log.String())
+	}
 	return w
 }
 
@@ -589,7 +604,8 @@ func TestCLIAttachAfterReboot(t *testing.T) {
 	if left := dmsnapDevices(t); len(left) != 0 {
 		t.Fatalf("after teardown: %v", left)
 	}
-	c.ok(t, "attach", raw)
+	// As systemd's dmsnap-attach@.service runs it: by the sysfs directory.
+	c.ok(t, "attach", "/sys/class/block/"+filepath.Base(raw))
 	st := c.status(t)
 	if len(st.Devices) != 1 || st.Devices[0].Stack == nil || !st.Devices[0].Stack.Complete || len(st.Devices[0].Sessions) != 1 {
 		t.Fatalf("after attach: %+v", st)

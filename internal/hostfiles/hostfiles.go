@@ -1,6 +1,7 @@
 // Package hostfiles renders the files dmsnap installs on the host: the udev
-// rule that re-attaches the activated devices when they appear, and the
-// systemd unit that runs the watcher. It knows nothing of the registry: its
+// rule that re-attaches the activated devices when they appear, the
+// systemd unit it hands them to, and the systemd unit that runs the
+// watcher. It knows nothing of the registry: its
 // callers hand it the devices (session.Registry.UdevDevices) and the paths
 // (session.HostFileOptions fills in the global flags' defaults).
 package hostfiles
@@ -20,7 +21,8 @@ import (
 // Where the generated files go by default.
 const (
 	UdevRulePath    = "/etc/udev/rules.d/90-dmsnap.rules"
-	SystemdUnitPath = "/etc/systemd/system/dmsnap-watch.service"
+	SystemdUnitPath = "/etc/systemd/system/" + WatchUnitName
+	AttachUnitPath  = "/etc/systemd/system/" + AttachUnitName
 	DefaultBinary   = "/usr/local/sbin/dmsnap"
 )
 
@@ -72,11 +74,19 @@ type Device struct {
 // what names it (a partition's ID_PART_ENTRY_UUID, a disk's
 // ID_SERIAL_SHORT, a device-mapper device's DM_UUID, all set by
 // 60-persistent-storage.rules, hence the 90- file), its filesystem UUID
-// (ID_FS_UUID) when known, and its major:minor, each running
-// `dmsnap attach $devnode`. The number alone is not enough: two disks may
-// be found in the other order at the next boot. dmsnap's own devices
-// (DM_NAME dmsnap-*) show the same filesystem UUID and are skipped. No
-// device gives a rule file that matches nothing.
+// (ID_FS_UUID) when known, and its major:minor. The number alone is not
+// enough: two disks may be found in the other order at the next boot.
+// dmsnap's own devices (DM_NAME dmsnap-*) show the same filesystem UUID and
+// are skipped. No device gives a rule file that matches nothing.
+//
+// A matching device is handed to systemd, as lvm2 does: udev's RUN is for
+// very short tasks, and attach may wait for the lock or for the store's
+// file system. The rule tags the device for systemd and asks for an
+// instance of dmsnap-attach@.service (AttachUnit), which systemd names
+// after the device's sysfs path and starts once the state directory and
+// the store are mounted. Where systemd is not the init system
+// (/run/systemd/system missing) the rule runs `dmsnap attach $devnode`
+// itself.
 //
 // attach finds the device by its stable identity, number or filesystem
 // UUID, refuses any device whose identity differs from the registry's, and
@@ -86,7 +96,7 @@ func UdevRules(registry string, devs []Device, opt Options) (string, error) {
 	if err := opt.check(); err != nil {
 		return "", err
 	}
-	run := fmt.Sprintf(`RUN+="%s --state %s attach $devnode"`, opt.Binary, opt.StateDir)
+	const attach = `GOTO="dmsnap_attach"`
 	var b strings.Builder
 	fmt.Fprintf(&b, "# dmsnap: re-attach activated devices when they appear (boot, hot-plug).\n")
 	fmt.Fprintf(&b, "# Generated from %s by `dmsnap activate` and `dmsnap deactivate`; edits are lost.\n", registry)
@@ -96,12 +106,20 @@ func UdevRules(registry string, devs []Device, opt Options) (string, error) {
 	for _, d := range devs {
 		fmt.Fprintf(&b, "\n# %s (%s)\n", d.Name, commentSafe(d.Path))
 		if key, val := stableMatch(d.Stable); key != "" {
-			fmt.Fprintf(&b, "ENV{%s}==\"%s\", %s\n", key, val, run)
+			fmt.Fprintf(&b, "ENV{%s}==\"%s\", %s\n", key, val, attach)
 		}
 		if uuidRule.MatchString(d.FSUUID) {
-			fmt.Fprintf(&b, "ENV{ID_FS_UUID}==\"%s\", %s\n", d.FSUUID, run)
+			fmt.Fprintf(&b, "ENV{ID_FS_UUID}==\"%s\", %s\n", d.FSUUID, attach)
 		}
-		fmt.Fprintf(&b, "ENV{MAJOR}==\"%d\", ENV{MINOR}==\"%d\", %s\n", d.Dev.Major, d.Dev.Minor, run)
+		fmt.Fprintf(&b, "ENV{MAJOR}==\"%d\", ENV{MINOR}==\"%d\", %s\n", d.Dev.Major, d.Dev.Minor, attach)
+	}
+	if len(devs) > 0 {
+		b.WriteString("GOTO=\"dmsnap_end\"\n\n")
+		b.WriteString("LABEL=\"dmsnap_attach\"\n")
+		b.WriteString("# Under systemd: " + AttachUnitName + " (attach may wait; RUN must not).\n")
+		fmt.Fprintf(&b, "TEST==\"/run/systemd/system\", TAG+=\"systemd\", ENV{SYSTEMD_WANTS}+=\"%s\", GOTO=\"dmsnap_end\"\n", AttachUnitName)
+		b.WriteString("# Without systemd: attach at once.\n")
+		fmt.Fprintf(&b, "RUN+=\"%s --state %s attach $devnode\"\n", opt.Binary, opt.StateDir)
 	}
 	b.WriteString("\nLABEL=\"dmsnap_end\"\n")
 	return b.String(), nil
@@ -148,10 +166,43 @@ func WriteUdevRules(path, registry string, devs []Device, opt Options) error {
 	return nil
 }
 
-// SystemdUnit renders the service that runs `dmsnap watch`. The watcher
-// must see the mounts of the host, so the unit sets up no private mount
-// namespace (no PrivateMounts, ProtectSystem, ...); it needs the state
-// directory and the store mounted before it starts.
+// hardening is the sandboxing of dmsnap's units that keeps them working.
+// The watcher must see the host's mounts as they come and go, and attach
+// and the watcher write the state directory, the store, the udev rule in
+// /etc and device nodes in /dev/mapper: so nothing that sets up a mount
+// namespace (PrivateMounts, ProtectSystem, ProtectHome, PrivateTmp,
+// PrivateDevices, ProtectKernelTunables, ProtectControlGroups,
+// ProtectKernelLogs, ReadOnlyPaths, ...) and no DevicePolicy (device-mapper
+// and loop devices come and go). What is left takes away what dmsnap never
+// does: gain privileges, use capabilities beyond its own (device-mapper
+// and loop ioctls need CAP_SYS_ADMIN, /dev/mapper nodes CAP_MKNOD, pinning
+// a COW file CAP_LINUX_IMMUTABLE, files of other owners the DAC ones, a
+// nearly full store the reserved blocks CAP_SYS_RESOURCE), open sockets
+// other than unix (sd_notify) and netlink, run foreign-architecture system
+// calls, change its personality, map memory writable and executable, take
+// real-time scheduling, set setuid bits or create namespaces.
+const hardening = `NoNewPrivileges=yes
+CapabilityBoundingSet=CAP_SYS_ADMIN CAP_MKNOD CAP_LINUX_IMMUTABLE CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_CHOWN CAP_SYS_RESOURCE
+RestrictAddressFamilies=AF_UNIX AF_NETLINK
+SystemCallArchitectures=native
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+RestrictNamespaces=yes
+`
+
+// The units' names.
+const (
+	WatchUnitName  = "dmsnap-watch.service"
+	AttachUnitName = "dmsnap-attach@.service"
+)
+
+// SystemdUnit renders the service that runs `dmsnap watch`. It is
+// Type=notify: the watcher says READY=1 once it has reconciled and watches
+// the mount table, so units ordered after it start with every activated
+// device protected. It needs the state directory and the store mounted
+// before it starts. See hardening for what it may not do.
 func SystemdUnit(opt Options) (string, error) {
 	opt = opt.withDefaults()
 	if err := opt.check(); err != nil {
@@ -159,21 +210,55 @@ func SystemdUnit(opt Options) (string, error) {
 	}
 	return fmt.Sprintf(`[Unit]
 Description=dmsnap watcher: mount-scoped snapshot sessions
+Documentation=man:dmsnap-watch(8) man:dmsnap(8)
 After=systemd-udevd.service
 RequiresMountsFor=%[2]s %[3]s
 
 [Service]
-Type=simple
+Type=notify
+NotifyAccess=main
 ExecStart=%[1]s --state %[2]s --store %[3]s watch
 Restart=on-failure
 RestartSec=5s
 # Closing a session converts it; give a conversion in progress time to
 # reach a step it can resume from.
 TimeoutStopSec=90s
-
+%[4]s
 [Install]
 WantedBy=multi-user.target
-`, opt.Binary, opt.StateDir, opt.Store), nil
+`, opt.Binary, opt.StateDir, opt.Store, hardening), nil
+}
+
+// AttachUnit renders dmsnap-attach@.service, which the udev rule asks for
+// when an activated device appears. systemd names the instance after the
+// device's sysfs path (%i, the device unit's name; %f, the path itself,
+// which attach accepts), starts it once the state directory and the store
+// are mounted, and stops it when the device goes. The device's own mounts
+// are of /dev/mapper/dmsnap-NAME, which exists only once attach has built
+// the stack, so they come after it. A oneshot: attach builds the stack and
+// exits; the watcher, ordered after it, takes the sessions on.
+func AttachUnit(opt Options) (string, error) {
+	opt = opt.withDefaults()
+	if err := opt.check(); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf(`[Unit]
+Description=dmsnap: re-attach the activated device %%f
+Documentation=man:dmsnap-attach(8)
+DefaultDependencies=no
+BindsTo=%%i.device
+After=%%i.device systemd-udevd.service
+RequiresMountsFor=%[2]s %[3]s
+Before=%[4]s shutdown.target
+Conflicts=shutdown.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=%[1]s --state %[2]s attach %%f
+# attach waits for the lock while another dmsnap command holds it.
+TimeoutStartSec=5min
+%[5]s`, opt.Binary, opt.StateDir, opt.Store, WatchUnitName, hardening), nil
 }
 
 func commentSafe(s string) string {

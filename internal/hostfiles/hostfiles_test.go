@@ -37,12 +37,19 @@ SUBSYSTEM!="block", GOTO="dmsnap_end"
 ENV{DM_NAME}=="dmsnap-*", GOTO="dmsnap_end"
 
 # sdb1 (/dev/sdb1)
-ENV{ID_PART_ENTRY_UUID}=="5a1b2c3d-01", RUN+="/usr/local/sbin/dmsnap --state /var/lib/dmsnap attach $devnode"
-ENV{ID_FS_UUID}=="0b9a4c8e-1111-4d7e-9d43-5a1b2c3d4e5f", RUN+="/usr/local/sbin/dmsnap --state /var/lib/dmsnap attach $devnode"
-ENV{MAJOR}=="8", ENV{MINOR}=="17", RUN+="/usr/local/sbin/dmsnap --state /var/lib/dmsnap attach $devnode"
+ENV{ID_PART_ENTRY_UUID}=="5a1b2c3d-01", GOTO="dmsnap_attach"
+ENV{ID_FS_UUID}=="0b9a4c8e-1111-4d7e-9d43-5a1b2c3d4e5f", GOTO="dmsnap_attach"
+ENV{MAJOR}=="8", ENV{MINOR}=="17", GOTO="dmsnap_attach"
 
 # a-disk (/dev/vdb)
-ENV{MAJOR}=="254", ENV{MINOR}=="16", RUN+="/usr/local/sbin/dmsnap --state /var/lib/dmsnap attach $devnode"
+ENV{MAJOR}=="254", ENV{MINOR}=="16", GOTO="dmsnap_attach"
+GOTO="dmsnap_end"
+
+LABEL="dmsnap_attach"
+# Under systemd: dmsnap-attach@.service (attach may wait; RUN must not).
+TEST=="/run/systemd/system", TAG+="systemd", ENV{SYSTEMD_WANTS}+="dmsnap-attach@.service", GOTO="dmsnap_end"
+# Without systemd: attach at once.
+RUN+="/usr/local/sbin/dmsnap --state /var/lib/dmsnap attach $devnode"
 
 LABEL="dmsnap_end"
 `
@@ -51,7 +58,7 @@ LABEL="dmsnap_end"
 	}
 
 	empty, err := UdevRules("/srv/state/registry.json", nil, Options{Binary: "/usr/bin/dmsnap", StateDir: "/srv/state", Store: "/snapshot"})
-	if err != nil || strings.Contains(empty, "RUN") || !strings.Contains(empty, "/srv/state/registry.json") {
+	if err != nil || strings.Contains(empty, "RUN") || strings.Contains(empty, "SYSTEMD_WANTS") || !strings.Contains(empty, "/srv/state/registry.json") {
 		t.Fatalf("empty registry: %v\n%s", err, empty)
 	}
 
@@ -84,6 +91,9 @@ LABEL="dmsnap_end"
 		if _, err := SystemdUnit(bad); err == nil {
 			t.Errorf("unit: %+v accepted", bad)
 		}
+		if _, err := AttachUnit(bad); err == nil {
+			t.Errorf("attach unit: %+v accepted", bad)
+		}
 	}
 }
 
@@ -108,18 +118,54 @@ func TestSystemdUnit(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"\n[Service]\nType=simple\nExecStart=/usr/bin/dmsnap --state /var/lib/dmsnap --store /data/snapshots watch\n",
+		"\n[Service]\nType=notify\nNotifyAccess=main\nExecStart=/usr/bin/dmsnap --state /var/lib/dmsnap --store /data/snapshots watch\n",
 		"RequiresMountsFor=/var/lib/dmsnap /data/snapshots\n",
+		"Documentation=man:dmsnap-watch(8) man:dmsnap(8)\n",
 		"Restart=on-failure\n",
+		"NoNewPrivileges=yes\n",
+		"RestrictAddressFamilies=AF_UNIX AF_NETLINK\n",
+		"SystemCallArchitectures=native\n",
 		"\n[Install]\nWantedBy=multi-user.target\n",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("unit lacks %q:\n%s", want, text)
 		}
 	}
-	for _, bad := range []string{"PrivateMounts", "ProtectSystem", "MountFlags"} {
-		if strings.Contains(text, bad) {
-			t.Errorf("unit sets %s: the watcher would not see the host's mounts", bad)
+	noMountNamespace(t, text)
+}
+
+func TestAttachUnit(t *testing.T) {
+	text, err := AttachUnit(Options{Binary: "/usr/bin/dmsnap", StateDir: "/var/lib/dmsnap", Store: "/data/snapshots"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"DefaultDependencies=no\n",
+		"BindsTo=%i.device\n",
+		"RequiresMountsFor=/var/lib/dmsnap /data/snapshots\n",
+		"Before=dmsnap-watch.service shutdown.target\n",
+		"\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/bin/dmsnap --state /var/lib/dmsnap attach %f\n",
+		"CapabilityBoundingSet=CAP_SYS_ADMIN ",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("attach unit lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, "[Install]") {
+		t.Errorf("attach unit has an [Install] section: only udev starts it:\n%s", text)
+	}
+	noMountNamespace(t, text)
+}
+
+// noMountNamespace fails when a unit sets up a mount namespace of its own:
+// the watcher would not see the host's mounts come and go, and attach
+// could not make nodes in /dev/mapper or write /etc/udev.
+func noMountNamespace(t *testing.T, unit string) {
+	t.Helper()
+	for _, bad := range []string{"PrivateMounts", "ProtectSystem", "MountFlags", "PrivateTmp", "PrivateDevices", "ProtectHome",
+		"ProtectKernelTunables", "ProtectControlGroups", "ProtectKernelLogs", "ReadOnlyPaths", "InaccessiblePaths", "DevicePolicy", "ProtectClock"} {
+		if strings.Contains(unit, bad) {
+			t.Errorf("unit sets %s, which needs a mount namespace or closes devices:\n%s", bad, unit)
 		}
 	}
 }
