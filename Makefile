@@ -6,7 +6,7 @@ PKG ?= ./...
 FUZZTIME ?= 10000x
 export CGO_ENABLED := 0
 
-.PHONY: all build build-test test lint unit host-deps fuzz test-vm test-powercut soak vm-setup demo bench install uninstall clean
+.PHONY: all build build-test test lint unit host-deps fuzz test-vm test-powercut soak vm-setup demo bench install uninstall deb deb-test clean
 
 all: build
 
@@ -23,9 +23,9 @@ build:
 build-test:
 	$(GO) build -trimpath -tags crashpoints -ldflags "$(LDFLAGS)" -o bin/dmsnap-test ./cmd/dmsnap
 
-# The README's test command: lint, host unit tests, a short fuzz run, then the
-# VM suite on the real kernel.
-test: lint unit fuzz test-vm test-powercut
+# The README's test command: lint, host unit tests, a short fuzz run, the
+# .deb installed and removed with apt, then the VM suite on the real kernel.
+test: lint unit fuzz deb-test test-vm test-powercut
 
 # Both builds of the crash points: the release one (no tag) and the test
 # one (vm,crashpoints, as test-vm builds; it holds every file the tag
@@ -44,7 +44,7 @@ unit: host-deps
 	$(GO) test -count=1 $(PKG)
 	$(GO) test -count=1 -tags crashpoints ./session/
 
-# Debian packages the host tests need (bash-completion, man-db).
+# Debian packages the host tests need (bash-completion, man-db, systemd).
 host-deps:
 	hack/host-deps.sh
 
@@ -98,6 +98,16 @@ install: build
 uninstall: build
 	$(INSTALL_FILES) --list | xargs -r rm -f --
 	rm -f $(DESTDIR)$(PREFIX)/sbin/dmsnap
+
+# bin/dmsnap_<version>_<arch>.deb: the binary, the systemd units, the man
+# pages and completions (hack/deb.sh); install it with apt-get install ./FILE.
+deb: build
+	hack/deb.sh
+
+# Builds the .deb, installs it with apt, checks it and removes it
+# (hack/deb-test.sh).
+deb-test: build host-deps
+	hack/deb-test.sh
 
 clean:
 	rm -rf bin
