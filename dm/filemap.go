@@ -1,14 +1,15 @@
 package dm
 
 import (
-	"bufio"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dmsnap/dmsnap/internal/devnum"
 	"github.com/dmsnap/dmsnap/internal/filemap"
 )
 
@@ -72,29 +73,15 @@ func pinnedExtents(f *os.File) ([]filemap.Extent, error) {
 // gives it (DEVNAME in its uevent), made from the number when devtmpfs has
 // not made it.
 func blockNode(sys, dev string, d Dev) (string, error) {
-	uevent := filepath.Join(sys, "dev", "block", d.String(), "uevent")
-	f, err := os.Open(uevent)
-	if err != nil {
+	name, err := devnum.DevName(filepath.Join(sys, "dev", "block", d.String()))
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
 		return "", fmt.Errorf("device %s is not a block device the kernel lists: %w", d, err)
+	} else if err != nil {
+		return "", err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		name, ok := strings.CutPrefix(sc.Text(), "DEVNAME=")
-		if !ok {
-			continue
-		}
-		if name == "" || strings.Contains(name, "..") {
-			break
-		}
-		path := filepath.Join(dev, name)
-		if err := ensureNode(path, unix.S_IFBLK, d, false); err != nil {
-			return "", err
-		}
-		return path, nil
+	path := filepath.Join(dev, name)
+	if err := ensureNode(path, unix.S_IFBLK, d, false); err != nil {
+		return "", err
 	}
-	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("%s: %w", uevent, err)
-	}
-	return "", fmt.Errorf("%s names no device node", uevent)
+	return path, nil
 }

@@ -4,12 +4,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/dmsnap/dmsnap/internal/devnum"
 	"github.com/dmsnap/dmsnap/session"
 )
 
@@ -100,20 +100,15 @@ func runAttach(e *env, device, name string, force bool, pw *passwordFlags) error
 }
 
 // sysfsDevice turns a device's sysfs directory (what systemd names a
-// device unit's instance after) into its node, /dev/ and the DEVNAME of its
-// uevent file; any other path is returned as it is.
+// device unit's instance after) into its node: /dev/ and the name its
+// uevent file gives (devnum.DevName). Any other path is returned as it is.
 func sysfsDevice(path string) (string, error) {
 	if !strings.HasPrefix(path, "/sys/") {
 		return path, nil
 	}
-	b, err := os.ReadFile(filepath.Join(path, "uevent"))
+	name, err := devnum.DevName(path)
 	if err != nil {
-		return "", fmt.Errorf("%s: not a device in sysfs: %w", path, err)
+		return "", fmt.Errorf("%s: not a block device in sysfs: %w", path, err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if name, ok := strings.CutPrefix(line, "DEVNAME="); ok && name != "" && !strings.Contains(name, "..") {
-			return filepath.Join("/dev", name), nil
-		}
-	}
-	return "", fmt.Errorf("%s: no DEVNAME in its uevent file: not a block device", path)
+	return filepath.Join("/dev", name), nil
 }

@@ -2,11 +2,14 @@
 // session.DevNum and mountinfo.Dev are this type. Device-mapper tables name
 // devices by number ("major:minor"), never by path: a path can be renamed or
 // replaced between the check and the load, a number names exactly the
-// device that was checked.
+// device that was checked. DevName reads the kernel's name of a device
+// from sysfs, for the node that goes with a number or a sysfs path.
 package devnum
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -63,4 +66,26 @@ func Parse(s string) (Dev, error) {
 		return Dev{}, fmt.Errorf("device number %q: bad minor: %w", s, err)
 	}
 	return Dev{Major: uint32(ma), Minor: uint32(mi)}, nil
+}
+
+// DevName returns the name the kernel gives the device whose directory in
+// sysfs is dir (/sys/dev/block/8:17, /sys/devices/.../sdb1): DEVNAME in its
+// uevent file, the node's path below /dev. An unreadable uevent file is
+// returned as the *fs.PathError it is; a file that names no node (not a
+// device, or a name that would leave /dev) is another error.
+func DevName(dir string) (string, error) {
+	uevent := filepath.Join(dir, "uevent")
+	b, err := os.ReadFile(uevent)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if name, ok := strings.CutPrefix(line, "DEVNAME="); ok {
+			if name == "" || strings.Contains(name, "..") {
+				break
+			}
+			return name, nil
+		}
+	}
+	return "", fmt.Errorf("%s names no device node", uevent)
 }

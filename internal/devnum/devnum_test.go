@@ -2,6 +2,11 @@ package devnum
 
 import (
 	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -35,5 +40,40 @@ func TestDev(t *testing.T) {
 	}
 	if !(Dev{}).IsZero() || d.IsZero() {
 		t.Error("IsZero")
+	}
+}
+
+func TestDevName(t *testing.T) {
+	dir := t.TempDir()
+	write := func(text string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, "uevent"), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("MAJOR=8\nMINOR=17\nDEVNAME=sdb1\nDEVTYPE=partition\n")
+	if name, err := DevName(dir); err != nil || name != "sdb1" {
+		t.Fatalf("DevName = %q, %v; want sdb1", name, err)
+	}
+	for _, bad := range []string{"MAJOR=8\n", "DEVNAME=\n", "DEVNAME=../etc/passwd\n"} {
+		write(bad)
+		if name, err := DevName(dir); err == nil || !strings.Contains(err.Error(), "names no device node") {
+			t.Errorf("uevent %q: %q, %v; want no node", bad, name, err)
+		}
+	}
+	var pe *fs.PathError
+	if _, err := DevName(filepath.Join(dir, "missing")); !errors.As(err, &pe) {
+		t.Errorf("no uevent file: %v; want the *fs.PathError", err)
+	}
+	// The host's own block devices, as the kernel names them.
+	ents, _ := os.ReadDir("/sys/dev/block")
+	for _, e := range ents {
+		name, err := DevName(filepath.Join("/sys/dev/block", e.Name()))
+		if err != nil {
+			t.Fatalf("/sys/dev/block/%s: %v", e.Name(), err)
+		}
+		if _, err := os.Stat("/sys/class/block/" + filepath.Base(name)); err != nil {
+			t.Errorf("/sys/dev/block/%s names %q, not a block device of sysfs", e.Name(), name)
+		}
 	}
 }
