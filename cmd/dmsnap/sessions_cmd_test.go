@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"github.com/dmsnap/dmsnap/internal/devid"
 	"github.com/dmsnap/dmsnap/internal/hostfiles"
 	"github.com/dmsnap/dmsnap/internal/passwd"
+	"github.com/dmsnap/dmsnap/internal/sdnotify/sdnotifytest"
 
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/sessiontest"
@@ -527,15 +527,16 @@ func TestWatchHandlesInvalidationAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// As under systemd (Type=notify): it says READY=1 once watching.
-	notified := notifySocket(t)
+	sock := sdnotifytest.Listen(t, "")
+	t.Setenv("NOTIFY_SOCKET", sock.Addr)
 	logs := &syncWriter{}
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"--state", w.state, "--store", w.store, "watch", "--interval", "100ms", "--json-logs"},
 			strings.NewReader(""), io.Discard, logs)
 	}()
-	if got := notified(); !strings.Contains(got, "READY=1\n") {
-		t.Fatalf("first notification %q, want READY=1\n%s", got, logs)
+	if got, err := sock.Next(10 * time.Second); err != nil || !strings.Contains(got, "READY=1\n") {
+		t.Fatalf("first notification %q, %v; want READY=1\n%s", got, err, logs)
 	}
 	if !strings.Contains(logs.String(), `"msg":"watching"`) {
 		t.Fatalf("READY=1 before the watcher logged it was watching:\n%s", logs)
@@ -561,8 +562,8 @@ func TestWatchHandlesInvalidationAndStops(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("watch did not stop when its context ended")
 	}
-	if got := notified(); !strings.Contains(got, "STOPPING=1\n") {
-		t.Fatalf("notification at the stop %q, want STOPPING=1", got)
+	if got, err := sock.Next(10 * time.Second); err != nil || !strings.Contains(got, "STOPPING=1\n") {
+		t.Fatalf("notification at the stop %q, %v; want STOPPING=1", got, err)
 	}
 	out := logs.String()
 	for _, want := range []string{`"step":"invalidate","device":"sdb1","session":1`, `"msg":"stopped"`} {
@@ -669,29 +670,5 @@ func TestPasswordIgnoresState(t *testing.T) {
 		strings.NewReader("guess\n"), &out, &errOut)
 	if code != exitBadPassword {
 		t.Fatalf("deactivate with another --state and a wrong password: exit %d: %s", code, errOut.String())
-	}
-}
-
-// notifySocket listens where $NOTIFY_SOCKET (set for the test) names, as
-// systemd does for a unit of Type=notify, and returns a function that
-// reads the next notification (failing after 10 s).
-func notifySocket(t *testing.T) func() string {
-	t.Helper()
-	addr := filepath.Join(t.TempDir(), "notify")
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	t.Setenv("NOTIFY_SOCKET", addr)
-	return func() string {
-		t.Helper()
-		buf := make([]byte, 4096)
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		n, err := c.Read(buf)
-		if err != nil {
-			t.Fatalf("no notification on $NOTIFY_SOCKET: %v", err)
-		}
-		return string(buf[:n])
 	}
 }

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/internal/passwd"
+	"github.com/dmsnap/dmsnap/internal/sdnotify/sdnotifytest"
 	"github.com/dmsnap/dmsnap/internal/vmtest"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
@@ -158,13 +158,8 @@ func (c *cli) watchEnv(t *testing.T, env ...string) *watcher {
 	t.Helper()
 	w := &watcher{cmd: c.cmd("", "watch", "--interval", "1s"), log: &syncBuffer{}}
 	// It runs as under systemd (Type=notify), with a $NOTIFY_SOCKET.
-	notify := filepath.Join(t.TempDir(), "notify")
-	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notify, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	w.cmd.Env = append(os.Environ(), append(env, "NOTIFY_SOCKET="+notify)...)
+	sock := sdnotifytest.Listen(t, "")
+	w.cmd.Env = append(os.Environ(), append(env, "NOTIFY_SOCKET="+sock.Addr)...)
 	w.cmd.Stdout, w.cmd.Stderr = w.log, w.log
 	if err := w.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -181,11 +176,8 @@ func (c *cli) watchEnv(t *testing.T, env ...string) *watcher {
 	// Mounts before the watcher has read the mount table are not events to
 	// it (the session stays armed and takes them): wait until it says it
 	// is watching, as systemd does before it starts the units after it.
-	ln.SetReadDeadline(time.Now().Add(60 * time.Second))
-	buf := make([]byte, 4096)
-	n, err := ln.Read(buf)
-	if err != nil || !strings.Contains(string(buf[:n]), "READY=1\n") {
-		t.Fatalf("the watcher did not say READY=1 on $NOTIFY_SOCKET: %q, %v\n%s", buf[:n], err, w.log.String())
+	if got, err := sock.Next(60 * time.Second); err != nil || !strings.Contains(got, "READY=1\n") {
+		t.Fatalf("the watcher did not say READY=1 on $NOTIFY_SOCKET: %q, %v\n%s", got, err, w.log.String())
 	}
 	if !strings.Contains(w.log.String(), "msg=watching") {
 		t.Fatalf("READY=1 before the watcher logged it was watching:\n%s", w.log.String())

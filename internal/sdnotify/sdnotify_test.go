@@ -1,46 +1,26 @@
 package sdnotify
 
 import (
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-)
 
-// listen opens a datagram socket at addr and returns a function that reads
-// the next datagram.
-func listen(t *testing.T, addr string) func() string {
-	t.Helper()
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return func() string {
-		t.Helper()
-		buf := make([]byte, 4096)
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		n, err := c.Read(buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(buf[:n])
-	}
-}
+	"github.com/dmsnap/dmsnap/internal/sdnotify/sdnotifytest"
+)
 
 func TestNotify(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "notify")
 	abstract := "@dmsnap-sdnotify-test-" + filepath.Base(t.TempDir())
 	for _, addr := range []string{path, abstract} {
-		read := listen(t, addr)
-		t.Setenv("NOTIFY_SOCKET", addr)
+		sock := sdnotifytest.Listen(t, addr)
+		t.Setenv("NOTIFY_SOCKET", sock.Addr)
 		sent, err := Notify(Ready, Status("watching 2\ndevices"))
 		if err != nil || !sent {
 			t.Fatalf("%s: sent %v, %v", addr, sent, err)
 		}
-		if got, want := read(), "READY=1\nSTATUS=watching 2 devices\n"; got != want {
-			t.Fatalf("%s: datagram %q, want %q", addr, got, want)
+		if got, err := sock.Next(5 * time.Second); err != nil || got != "READY=1\nSTATUS=watching 2 devices\n" {
+			t.Fatalf("%s: datagram %q, %v; want READY=1 and the status", addr, got, err)
 		}
 	}
 }
