@@ -273,13 +273,22 @@ func Size(f *os.File) (int64, error) {
 // when nothing uses it: mounted (per /proc/self/mountinfo; btrfs by its
 // source, MountsOf), open at all when it is a device-mapper device (its
 // open count: dm devices are not always opened exclusively), or held open
-// exclusively by anyone (an O_EXCL open fails). Anything but a block
-// device is never busy. CheckUnused is the stricter check of a device
+// exclusively by anyone (an O_EXCL open fails). An image file is busy
+// while a loop device is bound to it; anything else is never busy. CheckUnused is the stricter check of a device
 // dmsnap is to take over, with who holds it.
 func Busy(path string) (string, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return "", err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFREG {
+		// An image file: a loop device over it writes it (a mount -o
+		// loop, losetup, an activated image's stack).
+		loops, err := findLoops(sysDir, path)
+		if err != nil || len(loops) == 0 {
+			return "", err
+		}
+		return fmt.Sprintf("on loop device %s (a mount -o loop, losetup, or dmsnap's own stack of it)", loops[0].Path), nil
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
 		return "", nil

@@ -325,6 +325,12 @@ func FindLoop(file string) (*Loop, error) {
 	return loops[0], nil
 }
 
+// LoopsOf lists the loop devices bound to file, matched by device and
+// inode; none is an empty list.
+func LoopsOf(file string) ([]*Loop, error) {
+	return findLoops(sysDir, file)
+}
+
 // BoundLoops lists every bound loop device.
 func BoundLoops() ([]*Loop, error) {
 	return boundLoops(sysDir)

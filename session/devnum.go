@@ -53,6 +53,11 @@ type Identity struct {
 	FSType string    `json:"fs_type,omitempty"` // "ext4", "xfs", "btrfs", ... when recognised
 	FSUUID string    `json:"fs_uuid,omitempty"` // filesystem UUID when known
 	Stable *devid.ID `json:"stable,omitempty"`  // nil: recorded by a dmsnap that did not keep it
+	// Image: the device is a regular file (an image), stacked over a loop
+	// device dmsnap binds to it (Images). Stable is then what that loop
+	// device shows (the file's device and inode), Dev the loop device's
+	// number while bound (zero when read from the file itself).
+	Image bool `json:"image,omitempty"`
 }
 
 // Matches reports whether other (a device found now) is the device that id

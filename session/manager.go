@@ -47,6 +47,9 @@ type Manager struct {
 	Kernel   Kernel
 	Store    Store
 	Prober   Prober
+	// Images binds image files to loop devices (nil: only block devices
+	// can be activated).
+	Images Images
 	// ReadMounts returns the mount table (nil: /proc/self/mountinfo).
 	ReadMounts func() ([]MountInfo, error)
 	// Stores are scanned for unfinished session directories besides the
@@ -177,7 +180,11 @@ func (m *Manager) Observe(ctx context.Context, reg *Registry, hints map[string]s
 		if (ok && st.Complete()) || d.State == DeviceDeactivating {
 			continue
 		}
-		obs.Raw[d.Name] = m.findRaw(ctx, d, hints[d.Name], forced)
+		var own DevNum // the loop device of a half-built stack's -real
+		if ok && st.HasReal {
+			own = st.RawDev
+		}
+		obs.Raw[d.Name] = m.findRaw(ctx, d, hints[d.Name], forced, own)
 	}
 
 	stores := slices.Clone(m.Stores)
@@ -223,8 +230,20 @@ func (m *Manager) Observe(ctx context.Context, reg *Registry, hints map[string]s
 	return obs, nil
 }
 
-func (m *Manager) findRaw(ctx context.Context, d *Device, hint string, forced bool) RawDevice {
+// findRaw looks for the raw device of d, whose stack is not complete. own
+// is the raw device a half-built stack of d still maps (zero: none).
+func (m *Manager) findRaw(ctx context.Context, d *Device, hint string, forced bool, own DevNum) RawDevice {
 	var tried, mismatch []string
+	found := func(p string, id Identity) RawDevice {
+		if !id.Image {
+			return RawDevice{Path: p, Identity: id}
+		}
+		problem, err := m.imageProblem(ctx, p, own)
+		if err != nil {
+			problem = err.Error()
+		}
+		return RawDevice{Path: p, Identity: id, Problem: problem}
+	}
 	for _, p := range rawCandidates(d, hint) {
 		id, err := m.Prober.Identify(ctx, p)
 		if err != nil {
@@ -232,17 +251,21 @@ func (m *Manager) findRaw(ctx context.Context, d *Device, hint string, forced bo
 			continue
 		}
 		if forced && p == hint {
-			return RawDevice{Path: p, Identity: id}
+			return found(p, id)
 		}
 		if err := d.Identity.Matches(id); err != nil {
 			mismatch = append(mismatch, fmt.Sprintf("%s: %v", p, err))
 			continue
 		}
-		return RawDevice{Path: p, Identity: id}
+		return found(p, id)
 	}
 	if len(mismatch) > 0 {
 		return RawDevice{Problem: fmt.Sprintf("not re-stacked, the device found is not the one activated: %s; if it really is, `dmsnap attach --force-identity --name %s DEVICE`",
 			strings.Join(mismatch, "; "), d.Name)}
+	}
+	if d.Identity.Image {
+		return RawDevice{Problem: fmt.Sprintf("the image file is not there (looked at %s); dmsnap does not look for it elsewhere: protection resumes when it is back (`dmsnap attach %s`)",
+			strings.Join(tried, ", "), d.Path)}
 	}
 	return RawDevice{Problem: fmt.Sprintf("the device is not present (looked at %s); protection resumes when it appears (`dmsnap attach DEVICE`)",
 		strings.Join(tried, ", "))}
@@ -493,6 +516,9 @@ func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
 		d.Identity.Stable = a.Identity.Stable
 		return save()
 	case ActStackUp:
+		if a.Image {
+			return m.stackUpImage(ctx, reg, d, a.Path)
+		}
 		if !a.Dev.IsZero() && d.Identity.Dev != a.Dev {
 			d.Identity.Dev = a.Dev // the device came back under another number
 			if err := save(); err != nil {
@@ -693,6 +719,19 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 			return deviceErrf(op, req.Device, "choose another name with --name", ErrAlreadyActivated,
 				"the name %s is taken by %s", name, d.Path)
 		}
+		path := req.Device
+		if id.Image {
+			path = id.Stable.LoopFile // absolute: found again after a reboot
+			if d := reg.ByStable(id.Stable); d != nil {
+				return deviceErrf(op, req.Device, "`dmsnap status "+d.Name+"` shows it", ErrAlreadyActivated,
+					"already activated as %s", d.Name)
+			}
+			if problem, err := m.imageProblem(ctx, path, DevNum{}); err != nil {
+				return deviceErr(op, req.Device, "", err)
+			} else if problem != "" {
+				return deviceErrf(op, req.Device, "nothing was changed", ErrBusy, "%s", problem)
+			}
+		}
 		if d := reg.ByDevNum(id.Dev); d != nil {
 			return deviceErrf(op, req.Device, "`dmsnap status "+d.Name+"` shows it", ErrAlreadyActivated,
 				"already activated as %s", d.Name)
@@ -723,7 +762,7 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 		if err != nil {
 			return deviceErr(op, req.Device, "", err)
 		}
-		if ms := MountsByDev(table, nil)[id.Dev]; len(ms) > 0 {
+		if ms := MountsByDev(table, nil)[id.Dev]; !id.Image && len(ms) > 0 {
 			return deviceErrf(op, req.Device, "unmount it, activate, then mount /dev/mapper/dmsnap-"+name+" instead", ErrBusy,
 				"mounted on %s", mountPoints(ms))
 		}
@@ -748,12 +787,12 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 		}
 		// A COW file on the filesystem of the device it protects would wait
 		// on itself (docs/kernel.md).
-		if DevNumFromRdev(st.Dev) == id.Dev {
+		if !id.Image && DevNumFromRdev(st.Dev) == id.Dev {
 			return deviceErrf(op, req.Device, "give a --store on another device", nil, "the store %s is on the device itself", store)
 		}
 
 		d := &Device{
-			Name: name, Path: req.Device, Identity: id, ChunkSize: req.ChunkSize, Store: store, Prealloc: req.Prealloc,
+			Name: name, Path: path, Identity: id, ChunkSize: req.ChunkSize, Store: store, Prealloc: req.Prealloc,
 			State: DeviceActivating, Activated: m.now().UTC(), NextSession: next,
 		}
 		if err := reg.Add(d); err != nil {
@@ -763,7 +802,7 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 			return deviceErr(op, req.Device, "", err)
 		}
 		// The hint is the device just identified: no identity to compare.
-		rep, err := m.reconcile(ctx, reg, scope{only: []string{name}, hints: map[string]string{name: req.Device}, forced: true})
+		rep, err := m.reconcile(ctx, reg, scope{only: []string{name}, hints: map[string]string{name: path}, forced: true})
 		if err == nil && (reg.Device(name) == nil || reg.Device(name).State != DeviceActive) {
 			err = fmt.Errorf("activation did not finish: %s", issuesText(rep.Issues))
 		}
@@ -899,6 +938,12 @@ func (m *Manager) lookup(ctx context.Context, reg *Registry, arg string) (*Devic
 	id, err := m.Prober.Identify(ctx, arg)
 	if err != nil {
 		return nil, err
+	}
+	if id.Image {
+		if d := reg.ByStable(id.Stable); d != nil {
+			return d, nil
+		}
+		return nil, fmt.Errorf("%s (an image file): %w; `dmsnap status` lists the activated devices", arg, ErrNotActivated)
 	}
 	if d := reg.ByDevNum(id.Dev); d != nil {
 		return d, nil

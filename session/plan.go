@@ -72,6 +72,9 @@ type Action struct {
 	Reason  string    // why; for invalidate, the reason recorded
 	// Identity: note-identity, the identity read from the device.
 	Identity *Identity
+	// Image: stack-up, Path is an image file, to be put on a loop device
+	// first (Images.Bind).
+	Image bool
 }
 
 func (a Action) String() string {
@@ -243,7 +246,7 @@ func (p *devicePlanner) plan() {
 			if p.hasStack {
 				p.add(Action{Kind: ActStackDown, Reason: "half-built stack"})
 			}
-			p.add(Action{Kind: ActStackUp, Path: raw.Path, Dev: raw.Identity.Dev})
+			p.add(Action{Kind: ActStackUp, Path: raw.Path, Dev: raw.Identity.Dev, Image: raw.Identity.Image})
 			p.snaps = map[int]SnapshotInfo{}
 			kernelOK = true
 		}

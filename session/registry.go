@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/dmsnap/dmsnap/internal/atomicfile"
 	"github.com/dmsnap/dmsnap/internal/devid"
 )
@@ -224,7 +226,8 @@ func (r *Registry) ByFSUUID(uuid string) *Device {
 // ("sdb1"), or a device path (anything with a '/': /dev/sdb1,
 // /dev/mapper/dmsnap-sdb1, /dev/disk/by-uuid/…), which is resolved through
 // its symlinks and compared by device number with both the raw device and
-// the origin. Not found is ErrNotActivated.
+// the origin; or an image file's path, compared by device and inode with
+// the activated image files. Not found is ErrNotActivated.
 func (r *Registry) Lookup(arg string) (*Device, error) {
 	if !strings.Contains(arg, "/") {
 		if d := r.Device(arg); d != nil {
@@ -236,6 +239,13 @@ func (r *Registry) Lookup(arg string) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", arg, err)
 	}
+	var st unix.Stat_t
+	if err := unix.Stat(resolved, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG {
+		if d := r.byImage(st.Dev, st.Ino); d != nil {
+			return d, nil
+		}
+		return nil, fmt.Errorf("%s (an image file): %w; `dmsnap status` lists the activated devices", arg, ErrNotActivated)
+	}
 	n, err := BlockDevNum(resolved)
 	if err != nil {
 		return nil, err
@@ -244,6 +254,17 @@ func (r *Registry) Lookup(arg string) (*Device, error) {
 		return d, nil
 	}
 	return nil, fmt.Errorf("%s (%s): %w; `dmsnap status` lists the activated devices", arg, n, ErrNotActivated)
+}
+
+// byImage returns the image device whose file has device and inode
+// numbers dev and ino, or nil.
+func (r *Registry) byImage(dev, ino uint64) *Device {
+	for _, d := range r.Devices {
+		if st := d.Identity.Stable; d.Identity.Image && st != nil && st.LoopFileDev == dev && st.LoopFileInode == ino {
+			return d
+		}
+	}
+	return nil
 }
 
 // Add registers d; its name must be free.

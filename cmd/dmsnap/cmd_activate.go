@@ -20,11 +20,19 @@ type activateFlags struct {
 func activateCmd(e *env) *cobra.Command {
 	var f activateFlags
 	c := &cobra.Command{
-		Use:   "activate DEVICE",
-		Short: "put a block device under dmsnap and arm its first session",
+		Use:   "activate DEVICE|FILE",
+		Short: "put a block device or an image file under dmsnap and arm its first session",
 		Long: `Builds the dmsnap stack over DEVICE (which must not be mounted) and arms its
 first session. Mount /dev/mapper/dmsnap-NAME from then on: every mount to
 unmount of it is one session in the store.
+
+FILE, an image file, is put on a loop device that dmsnap binds (direct I/O
+where the file's filesystem allows it) and that goes with the stack; its
+sessions are named after its base name (image.img_<unix seconds>), and
+status, deactivate, restore and sessions take its path. A loop device
+someone else bound to the file (mount -o loop, losetup) is refused. Writes
+to the file itself, or through such a loop device later, bypass the
+snapshot: activate warns, and status says so.
 
 --prealloc SIZE writes zeros over the first SIZE bytes of each new session's
 COW file when it is armed (at most a quarter of the store's free space), so
@@ -77,11 +85,13 @@ func runActivate(e *env, f activateFlags, device string) error {
 	if err != nil {
 		return err
 	}
-	if st := d.Identity.Stable; st == nil || !st.Stable() {
+	if d.Identity.Image {
+		fmt.Fprintf(e.stderr, "warning: %s\n", session.ImageBypass(d.Name))
+	} else if st := d.Identity.Stable; st == nil || !st.Stable() {
 		fmt.Fprintf(e.stderr, "warning: %s has no stable identity (no disk serial or WWN, partition UUID, loop backing file or DM UUID): after a reboot dmsnap cannot tell it from another device of its size, so it is not re-attached by itself; `dmsnap attach --force-identity --name %s DEVICE` protects it again\n",
 			d.Path, d.Name)
 	}
-	res := activated{Name: d.Name, Path: d.Path, Mount: "/dev/mapper/dmsnap-" + d.Name, Store: d.Store}
+	res := activated{Name: d.Name, Path: d.Path, Mount: "/dev/mapper/dmsnap-" + d.Name, Store: d.Store, Image: d.Identity.Image}
 	if cur := d.Current(); cur != nil {
 		res.Session, res.SessionDir = cur.N, cur.Dir
 	}
@@ -102,4 +112,5 @@ type activated struct {
 	Store      string `json:"store"`
 	Session    int    `json:"session,omitempty"` // the armed session's number
 	SessionDir string `json:"session_dir,omitempty"`
+	Image      bool   `json:"image,omitempty"` // Path is an image file, on a loop device dmsnap bound
 }

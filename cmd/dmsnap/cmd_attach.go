@@ -22,7 +22,7 @@ func attachCmd(e *env) *cobra.Command {
 		pw    passwordFlags
 	)
 	c := &cobra.Command{
-		Use:   "attach DEVICE",
+		Use:   "attach DEVICE|FILE",
 		Short: "re-attach an activated device that (re)appeared (run by udev)",
 		Long: `Rebuilds the dmsnap stack of an activated device that appeared at DEVICE (at
 boot or on hot-plug; the udev rule runs this) and re-attaches its armed
@@ -37,6 +37,11 @@ before a byte is written anywhere, and the message names both devices.
 --force-identity attaches DEVICE anyway (as --name NAME when it matches no
 activated device at all) and records its identity from then on: only for a
 device you know to be the same one. It asks for the control password.
+
+FILE, an activated image file, is put on a new loop device first (the file
+must be the one activated: the same device and inode, size and filesystem
+UUID; a file put in its place is refused). No udev event announces a file:
+dmsnap watch, started at boot, brings back every activated image file.
 
 DEVICE may also be the device's directory in sysfs (/sys/devices/...): the
 systemd unit dmsnap-attach@.service, started by the udev rule, passes that.

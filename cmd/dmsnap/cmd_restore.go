@@ -30,7 +30,9 @@ records what the restore overwrites, so the restore can itself be undone
 (the output names the session to restore); --no-undo writes dmsnap-NAME-real
 directly instead, and asks for the control password first when one is set
 (dmsnap passwd), as it leaves no way back. A device that is not activated is
-restored directly.
+restored directly; so is an image file that is not activated (restore FILE
+finds the sessions named after its base name, as the seed's tool did), which
+must then be on no loop device.
 
 --merge restores instantly (an activated device only): the plan is written
 as a COW store and loaded as a snapshot-merge target in place of the origin,
@@ -76,7 +78,7 @@ type restoreFlags struct {
 func restoreCmd(e *env) *cobra.Command {
 	var f restoreFlags
 	c := &cobra.Command{
-		Use:               "restore [NAME|DEVICE]",
+		Use:               "restore [NAME|DEVICE|FILE]",
 		Short:             "return a device to its state before a session",
 		Long:              restoreHelp,
 		Args:              argsBetween(0, 1, "restore takes at most one device (NAME or DEVICE)"),

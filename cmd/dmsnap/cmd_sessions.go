@@ -174,9 +174,9 @@ func describeSession(info snapstore.SessionInfo) sessionJSON {
 func sessionsListCmd(e *env) *cobra.Command {
 	var f listFlags
 	c := &cobra.Command{
-		Use:               "list [NAME]",
+		Use:               "list [NAME|DEVICE|FILE]",
 		Short:             "list the sessions of the store (of device NAME only when given), oldest first",
-		Args:              argsBetween(0, 1, "sessions list takes at most one NAME"),
+		Args:              argsBetween(0, 1, "sessions list takes at most one NAME, DEVICE or FILE"),
 		ValidArgsFunction: completeDevices(e),
 		RunE:              func(c *cobra.Command, args []string) error { return runSessionsList(e, f, args) },
 	}
@@ -198,7 +198,7 @@ func runSessionsList(e *env, f listFlags, args []string) error {
 	}
 	name := ""
 	if len(args) == 1 {
-		name = args[0]
+		name = e.deviceName(args[0])
 	}
 	// What the stores hold is restored onto devices: sessionStores refuses
 	// one that others could have written to.
@@ -213,7 +213,7 @@ func runSessionsList(e *env, f listFlags, args []string) error {
 	points := restorePoints(infos)
 	out := []sessionJSON{}
 	for _, info := range infos {
-		if len(args) == 1 && info.Name != args[0] {
+		if name != "" && info.Name != name {
 			continue
 		}
 		out = append(out, withRestorability(describeSession(info), points[info.ID]))
@@ -575,7 +575,9 @@ one is set (dmsnap passwd), except with --dry-run: the sessions it removes
 are restore points.`,
 		Args:              argsBetween(1, 1, "sessions prune takes one device NAME"),
 		ValidArgsFunction: completeDevices(e),
-		RunE:              func(c *cobra.Command, args []string) error { return runSessionsPrune(e, c.Flags(), f, args[0]) },
+		RunE: func(c *cobra.Command, args []string) error {
+			return runSessionsPrune(e, c.Flags(), f, e.deviceName(args[0]))
+		},
 	}
 	fs := c.Flags()
 	fs.IntVar(&f.keep, "keep", 0, "keep the newest `N` finished sessions")

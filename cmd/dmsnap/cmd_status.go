@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -19,11 +20,11 @@ func init() { register(statusCmd) }
 
 func statusCmd(e *env) *cobra.Command {
 	c := &cobra.Command{
-		Use:               "status [NAME]",
+		Use:               "status [NAME|DEVICE|FILE]",
 		Annotations:       map[string]string{annoReadsState: "yes"},
 		Short:             "show the activated devices, their stacks and sessions",
 		Long:              statusHelp,
-		Args:              argsBetween(0, 1, "status takes at most one NAME"),
+		Args:              argsBetween(0, 1, "status takes at most one NAME, DEVICE or FILE"),
 		ValidArgsFunction: completeDevices(e),
 		RunE:              func(c *cobra.Command, args []string) error { return runStatus(e, args) },
 	}
@@ -41,6 +42,9 @@ invalid, and anything that needs attention.
    "stack": {"origin": "/dev/mapper/dmsnap-sdb1", "origin_dev": "253:1",
              "complete": true, "openers": 0, "needs_repair": false},   (null: no stack)
    "mounted_on": ["/mnt"],
+   "image": {"file": "/srv/image.img", "loop": "/dev/loop0",   only for an image file: the
+             "bypass": "..."},                                   loop device dmsnap bound, and
+                                                                 what a file cannot prevent
    "sessions": [{"n": 4, "dir": "...", "state": "armed", "armed": ..., "mounted": ...,
                  "unmounted": ..., "invalid_reason": "...", "error": "...",
                  "snapshot": {"state": "active", "cow_used_bytes": 65536,
@@ -100,6 +104,14 @@ type deviceJSON struct {
 	Issues             []string            `json:"issues"`
 	Views              []rollback.ViewInfo `json:"views,omitempty"` // open views (dmsnap sessions open)
 	Merge              *rollback.MergeInfo `json:"merge,omitempty"` // an instant restore running (restore --merge)
+	Image              *imageJSON          `json:"image,omitempty"` // the device is an image file
+}
+
+// imageJSON is what status says of an activated image file.
+type imageJSON struct {
+	File   string `json:"file"`
+	Loop   string `json:"loop,omitempty"` // the loop device under the stack ("" when there is none)
+	Bypass string `json:"bypass"`         // what protecting a file cannot prevent
 }
 
 type stackJSON struct {
@@ -155,6 +167,18 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 		Store: d.Store, Activated: timeOrNil(d.Activated), Error: d.Error,
 		MountedOn: []string{}, Sessions: []liveSessionJSON{}, InvalidSessions: []string{},
 		Todo: []string{}, Issues: []string{},
+	}
+	if d.Identity.Image {
+		out.Image = &imageJSON{File: d.Path, Bypass: session.ImageBypass(d.Name)}
+		if st.Stack != nil && st.Stack.HasReal {
+			if loops, err := (system.Images{}).Loops(context.Background(), d.Path); err == nil {
+				for _, l := range loops {
+					if l.Dev == st.Stack.RawDev {
+						out.Image.Loop = l.Path
+					}
+				}
+			}
+		}
 	}
 	if s := st.Stack; s != nil {
 		out.Stack = &stackJSON{Origin: system.OriginPath(d.Name), OriginDev: s.OriginDev.String(),
@@ -218,8 +242,12 @@ func runStatus(e *env, args []string) error {
 		return fmt.Errorf("status: %w", err)
 	}
 	out := statusJSON{Devices: []deviceJSON{}}
+	name := ""
+	if len(args) == 1 {
+		name = e.deviceName(args[0])
+	}
 	for _, st := range sts {
-		if len(args) == 1 && st.Device.Name != args[0] && st.Device.Path != args[0] {
+		if name != "" && st.Device.Name != name && st.Device.Path != args[0] {
 			continue
 		}
 		d := describeDevice(st)
@@ -259,6 +287,14 @@ func printDevice(e *env, d deviceJSON) {
 			state += ", needs repair"
 		}
 		fmt.Fprintf(w, "  stack:    %s (%s) %s\n", d.Stack.Origin, d.Stack.OriginDev, state)
+	}
+	if im := d.Image; im != nil {
+		on := "no loop device now"
+		if im.Loop != "" {
+			on = "on " + im.Loop + ", which dmsnap bound and which goes with the stack"
+		}
+		fmt.Fprintf(w, "  image:    file %s, %s\n", im.File, on)
+		fmt.Fprintf(w, "  note:     %s\n", im.Bypass)
 	}
 	if len(d.MountedOn) > 0 {
 		fmt.Fprintf(w, "  mounted:  %v\n", d.MountedOn)

@@ -123,7 +123,7 @@ func TestManPagesRender(t *testing.T) {
 	if err != nil || stderr.Len() > 0 {
 		t.Fatalf("man -l %s: %v\n%s", page, err, stderr.String())
 	}
-	for _, want := range []string{"DMSNAP-RESTORE(8)", "dmsnap restore [NAME|DEVICE]", "--session", "--no-undo", "OPTIONS INHERITED FROM PARENT COMMANDS", "--store"} {
+	for _, want := range []string{"DMSNAP-RESTORE(8)", "dmsnap restore [NAME|DEVICE|FILE]", "--session", "--no-undo", "OPTIONS INHERITED FROM PARENT COMMANDS", "--store"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("man dmsnap-restore does not say %q:\n%s", want, out)
 		}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -171,4 +172,20 @@ func (e *env) findSession(id string) (string, error) {
 		first = cmp.Or(first, err)
 	}
 	return "", fmt.Errorf("%w (`dmsnap sessions list` shows the IDs)", first)
+}
+
+// deviceName turns what a user typed for a device into its dmsnap name: a
+// name as it is; a path (of a block device or an image file) the name it
+// is activated as or, when it is not activated, the name its sessions carry
+// by the seed's rule (its base name, snapstore.SanitizeName).
+func (e *env) deviceName(arg string) string {
+	if !strings.Contains(arg, "/") {
+		return arg
+	}
+	if reg, err := session.LoadRegistry(e.state); err == nil {
+		if d, err := reg.Lookup(arg); err == nil {
+			return d.Name
+		}
+	}
+	return snapstore.SanitizeName(arg)
 }

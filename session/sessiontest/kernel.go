@@ -197,6 +197,7 @@ func (k *Kernel) StackDown(_ context.Context, name string) error {
 			}
 		}
 		delete(k.stacks, name)
+		k.sys.Images.clearLocked()
 		return nil
 	})
 }

@@ -26,6 +26,7 @@ type System struct {
 	Kernel *Kernel
 	Store  *Store
 	Prober *Prober
+	Images *Images
 
 	// Calls logs every mutating call, in order: "StackUp sdb1",
 	// "AttachSnapshot sdb1 2", "Convert /tmp/…/sdb1_1700000000", ...
@@ -52,6 +53,7 @@ func NewSystem() *System {
 	s.Kernel = &Kernel{sys: s, stacks: map[string]*stack{}, nextMinor: 0}
 	s.Store = &Store{sys: s}
 	s.Prober = &Prober{sys: s, devices: map[string]session.Identity{}}
+	s.Images = &Images{sys: s}
 	return s
 }
 
@@ -106,6 +108,10 @@ func (s *System) Reboot() {
 	defer s.mu.Unlock()
 	s.Kernel.stacks = map[string]*stack{}
 	s.mounts = nil
+	for _, l := range s.Images.loops {
+		delete(s.Prober.devices, l.path)
+	}
+	s.Images.loops = nil
 }
 
 // call logs a mutating call, applies effect and handles injected crashes.
@@ -215,6 +221,7 @@ func (s *System) Manager(stateDir, store string) *session.Manager {
 		Kernel:     s.Kernel,
 		Store:      s.Store,
 		Prober:     s.Prober,
+		Images:     s.Images,
 		ReadMounts: s.ReadMounts,
 		Stores:     []string{store},
 	}

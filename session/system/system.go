@@ -30,6 +30,7 @@ func NewManager(stateDir, store string) *session.Manager {
 		Kernel:   Kernel{},
 		Store:    Store{},
 		Prober:   session.SystemProber{},
+		Images:   Images{},
 		Stores:   []string{store},
 		HostLock: session.HostLockPath,
 	}
@@ -417,4 +418,33 @@ var _ session.COWFiller = Store{}
 func (Store) FillCOW(_ context.Context, dir string, from, to uint64) (uint64, error) {
 	end, err := snapstore.FillCow(dir, int64(from), int64(to))
 	return uint64(max(end, int64(from))), err
+}
+
+// Images is session.Images over package dm's loop devices.
+type Images struct{}
+
+var _ session.Images = Images{}
+
+// Loops implements session.Images (dm.LoopsOf).
+func (Images) Loops(_ context.Context, path string) ([]session.ImageLoop, error) {
+	loops, err := dm.LoopsOf(path)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]session.ImageLoop, 0, len(loops))
+	for _, l := range loops {
+		out = append(out, session.ImageLoop{Path: l.Path, Dev: session.DevNum(l.Dev), DirectIO: l.DirectIO})
+	}
+	return out, nil
+}
+
+// Bind implements session.Images: an auto-clear loop device over path,
+// with direct I/O where the file's filesystem allows it (the kernel drops
+// it silently where not; ImageLoop.DirectIO says which).
+func (Images) Bind(_ context.Context, path string) (session.ImageLoop, func() error, error) {
+	l, err := dm.AttachLoop(path, dm.LoopOptions{AutoClear: true, DirectIO: true})
+	if err != nil {
+		return session.ImageLoop{}, nil, err
+	}
+	return session.ImageLoop{Path: l.Path, Dev: session.DevNum(l.Dev), DirectIO: l.DirectIO}, l.Close, nil
 }
