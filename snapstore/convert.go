@@ -765,6 +765,8 @@ func buildMeta(st State) Meta {
 			State:         state,
 			InvalidReason: reason,
 			Notes:         conv.Notes,
+			Label:         st.Label,
+			Pinned:        st.Pinned,
 			Checksums: Checksums{
 				RecordCRC: CRCAlgorithm,
 				BlocksMap: conv.BlocksMap,

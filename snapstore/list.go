@@ -52,6 +52,10 @@ type SessionInfo struct {
 	// meta.json or state.json (0: not recorded — a seed session, or one
 	// written before dmsnap recorded it).
 	Sequence int
+	// Label and Pinned are the session's (SetMark), from meta.json or
+	// state.json.
+	Label  string
+	Pinned bool
 	// Err says why a session is damaged or unreadable, or why an
 	// incomplete one's state.json could not be read.
 	Err error
@@ -119,7 +123,7 @@ func inspect(dir string, id sessionID) SessionInfo {
 	if errors.Is(err, fs.ErrNotExist) {
 		info.Status = StatusIncomplete
 		if st, err := ReadState(dir); err == nil {
-			info.Phase, info.Sequence = st.Phase, st.Sequence
+			info.Phase, info.Sequence, info.Label, info.Pinned = st.Phase, st.Sequence, st.Label, st.Pinned
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			info.Err = err
 		}
@@ -139,7 +143,7 @@ func inspect(dir string, id sessionID) SessionInfo {
 	}
 	info.Meta = &m
 	if m.Dmsnap != nil {
-		info.Sequence = m.Dmsnap.Sequence
+		info.Sequence, info.Label, info.Pinned = m.Dmsnap.Sequence, m.Dmsnap.Label, m.Dmsnap.Pinned
 	}
 	switch {
 	case m.Dmsnap == nil:

@@ -74,7 +74,11 @@ type DmsnapMeta struct {
 	State         string    `json:"state"` // StateComplete or StateInvalid
 	InvalidReason string    `json:"invalid_reason,omitempty"`
 	Notes         []string  `json:"notes,omitempty"` // anything odd met during conversion
-	Checksums     Checksums `json:"checksums"`
+	// Label is a person's note on the session; Pinned keeps it (and every
+	// later session) from being pruned (SetMark).
+	Label     string    `json:"label,omitempty"`
+	Pinned    bool      `json:"pinned,omitempty"`
+	Checksums Checksums `json:"checksums"`
 }
 
 // Device identifies the origin device, so a session is never restored onto

@@ -132,6 +132,8 @@ func keptBecause(info SessionInfo, held map[string]bool) string {
 	switch {
 	case held[filepath.Clean(info.Dir)]:
 		return "live (armed, open or being converted)"
+	case info.Pinned:
+		return "pinned (`dmsnap sessions label --unpin " + info.ID + "` lets it go)"
 	case info.Status == StatusDamaged:
 		return "damaged (`dmsnap sessions verify` says where)"
 	case info.Status == StatusUnreadable:

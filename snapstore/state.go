@@ -68,6 +68,10 @@ type State struct {
 	// of the kernel: CreateSession at the start (asked for by the caller,
 	// then what it did), FillCow more while the session is armed.
 	Prealloc int64 `json:"prealloc,omitempty"`
+	// Label and Pinned, set while the session is unfinished (SetMark),
+	// go into meta.json at conversion.
+	Label  string `json:"label,omitempty"`
+	Pinned bool   `json:"pinned,omitempty"`
 
 	// Layout is chosen by Convert before it writes anything, so a restart
 	// continues the same way.
