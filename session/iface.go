@@ -139,6 +139,11 @@ type Store interface {
 	// RestorePoints is how many finished sessions of name in store the
 	// device can still be restored to (snapstore.RestorePoints).
 	RestorePoints(ctx context.Context, store, name string) (int, error)
+	// SetMark changes the label and pin of the session in dir (nil fields
+	// are left as they are) and returns what is recorded now: in its state
+	// while it is unfinished, which conversion carries into its record; in
+	// the finished record after (snapstore.SetMark).
+	SetMark(ctx context.Context, dir string, m Mark) (Marked, error)
 }
 
 // ArmSpec is what the store records for a new session.

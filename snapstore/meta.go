@@ -66,14 +66,14 @@ type DmsnapMeta struct {
 	Name          string `json:"name"`
 	// Sequence orders the sessions of one device (format 2 on; 0 in format
 	// 1): restore chains and prune follow it, not the clock.
-	Sequence      int       `json:"sequence,omitempty"`
-	Device        Device    `json:"device"`
-	ChunkSize     uint32    `json:"chunk_size"` // bytes
-	Layout        string    `json:"layout"`     // LayoutCOW or LayoutPacked
-	Times         Times     `json:"times"`
-	State         string    `json:"state"` // StateComplete or StateInvalid
-	InvalidReason string    `json:"invalid_reason,omitempty"`
-	Notes         []string  `json:"notes,omitempty"` // anything odd met during conversion
+	Sequence      int      `json:"sequence,omitempty"`
+	Device        Device   `json:"device"`
+	ChunkSize     uint32   `json:"chunk_size"` // bytes
+	Layout        string   `json:"layout"`     // LayoutCOW or LayoutPacked
+	Times         Times    `json:"times"`
+	State         string   `json:"state"` // StateComplete or StateInvalid
+	InvalidReason string   `json:"invalid_reason,omitempty"`
+	Notes         []string `json:"notes,omitempty"` // anything odd met during conversion
 	// Label is a person's note on the session; Pinned keeps it (and every
 	// later session) from being pruned (SetMark).
 	Label     string    `json:"label,omitempty"`

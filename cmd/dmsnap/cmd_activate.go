@@ -8,12 +8,14 @@ import (
 
 	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/snapstore"
 )
 
 func init() { register(activateCmd) }
 
 type activateFlags struct {
 	name, chunk, prealloc string
+	label                 string
 	pw                    passwordFlags
 }
 
@@ -50,6 +52,7 @@ Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device mounted or busy
 	fs.StringVar(&f.name, "name", "", "dmsnap `NAME` of the device (default: the device's base name)")
 	fs.StringVar(&f.chunk, "chunk-size", "4KiB", "snapshot chunk `SIZE`, a power of two from 4KiB to 512KiB")
 	fs.StringVar(&f.prealloc, "prealloc", fmt.Sprintf("%dMiB", session.DefaultPrealloc>>20), "`SIZE` of each new COW file written ahead (0: none)")
+	fs.StringVar(&f.label, "label", "", "label the first session (`TEXT`, as dmsnap label-next)")
 	f.pw.add(fs)
 	return c
 }
@@ -72,6 +75,9 @@ func runActivate(e *env, f activateFlags, device string) error {
 	if pre > 1<<62 {
 		return usagef("--prealloc %s: too large", f.prealloc)
 	}
+	if err := snapstore.ValidateLabel(f.label); err != nil {
+		return usagef("--label: %v", err)
+	}
 	if f.name != "" {
 		if err := session.ValidateName(f.name); err != nil {
 			return usagef("--name: %v", err)
@@ -91,7 +97,15 @@ func runActivate(e *env, f activateFlags, device string) error {
 		fmt.Fprintf(e.stderr, "warning: %s has no stable identity (no disk serial or WWN, partition UUID, loop backing file or DM UUID): after a reboot dmsnap cannot tell it from another device of its size, so it is not re-attached by itself; `dmsnap attach --force-identity --name %s DEVICE` protects it again\n",
 			d.Path, d.Name)
 	}
-	res := activated{Name: d.Name, Path: d.Path, Mount: "/dev/mapper/dmsnap-" + d.Name, Store: d.Store, Image: d.Identity.Image}
+	var label labelled
+	if f.label != "" {
+		// The device is protected from here on whatever happens to the
+		// label: a failure to set it is reported, not undone.
+		if label, err = markLive(e, d.Name, snapstore.Mark{Label: &f.label}); err != nil {
+			return fmt.Errorf("activated %s as %s, but the label was not set: %w", d.Path, d.Name, err)
+		}
+	}
+	res := activated{Label: label.Label, Name: d.Name, Path: d.Path, Mount: "/dev/mapper/dmsnap-" + d.Name, Store: d.Store, Image: d.Identity.Image}
 	if cur := d.Current(); cur != nil {
 		res.Session, res.SessionDir = cur.N, cur.Dir
 	}
@@ -113,4 +127,5 @@ type activated struct {
 	Session    int    `json:"session,omitempty"` // the armed session's number
 	SessionDir string `json:"session_dir,omitempty"`
 	Image      bool   `json:"image,omitempty"` // Path is an image file, on a loop device dmsnap bound
+	Label      string `json:"label,omitempty"` // of the armed session (--label)
 }

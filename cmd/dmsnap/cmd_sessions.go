@@ -65,7 +65,7 @@ func sessionsCmd(e *env) *cobra.Command {
 		Long:  sessionsHelp,
 	})
 	c.AddCommand(sessionsListCmd(e), sessionsShowCmd(e), sessionsVerifyCmd(e), sessionsPruneCmd(e),
-		sessionsOpenCmd(e), sessionsMountCmd(e), sessionsCloseCmd(e))
+		sessionsLabelCmd(e), sessionsOpenCmd(e), sessionsMountCmd(e), sessionsCloseCmd(e))
 	return c
 }
 
@@ -92,6 +92,8 @@ type sessionJSON struct {
 	// NotRestorable says why.
 	Restorable    bool            `json:"restorable"`
 	NotRestorable string          `json:"not_restorable_because,omitempty"`
+	Label         string          `json:"label,omitempty"`
+	Pinned        bool            `json:"pinned"`
 	Meta          *snapstore.Meta `json:"meta,omitempty"`
 }
 
@@ -131,7 +133,7 @@ const (
 )
 
 func describeSession(info snapstore.SessionInfo) sessionJSON {
-	s := sessionJSON{ID: info.ID, Name: info.Name, Dir: info.Dir}
+	s := sessionJSON{ID: info.ID, Name: info.Name, Dir: info.Dir, Label: info.Label, Pinned: info.Pinned}
 	if info.Err != nil {
 		s.Error = info.Err.Error()
 	}
@@ -248,10 +250,10 @@ func runSessionsList(e *env, f listFlags, args []string) error {
 
 // sessionColumns are the fields of sessions list (-o).
 var sessionColumns = columns[sessionJSON]{
-	names: []string{"id", "device", "state", "restorable", "mounted", "unmounted", "blocks", "bytes"},
+	names: []string{"id", "device", "state", "restorable", "mounted", "unmounted", "blocks", "bytes", "label"},
 	head: map[string]string{"id": "ID", "name": "NAME", "device": "DEVICE", "state": "STATE", "restorable": "RESTORABLE",
 		"armed": "ARMED", "mounted": "MOUNTED", "unmounted": "UNMOUNTED", "closed": "CLOSED", "blocks": "BLOCKS", "bytes": "BYTES",
-		"size": "SIZE", "dir": "DIR", "fs": "FS", "chunk": "CHUNK"},
+		"size": "SIZE", "dir": "DIR", "fs": "FS", "chunk": "CHUNK", "label": "LABEL", "pinned": "PINNED"},
 	value: map[string]func(sessionJSON) string{
 		"id":     func(s sessionJSON) string { return s.ID },
 		"name":   func(s sessionJSON) string { return s.Name },
@@ -273,6 +275,18 @@ var sessionColumns = columns[sessionJSON]{
 		"dir":       func(s sessionJSON) string { return s.Dir },
 		"fs":        func(s sessionJSON) string { return cmp.Or(s.FSType, "-") },
 		"chunk":     func(s sessionJSON) string { return strconv.FormatUint(uint64(s.ChunkSize), 10) },
+		"label": func(s sessionJSON) string {
+			if s.Pinned {
+				return strings.TrimSpace("[pinned] " + s.Label)
+			}
+			return cmp.Or(s.Label, "-")
+		},
+		"pinned": func(s sessionJSON) string {
+			if s.Pinned {
+				return "yes"
+			}
+			return "-"
+		},
 	},
 }
 
@@ -374,6 +388,10 @@ func runSessionsShow(e *env, name, id string) error {
 	}
 	row("invalid because", s.InvalidReason)
 	row("problem", s.Error)
+	row("label", s.Label)
+	if s.Pinned {
+		row("pinned", "yes: prune never removes it nor any later session")
+	}
 	row("filesystem", s.FSType)
 	if s.ChunkSize > 0 {
 		row("chunk size", units.FormatBytes(uint64(s.ChunkSize)))

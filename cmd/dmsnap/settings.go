@@ -189,3 +189,11 @@ func (e *env) deviceName(arg string) string {
 	}
 	return snapstore.SanitizeName(arg)
 }
+
+// deviceNameOr is deviceName of arg, and "" for "".
+func (e *env) deviceNameOr(arg string) string {
+	if arg == "" {
+		return ""
+	}
+	return e.deviceName(arg)
+}

@@ -42,6 +42,8 @@ type State struct {
 	InvalidReason string               `json:"invalid_reason,omitempty"`
 	Prealloc      int64                `json:"prealloc,omitempty"` // bytes FillCOW wrote ahead
 	Sequence      int                  `json:"sequence,omitempty"`
+	Label         string               `json:"label,omitempty"`
+	Pinned        bool                 `json:"pinned,omitempty"`
 	// What ModelData's Convert writes into a real meta.json.
 	DevicePath string `json:"device_path,omitempty"`
 	DeviceSize int64  `json:"device_size,omitempty"`
@@ -391,4 +393,35 @@ func (st *Store) FillCOW(_ context.Context, dir string, from, to uint64) (uint64
 		return from, err
 	}
 	return to, nil
+}
+
+// SetMark implements session.Store: in state.json while unfinished (Convert
+// carries it into meta.json), in meta.json after.
+func (st *Store) SetMark(_ context.Context, dir string, m session.Mark) (session.Marked, error) {
+	out := session.Marked{Dir: dir}
+	err := st.sys.call("SetMark "+dir, func() error {
+		apply := func(s *State) {
+			if m.Label != nil {
+				s.Label = *m.Label
+			}
+			if m.Pinned != nil {
+				s.Pinned = *m.Pinned
+			}
+			out.Label, out.Pinned = s.Label, s.Pinned
+		}
+		metaPath := filepath.Join(dir, MetaFile)
+		if meta, err := ReadMeta(dir); err == nil {
+			apply(&meta.State)
+			return writeJSON(metaPath, meta)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		s, err := readState(dir)
+		if err != nil {
+			return err
+		}
+		apply(&s)
+		return writeJSON(filepath.Join(dir, StateFile), s)
+	})
+	return out, err
 }

@@ -448,3 +448,9 @@ func (Images) Bind(_ context.Context, path string) (session.ImageLoop, func() er
 	}
 	return session.ImageLoop{Path: l.Path, Dev: session.DevNum(l.Dev), DirectIO: l.DirectIO}, l.Close, nil
 }
+
+// SetMark implements session.Store (snapstore.SetMark).
+func (Store) SetMark(_ context.Context, dir string, m session.Mark) (session.Marked, error) {
+	label, pinned, err := snapstore.SetMark(dir, snapstore.Mark{Label: m.Label, Pinned: m.Pinned})
+	return session.Marked{Dir: dir, Label: label, Pinned: pinned}, err
+}
