@@ -44,6 +44,15 @@ once that session is closed (dmsnap watch closes it after the merge, or the
 next unmount does), restoring it puts the device back. Where the kernel
 refuses the merge table, the normal restore runs instead and says so.
 
+--file PATH --to DIR (PATH repeatable) is a file-level restore: it copies
+PATH, a file or a directory tree in the device's filesystem, as it was before
+session ID into DIR/PATH, with owners, modes, times and extended attributes,
+hard and symbolic links as links, and leaves the device alone. It reads a
+read-only view of the session (sessions mount), used where it is mounted or
+mounted for the copy and put back as it was. Nothing in DIR is overwritten.
+The device must be activated; btrfs views mount only while the device is
+not mounted (sessions mount explains).
+
 --to FILE writes the restored image to FILE and only reads the device (for
 an activated device, its live session's snapshot). FILE must not be what the
 restore reads: the device or image file, the raw device, the file behind a
@@ -72,6 +81,7 @@ type restoreFlags struct {
 	noUndo  bool
 	merge   bool
 	yes     bool
+	files   []string      // --file: a file-level restore into --to
 	pw      passwordFlags // asked for with --no-undo
 }
 
@@ -88,7 +98,8 @@ func restoreCmd(e *env) *cobra.Command {
 	fs := c.Flags()
 	fs.StringVar(&f.name, "name", "", "the device's dmsnap `NAME`, for a device or image that is not activated and whose sessions carry another name than its file")
 	fs.StringVar(&f.session, "session", "", "restore to the state before this session (an `ID`, or latest)")
-	fs.StringVar(&f.to, "to", "", "write the restored image to `FILE`; the device is only read")
+	fs.StringVar(&f.to, "to", "", "write the restored image to `FILE`; the device is only read (with --file: the directory the files go to)")
+	fs.StringArrayVar(&f.files, "file", nil, "copy `PATH` (in the device's filesystem) as it was before the session into --to DIR, leaving the device alone; repeatable")
 	fs.BoolVar(&f.force, "force", false, "with --to: overwrite FILE when it is not empty, or is a block device")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print the plan and write nothing")
 	fs.BoolVar(&f.noUndo, "no-undo", false, "write the raw device directly: faster, but the restore cannot be undone")
@@ -101,6 +112,9 @@ func restoreCmd(e *env) *cobra.Command {
 }
 
 func runRestore(e *env, f restoreFlags, args []string) error {
+	if len(f.files) > 0 {
+		return runRestoreFiles(e, f, args)
+	}
 	if f.force && f.to == "" {
 		return usagef("--force goes with --to only: it allows overwriting the image file")
 	}
@@ -359,4 +373,40 @@ func printWarnings(w io.Writer, warns []string) {
 	for _, s := range warns {
 		fmt.Fprintln(w, "warning:", s)
 	}
+}
+
+// runRestoreFiles is restore --file: a file-level restore out of the view
+// of the session.
+func runRestoreFiles(e *env, f restoreFlags, args []string) error {
+	switch {
+	case f.to == "":
+		return usagef("--file needs --to DIR: the files are copied there, the device is left alone")
+	case f.session == "" || f.session == "latest":
+		return usagef("--file needs --session ID: the files are copied as they were before that session")
+	case f.merge || f.noUndo || f.dryRun || f.force || f.name != "":
+		return usagef("--file goes with --session and --to only")
+	case len(args) == 1 && e.deviceName(args[0]) != sessionName(f.session):
+		return usagef("session %s is not of %s", f.session, args[0])
+	}
+	res, err := rollback.RestoreFiles(e.ctx, rollbackConfig(e), f.session, f.files, f.to)
+	if err != nil {
+		return err
+	}
+	return e.emit(res, func(w io.Writer) error {
+		for _, c := range res.Copied {
+			fmt.Fprintf(w, "%s → %s\n", c.Path, c.To)
+		}
+		for _, s := range res.Skipped {
+			fmt.Fprintf(w, "skipped %s (a socket cannot be copied)\n", s)
+		}
+		_, err := fmt.Fprintf(w, "restored %d file(s) (%s), %d directories, %d symbolic link(s) as they were before %s; %s was not touched\n",
+			res.Files, units.FormatBytes(uint64(res.Bytes)), res.Dirs, res.Links, res.Session, res.Name)
+		return err
+	})
+}
+
+// sessionName is the device name in a session ID.
+func sessionName(id string) string {
+	n, _ := snapstore.SessionName(id)
+	return n
 }

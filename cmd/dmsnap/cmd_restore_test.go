@@ -440,3 +440,25 @@ func TestRestoreAfterDirectRestore(t *testing.T) {
 		}
 	}
 }
+
+// restore --file takes --session ID and --to DIR, and nothing of a device
+// restore; usage errors change nothing.
+func TestRestoreFilesUsage(t *testing.T) {
+	w := newWorld(t)
+	for _, args := range [][]string{
+		{"restore", "--file", "/etc/passwd", "--session", "sdb1_1700000000"},
+		{"restore", "--file", "/etc/passwd", "--to", "/tmp/x"},
+		{"restore", "--file", "/etc/passwd", "--to", "/tmp/x", "--session", "latest"},
+		{"restore", "--file", "/etc/passwd", "--to", "/tmp/x", "--session", "sdb1_1700000000", "--merge"},
+		{"restore", "--file", "/etc/passwd", "--to", "/tmp/x", "--session", "sdb1_1700000000", "--no-undo"},
+		{"restore", "--file", "/etc/passwd", "--to", "/tmp/x", "--session", "sdb1_1700000000", "--dry-run"},
+		{"restore", "sdc1", "--file", "/etc/passwd", "--to", "/tmp/x", "--session", "sdb1_1700000000"},
+	} {
+		if code, _, errOut := w.run(t, "", args...); code != exitUsage {
+			t.Errorf("dmsnap %q: exit %d, want %d: %s", args, code, exitUsage, errOut)
+		}
+	}
+	if len(w.sys.Calls) != 0 {
+		t.Errorf("usage errors changed the system: %v", w.sys.Calls)
+	}
+}
