@@ -17,6 +17,7 @@ import (
 
 	"github.com/dmsnap/dmsnap/internal/hostfiles"
 	"github.com/dmsnap/dmsnap/internal/trustdir"
+	"github.com/dmsnap/dmsnap/snapstore"
 )
 
 // DefaultChunkSize is the snapshot chunk size when none is given (LVM's
@@ -663,6 +664,9 @@ type ActivateRequest struct {
 	ChunkSize uint32 // bytes; 0: DefaultChunkSize
 	Store     string // "" : DefaultStore
 	Prealloc  int64  // bytes of each new cow.img written ahead (ArmSpec.Prealloc); 0: none
+	// Retention is the policy the watcher applies (zero: keep every
+	// session).
+	Retention snapstore.Retention
 }
 
 // DefaultPrealloc is what `dmsnap activate` writes ahead of each new
@@ -692,6 +696,9 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 		req.Store = DefaultStore
 	}
 	if err := ValidateChunkSize(req.ChunkSize); err != nil {
+		return nil, deviceErr(op, req.Device, "", err)
+	}
+	if err := req.Retention.Validate(); err != nil {
 		return nil, deviceErr(op, req.Device, "", err)
 	}
 	if req.Prealloc < 0 {
@@ -792,7 +799,7 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 		}
 
 		d := &Device{
-			Name: name, Path: path, Identity: id, ChunkSize: req.ChunkSize, Store: store, Prealloc: req.Prealloc,
+			Name: name, Path: path, Identity: id, ChunkSize: req.ChunkSize, Store: store, Prealloc: req.Prealloc, Retention: retentionOrNil(req.Retention),
 			State: DeviceActivating, Activated: m.now().UTC(), NextSession: next,
 		}
 		if err := reg.Add(d); err != nil {

@@ -1,6 +1,10 @@
 package session
 
-import "time"
+import (
+	"time"
+
+	"github.com/dmsnap/dmsnap/snapstore"
+)
 
 // DeviceState is where an activated device is in its life. The "-ing"
 // states are intents: written before the work starts, replaced when it is
@@ -66,7 +70,10 @@ type Device struct {
 	Activated   time.Time   `json:"activated"`          //
 	NextSession int         `json:"next_session"`       // number of the next session to arm (from 1)
 	Sessions    []*Session  `json:"sessions,omitzero"`  // the live session and those being closed, by number
-	Error       string      `json:"error,omitempty"`    // the last failed step, until one succeeds
+	// Retention is the policy the watcher applies to the device's finished
+	// sessions (nil: keep every one).
+	Retention *snapstore.Retention `json:"retention,omitempty"`
+	Error     string               `json:"error,omitempty"` // the last failed step, until one succeeds
 }
 
 // Session is one session the registry still tracks: the live one, and the

@@ -28,6 +28,10 @@ type WatchOptions struct {
 	// conversions finished or retried) and the COW grower runs. The
 	// watch command tells systemd (Type=notify) from it.
 	Ready func()
+	// Settled, when set, is called after every reconcile of the watch
+	// loop (so after each close and conversion), without the lock: the
+	// watch command applies retention from it.
+	Settled func(ctx context.Context)
 }
 
 // DefaultGrowEvery is how often the watcher looks at the live sessions'
@@ -131,6 +135,9 @@ func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 		}
 		queue = m.handleEvents(ctx, queue)
 		note(m.watchReconcile(ctx))
+		if opt.Settled != nil {
+			opt.Settled(ctx)
+		}
 	}
 }
 

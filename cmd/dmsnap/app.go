@@ -34,7 +34,12 @@ const (
 	// exitNotFound: the store or the state directory named (by a flag,
 	// the environment or the configuration file) does not exist.
 	exitNotFound = 6
+	// exitCheck: status --check found something that needs a person.
+	exitCheck = 7
 )
+
+// errCheck marks the error of a failed status --check.
+var errCheck = errors.New("needs attention")
 
 // exitCodesHelp ends the top-level help and the man page.
 const exitCodesHelp = `Settings: --store and --state, else the environment's DMSNAP_STORE and
@@ -277,6 +282,8 @@ func exitCode(err error) int {
 		return exitCannotVerify
 	case errors.Is(err, errNotFound):
 		return exitNotFound
+	case errors.Is(err, errCheck):
+		return exitCheck
 	}
 	return exitFailure
 }

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/internal/vmtest"
 )
 
@@ -80,14 +81,22 @@ func TestBadInputDevices(t *testing.T) {
 		return fmt.Sprintf("%s\n%v\n%v", reg, dmsnapDevices(t), names)
 	}
 	before := state()
+	// An image file a loop device of someone else's has: a mount -o loop
+	// of it would bypass dmsnap.
 	plain := vmtest.TempFile(t, t.TempDir(), "plain.img", 1<<20)
+	theirs, err := dm.AttachLoop(plain, dm.LoopOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs.Close()
+	t.Cleanup(func() { dm.DetachLoop(theirs.Path) })
 	tried := 0
 	for _, tc := range []struct {
 		args  []string
 		code  int
 		words []string
 	}{
-		{[]string{"activate", plain}, exitFailure, []string{plain, "not a block device"}},
+		{[]string{"activate", plain}, exitBusy, []string{plain, theirs.Path, "losetup -d"}},
 		{[]string{"activate", "/dev/nonexistent"}, exitFailure, []string{"/dev/nonexistent", "no such file"}},
 		{[]string{"activate", t.TempDir()}, exitFailure, []string{"not a block device"}},
 		{[]string{"activate", "/dev/null"}, exitFailure, []string{"/dev/null", "not a block device"}},
@@ -99,7 +108,7 @@ func TestBadInputDevices(t *testing.T) {
 		{[]string{"activate", p2, "--name", "a+b"}, exitUsage, []string{"use only letters, digits and _ . -"}},
 		{[]string{"activate", p2, "--name", "x-snap1"}, exitUsage, []string{"ends like a dmsnap device"}},
 		{[]string{"deactivate", "nosuch"}, exitFailure, []string{"nosuch", "not activated"}},
-		{[]string{"attach", plain}, exitFailure, []string{plain}},
+		{[]string{"attach", plain}, exitFailure, []string{plain, "not activated"}},
 		{[]string{"restore", "p2", "--session", "p2_1", "--yes"}, exitFailure, []string{"no closed sessions of p2", "nothing to restore"}},
 		{[]string{"sessions", "show", "../p2"}, exitFailure, []string{"invalid session ID"}},
 	} {

@@ -5,6 +5,7 @@ import (
 	"io"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/session"
@@ -16,6 +17,7 @@ func init() { register(activateCmd) }
 type activateFlags struct {
 	name, chunk, prealloc string
 	label                 string
+	keep                  retentionFlags
 	pw                    passwordFlags
 }
 
@@ -43,21 +45,24 @@ to the store's block device instead of through its filesystem: first writes
 to the device cost about what they cost under an LVM snapshot. A session
 gives back what it did not use when it closes. 0 turns this off.
 
+` + retentionHelp + ` dmsnap set changes the policy later.
+
 Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device mounted or busy.`,
 		Args:              argsBetween(1, 1, "activate takes one DEVICE"),
 		ValidArgsFunction: completeBlockDevices,
-		RunE:              func(c *cobra.Command, args []string) error { return runActivate(e, f, args[0]) },
+		RunE:              func(c *cobra.Command, args []string) error { return runActivate(e, c.Flags(), f, args[0]) },
 	}
 	fs := c.Flags()
 	fs.StringVar(&f.name, "name", "", "dmsnap `NAME` of the device (default: the device's base name)")
 	fs.StringVar(&f.chunk, "chunk-size", "4KiB", "snapshot chunk `SIZE`, a power of two from 4KiB to 512KiB")
 	fs.StringVar(&f.prealloc, "prealloc", fmt.Sprintf("%dMiB", session.DefaultPrealloc>>20), "`SIZE` of each new COW file written ahead (0: none)")
+	f.keep.add(fs)
 	fs.StringVar(&f.label, "label", "", "label the first session (`TEXT`, as dmsnap label-next)")
 	f.pw.add(fs)
 	return c
 }
 
-func runActivate(e *env, f activateFlags, device string) error {
+func runActivate(e *env, fs *pflag.FlagSet, f activateFlags, device string) error {
 	if err := f.pw.check(); err != nil {
 		return err
 	}
@@ -75,6 +80,10 @@ func runActivate(e *env, f activateFlags, device string) error {
 	if pre > 1<<62 {
 		return usagef("--prealloc %s: too large", f.prealloc)
 	}
+	var keep snapstore.Retention
+	if err := f.keep.apply(fs, &keep); err != nil {
+		return err
+	}
 	if err := snapstore.ValidateLabel(f.label); err != nil {
 		return usagef("--label: %v", err)
 	}
@@ -87,7 +96,7 @@ func runActivate(e *env, f activateFlags, device string) error {
 		return err
 	}
 	m := newManager(e)
-	d, err := m.Activate(e.ctx, session.ActivateRequest{Device: device, Name: f.name, ChunkSize: uint32(size), Store: e.store, Prealloc: int64(pre)})
+	d, err := m.Activate(e.ctx, session.ActivateRequest{Device: device, Name: f.name, ChunkSize: uint32(size), Store: e.store, Prealloc: int64(pre), Retention: keep})
 	if err != nil {
 		return err
 	}

@@ -583,14 +583,18 @@ type pruneFlags struct {
 func sessionsPruneCmd(e *env) *cobra.Command {
 	var f pruneFlags
 	c := &cobra.Command{
-		Use:   "prune NAME (--keep N | --older-than DURATION)",
+		Use:   "prune NAME [--keep N | --older-than DURATION]",
 		Short: "remove the oldest finished sessions of device NAME",
 		Long: `Removes the oldest finished sessions of device NAME: all but the newest N,
 or those that started more than DURATION ago (a Go duration such as 36h, or
 whole days or weeks: 30d, 2w; at most 100 years). Live sessions are never
 removed. Runs under the state lock. Asks for the control password first when
 one is set (dmsnap passwd), except with --dry-run: the sessions it removes
-are restore points.`,
+are restore points.
+
+With neither --keep nor --older-than it applies the device's retention
+policy (activate --keep-*, dmsnap set) now, as the watcher does; --dry-run
+shows what that would remove.`,
 		Args:              argsBetween(1, 1, "sessions prune takes one device NAME"),
 		ValidArgsFunction: completeDevices(e),
 		RunE: func(c *cobra.Command, args []string) error {
@@ -608,8 +612,11 @@ are restore points.`,
 func runSessionsPrune(e *env, fs *pflag.FlagSet, f pruneFlags, name string) error {
 	// Changed, not the values: a given --keep -1 or --older-than "" is a
 	// mistake to name, not an absent flag.
-	if fs.Changed("keep") == fs.Changed("older-than") {
-		return usagef("sessions prune needs exactly one of --keep N and --older-than DURATION")
+	if !fs.Changed("keep") && !fs.Changed("older-than") {
+		return runPolicyPrune(e, f, name)
+	}
+	if fs.Changed("keep") && fs.Changed("older-than") {
+		return usagef("sessions prune takes one of --keep N and --older-than DURATION (neither: the device's retention policy)")
 	}
 	keepN, age := -1, time.Duration(0) // pruneVictims: keepN < 0 prunes by age
 	if fs.Changed("keep") {
@@ -715,4 +722,52 @@ type pruned struct {
 	PointsBefore int      `json:"restore_points_before"`
 	PointsAfter  int      `json:"restore_points_after"`
 	Oldest       string   `json:"oldest_restore_point,omitempty"`
+}
+
+// runPolicyPrune is sessions prune NAME without --keep or --older-than:
+// the device's retention policy, applied now (retain).
+func runPolicyPrune(e *env, f pruneFlags, name string) error {
+	reg, err := session.LoadRegistry(e.state)
+	if err != nil {
+		return err
+	}
+	d := reg.Device(name)
+	if d == nil || d.Retention == nil {
+		return usagef("%s has no retention policy (activate --keep-*, dmsnap set): give --keep N or --older-than DURATION", name)
+	}
+	if err := f.pw.check(); err != nil {
+		return err
+	}
+	if !f.dry {
+		if err := requireSecret(e, &f.pw); err != nil {
+			return err
+		}
+	}
+	res := pruned{Name: name, DryRun: f.dry, Removed: []string{}}
+	plan, err := retain(e.ctx, newManager(e), name, f.dry, func(info snapstore.SessionInfo, why string) {
+		res.Removed = append(res.Removed, info.ID)
+		if !e.json {
+			fmt.Fprintf(e.stdout, "removed %s (%s)\n", info.ID, why)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("prune %s: %w", name, err)
+	}
+	if f.dry {
+		for _, info := range plan.Remove {
+			res.Removed = append(res.Removed, info.ID)
+			if !e.json {
+				fmt.Fprintf(e.stdout, "would remove %s (%s)\n", info.ID, plan.Why[info.ID])
+			}
+		}
+	}
+	if plan.Short != "" {
+		fmt.Fprintf(e.stderr, "dmsnap sessions prune: %s\n", plan.Short)
+	}
+	return e.emit(res, func(w io.Writer) error {
+		if len(plan.Remove) == 0 {
+			fmt.Fprintf(w, "nothing to prune for %s (%s)\n", name, d.Retention)
+		}
+		return nil
+	})
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -19,6 +21,7 @@ import (
 func init() { register(statusCmd) }
 
 func statusCmd(e *env) *cobra.Command {
+	var check bool
 	c := &cobra.Command{
 		Use:               "status [NAME|DEVICE|FILE]",
 		Annotations:       map[string]string{annoReadsState: "yes"},
@@ -26,8 +29,9 @@ func statusCmd(e *env) *cobra.Command {
 		Long:              statusHelp,
 		Args:              argsBetween(0, 1, "status takes at most one NAME, DEVICE or FILE"),
 		ValidArgsFunction: completeDevices(e),
-		RunE:              func(c *cobra.Command, args []string) error { return runStatus(e, args) },
+		RunE:              func(c *cobra.Command, args []string) error { return runStatus(e, args, check) },
 	}
+	c.Flags().BoolVar(&check, "check", false, "for monitoring: exit 7 when something needs a person (a store retention cannot keep at min-free, a dropped snapshot, an issue)")
 	return c
 }
 
@@ -65,13 +69,22 @@ invalid, and anything that needs attention.
    "invalid_sessions": ["sdb1_1700000000"],   finished sessions flagged invalid
    "restore_points": 3,                       states before a session it can be put back to
    "oldest_restore_point": "sdb1_1699990000", the furthest back (left out when none)
+   "retention": {"keep_last": 10, "keep_within": 86400000000000, "keep_daily": 7,
+                 "min_free": 1073741824},    the policy (null: keep every session;
+                                              keep_within in nanoseconds)
+   "retention_short": "...",                  why it cannot keep min-free now
    "unrestorable_sessions": 2,                finished sessions an invalid or damaged later
                                               one keeps from being restored to
    "error": "last failed step",
    "todo": ["convert sdb1 session 3", ...],   what the watcher still has to do
    "issues": ["...", ...]}                     what needs a person
 
-Exit codes: 0 ok, 1 failure, 2 usage.
+--check, for monitoring, exits 7 (after the usual output) when something
+needs a person: a store below its device's --min-free that retention cannot
+make room in (labelled, pinned or live sessions in the way), a snapshot the
+kernel dropped, a failed step, an issue.
+
+Exit codes: 0 ok, 1 failure, 2 usage, 7 --check found a problem.
 `
 
 type statusJSON struct {
@@ -105,6 +118,10 @@ type deviceJSON struct {
 	Views              []rollback.ViewInfo `json:"views,omitempty"` // open views (dmsnap sessions open)
 	Merge              *rollback.MergeInfo `json:"merge,omitempty"` // an instant restore running (restore --merge)
 	Image              *imageJSON          `json:"image,omitempty"` // the device is an image file
+	// Retention is the device's policy (null: keep every session);
+	// RetentionShort says why it cannot keep the store's min-free now.
+	Retention      *snapstore.Retention `json:"retention"`
+	RetentionShort string               `json:"retention_short,omitempty"`
 }
 
 // imageJSON is what status says of an activated image file.
@@ -227,6 +244,12 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 			}
 		}
 	}
+	if r := d.Retention; r != nil {
+		out.Retention = r
+		if out.StoreSpace != nil && r.MinFree > int64(out.StoreSpace.FreeBytes) {
+			out.RetentionShort = retentionShort(d, r.MinFree-int64(out.StoreSpace.FreeBytes))
+		}
+	}
 	for _, a := range st.Todo {
 		out.Todo = append(out.Todo, a.String())
 	}
@@ -236,7 +259,44 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 	return out
 }
 
-func runStatus(e *env, args []string) error {
+// retentionShort says why device d's retention cannot make up the need
+// bytes its store is short of min-free ("" when it can: the watcher will).
+func retentionShort(d *session.Device, need int64) string {
+	infos, err := snapstore.ListSessions(d.Store)
+	if err != nil {
+		return err.Error()
+	}
+	held := map[string]bool{}
+	for _, s := range d.Sessions {
+		if s.Dir != "" {
+			held[filepath.Clean(s.Dir)] = true
+		}
+	}
+	plan := snapstore.PlanRetention(infos, snapstore.RetentionRequest{Name: d.Name, Policy: *d.Retention, Now: time.Now(), Need: need, Size: sessionBytes, Held: held})
+	return plan.Short
+}
+
+// checkProblems lists what status --check fails on for one device.
+func checkProblems(d deviceJSON) []string {
+	var out []string
+	if d.RetentionShort != "" {
+		out = append(out, d.Name+": "+d.RetentionShort)
+	}
+	for _, s := range d.Sessions {
+		if s.Snapshot != nil && s.Snapshot.State == session.SnapshotInvalid {
+			out = append(out, fmt.Sprintf("%s: the kernel dropped the snapshot of session %d", d.Name, s.N))
+		}
+	}
+	if d.Error != "" {
+		out = append(out, d.Name+": "+d.Error)
+	}
+	for _, is := range d.Issues {
+		out = append(out, d.Name+": "+is)
+	}
+	return out
+}
+
+func runStatus(e *env, args []string, check bool) error {
 	sts, err := newManager(e).Status(e.ctx)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
@@ -258,17 +318,27 @@ func runStatus(e *env, args []string) error {
 	if len(args) == 1 && len(out.Devices) == 0 {
 		return fmt.Errorf("%s: %w; `dmsnap status` lists the activated devices", args[0], session.ErrNotActivated)
 	}
+	var problems []string
+	for _, d := range out.Devices {
+		problems = append(problems, checkProblems(d)...)
+	}
 	if e.json {
-		return e.emit(out, nil)
-	}
-	if len(out.Devices) == 0 {
-		fmt.Fprintln(e.stdout, "no device is activated")
-	}
-	for i, d := range out.Devices {
-		if i > 0 {
-			fmt.Fprintln(e.stdout)
+		if err := e.emit(out, nil); err != nil || !check || len(problems) == 0 {
+			return err
 		}
-		printDevice(e, d)
+	} else {
+		if len(out.Devices) == 0 {
+			fmt.Fprintln(e.stdout, "no device is activated")
+		}
+		for i, d := range out.Devices {
+			if i > 0 {
+				fmt.Fprintln(e.stdout)
+			}
+			printDevice(e, d)
+		}
+	}
+	if check && len(problems) > 0 {
+		return fmt.Errorf("%w: %s", errCheck, strings.Join(problems, "; "))
 	}
 	return nil
 }
@@ -324,6 +394,12 @@ func printDevice(e *env, d deviceJSON) {
 		if s.Error != "" {
 			fmt.Fprintf(w, "    error: %s\n", s.Error)
 		}
+	}
+	if d.Retention != nil {
+		fmt.Fprintf(w, "  retain:   %s\n", d.Retention)
+	}
+	if d.RetentionShort != "" {
+		fmt.Fprintf(w, "  ATTENTION: %s\n", d.RetentionShort)
 	}
 	if d.StoreSpace != nil {
 		fmt.Fprintf(w, "  store:    %s, %s free of %s\n", d.Store, units.FormatBytes(d.StoreSpace.FreeBytes), units.FormatBytes(d.StoreSpace.TotalBytes))

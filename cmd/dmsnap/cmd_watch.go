@@ -90,7 +90,11 @@ func runWatch(e *env, f watchFlags) error {
 	ready := func() {
 		notify(log, sdnotify.Ready, sdnotify.Status("watching"))
 	}
-	err := m.Watch(ctx, session.WatchOptions{Interval: f.interval, GrowEvery: f.growEvery, Ready: ready})
+	// Retention right after each close, from the watch loop; the monitor
+	// applies it on its beats too (the two never run at once: retain
+	// takes the lock).
+	settled := func(ctx context.Context) { retainAll(ctx, m, log, nil) }
+	err := m.Watch(ctx, session.WatchOptions{Interval: f.interval, GrowEvery: f.growEvery, Ready: ready, Settled: settled})
 	notify(log, sdnotify.Stopping, sdnotify.Status("stopping"))
 	cancel()
 	<-done
@@ -121,15 +125,16 @@ func notify(log *slog.Logger, lines ...string) {
 type monitor struct {
 	m        *session.Manager
 	log      *slog.Logger
-	low      map[string]bool // stores warned about
-	snapshot map[string]bool // "device/session" invalid snapshots warned about
-	invalid  map[string]bool // invalid session directories known
+	low      map[string]bool   // stores warned about
+	snapshot map[string]bool   // "device/session" invalid snapshots warned about
+	invalid  map[string]bool   // invalid session directories known
+	short    map[string]string // devices whose retention cannot free enough: why, as logged
 }
 
 // newMonitor notes the sessions already invalid, so that only new ones are
 // reported as they appear (`dmsnap status` lists them all).
 func newMonitor(m *session.Manager, log *slog.Logger) *monitor {
-	mon := &monitor{m: m, log: log, low: map[string]bool{}, snapshot: map[string]bool{}, invalid: map[string]bool{}}
+	mon := &monitor{m: m, log: log, low: map[string]bool{}, snapshot: map[string]bool{}, invalid: map[string]bool{}, short: map[string]string{}}
 	if reg, err := m.Registry(); err == nil {
 		for _, d := range reg.Devices {
 			for _, info := range invalidSessions(d) {
@@ -155,18 +160,48 @@ func invalidSessions(d *session.Device) []snapstore.SessionInfo {
 	return out
 }
 
+// spaceEvery is how often the stores of devices with a --min-free are
+// looked at (one statfs each): a live session filling the store must be
+// made room for before the kernel drops its snapshot, not a beat later.
+const spaceEvery = time.Second
+
 func (mon *monitor) run(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	sp := time.NewTicker(spaceEvery)
+	defer sp.Stop()
 	finishMerges(ctx, mon.m, mon.log) // a merge that finished while no watcher ran
+	retainAll(ctx, mon.m, mon.log, mon.short)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			mon.beat(ctx)
+		case <-sp.C:
+			if mon.storeShort() {
+				retainAll(ctx, mon.m, mon.log, mon.short)
+			}
 		}
-		mon.beat(ctx)
 	}
+}
+
+// storeShort reports whether the store of a device with a --min-free has
+// less free space than that.
+func (mon *monitor) storeShort() bool {
+	reg, err := mon.m.Registry()
+	if err != nil {
+		return false
+	}
+	for _, d := range reg.Devices {
+		if d.Retention == nil || d.Retention.MinFree == 0 {
+			continue
+		}
+		if sp, err := storeSpace(d.Store); err == nil && int64(sp.FreeBytes) < d.Retention.MinFree {
+			return true
+		}
+	}
+	return false
 }
 
 func (mon *monitor) beat(ctx context.Context) {
@@ -231,6 +266,8 @@ func (mon *monitor) beat(ctx context.Context) {
 			}
 		}
 	}
+	// Retention after what the beat's reconciles closed.
+	retainAll(ctx, mon.m, log, mon.short)
 	if reconcile {
 		if _, err := mon.m.Reconcile(ctx); err != nil && ctx.Err() == nil {
 			log.Error("reconcile after invalidation failed; retrying on the next beat", "err", err)

@@ -1,0 +1,255 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/dmsnap/dmsnap/internal/units"
+	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/snapstore"
+)
+
+// Retention: the policy the watcher applies to a device's finished
+// sessions (snapstore.Retention), set at activate and with dmsnap set.
+
+func init() { register(setCmd) }
+
+// retentionFlags are the --keep-* and --min-free flags of activate and set.
+type retentionFlags struct {
+	last, hourly, daily, weekly, monthly int
+	within, minFree                      string
+}
+
+func (f *retentionFlags) add(fs *pflag.FlagSet) {
+	fs.IntVar(&f.last, "keep-last", 0, "retention: keep the newest `N` restore points")
+	fs.StringVar(&f.within, "keep-within", "", "retention: keep the sessions taken within `DURATION` (36h, 30d, 2w)")
+	fs.IntVar(&f.hourly, "keep-hourly", 0, "retention: keep the newest session of each of the last `N` hours that have one")
+	fs.IntVar(&f.daily, "keep-daily", 0, "retention: keep the newest session of each of the last `N` days")
+	fs.IntVar(&f.weekly, "keep-weekly", 0, "retention: keep the newest session of each of the last `N` weeks")
+	fs.IntVar(&f.monthly, "keep-monthly", 0, "retention: keep the newest session of each of the last `N` months")
+	fs.StringVar(&f.minFree, "min-free", "", "retention: free `SIZE` the store keeps; below it the oldest sessions go (0: none)")
+}
+
+// apply sets in r what was given on the command line (fs.Changed), so
+// that set changes only what it is told to.
+func (f *retentionFlags) apply(fs *pflag.FlagSet, r *snapstore.Retention) error {
+	ints := []struct {
+		flag string
+		v    int
+		dst  *int
+	}{{"keep-last", f.last, &r.KeepLast}, {"keep-hourly", f.hourly, &r.KeepHourly}, {"keep-daily", f.daily, &r.KeepDaily},
+		{"keep-weekly", f.weekly, &r.KeepWeekly}, {"keep-monthly", f.monthly, &r.KeepMonthly}}
+	for _, i := range ints {
+		if fs.Changed(i.flag) {
+			if i.v < 0 {
+				return usagef("--%s %d: want 0 or more", i.flag, i.v)
+			}
+			*i.dst = i.v
+		}
+	}
+	if fs.Changed("keep-within") {
+		if f.within == "0" || f.within == "" {
+			r.KeepWithin = 0
+		} else {
+			d, err := units.ParseAge(f.within)
+			if err != nil {
+				return usagef("--keep-within: %v", err)
+			}
+			r.KeepWithin = d
+		}
+	}
+	if fs.Changed("min-free") {
+		n, err := units.ParseSize(f.minFree)
+		if err != nil {
+			return usagef("--min-free: %v", err)
+		}
+		if n > 1<<62 {
+			return usagef("--min-free %s: too large", f.minFree)
+		}
+		r.MinFree = int64(n)
+	}
+	return nil
+}
+
+func (f *retentionFlags) changed(fs *pflag.FlagSet) bool {
+	for _, n := range []string{"keep-last", "keep-within", "keep-hourly", "keep-daily", "keep-weekly", "keep-monthly", "min-free"} {
+		if fs.Changed(n) {
+			return true
+		}
+	}
+	return false
+}
+
+const retentionHelp = `Retention (--keep-last N, --keep-within DURATION, --keep-hourly/daily/
+weekly/monthly N, --min-free SIZE) is applied by dmsnap watch after each
+close and on every beat. A restore to a session needs it and every later
+one, so only the oldest sessions go: those older than the oldest one any
+keep rule keeps, stopping at a live, unfinished, damaged, labelled or
+pinned session. Below --min-free of free space in the store, the oldest
+sessions go whatever the keep rules say (never a labelled or pinned one,
+nor the newest restore point), before the live session's COW runs out of
+room; when nothing may go, status --check fails and the watcher warns.
+Each removal is logged and noted in the store's pruned.log.`
+
+func setCmd(e *env) *cobra.Command {
+	var (
+		f  retentionFlags
+		pw passwordFlags
+	)
+	c := &cobra.Command{
+		Use:   "set NAME|DEVICE|FILE [--keep-... N] [--min-free SIZE]",
+		Short: "change an activated device's retention policy",
+		Long: `Changes what is given of the retention policy of an activated device; a
+value of 0 turns that rule off. Asks for the control password when one is
+set (dmsnap passwd): the policy removes restore points.
+
+` + retentionHelp + `
+
+Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password.`,
+		Args:              argsBetween(1, 1, "set takes one device"),
+		ValidArgsFunction: completeDevices(e),
+		RunE: func(c *cobra.Command, args []string) error {
+			if !f.changed(c.Flags()) {
+				return usagef("set: give at least one of --keep-last, --keep-within, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --min-free")
+			}
+			var probe snapstore.Retention
+			if err := f.apply(c.Flags(), &probe); err != nil {
+				return err
+			}
+			if err := pw.check(); err != nil {
+				return err
+			}
+			if err := requireSecret(e, &pw); err != nil {
+				return err
+			}
+			var ferr error
+			r, err := newManager(e).SetRetention(e.ctx, args[0], func(r *snapstore.Retention) { ferr = f.apply(c.Flags(), r) })
+			if err = errors.Join(ferr, err); err != nil {
+				return err
+			}
+			res := struct {
+				Device    string              `json:"device"`
+				Retention snapstore.Retention `json:"retention"`
+			}{args[0], r}
+			return e.emit(res, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "%s: %s\n", args[0], r)
+				return err
+			})
+		},
+	}
+	f.add(c.Flags())
+	pw.add(c.Flags())
+	return c
+}
+
+// sessionBytes is what removing a session directory frees: the blocks its
+// files take.
+func sessionBytes(info snapstore.SessionInfo) int64 {
+	var n int64
+	filepath.WalkDir(info.Dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if fi, err := d.Info(); err == nil {
+			if st, ok := fi.Sys().(interface{ Blocks() int64 }); ok {
+				n += st.Blocks() * 512
+			} else {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// retain applies device name's retention policy to its store now, under
+// the lock: what PlanRetention removes is pruned (PruneSession), each
+// removal passed to removed. With dry, nothing is removed. It returns the
+// plan; a device without a policy has an empty one.
+func retain(ctx context.Context, m *session.Manager, name string, dry bool, removed func(info snapstore.SessionInfo, why string)) (snapstore.RetentionPlan, error) {
+	lock, err := m.Lock(ctx)
+	if err != nil {
+		return snapstore.RetentionPlan{}, err
+	}
+	defer lock.Release()
+	reg, err := m.Registry()
+	if err != nil {
+		return snapstore.RetentionPlan{}, err
+	}
+	d := reg.Device(name)
+	if d == nil || d.Retention == nil {
+		return snapstore.RetentionPlan{}, nil
+	}
+	held := map[string]bool{}
+	for _, dev := range reg.Devices {
+		for _, s := range dev.Sessions {
+			if s.Dir != "" {
+				held[filepath.Clean(s.Dir)] = true
+			}
+		}
+	}
+	now := time.Now()
+	if _, err := snapstore.FinishPrunes(d.Store, now); err != nil {
+		return snapstore.RetentionPlan{}, err
+	}
+	infos, err := snapstore.ListSessions(d.Store)
+	if err != nil {
+		return snapstore.RetentionPlan{}, err
+	}
+	var need int64
+	if sp, err := storeSpace(d.Store); err == nil && d.Retention.MinFree > 0 && int64(sp.FreeBytes) < d.Retention.MinFree {
+		need = d.Retention.MinFree - int64(sp.FreeBytes)
+	}
+	plan := snapstore.PlanRetention(infos, snapstore.RetentionRequest{Name: d.Name, Policy: *d.Retention, Now: now, Need: need, Size: sessionBytes, Held: held})
+	if dry {
+		return plan, nil
+	}
+	for _, info := range plan.Remove {
+		if err := snapstore.PruneSession(d.Store, info, time.Now(), nil); err != nil {
+			return plan, fmt.Errorf("remove session %s: %w", info.ID, err)
+		}
+		if removed != nil {
+			removed(info, plan.Why[info.ID])
+		}
+	}
+	return plan, nil
+}
+
+// retainAll is the watcher's retention beat: every device with a policy,
+// removals logged; a store that stays short is warned about once per
+// reason when short is not nil (the monitor's beat keeps that record).
+func retainAll(ctx context.Context, m *session.Manager, log *slog.Logger, short map[string]string) {
+	reg, err := m.Registry()
+	if err != nil {
+		return
+	}
+	for _, d := range reg.Devices {
+		if d.Retention == nil {
+			continue
+		}
+		plan, err := retain(ctx, m, d.Name, false, func(info snapstore.SessionInfo, why string) {
+			log.Info("retention removed a session", "device", d.Name, "session", info.ID, "by", why, "policy", d.Retention.String())
+		})
+		switch {
+		case err != nil:
+			if ctx.Err() == nil {
+				log.Error("retention", "device", d.Name, "err", err)
+			}
+		case short == nil:
+		case plan.Short != "" && short[d.Name] != plan.Short:
+			short[d.Name] = plan.Short
+			log.Warn("retention cannot free enough space: the kernel drops the live session's snapshot when the store fills", "device", d.Name, "why", plan.Short)
+		case plan.Short == "":
+			delete(short, d.Name)
+		}
+	}
+}
