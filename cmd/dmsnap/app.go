@@ -50,7 +50,8 @@ its sessions read that one.
 
 Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device busy or
 mounted (or the lock held), 5 cannot verify (an OS error reading a session,
-not damage), 6 store or state directory not found.`
+not damage), 6 store or state directory not found, 7 status --check found a
+problem.`
 
 // env is what every subcommand gets: its streams and the global settings.
 type env struct {
