@@ -69,14 +69,7 @@ type PrunePlan struct {
 // PlanPrune decides which of a store's sessions (ListSessions) a prune of
 // req.Name removes. It changes nothing.
 func PlanPrune(infos []SessionInfo, req PruneRequest) PrunePlan {
-	var all []SessionInfo
-	for _, info := range infos {
-		if info.Name == req.Name {
-			all = append(all, info)
-		}
-	}
-	slices.SortStableFunc(all, Order)
-	points := RestorePoints(all)
+	all, points := chainOf(infos, req.Name)
 	plan := PrunePlan{Points: CountRestorable(points)}
 
 	// want: how many of the oldest sessions the request would remove.
@@ -124,6 +117,19 @@ func PlanPrune(infos []SessionInfo, req PruneRequest) PrunePlan {
 		plan.Oldest = rest[i].ID
 	}
 	return plan
+}
+
+// chainOf returns the sessions of device name among infos in the order
+// they were taken, with their restore points.
+func chainOf(infos []SessionInfo, name string) ([]SessionInfo, []RestorePoint) {
+	var all []SessionInfo
+	for _, info := range infos {
+		if info.Name == name {
+			all = append(all, info)
+		}
+	}
+	slices.SortStableFunc(all, Order)
+	return all, RestorePoints(all)
 }
 
 // keptBecause says why a session may not be removed ("" when it may): a

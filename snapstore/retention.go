@@ -2,7 +2,6 @@ package snapstore
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 )
@@ -108,14 +107,7 @@ type RetentionPlan struct {
 // PlanRetention decides which of a store's sessions (ListSessions) a run
 // of req.Policy removes. It changes nothing.
 func PlanRetention(infos []SessionInfo, req RetentionRequest) RetentionPlan {
-	var all []SessionInfo
-	for _, info := range infos {
-		if info.Name == req.Name {
-			all = append(all, info)
-		}
-	}
-	slices.SortStableFunc(all, Order)
-	points := RestorePoints(all)
+	all, points := chainOf(infos, req.Name)
 	plan := RetentionPlan{Why: map[string]string{}}
 
 	// byRules: how many of the oldest sessions the keep rules let go.
