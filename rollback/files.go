@@ -38,6 +38,9 @@ type FilesResult struct {
 	Nodes   int        `json:"nodes"`
 	Bytes   int64      `json:"bytes"`
 	Skipped []string   `json:"skipped"` // sockets, which cannot be copied
+	// Lost are the extended attributes DIR's filesystem does not take:
+	// "attribute on path".
+	Lost []string `json:"xattrs_not_kept"`
 }
 
 // filesMountBase is where RestoreFiles mounts a view it opens itself.
@@ -120,7 +123,7 @@ func RestoreFiles(ctx context.Context, cfg Config, id string, paths []string, to
 
 // copyOut copies each rel from the tree at root to to/rel.
 func copyOut(root string, rels []string, to string) (*FilesResult, error) {
-	res := &FilesResult{Copied: []FileCopy{}, Skipped: []string{}}
+	res := &FilesResult{Copied: []FileCopy{}, Skipped: []string{}, Lost: []string{}}
 	srcs := make([]string, len(rels))
 	for i, rel := range rels {
 		src, err := treecopy.Resolve(root, rel)
@@ -143,6 +146,7 @@ func copyOut(root string, rels []string, to string) (*FilesResult, error) {
 	for _, s := range st.Skipped {
 		res.Skipped = append(res.Skipped, strings.TrimPrefix(s, root))
 	}
+	res.Lost = append(res.Lost, st.Lost...)
 	res.Files, res.Dirs, res.Links, res.Hard, res.Nodes, res.Bytes = st.Files, st.Dirs, st.Symlinks, st.HardLinks, st.Nodes, st.Bytes
 	return res, nil
 }

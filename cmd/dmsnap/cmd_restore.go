@@ -399,6 +399,9 @@ func runRestoreFiles(e *env, f restoreFlags, args []string) error {
 		for _, s := range res.Skipped {
 			fmt.Fprintf(w, "skipped %s (a socket cannot be copied)\n", s)
 		}
+		for _, l := range res.Lost {
+			fmt.Fprintf(e.stderr, "warning: extended attribute %s not kept: %s's filesystem does not support it\n", l, f.to)
+		}
 		_, err := fmt.Fprintf(w, "restored %d file(s) (%s), %d directories, %d symbolic link(s) as they were before %s; %s was not touched\n",
 			res.Files, units.FormatBytes(uint64(res.Bytes)), res.Dirs, res.Links, res.Session, res.Name)
 		return err

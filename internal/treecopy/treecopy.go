@@ -28,6 +28,10 @@ type Stats struct {
 	Bytes                                   int64
 	// Skipped lists what cannot be copied (sockets), by source path.
 	Skipped []string
+	// Lost lists the extended attributes the destination's filesystem
+	// does not take (a tmpfs before Linux 6.6 takes no user.* ones):
+	// "attribute on path". The rest of the entry is copied.
+	Lost []string
 }
 
 // Resolve returns the path of rel inside the tree at root, resolved there
@@ -134,7 +138,7 @@ func (c *copier) copy(src, dst string) error {
 		c.st.Skipped = append(c.st.Skipped, src)
 		return nil
 	}
-	return setMeta(src, dst, &s)
+	return setMeta(src, dst, &s, c.st)
 }
 
 // copyFile copies a regular file's bytes to a new file dst.
@@ -161,12 +165,12 @@ func copyFile(src, dst string) (int64, error) {
 // setMeta gives dst the ownership, extended attributes, mode and times of
 // src, in that order: a chown clears set-id bits and file capabilities, so
 // they come after it.
-func setMeta(src, dst string, s *unix.Stat_t) error {
+func setMeta(src, dst string, s *unix.Stat_t, st *Stats) error {
 	link := s.Mode&unix.S_IFMT == unix.S_IFLNK
 	if err := unix.Lchown(dst, int(s.Uid), int(s.Gid)); err != nil {
 		return &fs.PathError{Op: "chown", Path: dst, Err: err}
 	}
-	if err := copyXattrs(src, dst, link); err != nil {
+	if err := copyXattrs(src, dst, link, st); err != nil {
 		return err
 	}
 	if !link {
@@ -184,8 +188,9 @@ func setMeta(src, dst string, s *unix.Stat_t) error {
 // copyXattrs copies every extended attribute of src to dst. A symbolic
 // link takes none in the user namespace (the kernel refuses them), so for
 // links a refusal is not an error; a file system without extended
-// attributes at all has none to copy.
-func copyXattrs(src, dst string, link bool) error {
+// attributes at all has none to copy; one the destination does not support
+// is noted in st.Lost.
+func copyXattrs(src, dst string, link bool, st *Stats) error {
 	names, err := listXattrs(src)
 	if errors.Is(err, unix.ENOTSUP) {
 		return nil
@@ -203,6 +208,10 @@ func copyXattrs(src, dst string, link bool) error {
 		}
 		if err := unix.Lsetxattr(dst, name, val, 0); err != nil {
 			if link && (errors.Is(err, unix.EPERM) || errors.Is(err, unix.ENOTSUP)) {
+				continue
+			}
+			if errors.Is(err, unix.ENOTSUP) {
+				st.Lost = append(st.Lost, name+" on "+dst)
 				continue
 			}
 			return &fs.PathError{Op: "setxattr " + name, Path: dst, Err: err}
