@@ -16,11 +16,14 @@ func HostFileOptions(opt hostfiles.Options) hostfiles.Options {
 }
 
 // UdevDevices are the devices of r that the udev rule re-attaches
-// (hostfiles.UdevRules): every one but those being deactivated.
+// (hostfiles.UdevRules): every one but those being deactivated, and image
+// files: no udev event announces a file, and the loop device dmsnap binds
+// to one gets another number at each bind (the watcher's reconcile brings
+// them back).
 func (r *Registry) UdevDevices() []hostfiles.Device {
 	var devs []hostfiles.Device
 	for _, d := range r.Devices {
-		if d.State == DeviceDeactivating {
+		if d.State == DeviceDeactivating || d.Identity.Image {
 			continue
 		}
 		devs = append(devs, hostfiles.Device{Name: d.Name, Path: d.Path, Dev: d.Identity.Dev,

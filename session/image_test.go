@@ -70,6 +70,9 @@ func TestImageActivateRebootDeactivate(t *testing.T) {
 		t.Fatalf("name %s, want image.img", d.Name)
 	}
 	before := w.imageSteady(1).Sessions[0]
+	if devs := w.registry().UdevDevices(); len(devs) != 0 {
+		t.Fatalf("the udev rule would match the image's loop device: %+v", devs)
+	}
 	if !strings.HasPrefix(before.Dir, w.store+"/image.img_") {
 		t.Fatalf("session directory %s, want %s/image.img_<seconds>", before.Dir, w.store)
 	}
