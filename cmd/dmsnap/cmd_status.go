@@ -61,7 +61,8 @@ invalid, and anything that needs attention.
                                                 to the store's block device, not through its
                                                 filesystem (dmsnap-NAME-cowN; see activate
                                                 --prealloc)
-                 "cow_segments": 2}],           targets of dmsnap-NAME-cowN: runs of cow.img
+                 "cow_segments": 2,
+                 "label": "...", "pinned": true}],   label-next           targets of dmsnap-NAME-cowN: runs of cow.img
                                                 mapped so or not (each costs a flush per
                                                 exception commit)
                                                (null snapshot: none in the kernel)
@@ -153,6 +154,8 @@ type liveSessionJSON struct {
 	CowTailWT     *bool                `json:"cow_tail_write_through,omitempty"`
 	CowFastBytes  *uint64              `json:"cow_fast_bytes,omitempty"`
 	CowSegments   int                  `json:"cow_segments,omitempty"`
+	Label         string               `json:"label,omitempty"` // label-next
+	Pinned        bool                 `json:"pinned,omitempty"`
 }
 
 type snapshotJSON struct {
@@ -207,6 +210,11 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 	for _, s := range d.Sessions {
 		ls := liveSessionJSON{N: s.N, Dir: s.Dir, State: s.State, Armed: timeOrNil(s.Armed), Mounted: timeOrNil(s.Mounted),
 			Unmounted: timeOrNil(s.Unmounted), InvalidReason: s.InvalidReason, Error: s.Error}
+		if s.Dir != "" {
+			if state, err := snapstore.ReadState(s.Dir); err == nil {
+				ls.Label, ls.Pinned = state.Label, state.Pinned
+			}
+		}
 		if st.Stack != nil {
 			if snap, ok := st.Stack.Snapshot(s.N); ok {
 				ls.Snapshot = &snapshotJSON{State: snap.State, CowUsedBytes: snap.Allocated * session.SectorSize,
@@ -373,6 +381,13 @@ func printDevice(e *env, d deviceJSON) {
 	}
 	for _, s := range d.Sessions {
 		fmt.Fprintf(w, "  session %d: %s, %s\n", s.N, s.State, s.Dir)
+		if s.Label != "" || s.Pinned {
+			pin := ""
+			if s.Pinned {
+				pin = " (pinned)"
+			}
+			fmt.Fprintf(w, "    label: %q%s\n", s.Label, pin)
+		}
 		if s.Snapshot != nil {
 			dio := ""
 			if s.CowDirectIO != nil {

@@ -36,6 +36,9 @@ func TestCLILabelsAndPins(t *testing.T) {
 	mountWriteUnmount(t, origin, mnt, 1)
 	closed(1)
 	c.ok(t, "label-next", "before the upgrade", name, "--pin")
+	if st := c.ok(t, "status", name); !strings.Contains(st, `label: "before the upgrade" (pinned)`) {
+		t.Fatalf("status does not show the armed session's label:\n%s", st)
+	}
 	mountWriteUnmount(t, origin, mnt, 2)
 	closed(2)
 	mountWriteUnmount(t, origin, mnt, 3)
