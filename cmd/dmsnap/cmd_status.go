@@ -61,10 +61,10 @@ invalid, and anything that needs attention.
                                                 to the store's block device, not through its
                                                 filesystem (dmsnap-NAME-cowN; see activate
                                                 --prealloc)
-                 "cow_segments": 2,
-                 "label": "...", "pinned": true}],   label-next           targets of dmsnap-NAME-cowN: runs of cow.img
+                 "cow_segments": 2,           targets of dmsnap-NAME-cowN: runs of cow.img
                                                 mapped so or not (each costs a flush per
                                                 exception commit)
+                 "label": "...", "pinned": true}],  the live session's (label-next)
                                                (null snapshot: none in the kernel)
    "store_space": {"free_bytes": 1, "total_bytes": 2},   (null: store unreadable)
    "invalid_sessions": ["sdb1_1700000000"],   finished sessions flagged invalid
