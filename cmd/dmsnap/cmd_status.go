@@ -61,7 +61,7 @@ invalid, and anything that needs attention.
                                                 to the store's block device, not through its
                                                 filesystem (dmsnap-NAME-cowN; see activate
                                                 --prealloc)
-                 "cow_segments": 2,           targets of dmsnap-NAME-cowN: runs of cow.img
+                 "cow_segments": 2,              targets of dmsnap-NAME-cowN: runs of cow.img
                                                 mapped so or not (each costs a flush per
                                                 exception commit)
                  "label": "...", "pinned": true}],  the live session's (label-next)
