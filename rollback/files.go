@@ -43,8 +43,8 @@ type FilesResult struct {
 	Lost []string `json:"xattrs_not_kept"`
 }
 
-// filesMountBase is where RestoreFiles mounts a view it opens itself.
-const filesMountBase = "/run/dmsnap/files"
+// viewMountBase is where RestoreFiles and Diff mount the views they need.
+const viewMountBase = "/run/dmsnap"
 
 // RestoreFiles copies paths (inside the filesystem of the device session
 // id belongs to) as they were before session id into the directory to,
@@ -75,40 +75,9 @@ func RestoreFiles(ctx context.Context, cfg Config, id string, paths []string, to
 			return nil, err
 		}
 	}
-	vs, err := session.LoadViews(cfg.State)
+	root, undo, err := mountedView(ctx, cfg, id, "files")
 	if err != nil {
 		return nil, err
-	}
-	var root string
-	var undo func() error
-	if i := findView(vs, id); i >= 0 && vs[i].Mount != "" && !vs[i].Opening {
-		root = vs[i].Mount // mounted by sessions mount: used as it is
-		undo = func() error { return nil }
-	} else {
-		wasOpen := i >= 0
-		if err := os.MkdirAll(filesMountBase, 0o700); err != nil {
-			return nil, err
-		}
-		root, err = os.MkdirTemp(filesMountBase, id+"-")
-		if err != nil {
-			return nil, err
-		}
-		if _, _, err := MountView(ctx, cfg, id, root); err != nil {
-			os.Remove(root)
-			return nil, err
-		}
-		undo = func() error {
-			var err error
-			if wasOpen {
-				err = unmountView(ctx, cfg, id)
-			} else {
-				_, err = CloseView(ctx, cfg, id)
-			}
-			if err == nil {
-				err = os.Remove(root)
-			}
-			return err
-		}
 	}
 	res, err := copyOut(root, rels, to)
 	if err == nil {
@@ -172,4 +141,51 @@ func unmountView(ctx context.Context, cfg Config, id string) error {
 	}
 	vs[i].Mount = ""
 	return session.SaveViews(cfg.State, vs)
+}
+
+// mountedView returns where the view of session id is mounted: where
+// sessions mount put it, or a directory under viewMountBase/<what> it is
+// mounted on now. undo puts the view back as it was found: closed, or open
+// and not mounted (nothing to do for the user's mount).
+func mountedView(ctx context.Context, cfg Config, id, what string) (string, func() error, error) {
+	vs, err := session.LoadViews(cfg.State)
+	if err != nil {
+		return "", nil, err
+	}
+	i := findView(vs, id)
+	if i >= 0 && vs[i].Mount != "" && !vs[i].Opening {
+		return vs[i].Mount, func() error { return nil }, nil
+	}
+	wasOpen := i >= 0
+	base := filepath.Join(viewMountBase, what)
+	if err := os.MkdirAll(base, 0o700); err != nil {
+		return "", nil, err
+	}
+	root, err := os.MkdirTemp(base, id+"-")
+	if err != nil {
+		return "", nil, err
+	}
+	if _, _, err := MountView(ctx, cfg, id, root); err != nil {
+		os.Remove(root)
+		if !wasOpen {
+			if vs, lerr := session.LoadViews(cfg.State); lerr == nil && findView(vs, id) >= 0 {
+				_, cerr := CloseView(ctx, cfg, id)
+				err = errors.Join(err, cerr)
+			}
+		}
+		return "", nil, err
+	}
+	undo := func() error {
+		var err error
+		if wasOpen {
+			err = unmountView(ctx, cfg, id)
+		} else {
+			_, err = CloseView(ctx, cfg, id)
+		}
+		if err == nil {
+			err = os.Remove(root)
+		}
+		return err
+	}
+	return root, undo, nil
 }

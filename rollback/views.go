@@ -12,7 +12,9 @@ import (
 
 	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/internal/fsprobe"
+	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/snapstore"
 )
 
 // Views: read-only devices showing a device as it was before a session
@@ -233,12 +235,21 @@ func openView(ctx context.Context, cfg Config, id string) (session.View, error) 
 	if err != nil {
 		return session.View{}, err
 	}
+	// The armed session's view is the state before it: the device as the
+	// newest closed session left it (checked below to hold no data yet).
+	armed := false
 	target, err := r.Find(sessions, id)
 	if err != nil {
-		return session.View{}, err
+		cur := r.Active.Current()
+		if cur == nil || cur.Dir == "" || filepath.Base(cur.Dir) != id {
+			return session.View{}, err
+		}
+		armed, target = true, len(sessions)
 	}
-	if err := r.CheckTarget(sessions, target); err != nil {
-		return session.View{}, err
+	if !armed {
+		if err := r.CheckTarget(sessions, target); err != nil {
+			return session.View{}, err
+		}
 	}
 	// The plan ends at the last closed session: -real must hold the state
 	// that session closed with, so nothing may have been written since.
@@ -263,12 +274,14 @@ func openView(ctx context.Context, cfg Config, id string) (session.View, error) 
 			return session.View{}, fmt.Errorf("%s was written since its last session closed (armed session %d holds %d sectors): a view would not show the state before %s; mount and unmount it to close that session first", origin, cur.N, data, id)
 		}
 	}
-	p, _, err := r.plan(ctx, sessions[target:], nil)
-	if err != nil {
-		return session.View{}, err
-	}
-	if err := r.cowSpace(ctx, p, filepath.Join(cfg.State, "views"), "the view's COW"); err != nil {
-		return session.View{}, err
+	var p *restore.Plan
+	if !armed {
+		if p, _, err = r.plan(ctx, sessions[target:], nil); err != nil {
+			return session.View{}, err
+		}
+		if err := r.cowSpace(ctx, p, filepath.Join(cfg.State, "views"), "the view's COW"); err != nil {
+			return session.View{}, err
+		}
 	}
 
 	v := session.View{ID: id, Name: r.Name, DM: session.ViewDMName(r.Name, id), COW: filepath.Join(cfg.State, "views", id+".cow"), Opening: true}
@@ -298,7 +311,12 @@ func openView(ctx context.Context, cfg Config, id string) (session.View, error) 
 		}
 		return session.View{}, err
 	}
-	if err := writePlanCow(ctx, p, v.COW, realPath, realSize, int64(r.Active.ChunkSize)); err != nil {
+	if armed {
+		err = writeEmptyCow(v.COW, realSize, r.Active.ChunkSectors())
+	} else {
+		err = writePlanCow(ctx, p, v.COW, realPath, realSize, int64(r.Active.ChunkSize))
+	}
+	if err != nil {
 		return fail(fmt.Errorf("writing the view of %s: %w", id, err))
 	}
 	if err := k.AddView(r.Name, v.DM, v.COW, r.Active.ChunkSectors()); err != nil {
@@ -322,4 +340,22 @@ func dropView(cfg Config, v session.View) error {
 		return err
 	}
 	return nil
+}
+
+// writeEmptyCow makes the COW of a view with nothing to undo: a sparse file
+// of zeros sized like a session's COW, which the kernel takes as a new
+// persistent exception store (it writes the header itself).
+func writeEmptyCow(path string, devSize int64, chunkSectors uint32) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(snapstore.Geometry{ChunkSectors: chunkSectors}.CowFileSize(devSize))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

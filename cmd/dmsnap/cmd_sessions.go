@@ -65,7 +65,7 @@ func sessionsCmd(e *env) *cobra.Command {
 		Long:  sessionsHelp,
 	})
 	c.AddCommand(sessionsListCmd(e), sessionsShowCmd(e), sessionsVerifyCmd(e), sessionsPruneCmd(e),
-		sessionsLabelCmd(e), sessionsOpenCmd(e), sessionsMountCmd(e), sessionsCloseCmd(e))
+		sessionsLabelCmd(e), sessionsDiffCmd(e), sessionsOpenCmd(e), sessionsMountCmd(e), sessionsCloseCmd(e))
 	return c
 }
 
