@@ -720,7 +720,7 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 	err = m.withLock(ctx, func(reg *Registry) error {
 		id, err := m.Prober.Identify(ctx, req.Device)
 		if err != nil {
-			return deviceErr(op, req.Device, "give the path of a block device such as /dev/sdb1", err)
+			return deviceErr(op, req.Device, "give the path of a block device such as /dev/sdb1, or of an image file", err)
 		}
 		if d := reg.Device(name); d != nil {
 			return deviceErrf(op, req.Device, "choose another name with --name", ErrAlreadyActivated,

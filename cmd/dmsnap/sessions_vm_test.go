@@ -428,11 +428,14 @@ func TestCLIRefusals(t *testing.T) {
 		t.Fatalf("devices after refusing a mounted device: %v", left)
 	}
 
-	// A regular file: a clear error.
-	file := vmtest.TempFile(t, t.TempDir(), "plain.img", 1<<20)
-	code, _, errOut = c.try(t, "", "activate", file)
-	if code != 1 || !strings.Contains(errOut, file) || !strings.Contains(errOut, "block device") {
-		t.Fatalf("activate of a regular file: exit %d: %s", code, errOut)
+	// A directory (neither a block device nor an image file): a clear error.
+	dir := t.TempDir()
+	code, _, errOut = c.try(t, "", "activate", dir)
+	if code != 1 || !strings.Contains(errOut, dir) || !strings.Contains(errOut, "block device") || !strings.Contains(errOut, "image file") {
+		t.Fatalf("activate of a directory: exit %d: %s", code, errOut)
+	}
+	if left := dmsnapDevices(t); len(left) != 0 {
+		t.Fatalf("devices after refusing a directory: %v", left)
 	}
 
 	t.Logf("refusals took %v", time.Since(start))
