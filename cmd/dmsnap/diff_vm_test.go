@@ -55,7 +55,8 @@ func TestSessionsDiff(t *testing.T) {
 			}
 			l.Close()
 			t.Cleanup(func() { dm.DetachLoop(l.Path) })
-			vmtest.Run(t, fs.mkfs[0], append(fs.mkfs[1:], l.Path)...)
+			// The variables let mkfs.xfs make a filesystem under 300 MB.
+			vmtest.Sh(t, "TEST_DIR=1 TEST_DEV=1 QA_CHECK_FS=1 "+strings.Join(append(fs.mkfs, l.Path), " "))
 			name := "df" + fsName
 			c.activate(t, l.Path, name)
 			origin := "/dev/mapper/dmsnap-" + name
@@ -102,6 +103,7 @@ func TestSessionsDiff(t *testing.T) {
 				t.Fatalf("diff %s: from %s to %s (armed %v):\n%s\nwant\n%s", s2, d.From, d.To, d.ToArmed, strings.Join(d.lines(), "\n"), strings.Join(want, "\n"))
 			}
 			// The newest session, against the armed session's view.
+			d = diffOut{}
 			if err := decodeResult(c.ok(t, "sessions", "diff", s3, "--json"), &d); err != nil {
 				t.Fatal(err)
 			}
