@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/internal/vmtest"
 )
 
@@ -47,18 +46,9 @@ func TestSessionsDiff(t *testing.T) {
 	c := newCLI(t)
 	for _, fsName := range []string{"ext4", "ext2", "xfs", "btrfs"} {
 		t.Run(fsName, func(t *testing.T) {
-			fs := matrixFilesystems[fsName]
-			file := vmtest.TempFile(t, t.TempDir(), "raw.img", fs.size)
-			l, err := dm.AttachLoop(file, dm.LoopOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			l.Close()
-			t.Cleanup(func() { dm.DetachLoop(l.Path) })
-			// The variables let mkfs.xfs make a filesystem under 300 MB.
-			vmtest.Sh(t, "TEST_DIR=1 TEST_DEV=1 QA_CHECK_FS=1 "+strings.Join(append(fs.mkfs, l.Path), " "))
+			dev := fsDevice(t, matrixFilesystems[fsName])
 			name := "df" + fsName
-			c.activate(t, l.Path, name)
+			c.activate(t, dev, name)
 			origin := "/dev/mapper/dmsnap-" + name
 			mnt := t.TempDir()
 			w := c.watch(t)

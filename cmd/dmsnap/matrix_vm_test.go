@@ -145,7 +145,10 @@ func TestMatrix(t *testing.T) {
 	t.Logf("soak-count matrix-cases %d matrix-failed %d %s", run, failed, strings.Join(counts, " "))
 }
 
-func runMatrixCase(t *testing.T, c *cli, fs matrixFS, workload string, r *rand.Rand, i int) {
+// fsDevice makes fs on a loop device over a sparse file of its size, gone
+// at the test's end, and returns the loop device.
+func fsDevice(t *testing.T, fs matrixFS) string {
+	t.Helper()
 	file := vmtest.TempFile(t, t.TempDir(), "raw.img", fs.size)
 	l, err := dm.AttachLoop(file, dm.LoopOptions{})
 	if err != nil {
@@ -157,11 +160,16 @@ func runMatrixCase(t *testing.T, c *cli, fs matrixFS, workload string, r *rand.R
 	// (these variables; the others ignore them): a smaller device is
 	// quicker to hash under emulation.
 	vmtest.Sh(t, "TEST_DIR=1 TEST_DEV=1 QA_CHECK_FS=1 "+strings.Join(append(fs.mkfs, l.Path), " "))
-	before := hash(t, l.Path)
+	return l.Path
+}
+
+func runMatrixCase(t *testing.T, c *cli, fs matrixFS, workload string, r *rand.Rand, i int) {
+	dev := fsDevice(t, fs)
+	before := hash(t, dev)
 
 	name := fmt.Sprintf("mx%d", i)
 	origin := "/dev/mapper/dmsnap-" + name
-	c.activate(t, l.Path, name)
+	c.activate(t, dev, name)
 	mnt := t.TempDir()
 	vmtest.Run(t, "mount", "-t", fs.name, origin, mnt)
 	for _, w := range strings.Split(workload, "+") {
@@ -188,7 +196,7 @@ func runMatrixCase(t *testing.T, c *cli, fs matrixFS, workload string, r *rand.R
 	}
 	vmtest.Run(t, fs.fsck[0], append(fs.fsck[1:], origin)...)
 	c.ok(t, "deactivate", name)
-	if h := hash(t, l.Path); h != before {
+	if h := hash(t, dev); h != before {
 		t.Fatalf("%s × %s: raw device after deactivate: sha256 %s, before the session %s", fs.name, workload, h, before)
 	}
 }
