@@ -90,6 +90,9 @@ type RetentionRequest struct {
 	Size func(SessionInfo) int64
 	// Held are the session directories a registry still holds.
 	Held map[string]bool
+	// Restores are the device's restores no session recorded (RestoresOf):
+	// the sessions they left behind are no restore points any more.
+	Restores []Restore
 }
 
 // RetentionPlan is what a run of a policy removes, oldest first.
@@ -108,6 +111,11 @@ type RetentionPlan struct {
 // of req.Policy removes. It changes nothing.
 func PlanRetention(infos []SessionInfo, req RetentionRequest) RetentionPlan {
 	all, points := chainOf(infos, req.Name)
+	for i := range all {
+		if points[i].OK && CheckRestored(all, all[i].ID, req.Restores) != nil {
+			points[i] = RestorePoint{Why: "a restore that no session recorded went past it (restores.log)"}
+		}
+	}
 	plan := RetentionPlan{Why: map[string]string{}}
 
 	// byRules: how many of the oldest sessions the keep rules let go.
@@ -125,7 +133,9 @@ func PlanRetention(infos []SessionInfo, req RetentionRequest) RetentionPlan {
 	}
 	for i, info := range all {
 		rules := i < byRules
-		space := req.Need > plan.Freed && req.Policy.MinFree > 0
+		// Space goes only as far as the newest restore point: with none,
+		// what the sessions hold cannot be judged, and nothing goes.
+		space := req.Need > plan.Freed && req.Policy.MinFree > 0 && newest < len(all)
 		if !rules && !space {
 			break
 		}
@@ -154,7 +164,11 @@ func PlanRetention(infos []SessionInfo, req RetentionRequest) RetentionPlan {
 		}
 	}
 	if req.Need > plan.Freed && plan.Short == "" && req.Policy.MinFree > 0 {
-		plan.Short = fmt.Sprintf("the store is %d bytes short of min-free and no finished session of %s is left to remove", req.Need-plan.Freed, req.Name)
+		if newest == len(all) {
+			plan.Short = fmt.Sprintf("the store is %d bytes short of min-free and %s has no restore point, so nothing is removed (dmsnap sessions list %s says why)", req.Need-plan.Freed, req.Name, req.Name)
+		} else {
+			plan.Short = fmt.Sprintf("the store is %d bytes short of min-free and no finished session of %s is left to remove", req.Need-plan.Freed, req.Name)
+		}
 	}
 	return plan
 }
@@ -171,6 +185,9 @@ func oldestKept(all []SessionInfo, points []RestorePoint, p Retention, now time.
 				n++
 				keep(i)
 			}
+		}
+		if n < p.KeepLast {
+			keep(0) // not more restore points than to keep: all stay
 		}
 	}
 	if p.KeepWithin > 0 {

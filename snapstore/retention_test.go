@@ -100,3 +100,24 @@ func TestPlanRetentionMinFree(t *testing.T) {
 		t.Fatalf("with d_c labelled: removes %v, short %q", got, p.Short)
 	}
 }
+
+// Without enough restore points keep-last keeps everything, and min-free
+// removes nothing without one; a restore no session recorded takes the
+// sessions it left behind out of the count.
+func TestPlanRetentionCountsOnlyRealRestorePoints(t *testing.T) {
+	base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	infos := retentionInfos(base, base.Add(time.Hour), base.Add(2*time.Hour))
+	infos[2].Status = StatusInvalid // the newest: nothing before it is a restore point
+	p := PlanRetention(infos, RetentionRequest{Name: "d", Policy: Retention{KeepLast: 1, MinFree: 10}, Need: 1000, Size: func(SessionInfo) int64 { return 1 }})
+	if len(p.Remove) != 0 || !strings.Contains(p.Short, "no restore point") {
+		t.Fatalf("no restore point: removes %v, short %q", ids(p.Remove), p.Short)
+	}
+	infos[2].Status = StatusComplete
+	// A direct restore to d_b: d_c is no restore point any more, so
+	// keep-last 1 keeps d_b and removes only d_a.
+	restores := []Restore{{Name: "d", Target: "d_b", Last: "d_c"}}
+	p = PlanRetention(infos, RetentionRequest{Name: "d", Policy: Retention{KeepLast: 1}, Restores: restores})
+	if got := ids(p.Remove); !slices.Equal(got, []string{"d_a"}) {
+		t.Fatalf("after a restore to d_b: removes %v, want d_a", got)
+	}
+}

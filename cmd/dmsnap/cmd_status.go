@@ -280,7 +280,11 @@ func retentionShort(d *session.Device, need int64) string {
 			held[filepath.Clean(s.Dir)] = true
 		}
 	}
-	plan := snapstore.PlanRetention(infos, snapstore.RetentionRequest{Name: d.Name, Policy: *d.Retention, Now: time.Now(), Need: need, Size: sessionBytes, Held: held})
+	restores, err := snapstore.RestoresOf(d.Store, d.Name)
+	if err != nil {
+		return err.Error()
+	}
+	plan := snapstore.PlanRetention(infos, snapstore.RetentionRequest{Name: d.Name, Policy: *d.Retention, Now: time.Now(), Need: need, Size: sessionBytes, Held: held, Restores: restores})
 	return plan.Short
 }
 
