@@ -79,6 +79,15 @@ func (m *Manager) stackUpImage(ctx context.Context, reg *Registry, d *Device, pa
 		return err
 	}
 	err = func() error {
+		// The file bound is the one identified: a rename between the
+		// check and the bind would have put another file under the stack.
+		id, err := m.Prober.Identify(ctx, loop.Path)
+		if err != nil {
+			return err
+		}
+		if err := d.Identity.Matches(id); err != nil {
+			return fmt.Errorf("the file bound to %s is not the image activated as %s: %w", loop.Path, d.Name, err)
+		}
 		if d.Identity.Dev != loop.Dev {
 			d.Identity.Dev = loop.Dev
 			if err := reg.Save(m.StateDir); err != nil {

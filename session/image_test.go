@@ -79,6 +79,11 @@ func TestImageActivateRebootDeactivate(t *testing.T) {
 	w.settled()
 
 	w.sys.Reboot()
+	// Its last loop device number names no image: another loop device
+	// may have it now.
+	if d := w.registry().ByDevNum(w.registry().Device("image.img").Identity.Dev); d != nil {
+		t.Fatalf("the old loop device number still finds %s", d.Name)
+	}
 	w.tick(time.Minute)
 	w.sys.ResetCalls()
 	w.reconcile()

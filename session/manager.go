@@ -279,7 +279,7 @@ func rawCandidates(d *Device, hint string) []string {
 			c = append(c, p)
 		}
 	}
-	if d.Identity.FSUUID != "" {
+	if d.Identity.FSUUID != "" && !d.Identity.Image {
 		c = append(c, "/dev/disk/by-uuid/"+d.Identity.FSUUID)
 	}
 	return c

@@ -187,7 +187,9 @@ func (r *Registry) ByDevNum(n DevNum) *Device {
 		return nil
 	}
 	for _, d := range r.Devices {
-		if d.Identity.Dev == n || d.Origin == n {
+		// An image's loop device number is only its last one: another
+		// loop device may have it now.
+		if (d.Identity.Dev == n && !d.Identity.Image) || d.Origin == n {
 			return d
 		}
 	}
