@@ -3,6 +3,7 @@ package session
 import (
 	"context"
 	"fmt"
+	"time"
 )
 
 // Mark is a change to a session's label and pin (snapstore.Mark); a nil
@@ -17,6 +18,9 @@ type Marked struct {
 	Dir    string
 	Label  string
 	Pinned bool
+	// Mounted is when the live session was opened by a mount (zero: it is
+	// armed): its label then marks the state before that mount, not now.
+	Mounted time.Time
 }
 
 // ErrWhichDevice: a command that may leave its device out found more than
@@ -51,6 +55,9 @@ func (m *Manager) MarkLive(ctx context.Context, name string, mark Mark) (Marked,
 		var err error
 		if out, err = m.Store.SetMark(ctx, cur.Dir, mark); err != nil {
 			return deviceErr(op, d.Name, "", fmt.Errorf("session %d: %w", cur.N, err))
+		}
+		if cur.State == SessionOpen || cur.State == SessionOpening {
+			out.Mounted = cur.Mounted
 		}
 		return nil
 	})

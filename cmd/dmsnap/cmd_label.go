@@ -38,6 +38,20 @@ func (l labelled) text(w io.Writer) error {
 type labelFlags struct {
 	pin, unpin, clear bool
 	name              string
+	pw                passwordFlags // asked for by --unpin and --clear
+}
+
+// requireSecret asks for the control password when the mark removes
+// protection (an unpin or a label cleared: retention and prune may then
+// remove the session).
+func (f labelFlags) requireSecret(e *env) error {
+	if err := f.pw.check(); err != nil {
+		return err
+	}
+	if !f.removesProtection() {
+		return nil
+	}
+	return requireSecret(e, &f.pw)
 }
 
 func sessionsLabelCmd(e *env) *cobra.Command {
@@ -53,6 +67,9 @@ session's meta.json (its dmsnap object; FORMAT.md), or in its state.json
 while it is live and carried over when it closes. A session written by the
 seed takes neither: its meta.json stays the seed's.
 
+--unpin and --clear ask for the control password when one is set (dmsnap
+passwd): they let retention and prune remove the session.
+
 TEXT: up to 200 bytes of UTF-8, no control characters.`,
 		Args:              argsBetween(1, 2, "sessions label takes a session ID and at most one TEXT"),
 		ValidArgsFunction: completeSessions(e, true),
@@ -65,6 +82,7 @@ TEXT: up to 200 bytes of UTF-8, no control characters.`,
 	fs.BoolVar(&f.unpin, "unpin", false, "let prune remove the session again")
 	fs.BoolVar(&f.clear, "clear", false, "remove the label")
 	fs.StringVar(&f.name, "name", "", "with latest: the device `NAME`")
+	f.pw.add(fs)
 	c.RegisterFlagCompletionFunc("name", completeDevices(e))
 	return c
 }
@@ -95,9 +113,16 @@ func (f labelFlags) mark(text []string) (snapstore.Mark, error) {
 	return m, nil
 }
 
+// removesProtection reports whether a mark lets sessions go: an unpin, or
+// a label removed (retention keeps labelled sessions).
+func (f labelFlags) removesProtection() bool { return f.unpin || f.clear }
+
 func runSessionsLabel(e *env, f labelFlags, args []string) error {
 	m, err := f.mark(args[1:])
 	if err != nil {
+		return err
+	}
+	if err := f.requireSecret(e); err != nil {
 		return err
 	}
 	id := args[0]
@@ -130,7 +155,10 @@ opens, or the open one while mounted) with TEXT, so that the state before
 what comes next is easy to find again: dmsnap label-next "before the
 upgrade" && apt upgrade. NAME may be left out when one device is activated.
 --pin keeps the session from being pruned too; --clear removes the label.
-The label goes into the session's meta.json when it closes.`,
+The label goes into the session's meta.json when it closes. --unpin and
+--clear ask for the control password when one is set. While the device is
+mounted the live session is the open one, which began at the mount: the
+label then marks the state before that mount, and label-next says so.`,
 		Args:              argsBetween(0, 2, "label-next takes a TEXT and at most one device"),
 		ValidArgsFunction: completeDevices(e),
 		RunE: func(c *cobra.Command, args []string) error {
@@ -149,6 +177,9 @@ The label goes into the session's meta.json when it closes.`,
 			if err != nil {
 				return err
 			}
+			if err := f.requireSecret(e); err != nil {
+				return err
+			}
 			name := ""
 			if len(dev) == 1 {
 				name = e.deviceName(dev[0])
@@ -164,6 +195,7 @@ The label goes into the session's meta.json when it closes.`,
 	fs.BoolVar(&f.pin, "pin", false, "keep the session (and every later one) from being pruned")
 	fs.BoolVar(&f.unpin, "unpin", false, "let prune remove the session again")
 	fs.BoolVar(&f.clear, "clear", false, "remove the label")
+	f.pw.add(fs)
 	return c
 }
 
@@ -197,6 +229,9 @@ func markLive(e *env, name string, m snapstore.Mark) (labelled, error) {
 	}
 	if err != nil {
 		return labelled{}, err
+	}
+	if !res.Mounted.IsZero() {
+		fmt.Fprintf(e.stderr, "warning: the device is mounted: its live session opened at the mount (%s), so the label marks the state before that mount, not now; unmount and mount again first to label the state now\n", localTime(res.Mounted))
 	}
 	return labelled{ID: filepath.Base(res.Dir), Dir: res.Dir, Label: res.Label, Pinned: res.Pinned}, nil
 }

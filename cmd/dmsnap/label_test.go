@@ -59,6 +59,13 @@ func TestLabelTheLiveSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir = w.registry(t).Device("sdb1").Current().Dir // renamed at the mount
+	// Mounted, the live session began at the mount: label-next says so.
+	if code, _, errOut := w.run(t, "", "label-next", "x"); code != exitOK || !strings.Contains(errOut, "the label marks the state before that mount") {
+		t.Fatalf("label-next while mounted: exit %d %q", code, errOut)
+	}
+	if code, _, errOut := w.run(t, "", "label-next", "before the upgrade"); code != exitOK {
+		t.Fatal(errOut)
+	}
 	w.sys.Unmount(w.sys.Kernel.OriginDev("sdb1"))
 	if _, err := m.Reconcile(t.Context()); err != nil {
 		t.Fatal(err)
@@ -119,14 +126,26 @@ func TestLabelAndPinFinishedSessions(t *testing.T) {
 	if _, err := os.Stat(b); err != nil {
 		t.Fatalf("prune removed the pinned session: %v", err)
 	}
-	if code, _, errOut := w.run(t, "", "sessions", "label", filepath.Base(b), "--unpin"); code != exitOK {
+	// Unpinning lets retention and prune remove it: the password first.
+	setPassword(t, "hunter2")
+	metaB, _ := os.ReadFile(filepath.Join(b, snapstore.MetaFile))
+	if code, _, errOut := w.run(t, "wrong\n", "sessions", "label", filepath.Base(b), "--unpin", "--password-stdin"); code != exitBadPassword {
+		t.Fatalf("unpin with a wrong password: exit %d %s", code, errOut)
+	}
+	if now, _ := os.ReadFile(filepath.Join(b, snapstore.MetaFile)); string(now) != string(metaB) {
+		t.Fatal("a refused unpin changed meta.json")
+	}
+	if code, _, errOut := w.run(t, "", "sessions", "label", filepath.Base(b), "new label"); code != exitOK {
+		t.Fatalf("a label needs no password: exit %d %s", code, errOut)
+	}
+	if code, _, errOut := w.run(t, "hunter2\n", "sessions", "label", filepath.Base(b), "before the upgrade", "--unpin", "--password-stdin"); code != exitOK {
 		t.Fatalf("unpin: exit %d %s", code, errOut)
 	}
 	ss := w.listJSON(t)
 	if len(ss) != 2 || ss[0].Label != "before the upgrade" || ss[0].Pinned {
 		t.Fatalf("after --unpin: %+v", ss)
 	}
-	if code, _, errOut := w.run(t, "", "sessions", "prune", "sdb1", "--keep", "1"); code != exitOK {
+	if code, _, errOut := w.run(t, "hunter2\n", "sessions", "prune", "sdb1", "--keep", "1", "--password-stdin"); code != exitOK {
 		t.Fatalf("prune after unpin: exit %d %s", code, errOut)
 	}
 	if _, err := os.Stat(b); err == nil {
