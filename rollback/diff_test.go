@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -59,5 +60,33 @@ func TestDiffTrees(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("diff:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+// A file-level restore refuses, before any view is touched, a path named
+// twice or inside another, the whole filesystem, and a copy that would
+// land on something that exists.
+func TestRestoreFilesRefusals(t *testing.T) {
+	to := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(to, "home", "ann"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{State: filepath.Join(t.TempDir(), "no-state")}
+	for _, c := range []struct {
+		paths []string
+		says  string
+	}{
+		{[]string{"/etc", "/etc/passwd"}, "overlap"},
+		{[]string{"/etc/passwd", "etc/passwd"}, "overlap"},
+		{[]string{"/"}, "whole filesystem"},
+		{[]string{"/home/ann"}, "exists"},
+	} {
+		_, err := RestoreFiles(t.Context(), cfg, "sdb1_1700000000", c.paths, to)
+		if err == nil || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("RestoreFiles %q: %v, want %q", c.paths, err, c.says)
+		}
+	}
+	if _, err := os.Stat(cfg.State); err == nil {
+		t.Error("a refused restore made the state directory")
 	}
 }

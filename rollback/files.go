@@ -68,6 +68,11 @@ func RestoreFiles(ctx context.Context, cfg Config, id string, paths []string, to
 		if rel == "/" {
 			return nil, fmt.Errorf("%q is the whole filesystem: restore the device, or name what is in it", p)
 		}
+		for _, other := range rels[:i] {
+			if rel == other || strings.HasPrefix(rel, other+"/") || strings.HasPrefix(other, rel+"/") {
+				return nil, fmt.Errorf("%s and %s overlap: name each path once (a directory brings what is in it)", other, rel)
+			}
+		}
 		rels[i] = rel
 		if _, err := os.Lstat(filepath.Join(to, rel)); err == nil {
 			return nil, fmt.Errorf("%s exists: a file-level restore overwrites nothing (move it away, or choose another --to)", filepath.Join(to, rel))
@@ -78,6 +83,9 @@ func RestoreFiles(ctx context.Context, cfg Config, id string, paths []string, to
 	root, undo, err := mountedView(ctx, cfg, id, "files")
 	if err != nil {
 		return nil, err
+	}
+	if err := os.MkdirAll(to, 0o700); err != nil {
+		return nil, errors.Join(err, undo())
 	}
 	res, err := copyOut(root, rels, to)
 	if err == nil {
@@ -104,7 +112,9 @@ func copyOut(root string, rels []string, to string) (*FilesResult, error) {
 	var st treecopy.Stats
 	for i, rel := range rels {
 		dst := filepath.Join(to, rel)
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		// Parents the copy needs are made for root only: the files may
+		// come from a directory others could not read.
+		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 			return res, err
 		}
 		if err := treecopy.Copy(srcs[i], dst, &st); err != nil {
@@ -120,9 +130,10 @@ func copyOut(root string, rels []string, to string) (*FilesResult, error) {
 	return res, nil
 }
 
-// unmountView unmounts the view of session id and forgets its mount point,
-// leaving it open, under the state lock.
-func unmountView(ctx context.Context, cfg Config, id string) error {
+// unmountView unmounts the view of session id (with unmount; without, the
+// record only) and forgets its mount point, leaving it open, under the
+// state lock.
+func unmountView(ctx context.Context, cfg Config, id string, unmount bool) error {
 	lock, err := cfg.Manager().Lock(ctx)
 	if err != nil {
 		return err
@@ -135,6 +146,10 @@ func unmountView(ctx context.Context, cfg Config, id string) error {
 	i := findView(vs, id)
 	if i < 0 || vs[i].Mount == "" {
 		return nil
+	}
+	if !unmount {
+		vs[i].Mount = ""
+		return session.SaveViews(cfg.State, vs)
 	}
 	if err := unix.Unmount(vs[i].Mount, 0); err != nil && !errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("unmount %s: %w", vs[i].Mount, err)
@@ -154,7 +169,15 @@ func mountedView(ctx context.Context, cfg Config, id, what string) (string, func
 	}
 	i := findView(vs, id)
 	if i >= 0 && vs[i].Mount != "" && !vs[i].Opening {
-		return vs[i].Mount, func() error { return nil }, nil
+		if mountedHere(vs[i]) {
+			return vs[i].Mount, func() error { return nil }, nil
+		}
+		// Recorded as mounted, but that directory holds something else
+		// now (unmounted by hand): forget the record, never unmount what
+		// is there, mount the view afresh.
+		if err := unmountView(ctx, cfg, id, false); err != nil {
+			return "", nil, err
+		}
 	}
 	wasOpen := i >= 0
 	base := filepath.Join(viewMountBase, what)
@@ -175,12 +198,15 @@ func mountedView(ctx context.Context, cfg Config, id, what string) (string, func
 		}
 		return "", nil, err
 	}
+	// Put back even when the caller's context was cancelled (Ctrl-C): a
+	// view must not stay mounted under /run/dmsnap.
+	uctx := context.WithoutCancel(ctx)
 	undo := func() error {
 		var err error
 		if wasOpen {
-			err = unmountView(ctx, cfg, id)
+			err = unmountView(uctx, cfg, id, true)
 		} else {
-			_, err = CloseView(ctx, cfg, id)
+			_, err = CloseView(uctx, cfg, id)
 		}
 		if err == nil {
 			err = os.Remove(root)
@@ -188,4 +214,14 @@ func mountedView(ctx context.Context, cfg Config, id, what string) (string, func
 		return err
 	}
 	return root, undo, nil
+}
+
+// mountedHere reports whether v's recorded mount point is the root of a
+// filesystem on v's own device.
+func mountedHere(v session.View) bool {
+	var dir, dev unix.Stat_t
+	if unix.Stat(v.Mount, &dir) != nil || unix.Stat(ViewPath(v), &dev) != nil {
+		return false
+	}
+	return dir.Dev == dev.Rdev
 }
