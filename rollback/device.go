@@ -24,6 +24,10 @@ type DeviceOptions struct {
 	// place of the origin (falling back to writing it where the kernel
 	// refuses).
 	Merge bool
+	// Hold is the device's origin already opened exclusively by the
+	// caller (a revert holds it from the unmount on): Prepare uses it
+	// instead of opening its own, and the Pending closes it.
+	Hold *os.File
 }
 
 // Pending is a restore of the device planned, verified and holding the
@@ -60,9 +64,18 @@ func (p *Pending) Close() {
 // exclusively. Nothing is written.
 func (r *Restorer) Prepare(ctx context.Context, sessions []snapstore.SessionInfo, target int, opt DeviceOptions) (*Pending, error) {
 	chain := sessions[target:]
+	refuse := func(err error) (*Pending, error) {
+		if opt.Hold != nil {
+			opt.Hold.Close()
+		}
+		return nil, err
+	}
+	if opt.Hold != nil && r.Active == nil {
+		return refuse(fmt.Errorf("%s is not activated: there is no origin to hold", r.Device))
+	}
 	if r.Active != nil {
 		if err := RefuseWhileMerging(r.cfg.State, r.Name, "a restore"); err != nil {
-			return nil, err
+			return refuse(err)
 		}
 	}
 	if opt.Merge && r.Active == nil {
@@ -74,15 +87,19 @@ func (r *Restorer) Prepare(ctx context.Context, sessions []snapstore.SessionInfo
 		pd.through = pd.write
 	}
 	pd.dev = newProbe(pd.write, r.Device)
+	pd.dev.held = opt.Hold != nil
+	pd.hold = opt.Hold
 	p, warns, err := r.plan(ctx, chain, pd.dev)
 	if err != nil {
-		return nil, err
+		return refuse(err)
 	}
 	pd.plan, pd.Warnings = p, warns
 	// Hold the device exclusively from here on: nobody mounts it while it
 	// is restored.
-	if pd.hold, err = openExclusive(pd.write); err != nil {
-		return nil, err
+	if pd.hold == nil {
+		if pd.hold, err = openExclusive(pd.write); err != nil {
+			return nil, err
+		}
 	}
 	if pd.Summary, err = p.Summarize(ctx); err != nil {
 		pd.Close()
@@ -194,6 +211,13 @@ func (pd *Pending) Run(ctx context.Context) (*Result, error) {
 			return nil, fmt.Errorf("restored %s, but closing the session that recorded the restore failed: %w", r.Name, err)
 		}
 		rr.Undo, rr.Undoable = undo, undo != ""
+	}
+	if r.Active != nil && r.Active.Reverts() {
+		// The live session starts from the restored state: reverts put
+		// that back from now on.
+		if err := m.Rebase(ctx, r.Name, 0); err != nil {
+			return nil, fmt.Errorf("restored %s, but recording the restored state as the one its reverts put back failed: %w", r.Name, err)
+		}
 	}
 	return rr, nil
 }

@@ -49,7 +49,7 @@ func (r *Restorer) restoreMerge(ctx context.Context, p *restore.Plan, chain []sn
 		return nil, nil, fmt.Errorf("%s has no armed session to record the merge (run dmsnap watch, or dmsnap attach %s)", r.Name, r.Device)
 	}
 	origin := r.cfg.originPath(r.Name)
-	mg, err := r.startMerge(ctx, p, chain[0].ID, cur.N)
+	mg, err := r.startMerge(ctx, p, chain[0], cur.N)
 	if errors.Is(err, ErrMergeRefused) || errors.Is(err, errMergeNoSpace) {
 		r.cfg.warn("no instant restore: %v; restoring by writing the plan through %s instead (undoable as usual)", err, origin)
 		return nil, &MergeInfo{Requested: true, FallbackReason: err.Error()}, nil
@@ -72,7 +72,7 @@ func (r *Restorer) restoreMerge(ctx context.Context, p *restore.Plan, chain []sn
 // one closed for the restore; nobody else has the origin open (the caller
 // holds it exclusively). A kernel refusal is ErrMergeRefused and leaves
 // nothing behind.
-func (r *Restorer) startMerge(ctx context.Context, p *restore.Plan, target string, recording int) (*session.Merge, error) {
+func (r *Restorer) startMerge(ctx context.Context, p *restore.Plan, target snapstore.SessionInfo, recording int) (*session.Merge, error) {
 	state := r.cfg.State
 	lock, err := r.cfg.Manager().Lock(ctx)
 	if err != nil {
@@ -94,7 +94,7 @@ func (r *Restorer) startMerge(ctx context.Context, p *restore.Plan, target strin
 	if err := r.cowSpace(ctx, p, filepath.Join(state, "merges"), "the merge store"); err != nil {
 		return nil, fmt.Errorf("%w: %w", errMergeNoSpace, err)
 	}
-	mg := session.Merge{Device: r.Name, Session: target, Recording: recording, Started: time.Now().UTC(), Phase: session.MergeStarting,
+	mg := session.Merge{Device: r.Name, Session: target.ID, Recording: recording, Started: time.Now().UTC(), Phase: session.MergeStarting,
 		COW: filepath.Join(state, "merges", r.Name+".cow")}
 	if err := os.MkdirAll(filepath.Dir(mg.COW), 0o700); err != nil {
 		return nil, err
@@ -109,6 +109,14 @@ func (r *Restorer) startMerge(ctx context.Context, p *restore.Plan, target strin
 	if err := session.SaveMerges(state, append(ms, mg)); err != nil {
 		os.Remove(mg.COW)
 		return nil, err
+	}
+	// A device that reverts on unmount puts back the state this restore
+	// gives from now on: the state before target. A pending revert is
+	// done by this restore (the record carries it through a crash).
+	if r.Active.Reverts() {
+		if err := session.RebaseSaved(state, r.Name, target.Sequence); err != nil {
+			return nil, fmt.Errorf("the merge of %s is recorded, but recording the restored state as the one its reverts put back failed (dmsnap watch goes on with the merge): %w", r.Name, err)
+		}
 	}
 	session.Crashpoint(session.CrashpointMergeRecorded)
 	if err := k.StartMerge(r.Name, mg.COW, r.Active.ChunkSectors()); err != nil {

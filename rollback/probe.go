@@ -23,6 +23,11 @@ type probe struct {
 	// writes nothing.
 	busyWarns bool
 	warns     []string
+	// held: the caller holds path exclusively (DeviceOptions.Hold): it is
+	// not mounted, and cannot be until the restore lets it go. Others may
+	// have it open without O_EXCL (a reader); an instant restore does not
+	// mind them, as it does not mind a mount while it merges.
+	held bool
 }
 
 func newProbe(writePath, idPath string) *probe {
@@ -34,6 +39,9 @@ func (d *probe) Path() string { return d.path }
 // Busy implements restore.Device: mounted (per the mount table), or held
 // exclusively, or opened by anyone when it is a device-mapper device.
 func (d *probe) Busy() (string, error) {
+	if d.held {
+		return "", nil
+	}
 	reason, err := dm.Busy(d.path)
 	if err == nil && reason != "" && d.busyWarns {
 		d.warns = append(d.warns, (&restore.BusyError{Device: d.path, Reason: reason}).Error())

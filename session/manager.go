@@ -583,6 +583,8 @@ func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
 		return save()
 	case ActOpen:
 		s.State, s.Mounted, s.FSType = SessionOpening, a.At.UTC(), a.FSType
+		// Saved with the open: a crash while mounted still reverts.
+		d.RevertPending = d.RevertPending || d.Reverts()
 		if err := save(); err != nil {
 			return err
 		}
@@ -667,6 +669,8 @@ type ActivateRequest struct {
 	// Retention is the policy the watcher applies (zero: keep every
 	// session).
 	Retention snapstore.Retention
+	// OnUnmount is Device.OnUnmount ("" or OnUnmountRevert).
+	OnUnmount string
 }
 
 // DefaultPrealloc is what `dmsnap activate` writes ahead of each new
@@ -801,6 +805,12 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 		d := &Device{
 			Name: name, Path: path, Identity: id, ChunkSize: req.ChunkSize, Store: store, Prealloc: req.Prealloc, Retention: retentionOrNil(req.Retention),
 			State: DeviceActivating, Activated: m.now().UTC(), NextSession: next,
+		}
+		if req.OnUnmount == OnUnmountRevert {
+			// The first session starts from the state every revert puts back.
+			d.OnUnmount, d.RevertBase = OnUnmountRevert, next
+		} else if req.OnUnmount != "" {
+			return deviceErr(op, req.Device, "", fmt.Errorf("on-unmount %q: want keep or revert", req.OnUnmount))
 		}
 		if err := reg.Add(d); err != nil {
 			return deviceErr(op, req.Device, "", err)

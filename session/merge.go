@@ -357,5 +357,14 @@ func (m *Manager) finishMerge(ctx context.Context, reg *Registry, k MergeKernel,
 	}
 	o.Undo = filepath.Base(dir)
 	log.Info("closed the session that recorded the merge; restore it to undo the restore", "undo_session", o.Undo)
+	if d := reg.Device(mg.Device); d != nil && d.Reverts() && !d.RevertPending {
+		// The session armed now starts from the restored state, with
+		// nothing mounted since: reverts put back the state before it,
+		// and the sessions before it may go by retention.
+		d.Rebase(0)
+		if err := reg.Save(m.StateDir); err != nil {
+			return o, err
+		}
+	}
 	return o, nil
 }

@@ -117,6 +117,14 @@ func (r *Registry) check() error {
 		default:
 			return fmt.Errorf("device %s: unknown state %q", d.Name, d.State)
 		}
+		switch d.OnUnmount {
+		case "", OnUnmountRevert:
+		default:
+			return fmt.Errorf("device %s: unknown on_unmount %q", d.Name, d.OnUnmount)
+		}
+		if d.RevertBase < 0 || d.RevertBase > d.NextSession || (d.OnUnmount == "" && (d.RevertBase != 0 || d.RevertPending)) {
+			return fmt.Errorf("device %s: revert base %d (pending %v) does not fit on_unmount %q and next session %d", d.Name, d.RevertBase, d.RevertPending, d.OnUnmount, d.NextSession)
+		}
 		live := 0
 		ns := map[int]bool{}
 		for _, s := range d.Sessions {

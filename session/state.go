@@ -73,7 +73,17 @@ type Device struct {
 	// Retention is the policy the watcher applies to the device's finished
 	// sessions (nil: keep every one).
 	Retention *snapstore.Retention `json:"retention,omitempty"`
-	Error     string               `json:"error,omitempty"` // the last failed step, until one succeeds
+	// OnUnmount is what happens at each unmount besides closing the
+	// session: "" keeps the device as the session left it, OnUnmountRevert
+	// puts it back (revert.go).
+	OnUnmount string `json:"on_unmount,omitempty"`
+	// RevertBase is the number (sequence) of the session whose start is
+	// the state a revert puts back; RevertPending is set when a session
+	// opens (a mount) and cleared when a revert or a restore has been
+	// started.
+	RevertBase    int    `json:"revert_base,omitempty"`
+	RevertPending bool   `json:"revert_pending,omitempty"`
+	Error         string `json:"error,omitempty"` // the last failed step, until one succeeds
 }
 
 // Session is one session the registry still tracks: the live one, and the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 )
 
@@ -32,6 +33,11 @@ type WatchOptions struct {
 	// loop (so after each close and conversion), without the lock: the
 	// watch command applies retention from it.
 	Settled func(ctx context.Context)
+	// Revert, when set, reverts the devices activated with --on-unmount
+	// revert (revert.go): each one's origin is held from the moment its
+	// unmount is seen, and reverted after the reconcile that closed its
+	// session.
+	Revert Reverter
 }
 
 // DefaultGrowEvery is how often the watcher looks at the live sessions'
@@ -77,8 +83,14 @@ func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 	log := m.log()
 	log.Info("watching", "mountinfo", table.Path(), "state", m.StateDir)
 
-	var queue []MountEvent // events not handled yet, in order
-	failures := 0          // reconciles failed in a row
+	var queue []MountEvent         // events not handled yet, in order
+	failures := 0                  // reconciles failed in a row
+	holds := map[string]*os.File{} // origins held for their reverts
+	defer func() {
+		for _, f := range holds {
+			f.Close()
+		}
+	}()
 	note := func(ok bool) {
 		if ok {
 			failures = 0
@@ -87,6 +99,7 @@ func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 		}
 	}
 	note(m.watchReconcile(ctx))
+	m.runReverts(ctx, opt.Revert, holds, nil) // pending from before a restart
 	if opt.GrowEvery == 0 {
 		opt.GrowEvery = DefaultGrowEvery
 	}
@@ -125,7 +138,9 @@ func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 			if rerr != nil {
 				return fmt.Errorf("watch %s: %w", table.Path(), rerr)
 			}
-			queue = append(queue, m.mountEvents(prev, cur)...)
+			events := m.mountEvents(prev, cur)
+			m.holdReverts(events, opt.Revert, holds)
+			queue = append(queue, events...)
 			prev = cur
 			// Reconcile on every change, even one that yields no event:
 			// a mount and unmount that both happened while the watcher
@@ -135,6 +150,7 @@ func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 		}
 		queue = m.handleEvents(ctx, queue)
 		note(m.watchReconcile(ctx))
+		m.runReverts(ctx, opt.Revert, holds, queue)
 		if opt.Settled != nil {
 			opt.Settled(ctx)
 		}

@@ -93,6 +93,10 @@ type RetentionRequest struct {
 	// Restores are the device's restores no session recorded (RestoresOf):
 	// the sessions they left behind are no restore points any more.
 	Restores []Restore
+	// KeepFrom, when above 0, keeps the sessions of sequence KeepFrom and
+	// later: a device that reverts on unmount restores to the state before
+	// session KeepFrom every time.
+	KeepFrom int
 }
 
 // RetentionPlan is what a run of a policy removes, oldest first.
@@ -145,6 +149,8 @@ func PlanRetention(infos []SessionInfo, req RetentionRequest) RetentionPlan {
 			why = fmt.Sprintf("labelled %q", info.Label)
 		case why == "" && i >= newest:
 			why = "the newest restore point"
+		case why == "" && req.KeepFrom > 0 && info.Sequence >= req.KeepFrom:
+			why = "the state its reverts on unmount put back is the one before it"
 		}
 		if why != "" {
 			if space {

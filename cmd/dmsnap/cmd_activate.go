@@ -17,6 +17,7 @@ func init() { register(activateCmd) }
 type activateFlags struct {
 	name, chunk, prealloc string
 	label                 string
+	onUnmount             string
 	keep                  retentionFlags
 	pw                    passwordFlags
 }
@@ -47,6 +48,8 @@ gives back what it did not use when it closes. 0 turns this off.
 
 ` + retentionHelp + ` dmsnap set changes the policy later.
 
+` + onUnmountHelp + `
+
 Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device mounted or busy.`,
 		Args:              argsBetween(1, 1, "activate takes one DEVICE"),
 		ValidArgsFunction: completeBlockDevices,
@@ -58,6 +61,7 @@ Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device mounted or busy
 	fs.StringVar(&f.prealloc, "prealloc", fmt.Sprintf("%dMiB", session.DefaultPrealloc>>20), "`SIZE` of each new COW file written ahead (0: none)")
 	f.keep.add(fs)
 	fs.StringVar(&f.label, "label", "", "label the first session (`TEXT`, as dmsnap label-next)")
+	fs.StringVar(&f.onUnmount, "on-unmount", session.OnUnmountKeep, "what each unmount does besides closing the session: keep, or revert (put the device back to its state before the mount)")
 	f.pw.add(fs)
 	return c
 }
@@ -87,6 +91,10 @@ func runActivate(e *env, fs *pflag.FlagSet, f activateFlags, device string) erro
 	if err := snapstore.ValidateLabel(f.label); err != nil {
 		return usagef("--label: %v", err)
 	}
+	onUnmount, err := parseOnUnmount(f.onUnmount)
+	if err != nil {
+		return err
+	}
 	if f.name != "" {
 		if err := session.ValidateName(f.name); err != nil {
 			return usagef("--name: %v", err)
@@ -96,7 +104,7 @@ func runActivate(e *env, fs *pflag.FlagSet, f activateFlags, device string) erro
 		return err
 	}
 	m := newManager(e)
-	d, err := m.Activate(e.ctx, session.ActivateRequest{Device: device, Name: f.name, ChunkSize: uint32(size), Store: e.store, Prealloc: int64(pre), Retention: keep})
+	d, err := m.Activate(e.ctx, session.ActivateRequest{Device: device, Name: f.name, ChunkSize: uint32(size), Store: e.store, Prealloc: int64(pre), Retention: keep, OnUnmount: onUnmount})
 	if err != nil {
 		return err
 	}

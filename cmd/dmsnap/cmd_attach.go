@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dmsnap/dmsnap/internal/devnum"
+	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/session"
 )
 
@@ -84,7 +85,20 @@ func runAttach(e *env, device, name string, force bool, pw *passwordFlags) error
 	// The rebuilt stack has a snapshot-origin: a merge that ran before the
 	// reboot must go on now, before the half-merged device is mounted
 	// (the watcher would resume it too, but maybe only after a mount).
-	finishMerges(e.ctx, m, slog.New(slog.NewTextHandler(e.stderr, nil)))
+	log := slog.New(slog.NewTextHandler(e.stderr, nil))
+	finishMerges(e.ctx, m, log)
+	// A device that reverts on unmount and was mounted when the system
+	// went down (or unmounted before its revert started): revert it now,
+	// before anything mounts it.
+	if reg, err := m.Registry(); err == nil {
+		if d, err := reg.Lookup(device); err == nil && d.Reverts() && d.RevertPending {
+			rc := rollbackConfig(e)
+			rc.Progress, rc.Manager = nil, func() *session.Manager { return m }
+			if err := (rollback.Reverter{Cfg: rc, Log: log}).Revert(e.ctx, d.Name, nil); err != nil {
+				return fmt.Errorf("attached %s, but its revert on unmount failed (the device keeps what its last session wrote; the watcher retries): %w", d.Name, err)
+			}
+		}
+	}
 	res := struct {
 		Done   []string `json:"done"`
 		Issues []string `json:"issues"`

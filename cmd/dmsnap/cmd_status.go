@@ -74,6 +74,10 @@ invalid, and anything that needs attention.
                  "min_free": 1073741824},    the policy (null: keep every session;
                                               keep_within in nanoseconds)
    "retention_short": "...",                  why it cannot keep min-free now
+   "on_unmount": "revert",                    keep, or revert (activate --on-unmount)
+   "revert_base": 7,                          revert: each revert puts back the state
+                                              before session 7 (by sequence number)
+   "revert_pending": true,                    revert: mounted since, or its revert not started
    "unrestorable_sessions": 2,                finished sessions an invalid or damaged later
                                               one keeps from being restored to
    "error": "last failed step",
@@ -123,6 +127,12 @@ type deviceJSON struct {
 	// RetentionShort says why it cannot keep the store's min-free now.
 	Retention      *snapstore.Retention `json:"retention"`
 	RetentionShort string               `json:"retention_short,omitempty"`
+	// OnUnmount is "keep" or "revert"; a device that reverts says the
+	// session whose start is the state put back, and whether a revert is
+	// still to come (the device is mounted, or its revert has not started).
+	OnUnmount     string `json:"on_unmount"`
+	RevertBase    int    `json:"revert_base,omitempty"`
+	RevertPending bool   `json:"revert_pending,omitempty"`
 }
 
 // imageJSON is what status says of an activated image file.
@@ -252,6 +262,10 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 			}
 		}
 	}
+	out.OnUnmount = d.OnUnmountMode()
+	if d.Reverts() {
+		out.RevertBase, out.RevertPending = d.RevertBase, d.RevertPending
+	}
 	if r := d.Retention; r != nil {
 		out.Retention = r
 		if out.StoreSpace != nil && r.MinFree > int64(out.StoreSpace.FreeBytes) {
@@ -284,7 +298,7 @@ func retentionShort(d *session.Device, need int64) string {
 	if err != nil {
 		return err.Error()
 	}
-	plan := snapstore.PlanRetention(infos, snapstore.RetentionRequest{Name: d.Name, Policy: *d.Retention, Now: time.Now(), Need: need, Size: sessionBytes, Held: held, Restores: restores})
+	plan := snapstore.PlanRetention(infos, snapstore.RetentionRequest{Name: d.Name, Policy: *d.Retention, Now: time.Now(), Need: need, Size: sessionBytes, Held: held, Restores: restores, KeepFrom: d.RevertBase})
 	return plan.Short
 }
 
@@ -419,6 +433,13 @@ func printDevice(e *env, d deviceJSON) {
 	}
 	if d.RetentionShort != "" {
 		fmt.Fprintf(w, "  ATTENTION: %s\n", d.RetentionShort)
+	}
+	if d.OnUnmount == session.OnUnmountRevert {
+		pending := ""
+		if d.RevertPending {
+			pending = "; a revert is to come (mounted since, or not started yet)"
+		}
+		fmt.Fprintf(w, "  on unmount: revert, to the state before session %d%s\n", d.RevertBase, pending)
 	}
 	if d.StoreSpace != nil {
 		fmt.Fprintf(w, "  store:    %s, %s free of %s\n", d.Store, units.FormatBytes(d.StoreSpace.FreeBytes), units.FormatBytes(d.StoreSpace.TotalBytes))

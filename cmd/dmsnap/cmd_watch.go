@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dmsnap/dmsnap/internal/sdnotify"
+	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
 )
@@ -94,7 +95,13 @@ func runWatch(e *env, f watchFlags) error {
 	// applies it on its beats too (the two never run at once: retain
 	// takes the lock).
 	settled := func(ctx context.Context) { retainAll(ctx, m, log, nil) }
-	err := m.Watch(ctx, session.WatchOptions{Interval: f.interval, GrowEvery: f.growEvery, Ready: ready, Settled: settled})
+	// Reverts on unmount: the restore's own configuration, quiet, its
+	// warnings logged.
+	rc := rollbackConfig(e)
+	rc.Progress, rc.Warn = nil, func(s string) { log.Warn(s) }
+	rc.Manager = func() *session.Manager { return m }
+	err := m.Watch(ctx, session.WatchOptions{Interval: f.interval, GrowEvery: f.growEvery, Ready: ready, Settled: settled,
+		Revert: rollback.Reverter{Cfg: rc, Log: log}})
 	notify(log, sdnotify.Stopping, sdnotify.Status("stopping"))
 	cancel()
 	<-done

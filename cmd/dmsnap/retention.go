@@ -104,27 +104,39 @@ Each removal is logged and noted in the store's pruned.log.`
 
 func setCmd(e *env) *cobra.Command {
 	var (
-		f  retentionFlags
-		pw passwordFlags
+		f         retentionFlags
+		onUnmount string
+		pw        passwordFlags
 	)
 	c := &cobra.Command{
-		Use:   "set NAME|DEVICE|FILE [--keep-... N] [--min-free SIZE]",
-		Short: "change an activated device's retention policy",
+		Use:   "set NAME|DEVICE|FILE [--keep-... N] [--min-free SIZE] [--on-unmount keep|revert]",
+		Short: "change an activated device's retention policy or unmount mode",
 		Long: `Changes what is given of the retention policy of an activated device; a
 value of 0 turns that rule off. Asks for the control password when one is
-set (dmsnap passwd): the policy removes restore points.
+set (dmsnap passwd): the policy removes restore points, and revert mode
+puts the device back at every unmount.
 
 ` + retentionHelp + `
 
-Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password.`,
+` + onUnmountHelp + ` Switched on with set, the
+state put back is the device's state now (when it is mounted: its state
+before that mount, put back at the unmount).
+
+Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 an instant
+restore is still merging.`,
 		Args:              argsBetween(1, 1, "set takes one device"),
 		ValidArgsFunction: completeDevices(e),
 		RunE: func(c *cobra.Command, args []string) error {
-			if !f.changed(c.Flags()) {
-				return usagef("set: give at least one of --keep-last, --keep-within, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --min-free")
+			modeSet := c.Flags().Changed("on-unmount")
+			if !f.changed(c.Flags()) && !modeSet {
+				return usagef("set: give at least one of --keep-last, --keep-within, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --min-free, --on-unmount")
 			}
 			var probe snapstore.Retention
 			if err := f.apply(c.Flags(), &probe); err != nil {
+				return err
+			}
+			mode, err := parseOnUnmount(onUnmount)
+			if err != nil {
 				return err
 			}
 			if err := pw.check(); err != nil {
@@ -133,24 +145,77 @@ Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password.`,
 			if err := requireSecret(e, &pw); err != nil {
 				return err
 			}
-			var ferr error
-			r, err := newManager(e).SetRetention(e.ctx, args[0], func(r *snapstore.Retention) { ferr = f.apply(c.Flags(), r) })
-			if err = errors.Join(ferr, err); err != nil {
-				return err
-			}
+			m := newManager(e)
 			res := struct {
 				Device    string              `json:"device"`
 				Retention snapstore.Retention `json:"retention"`
-			}{args[0], r}
+				OnUnmount string              `json:"on_unmount"`
+			}{Device: args[0]}
+			if mode == "" {
+				mode = session.OnUnmountKeep
+			}
+			if modeSet {
+				d, err := m.SetOnUnmount(e.ctx, args[0], mode)
+				if err != nil {
+					return err
+				}
+				if d.Retention != nil {
+					res.Retention = *d.Retention
+				}
+				res.OnUnmount = d.OnUnmountMode()
+			}
+			if f.changed(c.Flags()) || !modeSet {
+				var ferr error
+				r, err := m.SetRetention(e.ctx, args[0], func(r *snapstore.Retention) { ferr = f.apply(c.Flags(), r) })
+				if err = errors.Join(ferr, err); err != nil {
+					return err
+				}
+				res.Retention = r
+			}
+			if res.OnUnmount == "" {
+				reg, err := m.Registry()
+				if err != nil {
+					return err
+				}
+				if d, err := reg.Lookup(args[0]); err == nil {
+					res.OnUnmount = d.OnUnmountMode()
+				}
+			}
 			return e.emit(res, func(w io.Writer) error {
-				_, err := fmt.Fprintf(w, "%s: %s\n", args[0], r)
+				_, err := fmt.Fprintf(w, "%s: %s; on unmount: %s\n", args[0], res.Retention, res.OnUnmount)
 				return err
 			})
 		},
 	}
 	f.add(c.Flags())
+	c.Flags().StringVar(&onUnmount, "on-unmount", session.OnUnmountKeep, "keep, or revert: put the device back to its state before the mount at every unmount")
 	pw.add(c.Flags())
 	return c
+}
+
+// onUnmountHelp describes --on-unmount for activate and set.
+const onUnmountHelp = `--on-unmount revert puts the device back, at every unmount, to its state
+before the mount (kiosk, lab and CI machines): the watcher holds the device
+from the moment it sees the unmount (a mount meanwhile fails as busy),
+closes the session as usual and starts an instant restore, so the device
+shows the state put back at once while the kernel copies it in the
+background. The sessions stay, per the retention policy, so a revert can be
+looked into (sessions diff) or undone (restore the session that recorded
+it). A crash or power cut before the revert started reverts at the next
+attach, before anything mounts the device; one during its copy resumes it
+there. --on-unmount keep (the default) leaves the device as the session
+left it.`
+
+// parseOnUnmount checks an --on-unmount value: "" for keep (the
+// registry's default), session.OnUnmountRevert for revert.
+func parseOnUnmount(v string) (string, error) {
+	switch v {
+	case session.OnUnmountKeep, "":
+		return "", nil
+	case session.OnUnmountRevert:
+		return session.OnUnmountRevert, nil
+	}
+	return "", usagef("--on-unmount %q: want keep or revert", v)
 }
 
 // sessionBytes is what removing a session directory frees: the blocks its
@@ -219,7 +284,7 @@ func retain(ctx context.Context, m *session.Manager, name string, dry bool, remo
 			freeing.clear(d.Store)
 		}
 	}
-	plan := snapstore.PlanRetention(infos, snapstore.RetentionRequest{Name: d.Name, Policy: *d.Retention, Now: now, Need: need, Size: sessionBytes, Held: held, Restores: restores})
+	plan := snapstore.PlanRetention(infos, snapstore.RetentionRequest{Name: d.Name, Policy: *d.Retention, Now: now, Need: need, Size: sessionBytes, Held: held, Restores: restores, KeepFrom: d.RevertBase})
 	if dry {
 		return plan, nil
 	}

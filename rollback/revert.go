@@ -1,0 +1,191 @@
+package rollback
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/restore"
+	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/session/system"
+	"github.com/dmsnap/dmsnap/snapstore"
+)
+
+// Revert on unmount (session/revert.go has the bookkeeping): the revert
+// is an instant restore of the device to the state before its base
+// session, run under the exclusive hold the watcher took at the unmount,
+// so nothing mounts the device before it shows the state put back.
+
+// mergePoll is how often Revert looks at a running instant restore it
+// waits for.
+const mergePoll = 250 * time.Millisecond
+
+// Revert reverts device name (activated with --on-unmount revert, its
+// revert pending): an instant restore to the state before session
+// RevertBase, which the device shows as soon as Revert returns. hold is the
+// origin opened exclusively by the caller (nil: Revert opens it, and fails
+// when the device is in use); Revert closes it. An instant restore still
+// merging (the last revert's, when the device was mounted and unmounted
+// again meanwhile) is waited for, holding the device. A device with
+// nothing to revert gives a nil Result.
+func Revert(ctx context.Context, cfg Config, name string, hold *os.File) (*Result, error) {
+	release := func() {
+		if hold != nil {
+			hold.Close()
+		}
+	}
+	if hold == nil {
+		h, err := openExclusive(cfg.originPath(name))
+		if err != nil {
+			return nil, fmt.Errorf("revert %s: %w", name, err)
+		}
+		hold = h
+	}
+	if err := waitMerge(ctx, cfg, name); err != nil {
+		release()
+		return nil, err
+	}
+	r, err := Open(cfg, name, "")
+	if err != nil {
+		release()
+		return nil, err
+	}
+	defer r.Close()
+	d := r.Active
+	switch {
+	case d == nil || !d.Reverts():
+		release()
+		return nil, fmt.Errorf("%s does not revert on unmount (dmsnap set %s --on-unmount revert)", name, name)
+	case !d.RevertPending:
+		release()
+		return nil, nil
+	}
+	if err := r.RefuseUnfinished(); err != nil {
+		release()
+		return nil, err
+	}
+	sessions, err := r.Sessions()
+	if err != nil {
+		release()
+		return nil, err
+	}
+	i := slices.IndexFunc(sessions, func(s snapstore.SessionInfo) bool { return s.Sequence == d.RevertBase })
+	if i < 0 {
+		release()
+		if cur := d.Current(); cur != nil && cur.N == d.RevertBase && cur.State == session.SessionArmed {
+			// The base session never closed: nothing was mounted since.
+			return nil, cfg.Manager().Rebase(ctx, name, d.RevertBase)
+		}
+		return nil, fmt.Errorf("revert %s: session %d, whose start is the state its reverts put back, is not among its closed sessions in %s (pruned? dmsnap sessions list %s); restore the device to a state of your choice, which becomes the one put back", name, d.RevertBase, r.Store, name)
+	}
+	if err := r.CheckTarget(sessions, i); err != nil {
+		release()
+		return nil, fmt.Errorf("revert %s: %w", name, err)
+	}
+	pd, err := r.Prepare(ctx, sessions, i, DeviceOptions{Merge: true, Hold: hold})
+	if err != nil {
+		return nil, fmt.Errorf("revert %s: %w", name, err)
+	}
+	res, err := pd.Run(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("revert %s: %w", name, err)
+	}
+	return res, nil
+}
+
+// waitMerge waits until device name has no instant restore recorded,
+// finishing it when the kernel is done (FinishMerges, as the watcher's
+// beat does). A merge the kernel stopped is an error.
+func waitMerge(ctx context.Context, cfg Config, name string) error {
+	for {
+		ms, err := session.LoadMerges(cfg.State)
+		if err != nil {
+			return err
+		}
+		if session.FindMerge(ms, name) == nil {
+			return nil
+		}
+		outs, err := cfg.Manager().FinishMerges(ctx, system.Merges{})
+		if err != nil {
+			return fmt.Errorf("revert %s: the instant restore before it: %w", name, err)
+		}
+		for _, o := range outs {
+			if o.Merge.Device == name && o.Problem != "" {
+				return fmt.Errorf("revert %s: the instant restore before it: %s", name, o.Problem)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(mergePoll):
+		}
+	}
+}
+
+// Reverter is session.Reverter on the running system, for the watcher.
+type Reverter struct {
+	Cfg Config
+	Log *slog.Logger
+}
+
+// holdWait is how long Hold tries while the unmounted file system still
+// has the device: the mount table drops a mount before the kernel has shut
+// the file system down and let go of its device (that happens as umount
+// returns). Hold tries every holdEvery, so that it takes the device within
+// a fraction of a millisecond of that, before a mount run after umount can.
+const (
+	holdWait  = 5 * time.Second
+	holdEvery = 100 * time.Microsecond
+	// holdCheck is how often Hold looks at the mount table meanwhile.
+	holdCheck = 10 * time.Millisecond
+)
+
+// Hold implements session.Reverter: it opens the origin exclusively,
+// retrying while the file system just unmounted still holds it, and
+// giving up as soon as the mount table shows the device mounted again.
+func (rv Reverter) Hold(name string) (*os.File, error) {
+	path := rv.Cfg.originPath(name)
+	start := time.Now()
+	checked := start
+	for {
+		f, err := openExclusive(path)
+		var busy *restore.BusyError
+		if err == nil || !errors.As(err, &busy) || time.Since(start) > holdWait {
+			return f, err
+		}
+		if time.Since(checked) > holdCheck {
+			checked = time.Now()
+			if why, _ := dm.Busy(path); strings.HasPrefix(why, "mounted") {
+				return nil, fmt.Errorf("%s was mounted again before its revert could start: %s", path, why)
+			}
+		}
+		time.Sleep(holdEvery)
+	}
+}
+
+// Revert implements session.Reverter, logging what the revert did.
+func (rv Reverter) Revert(ctx context.Context, name string, hold *os.File) error {
+	res, err := Revert(ctx, rv.Cfg, name, hold)
+	if err != nil {
+		return err
+	}
+	if res == nil {
+		return nil
+	}
+	log := rv.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	args := []any{"device", name, "restored_before", res.Session, "through", res.Through}
+	if res.Merge != nil && res.Merge.FallbackReason != "" {
+		args = append(args, "no_instant_restore", res.Merge.FallbackReason)
+	}
+	log.Info("reverted on unmount", args...)
+	return nil
+}
