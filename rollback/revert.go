@@ -51,6 +51,10 @@ func Revert(ctx context.Context, cfg Config, name string, hold *os.File) (*Resul
 		release()
 		return nil, err
 	}
+	if err := finishClosing(ctx, cfg, name); err != nil {
+		release()
+		return nil, err
+	}
 	r, err := Open(cfg, name, "")
 	if err != nil {
 		release()
@@ -97,6 +101,25 @@ func Revert(ctx context.Context, cfg Config, name string, hold *os.File) (*Resul
 		return nil, fmt.Errorf("revert %s: %w", name, err)
 	}
 	return res, nil
+}
+
+// finishClosing converts the sessions of device name still being closed
+// (the mounted session, when the system went down before the watcher
+// closed it: attach leaves conversions to the watcher), since the revert
+// needs their pre-images.
+func finishClosing(ctx context.Context, cfg Config, name string) error {
+	reg, err := session.LoadRegistry(cfg.State)
+	if err != nil {
+		return err
+	}
+	d := reg.Device(name)
+	if d == nil || !slices.ContainsFunc(d.Sessions, func(s *session.Session) bool { return s.State.Ending() }) {
+		return nil
+	}
+	if _, err := cfg.Manager().Reconcile(ctx); err != nil {
+		return fmt.Errorf("revert %s: closing its last session: %w", name, err)
+	}
+	return nil
 }
 
 // waitMerge waits until device name has no instant restore recorded,
