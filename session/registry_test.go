@@ -81,6 +81,10 @@ func TestRegistryRefusals(t *testing.T) {
 		"two live":       `{"version": 1, "devices": [{"name": "a", "state": "active", "next_session": 3, "sessions": [{"n": 1, "state": "armed"}, {"n": 2, "state": "open"}]}]}`,
 		"session number": `{"version": 1, "devices": [{"name": "a", "state": "active", "next_session": 2, "sessions": [{"n": 2, "state": "armed"}]}]}`,
 		"bad dev":        `{"version": 1, "devices": [{"name": "a", "state": "active", "next_session": 1, "identity": {"dev": "8"}}]}`,
+		"bad on_unmount": `{"version": 1, "devices": [{"name": "a", "state": "active", "next_session": 1, "on_unmount": "sometimes"}]}`,
+		"base too far":   `{"version": 1, "devices": [{"name": "a", "state": "active", "next_session": 2, "on_unmount": "revert", "revert_base": 3}]}`,
+		"base on keep":   `{"version": 1, "devices": [{"name": "a", "state": "active", "next_session": 2, "revert_base": 1}]}`,
+		"pending, keep":  `{"version": 1, "devices": [{"name": "a", "state": "active", "next_session": 2, "revert_pending": true}]}`,
 	}
 	for name, text := range cases {
 		_, err := ParseRegistry([]byte(text), "registry.json")

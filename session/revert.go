@@ -49,21 +49,26 @@ func (d *Device) OnUnmountMode() string {
 	return OnUnmountKeep
 }
 
-// Rebase makes session n (0: the live one) the state a revert of d puts
-// back, and clears a pending revert; nothing for a device that does not
-// revert. The caller holds the lock and saves the registry.
+// Rebase makes the state before session n (0: the live one) the state a
+// revert of d puts back, and clears a pending revert (unless the live
+// session is mounted: its unmount reverts to the state it started from);
+// nothing for a device that does not revert. The caller holds the lock
+// and saves the registry.
 func (d *Device) Rebase(n int) {
 	if !d.Reverts() {
 		return
 	}
+	pending := false
 	if n == 0 {
+		n = d.NextSession
 		if cur := d.Current(); cur != nil {
-			n = cur.N
-		} else {
-			n = d.NextSession
+			// Mounted already (the restore let the device go a moment
+			// before): its unmount still reverts, to the state it started
+			// from.
+			n, pending = cur.N, cur.State == SessionOpening || cur.State == SessionOpen
 		}
 	}
-	d.RevertBase, d.RevertPending = n, false
+	d.RevertBase, d.RevertPending = n, pending
 }
 
 // RebaseSaved is Rebase on the registry in stateDir, for a caller that

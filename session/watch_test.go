@@ -3,6 +3,7 @@ package session_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -45,95 +46,9 @@ func (l *lockedBuffer) String() string {
 func TestWatchFollowsRealMounts(t *testing.T) {
 	w := newWorld(t)
 	w.activate()
-	root := t.TempDir()
-	base, point := filepath.Join(root, "base"), filepath.Join(root, "mnt")
-	os.Mkdir(base, 0o755)
-	os.Mkdir(point, 0o755)
-
-	type nsInfo struct {
-		fd  int
-		dev session.DevNum
-		err error
-	}
-	nsReady := make(chan nsInfo, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	watchDone := make(chan error, 1)
-	logs := &lockedBuffer{}
 	var readyCalls atomic.Int32 // WatchOptions.Ready: once, when watching
-
-	// The watcher's thread: a new mount namespace holding the tmpfs.
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		fail := func(err error) { nsReady <- nsInfo{err: err}; watchDone <- err }
-		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-			fail(err)
-			return
-		}
-		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-			fail(err)
-			return
-		}
-		if err := unix.Mount("dmsnaptest", base, "tmpfs", 0, "size=1m"); err != nil {
-			fail(err)
-			return
-		}
-		var st unix.Stat_t
-		if err := unix.Stat(base, &st); err != nil {
-			fail(err)
-			return
-		}
-		nsfd, err := unix.Open("/proc/thread-self/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			fail(err)
-			return
-		}
-		dev := session.DevNumFromRdev(st.Dev)
-		w.sys.Kernel.SetOriginDev("sdb1", dev)
-		m := w.manager()
-		m.Log = slog.New(slog.NewTextHandler(logs, nil))
-		// The tmpfs's own mount at base is not a mount of the origin.
-		m.ReadMounts = func() ([]session.MountInfo, error) {
-			f, err := os.Open("/proc/thread-self/mountinfo")
-			if err != nil {
-				return nil, err
-			}
-			defer f.Close()
-			ms, err := session.ParseMountInfo(f)
-			return slices.DeleteFunc(ms, func(mi session.MountInfo) bool { return mi.MountPoint == base }), err
-		}
-		nsReady <- nsInfo{fd: nsfd, dev: dev}
-		ready := func() { readyCalls.Add(1) }
-		watchDone <- m.Watch(ctx, session.WatchOptions{MountInfo: "/proc/thread-self/mountinfo", Interval: time.Hour, Retry: 50 * time.Millisecond, Ready: ready})
-	}()
-	ns := <-nsReady
-	if ns.err != nil {
-		t.Fatalf("set up the namespace: %v", ns.err)
-	}
-	defer unix.Close(ns.fd)
-
-	// The test's own thread joins that namespace to mount and unmount.
-	runtime.LockOSThread()
-	if err := unix.Unshare(unix.CLONE_FS); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Setns(ns.fd, unix.CLONE_NEWNS); err != nil {
-		t.Fatalf("join the namespace: %v", err)
-	}
-	// This thread is now in the test namespace for good: let it die with
-	// the test's goroutine (the test runner starts each test on its own).
-	bind := func() {
-		t.Helper()
-		if err := unix.Mount(base, point, "", unix.MS_BIND, ""); err != nil {
-			t.Fatal(err)
-		}
-	}
-	unbind := func() {
-		t.Helper()
-		if err := unix.Unmount(point, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ns := watchInNamespace(t, w, session.WatchOptions{Ready: func() { readyCalls.Add(1) }})
+	bind, unbind, logs := ns.bind, ns.unbind, ns.logs
 	// until waits for the registry to show sdb1's live session as n in
 	// state, with every older session gone.
 	until := func(n int, state session.SessionState) {
@@ -182,19 +97,211 @@ func TestWatchFollowsRealMounts(t *testing.T) {
 	until(4, session.SessionArmed)
 	w.steady(4, false)
 
-	cancel()
-	select {
-	case err := <-watchDone:
-		if err != nil {
-			t.Fatalf("Watch: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Watch did not stop with its context")
-	}
+	ns.stop()
 	if n := readyCalls.Load(); n != 1 {
 		t.Fatalf("WatchOptions.Ready called %d times, want once", n)
 	}
-	if err := unix.Unmount(base, 0); err != nil {
+}
+
+// watchNS is a watcher running against a real mount table in a private
+// mount namespace (see TestWatchFollowsRealMounts); the test's thread
+// joins the namespace, where bind and unbind mount and unmount the fake
+// origin.
+type watchNS struct {
+	bind, unbind func()
+	logs         *lockedBuffer
+	stop         func()
+}
+
+func watchInNamespace(t *testing.T, w *world, opt session.WatchOptions) watchNS {
+	t.Helper()
+	root := t.TempDir()
+	base, point := filepath.Join(root, "base"), filepath.Join(root, "mnt")
+	os.Mkdir(base, 0o755)
+	os.Mkdir(point, 0o755)
+
+	type nsInfo struct {
+		fd  int
+		dev session.DevNum
+		err error
+	}
+	nsReady := make(chan nsInfo, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	watchDone := make(chan error, 1)
+	logs := &lockedBuffer{}
+
+	// The watcher's thread: a new mount namespace holding the tmpfs.
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		fail := func(err error) { nsReady <- nsInfo{err: err}; watchDone <- err }
+		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+			fail(err)
+			return
+		}
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			fail(err)
+			return
+		}
+		if err := unix.Mount("dmsnaptest", base, "tmpfs", 0, "size=1m"); err != nil {
+			fail(err)
+			return
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(base, &st); err != nil {
+			fail(err)
+			return
+		}
+		nsfd, err := unix.Open("/proc/thread-self/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			fail(err)
+			return
+		}
+		dev := session.DevNumFromRdev(st.Dev)
+		w.sys.Kernel.SetOriginDev("sdb1", dev)
+		m := w.manager()
+		m.Log = slog.New(slog.NewTextHandler(logs, nil))
+		// The tmpfs's own mount at base is not a mount of the origin.
+		m.ReadMounts = func() ([]session.MountInfo, error) {
+			f, err := os.Open("/proc/thread-self/mountinfo")
+			if err != nil {
+				return nil, err
+			}
+			defer f.Close()
+			ms, err := session.ParseMountInfo(f)
+			return slices.DeleteFunc(ms, func(mi session.MountInfo) bool { return mi.MountPoint == base }), err
+		}
+		nsReady <- nsInfo{fd: nsfd, dev: dev}
+		opt.MountInfo, opt.Interval, opt.Retry = "/proc/thread-self/mountinfo", time.Hour, 50*time.Millisecond
+		watchDone <- m.Watch(ctx, opt)
+	}()
+	ns := <-nsReady
+	if ns.err != nil {
+		cancel()
+		t.Fatalf("set up the namespace: %v", ns.err)
+	}
+	t.Cleanup(func() { unix.Close(ns.fd) })
+
+	// The test's own thread joins that namespace to mount and unmount.
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_FS); err != nil {
 		t.Fatal(err)
+	}
+	if err := unix.Setns(ns.fd, unix.CLONE_NEWNS); err != nil {
+		t.Fatalf("join the namespace: %v", err)
+	}
+	// This thread is now in the test namespace for good: let it die with
+	// the test's goroutine (the test runner starts each test on its own).
+	return watchNS{
+		bind: func() {
+			t.Helper()
+			if err := unix.Mount(base, point, "", unix.MS_BIND, ""); err != nil {
+				t.Fatal(err)
+			}
+		},
+		unbind: func() {
+			t.Helper()
+			if err := unix.Unmount(point, 0); err != nil {
+				t.Fatal(err)
+			}
+		},
+		logs: logs,
+		stop: func() {
+			t.Helper()
+			cancel()
+			select {
+			case err := <-watchDone:
+				if err != nil {
+					t.Fatalf("Watch: %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Watch did not stop with its context")
+			}
+			if err := unix.Unmount(base, 0); err != nil {
+				t.Fatal(err)
+			}
+		},
+	}
+}
+
+// fakeReverter is session.Reverter noting its calls; its revert does the
+// bookkeeping of a real one (a rebase).
+type fakeReverter struct {
+	w     *world
+	mu    sync.Mutex
+	calls []string
+}
+
+func (f *fakeReverter) Hold(name string) (*os.File, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "hold "+name)
+	return os.Open(os.DevNull)
+}
+
+func (f *fakeReverter) Revert(ctx context.Context, name string, hold *os.File) error {
+	cur := f.w.device().Current()
+	f.mu.Lock()
+	f.calls = append(f.calls, fmt.Sprintf("revert %s held=%v live=%d %s", name, hold != nil, cur.N, cur.State))
+	f.mu.Unlock()
+	if hold != nil {
+		hold.Close()
+	}
+	return f.w.manager().Rebase(ctx, name, 0)
+}
+
+func (f *fakeReverter) seen() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
+
+// TestWatchRevertsAtUnmount: on a device that reverts, the watcher holds
+// the origin as soon as it sees the unmount, before the session closes,
+// and reverts with that hold once the session is closed and the next one
+// armed; a device that keeps what sessions write is never held.
+func TestWatchRevertsAtUnmount(t *testing.T) {
+	w := newWorld(t)
+	w.activateReverting()
+	rv := &fakeReverter{w: w}
+	ns := watchInNamespace(t, w, session.WatchOptions{Revert: rv})
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s; calls %v; log:\n%s", what, rv.seen(), ns.logs.String())
+			}
+		}
+	}
+	ns.bind()
+	waitFor("the mount to open session 1 with a revert pending", func() bool {
+		d := w.device()
+		cur := d.Current()
+		return cur != nil && cur.State == session.SessionOpen && d.RevertPending
+	})
+	if got := rv.seen(); len(got) != 0 {
+		t.Fatalf("calls while mounted: %v", got)
+	}
+	ns.unbind()
+	waitFor("the revert", func() bool { return len(rv.seen()) == 2 })
+	want := []string{"hold sdb1", "revert sdb1 held=true live=2 armed"}
+	if got := rv.seen(); !slices.Equal(got, want) {
+		t.Fatalf("calls %v, want %v", got, want)
+	}
+	if d := w.device(); d.RevertBase != 2 || d.RevertPending {
+		t.Fatalf("after the revert: base %d pending %v, want 2 false", d.RevertBase, d.RevertPending)
+	}
+
+	// Keep mode: the next mount and unmount make no call.
+	if _, err := w.manager().SetOnUnmount(bgctx, "sdb1", session.OnUnmountKeep); err != nil {
+		t.Fatal(err)
+	}
+	ns.bind()
+	waitFor("session 2 to open", func() bool { cur := w.device().Current(); return cur.N == 2 && cur.State == session.SessionOpen })
+	ns.unbind()
+	waitFor("session 3 to be armed", func() bool { cur := w.device().Current(); return cur.N == 3 && cur.State == session.SessionArmed })
+	ns.stop()
+	if got := rv.seen(); len(got) != 2 {
+		t.Fatalf("keep mode: calls %v", got)
 	}
 }

@@ -121,3 +121,19 @@ func TestPlanRetentionCountsOnlyRealRestorePoints(t *testing.T) {
 		t.Fatalf("after a restore to d_b: removes %v, want d_a", got)
 	}
 }
+
+// A device that reverts on unmount restores to the state before its base
+// session every time: neither the keep rules nor min-free remove it or a
+// later session.
+func TestPlanRetentionKeepsTheRevertBase(t *testing.T) {
+	base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	infos := retentionInfos(base, base.Add(time.Hour), base.Add(2*time.Hour), base.Add(3*time.Hour))
+	p := PlanRetention(infos, RetentionRequest{Name: "d", Policy: Retention{KeepLast: 1}, Now: base.Add(4 * time.Hour), KeepFrom: 2})
+	if got := ids(p.Remove); !slices.Equal(got, []string{"d_a"}) {
+		t.Fatalf("keep-last 1 with the base at sequence 2: removes %v, want only d_a", got)
+	}
+	p = PlanRetention(infos, RetentionRequest{Name: "d", Policy: Retention{MinFree: 100}, Need: 100, Size: func(SessionInfo) int64 { return 10 }, KeepFrom: 2})
+	if got := ids(p.Remove); !slices.Equal(got, []string{"d_a"}) || !strings.Contains(p.Short, "reverts on unmount") {
+		t.Fatalf("min-free with the base at sequence 2: removes %v, short %q", got, p.Short)
+	}
+}

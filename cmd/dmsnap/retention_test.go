@@ -101,3 +101,37 @@ func TestFreeingStores(t *testing.T) {
 		t.Fatalf("after clear: %d", got)
 	}
 }
+
+// --on-unmount on activate and set: checked, recorded, shown by set and
+// status.
+func TestOnUnmountCommands(t *testing.T) {
+	w := newWorld(t)
+	w.sys.Prober.Add("/dev/sdb1", sdb1)
+	for _, args := range [][]string{
+		{"activate", "/dev/sdb1", "--on-unmount", "sometimes"},
+		{"set", "sdb1", "--on-unmount", "never"},
+	} {
+		if code, _, errOut := w.run(t, "", args...); code != exitUsage || !strings.Contains(errOut, "want keep or revert") {
+			t.Errorf("dmsnap %q: exit %d, want %d: %s", args, code, exitUsage, errOut)
+		}
+	}
+	if code, _, errOut := w.run(t, "", "activate", "/dev/sdb1", "--on-unmount", "revert"); code != exitOK {
+		t.Fatalf("activate: %s", errOut)
+	}
+	if d := w.registry(t).Device("sdb1"); !d.Reverts() || d.RevertBase != 1 || d.RevertPending {
+		t.Fatalf("after activate --on-unmount revert: %+v", d)
+	}
+	if code, out, _ := w.run(t, "", "status"); code != exitOK || !strings.Contains(out, "on unmount: revert, to the state before session 1") {
+		t.Fatalf("status: exit %d\n%s", code, out)
+	}
+	if code, out, errOut := w.run(t, "", "set", "sdb1", "--on-unmount", "keep", "--json"); code != exitOK || !strings.Contains(out, `"on_unmount": "keep"`) {
+		t.Fatalf("set keep: exit %d\n%s%s", code, out, errOut)
+	}
+	if d := w.registry(t).Device("sdb1"); d.Reverts() || d.RevertBase != 0 {
+		t.Fatalf("after set --on-unmount keep: %+v", d)
+	}
+	// A retention change alone leaves the mode, and says it.
+	if code, out, errOut := w.run(t, "", "set", "sdb1", "--keep-last", "2"); code != exitOK || !strings.Contains(out, "on unmount: keep") {
+		t.Fatalf("set --keep-last: exit %d\n%s%s", code, out, errOut)
+	}
+}
