@@ -9,7 +9,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/restore"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/snapstore"
@@ -41,6 +40,7 @@ type Pending struct {
 	dev      *probe
 	hold     *os.File
 	write    string
+	real     bool // write is -real (NoUndo): held by device-mapper, opened without O_EXCL
 	through  string
 	Summary  restore.Summary // what the plan writes (before the armed session joins it)
 	Warnings []string
@@ -117,7 +117,6 @@ func (r *Restorer) Prepare(ctx context.Context, sessions []snapstore.SessionInfo
 func (pd *Pending) Run(ctx context.Context) (*Result, error) {
 	defer pd.Close()
 	r, chain, p := pd.r, pd.chain, pd.plan
-	stack := dm.Stack{Name: r.Name}
 	var m *session.Manager
 	var fallback *MergeInfo // --merge refused by the kernel: the normal restore runs
 	if r.Active != nil {
@@ -143,7 +142,11 @@ func (pd *Pending) Run(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 		if pd.opt.NoUndo {
-			pd.write, pd.through = stack.RealPath(), stack.RealPath()
+			real, _, err := r.cfg.kernel().Real(r.Name)
+			if err != nil {
+				return nil, err
+			}
+			pd.write, pd.through, pd.real = real, real, true
 		}
 		if pd.opt.Merge {
 			res, mj, err := r.restoreMerge(ctx, p, chain)
@@ -155,7 +158,7 @@ func (pd *Pending) Run(ctx context.Context) (*Result, error) {
 	}
 	var dst *os.File
 	var err error
-	if pd.write == stack.RealPath() {
+	if pd.real {
 		// -real is held by device-mapper: no exclusive open, but the origin
 		// stays held exclusively above.
 		if dst, err = os.OpenFile(pd.write, os.O_RDWR, 0); err != nil {
