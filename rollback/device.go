@@ -164,9 +164,12 @@ func (pd *Pending) Run(ctx context.Context) (*Result, error) {
 		if dst, err = os.OpenFile(pd.write, os.O_RDWR, 0); err != nil {
 			return nil, err
 		}
-	} else {
-		dst, pd.hold = pd.hold, nil
+	} else if dst = pd.hold; r.Active == nil {
+		pd.hold = nil // the raw device: closed after the write
 	}
+	// An activated device's origin stays held until the session that
+	// recorded the restore is closed (Run's deferred Close): a mount
+	// before that would write into it.
 	res, err := p.Apply(ctx, dst, restore.ApplyOptions{SkipVerify: true, TargetSize: pd.dev.size, Progress: r.cfg.progress()})
 	if r.Active != nil && pd.opt.NoUndo {
 		// The origin's page cache may hold blocks written behind its back.
@@ -174,7 +177,11 @@ func (pd *Pending) Run(ctx context.Context) (*Result, error) {
 			unix.IoctlSetInt(int(pd.hold.Fd()), unix.BLKFLSBUF, 0)
 		}
 	}
-	if cerr := dst.Close(); err == nil {
+	cerr := dst.Sync()
+	if dst != pd.hold {
+		cerr = errors.Join(cerr, dst.Close())
+	}
+	if err == nil {
 		err = cerr
 	}
 	undoable := r.Active != nil && !pd.opt.NoUndo

@@ -112,19 +112,29 @@ func (r *Restorer) startMerge(ctx context.Context, p *restore.Plan, target snaps
 	}
 	// A device that reverts on unmount puts back the state this restore
 	// gives from now on: the state before target. A pending revert is
-	// done by this restore (the record carries it through a crash).
-	if r.Active.Reverts() {
-		if err := session.RebaseSaved(state, r.Name, target.Sequence); err != nil {
-			return nil, fmt.Errorf("the merge of %s is recorded, but recording the restored state as the one its reverts put back failed (dmsnap watch goes on with the merge): %w", r.Name, err)
-		}
-	}
-	session.Crashpoint(session.CrashpointMergeRecorded)
-	if err := k.StartMerge(r.Name, mg.COW, r.Active.ChunkSectors()); err != nil {
+	// done by this restore (the record carries it through a crash); it is
+	// pending again if the kernel does not take the merge.
+	undo := func(err error) (*session.Merge, error) {
 		if serr := session.SaveMerges(state, ms); serr != nil {
 			return nil, errors.Join(err, serr)
 		}
 		os.Remove(mg.COW)
 		return nil, err
+	}
+	var was session.RevertState
+	if r.Active.Reverts() {
+		if was, err = session.SetRevertState(state, r.Name, session.RevertState{Base: target.Sequence}); err != nil {
+			return undo(fmt.Errorf("recording the restored state as the one the reverts of %s put back: %w; nothing was written", r.Name, err))
+		}
+	}
+	session.Crashpoint(session.CrashpointMergeRecorded)
+	if err := k.StartMerge(r.Name, mg.COW, r.Active.ChunkSectors()); err != nil {
+		if r.Active.Reverts() {
+			if _, rerr := session.SetRevertState(state, r.Name, was); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}
+		return undo(err)
 	}
 	session.Crashpoint(session.CrashpointMergeLoaded)
 	mg.Phase = session.MergeRunning

@@ -30,9 +30,10 @@ const mergePoll = 250 * time.Millisecond
 // revert pending): an instant restore to the state before session
 // RevertBase, which the device shows as soon as Revert returns. hold is the
 // origin opened exclusively by the caller (nil: Revert opens it, and fails
-// when the device is in use); Revert closes it. An instant restore still
-// merging (the last revert's, when the device was mounted and unmounted
-// again meanwhile) is waited for, holding the device. A device with
+// when the device is in use); Revert closes it, except when it returns
+// ErrMergeRunning (a hold Revert took itself is closed then): an instant restore still merging (the last revert's,
+// when the device was mounted and unmounted again meanwhile) must end
+// first, and the caller keeps the hold and calls again. A device with
 // nothing to revert gives a nil Result.
 func Revert(ctx context.Context, cfg Config, name string, hold *os.File) (*Result, error) {
 	release := func() {
@@ -40,15 +41,18 @@ func Revert(ctx context.Context, cfg Config, name string, hold *os.File) (*Resul
 			hold.Close()
 		}
 	}
-	if hold == nil {
+	own := hold == nil
+	if own {
 		h, err := openExclusive(cfg.originPath(name))
 		if err != nil {
 			return nil, fmt.Errorf("revert %s: %w", name, err)
 		}
 		hold = h
 	}
-	if err := waitMerge(ctx, cfg, name); err != nil {
-		release()
+	if err := mergeDone(ctx, cfg, name); err != nil {
+		if own || !errors.Is(err, ErrMergeRunning) {
+			release()
+		}
 		return nil, err
 	}
 	if err := finishClosing(ctx, cfg, name); err != nil {
@@ -122,33 +126,33 @@ func finishClosing(ctx context.Context, cfg Config, name string) error {
 	return nil
 }
 
-// waitMerge waits until device name has no instant restore recorded,
-// finishing it when the kernel is done (FinishMerges, as the watcher's
-// beat does). A merge the kernel stopped is an error.
-func waitMerge(ctx context.Context, cfg Config, name string) error {
-	for {
-		ms, err := session.LoadMerges(cfg.State)
-		if err != nil {
-			return err
-		}
-		if session.FindMerge(ms, name) == nil {
-			return nil
-		}
-		outs, err := cfg.Manager().FinishMerges(ctx, system.Merges{})
-		if err != nil {
-			return fmt.Errorf("revert %s: the instant restore before it: %w", name, err)
-		}
-		for _, o := range outs {
-			if o.Merge.Device == name && o.Problem != "" {
-				return fmt.Errorf("revert %s: the instant restore before it: %s", name, o.Problem)
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(mergePoll):
+// ErrMergeRunning: a revert has to wait for an instant restore of the
+// device still merging (the last revert's, when the device was mounted and
+// unmounted again meanwhile); Revert then leaves the hold open.
+var ErrMergeRunning = errors.New("an instant restore of the device is still merging")
+
+// mergeDone finishes the instant restore of device name when the kernel
+// is done with it (FinishMerges, as the watcher's beat does) and reports
+// ErrMergeRunning while it is not. A merge the kernel stopped is an error.
+func mergeDone(ctx context.Context, cfg Config, name string) error {
+	ms, err := session.LoadMerges(cfg.State)
+	if err != nil || session.FindMerge(ms, name) == nil {
+		return err
+	}
+	// Errors of other devices' merges are theirs (the watcher logs them).
+	outs, _ := cfg.Manager().FinishMerges(ctx, system.Merges{})
+	for _, o := range outs {
+		if o.Merge.Device == name && o.Problem != "" {
+			return fmt.Errorf("revert %s: the instant restore before it: %s", name, o.Problem)
 		}
 	}
+	if ms, err = session.LoadMerges(cfg.State); err != nil {
+		return err
+	}
+	if mg := session.FindMerge(ms, name); mg != nil {
+		return fmt.Errorf("revert %s: %w (to the state before %s)", name, ErrMergeRunning, mg.Session)
+	}
+	return nil
 }
 
 // Reverter is session.Reverter on the running system, for the watcher.
@@ -169,11 +173,14 @@ const (
 	holdCheck = 10 * time.Millisecond
 )
 
-// Hold implements session.Reverter: it opens the origin exclusively,
-// retrying while the file system just unmounted still holds it, and
+// Hold implements session.Reverter: it opens the origin exclusively; with
+// wait, retrying while the file system just unmounted still holds it, and
 // giving up as soon as the mount table shows the device mounted again.
-func (rv Reverter) Hold(name string) (*os.File, error) {
+func (rv Reverter) Hold(name string, wait bool) (*os.File, error) {
 	path := rv.Cfg.originPath(name)
+	if !wait {
+		return openExclusive(path)
+	}
 	start := time.Now()
 	checked := start
 	for {
@@ -193,13 +200,13 @@ func (rv Reverter) Hold(name string) (*os.File, error) {
 }
 
 // Revert implements session.Reverter, logging what the revert did.
-func (rv Reverter) Revert(ctx context.Context, name string, hold *os.File) error {
+func (rv Reverter) Revert(ctx context.Context, name string, hold *os.File) (bool, error) {
 	res, err := Revert(ctx, rv.Cfg, name, hold)
-	if err != nil {
-		return err
+	if errors.Is(err, ErrMergeRunning) {
+		return false, nil
 	}
-	if res == nil {
-		return nil
+	if err != nil || res == nil {
+		return true, err
 	}
 	log := rv.Log
 	if log == nil {
@@ -210,5 +217,25 @@ func (rv Reverter) Revert(ctx context.Context, name string, hold *os.File) error
 		args = append(args, "no_instant_restore", res.Merge.FallbackReason)
 	}
 	log.Info("reverted on unmount", args...)
-	return nil
+	return true, nil
+}
+
+// RevertWaiting is Reverter.Revert for a caller with no watcher loop to
+// come back (attach): it waits, holding the device, while an instant
+// restore of it still merges.
+func (rv Reverter) RevertWaiting(ctx context.Context, name string, hold *os.File) error {
+	for {
+		done, err := rv.Revert(ctx, name, hold)
+		if done || err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			if hold != nil {
+				hold.Close()
+			}
+			return ctx.Err()
+		case <-time.After(mergePoll):
+		}
+	}
 }

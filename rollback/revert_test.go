@@ -3,6 +3,7 @@ package rollback_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -54,6 +55,7 @@ func TestRevert(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := w.read(t)
+	baseN := w.device(t).RevertBase
 	if res, err := rollback.Revert(ctx, cfg, "sdb1", nil); res != nil || err != nil {
 		t.Fatalf("nothing pending: %+v, %v", res, err)
 	}
@@ -71,11 +73,42 @@ func TestRevert(t *testing.T) {
 	if !bytes.Equal(w.read(t), base) {
 		t.Fatal("the device does not show the state before the base session")
 	}
-	if d := w.device(t); d.RevertPending || d.RevertBase != 1 {
-		t.Fatalf("after the revert: base %d pending %v, want 1 false", d.RevertBase, d.RevertPending)
+	if d := w.device(t); d.RevertPending || d.RevertBase != baseN {
+		t.Fatalf("after the revert: base %d pending %v, want %d false", d.RevertBase, d.RevertPending, baseN)
 	}
 	ms, err := session.LoadMerges(w.state)
 	if err != nil || len(ms) != 1 || ms[0].Session != s1 {
+		t.Fatalf("merge record %+v, %v", ms, err)
+	}
+
+	// A merge the kernel cannot start (not a refusal of the table, which
+	// falls back to writing the plan) leaves the revert pending, the base
+	// and the device as they were.
+	if err := session.SaveMerges(w.state, nil); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(ms[0].COW)
+	w.session(t, 4, 5)
+	w.setPending(t)
+	before := w.read(t)
+	k.failMerge = errors.New("no free loop device")
+	if _, err := rollback.Revert(ctx, cfg, "sdb1", nil); err == nil || !strings.Contains(err.Error(), "no free loop device") {
+		t.Fatalf("revert with the merge failing: %v", err)
+	}
+	if d := w.device(t); !d.RevertPending || d.RevertBase != baseN {
+		t.Fatalf("after a failed revert: base %d pending %v, want %d true", d.RevertBase, d.RevertPending, baseN)
+	}
+	if !bytes.Equal(w.read(t), before) {
+		t.Fatal("a failed revert changed the device")
+	}
+	if ms, err := session.LoadMerges(w.state); err != nil || len(ms) != 0 {
+		t.Fatalf("merge records after a failed revert: %+v, %v", ms, err)
+	}
+	k.failMerge = nil
+	if _, err := rollback.Revert(ctx, cfg, "sdb1", nil); err != nil || !bytes.Equal(w.read(t), base) {
+		t.Fatalf("the revert retried: %v (device as before the base: %v)", err, bytes.Equal(w.read(t), base))
+	}
+	if ms, err = session.LoadMerges(w.state); err != nil || len(ms) != 1 {
 		t.Fatalf("merge record %+v, %v", ms, err)
 	}
 
@@ -98,11 +131,11 @@ func TestRevert(t *testing.T) {
 			}
 		}
 	}
-	before := w.read(t)
+	before = w.read(t)
 	if _, err := rollback.Revert(ctx, cfg, "sdb1", nil); err == nil || !strings.Contains(err.Error(), "pruned?") {
 		t.Fatalf("revert with its base pruned: %v", err)
 	}
-	if !bytes.Equal(w.read(t), before) || k.merged != 1 {
+	if !bytes.Equal(w.read(t), before) || k.merged != 2 {
 		t.Fatal("a refused revert changed the device")
 	}
 }

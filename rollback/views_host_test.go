@@ -25,6 +25,7 @@ type fakeKernel struct {
 	// crash panics in the named method, before its effect or after.
 	crashBefore, crashAfter string
 	refuseMerge             bool
+	failMerge               error // StartMerge fails so (not a refusal of the table)
 	merged                  int
 }
 
@@ -116,6 +117,9 @@ func (k *fakeKernel) StartMerge(_, cowFile string, _ uint32) error {
 	return k.step("StartMerge", func() error {
 		if k.refuseMerge {
 			return fmt.Errorf("%w: load table: invalid argument", rollback.ErrMergeRefused)
+		}
+		if k.failMerge != nil {
+			return k.failMerge
 		}
 		img, err := k.apply(cowFile)
 		if err != nil {

@@ -111,6 +111,10 @@ func (m *Manager) mounts() ([]MountInfo, error) {
 type Report struct {
 	Done   []Action
 	Issues []Issue
+	// Hold is the origin of device HoldName, held for its pending revert
+	// (AttachOptions.Hold); the caller reverts and closes it.
+	Hold     *os.File
+	HoldName string
 }
 
 // Lock takes the host lock (when m.HostLock is set) and the state
@@ -1000,6 +1004,12 @@ type AttachOptions struct {
 	// another controller, a partition table rewritten). The caller asks for
 	// the control password first.
 	ForceIdentity bool
+	// Hold, when set, opens an origin exclusively (Reverter.Hold without
+	// waiting): Attach calls it under the lock, as soon as the stack of a
+	// device whose revert on unmount is pending is up and not mounted, so
+	// that nothing mounts the device before the caller has reverted it
+	// (Report.Hold).
+	Hold func(name string) (*os.File, error)
 }
 
 // Attach brings protection back for an activated device that (re)appeared
@@ -1049,6 +1059,21 @@ func (m *Manager) Attach(ctx context.Context, devicePath string, opts AttachOpti
 		rep, err = m.reconcile(ctx, reg, scope{only: []string{d.Name}, hints: map[string]string{d.Name: devicePath}, forced: opts.ForceIdentity, deferConvert: true})
 		if err != nil {
 			return deviceErr(op, d.Name, "", err)
+		}
+		if d = reg.Device(d.Name); opts.Hold != nil && d != nil && d.Reverts() && d.RevertPending {
+			table, err := m.mounts()
+			if err != nil {
+				return deviceErr(op, d.Name, "", err)
+			}
+			if len(MountsByDev(table, nil)[d.Origin]) == 0 {
+				// Busy: someone else holds it (the watcher, for this very
+				// revert), and reverts it.
+				if f, err := opts.Hold(d.Name); err == nil {
+					rep.Hold, rep.HoldName = f, d.Name
+				} else {
+					m.log().Warn("attach: the device's revert is pending, but it is held by another", "device", d.Name, "err", err)
+				}
+			}
 		}
 		return nil
 	})

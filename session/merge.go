@@ -307,8 +307,12 @@ func (m *Manager) finishMerge(ctx context.Context, reg *Registry, k MergeKernel,
 		if i < 0 || !stacks[i].Complete() {
 			return o, nil // the stack comes back first
 		}
-		if stacks[i].OriginOpen > 0 {
-			o.Problem = "the stack was rebuilt in the middle of an instant restore (a reboot?) and the device is in use: it shows a half-merged state; unmount it, and the watcher resumes the merge"
+		table, err := m.mounts()
+		if err != nil {
+			return o, err
+		}
+		if len(MountsByDev(table, nil)[d.Origin]) > 0 {
+			o.Problem = "the stack was rebuilt in the middle of an instant restore (a reboot?) and the device is mounted: it shows a half-merged state; unmount it, and the watcher resumes the merge"
 			log.Error("merge interrupted and the device is in use", "cow", mg.COW)
 			return o, nil
 		}
@@ -339,6 +343,11 @@ func (m *Manager) finishMerge(ctx context.Context, reg *Registry, k MergeKernel,
 	if cur == nil || cur.N != mg.Recording || cur.State != SessionArmed || !ran {
 		return o, nil
 	}
+	if d.Reverts() {
+		// The watcher closes it, holding the device, once it can prove
+		// nothing was mounted since (advanceRevertBase).
+		return o, nil
+	}
 	stacks, err := m.Kernel.Stacks(ctx)
 	if err != nil {
 		return o, err
@@ -357,14 +366,6 @@ func (m *Manager) finishMerge(ctx context.Context, reg *Registry, k MergeKernel,
 	}
 	o.Undo = filepath.Base(dir)
 	log.Info("closed the session that recorded the merge; restore it to undo the restore", "undo_session", o.Undo)
-	if d := reg.Device(mg.Device); d != nil && d.Reverts() && !d.RevertPending {
-		// The session armed now starts from the restored state, with
-		// nothing mounted since: reverts put back the state before it,
-		// and the sessions before it may go by retention.
-		d.Rebase(0)
-		if err := reg.Save(m.StateDir); err != nil {
-			return o, err
-		}
-	}
+
 	return o, nil
 }

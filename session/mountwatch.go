@@ -152,6 +152,35 @@ func (t *MountTable) Wait(ctx context.Context) error {
 	return werr
 }
 
+// Changed reports, without waiting, whether the mount table changed since
+// the last Wait or Changed: the kernel's change flag is consumed, so a
+// caller told true must read the table (as after Wait) or the change is
+// lost.
+func (t *MountTable) Changed() (bool, error) {
+	sc, err := t.f.SyscallConn()
+	if err != nil {
+		return false, err
+	}
+	var changed bool
+	var perr error
+	cerr := sc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLPRI}}
+		for {
+			_, err := unix.Poll(fds, 0)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			perr = err
+			changed = fds[0].Revents&(unix.POLLPRI|unix.POLLERR) != 0
+			return
+		}
+	})
+	if cerr != nil {
+		return false, cerr
+	}
+	return changed, perr
+}
+
 func (t *MountTable) interrupt() {
 	var one [8]byte
 	binary.NativeEndian.PutUint64(one[:], 1) // an eventfd counter is a host-endian u64

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
+	"time"
 )
 
 // Revert on unmount (`dmsnap activate --on-unmount revert`, README "Revert
@@ -71,19 +74,31 @@ func (d *Device) Rebase(n int) {
 	d.RevertBase, d.RevertPending = n, pending
 }
 
-// RebaseSaved is Rebase on the registry in stateDir, for a caller that
-// holds the lock already (an instant restore being recorded).
-func RebaseSaved(stateDir, name string, n int) error {
+// RevertState is a device's revert base and pending flag.
+type RevertState struct {
+	Base    int
+	Pending bool
+}
+
+// SetRevertState sets device name's revert base and pending flag in the
+// registry in stateDir, for a caller that holds the lock already (an
+// instant restore being recorded), and returns what they were. A device
+// that does not revert is left alone; a base below 1 is refused.
+func SetRevertState(stateDir, name string, st RevertState) (RevertState, error) {
 	reg, err := LoadRegistry(stateDir)
 	if err != nil {
-		return err
+		return RevertState{}, err
 	}
 	d := reg.Device(name)
 	if d == nil || !d.Reverts() {
-		return nil
+		return RevertState{}, nil
 	}
-	d.Rebase(n)
-	return reg.Save(stateDir)
+	was := RevertState{Base: d.RevertBase, Pending: d.RevertPending}
+	if st.Base < 1 {
+		return was, fmt.Errorf("session number %d: the sessions of a device that reverts on unmount must be numbered (a session older than dmsnap's sequence numbers cannot be the state its reverts put back)", st.Base)
+	}
+	d.RevertBase, d.RevertPending = st.Base, st.Pending
+	return was, reg.Save(stateDir)
 }
 
 // Rebase is Device.Rebase under the lock (after a restore that wrote the
@@ -130,6 +145,21 @@ func (m *Manager) SetOnUnmount(ctx context.Context, arg, mode string) (*Device, 
 			if cur == nil || cur.State == SessionArming {
 				return deviceErrf(op, d.Name, "dmsnap attach it first", nil, "no armed session")
 			}
+			if cur.State == SessionArmed {
+				// The armed session may hold writes from before now (an
+				// instant restore's): the base is a session armed now.
+				cur.State = SessionClosing
+				if err := reg.Save(m.StateDir); err != nil {
+					return deviceErr(op, d.Name, "", err)
+				}
+				if _, err := m.reconcile(ctx, reg, scope{only: []string{d.Name}}); err != nil {
+					return deviceErr(op, d.Name, "", err)
+				}
+				d = reg.Device(d.Name)
+				if cur = d.Current(); cur == nil || cur.State != SessionArmed {
+					return deviceErrf(op, d.Name, "dmsnap status says why", nil, "no session armed after closing the last one")
+				}
+			}
 			d.OnUnmount, d.RevertBase = OnUnmountRevert, cur.N
 			d.RevertPending = cur.State == SessionOpen || cur.State == SessionOpening
 		default:
@@ -149,13 +179,20 @@ func (m *Manager) SetOnUnmount(ctx context.Context, arg, mode string) (*Device, 
 // on the running system).
 type Reverter interface {
 	// Hold opens device name's origin exclusively, so that nothing mounts
-	// it until its revert has started; it is called as soon as an unmount
-	// of a device that reverts is seen.
-	Hold(name string) (*os.File, error)
-	// Revert reverts device name; hold, when not nil, is its Hold (Revert
-	// closes it). A device in use (mounted again) is left pending.
-	Revert(ctx context.Context, name string, hold *os.File) error
+	// it until its revert has started. With wait, it retries while the
+	// file system just unmounted still has the device; without, a busy
+	// device is an error at once.
+	Hold(name string, wait bool) (*os.File, error)
+	// Revert reverts device name with hold (nil: Revert takes its own).
+	// done is false when the revert has to wait (an instant restore of the
+	// device still merges): hold, not closed, is to be kept and Revert
+	// called again later. Otherwise Revert has closed hold.
+	Revert(ctx context.Context, name string, hold *os.File) (done bool, err error)
 }
+
+// revertRetry is how soon the watcher comes back to a revert that waits
+// for an instant restore, holding the device meanwhile.
+const revertRetry = time.Second
 
 // holdReverts holds the origins of the devices that revert among those
 // events unmounted, before their sessions close.
@@ -172,7 +209,7 @@ func (m *Manager) holdReverts(events []MountEvent, rv Reverter, holds map[string
 		if e.Kind != DeviceUnmounted || d == nil || !d.Reverts() || holds[d.Name] != nil {
 			continue
 		}
-		f, err := rv.Hold(d.Name)
+		f, err := rv.Hold(d.Name, true)
 		if err != nil {
 			// Mounted again already: the revert waits for the next unmount.
 			m.log().Warn("cannot hold the device for its revert (mounted again?): it reverts at the next unmount", "device", d.Name, "err", err)
@@ -184,43 +221,81 @@ func (m *Manager) holdReverts(events []MountEvent, rv Reverter, holds map[string
 }
 
 // runReverts reverts every device whose revert is pending and that is not
-// mounted, with the hold taken at its unmount when there is one; holds of
-// devices with nothing (left) to revert are let go. Devices with events
-// still queued wait for them.
-func (m *Manager) runReverts(ctx context.Context, rv Reverter, holds map[string]*os.File, queued []MountEvent) {
+// mounted, with the hold taken at its unmount when there is one, and moves
+// the revert base of a device whose last revert has finished copying
+// (advanceRevertBase). Holds of devices with nothing (left) to revert are
+// let go; devices with events still queued wait for them. unchanged
+// reports whether the mount table is as the watcher last read it. It
+// returns whether a revert is waiting (the watcher then comes back soon).
+func (m *Manager) runReverts(ctx context.Context, rv Reverter, holds map[string]*os.File, queued []MountEvent, unchanged func() bool) bool {
 	if rv == nil {
-		return
+		return false
 	}
 	reg, err := m.Registry()
 	if err != nil {
 		m.log().Error("read registry", "err", err)
-		return
+		return false
 	}
 	table, err := m.mounts()
 	if err != nil {
 		m.log().Error("read mount table", "err", err)
-		return
+		return false
+	}
+	ms, err := LoadMerges(m.StateDir)
+	if err != nil {
+		m.log().Error("read merges", "err", err)
+		return false
+	}
+	stacks, err := m.Kernel.Stacks(ctx)
+	if err != nil {
+		m.log().Error("read the stacks", "err", err)
+		return false
 	}
 	mounted := MountsByDev(table, nil)
 	waiting := map[DevNum]bool{}
 	for _, e := range queued {
 		waiting[e.Dev] = true
 	}
+	again := false
 	for _, d := range reg.Devices {
 		hold := holds[d.Name]
 		delete(holds, d.Name)
 		switch {
-		case !d.Reverts() || !d.RevertPending || d.State != DeviceActive:
+		case !d.Reverts() || d.State != DeviceActive:
 		case waiting[d.Origin]:
 			if hold != nil {
 				holds[d.Name] = hold
 			}
 			continue
+		case !d.RevertPending && len(mounted[d.Origin]) == 0 && baseWritten(stacks, d):
+			// The base session took writes with no mount the watcher saw
+			// (a mount and unmount while it was busy, or a write to the
+			// unmounted device): put the device back all the same.
+			if err := m.markRevertPending(ctx, d.Name); err != nil {
+				m.log().Error("marking a revert pending", "device", d.Name, "err", err)
+				break
+			}
+			m.log().Warn("the device was written with no mount seen: reverting it", "device", d.Name)
+			again = true // reverted on the next pass, as pending
+			if hold != nil {
+				holds[d.Name] = hold
+			}
+			continue
+		case !d.RevertPending:
+			if hold == nil && len(mounted[d.Origin]) == 0 && FindMerge(ms, d.Name) == nil && unchanged != nil {
+				m.advanceRevertBase(ctx, rv, d, unchanged)
+			}
 		case hold == nil && len(mounted[d.Origin]) > 0:
 			// Mounted: it reverts at its unmount.
 		default:
-			if err := rv.Revert(ctx, d.Name, hold); err != nil && ctx.Err() == nil {
+			done, err := rv.Revert(ctx, d.Name, hold)
+			switch {
+			case err != nil && ctx.Err() == nil:
 				m.log().Error("revert on unmount failed; the device keeps what the session wrote until a revert succeeds (retried on the watcher's beat)", "device", d.Name, "err", err)
+			case !done && hold != nil:
+				holds[d.Name], again = hold, true
+			case !done:
+				again = true
 			}
 			continue
 		}
@@ -233,5 +308,89 @@ func (m *Manager) runReverts(ctx context.Context, rv Reverter, holds map[string]
 			hold.Close()
 			delete(holds, name)
 		}
+	}
+	return again
+}
+
+// baseWritten reports whether d's live session is its revert base, armed,
+// and holds pre-images: the device changed since the state reverts put back.
+func baseWritten(stacks []StackInfo, d *Device) bool {
+	cur := d.Current()
+	if cur == nil || cur.State != SessionArmed || cur.N != d.RevertBase {
+		return false
+	}
+	i := slices.IndexFunc(stacks, func(s StackInfo) bool { return s.Name == d.Name })
+	if i < 0 {
+		return false
+	}
+	sn, ok := stacks[i].Snapshot(cur.N)
+	return ok && sn.State == SnapshotActive && sn.Allocated > sn.Metadata
+}
+
+// markRevertPending sets device name's pending revert.
+func (m *Manager) markRevertPending(ctx context.Context, name string) error {
+	return m.withLock(ctx, func(reg *Registry) error {
+		d := reg.Device(name)
+		if d == nil || !d.Reverts() || d.RevertPending {
+			return nil
+		}
+		d.RevertPending = true
+		return reg.Save(m.StateDir)
+	})
+}
+
+// advanceRevertBase closes the live session of device d when it is armed
+// and is not the revert base, and makes the session armed next the base.
+// That live session is the one that recorded d's last revert (or restore):
+// once the kernel has copied it back and nothing was mounted since, the
+// next session starts from the state reverts put back, and the sessions
+// before it may go by retention; the closed one undoes the revert. It
+// holds the device exclusively meanwhile, after which unchanged (no mount
+// or unmount the watcher has not seen yet) proves nothing was mounted
+// since: a mount and an unmount the watcher has not handled would have
+// written into the session closed here, past the base.
+func (m *Manager) advanceRevertBase(ctx context.Context, rv Reverter, d *Device, unchanged func() bool) {
+	if cur := d.Current(); cur == nil || cur.State != SessionArmed || cur.N == d.RevertBase {
+		return
+	}
+	hold, err := rv.Hold(d.Name, false)
+	if err != nil {
+		return // in use: a later beat
+	}
+	defer hold.Close()
+	if !unchanged() {
+		return
+	}
+	log := m.log().With("device", d.Name)
+	err = m.withLock(ctx, func(reg *Registry) error {
+		d := reg.Device(d.Name)
+		if d == nil || !d.Reverts() || d.RevertPending {
+			return nil
+		}
+		cur := d.Current()
+		if cur == nil || cur.State != SessionArmed || cur.N == d.RevertBase {
+			return nil
+		}
+		if ms, err := LoadMerges(m.StateDir); err != nil || FindMerge(ms, d.Name) != nil {
+			return err
+		}
+		dir := cur.Dir
+		cur.State = SessionClosing
+		if err := reg.Save(m.StateDir); err != nil {
+			return err
+		}
+		if _, err := m.reconcile(ctx, reg, scope{only: []string{d.Name}}); err != nil {
+			return fmt.Errorf("closing session %d, which recorded the revert: %w", cur.N, err)
+		}
+		d = reg.Device(d.Name)
+		d.Rebase(0)
+		if err := reg.Save(m.StateDir); err != nil {
+			return err
+		}
+		log.Info("closed the session that recorded the revert; restore it to undo the revert", "undo_session", filepath.Base(dir), "revert_base", d.RevertBase)
+		return nil
+	})
+	if err != nil && ctx.Err() == nil {
+		log.Error("moving the revert base", "err", err)
 	}
 }

@@ -2,6 +2,8 @@ package session_test
 
 import (
 	"errors"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -80,11 +82,13 @@ func TestSetOnUnmount(t *testing.T) {
 	if _, err := m.SetOnUnmount(bgctx, "sdb1", "sometimes"); err == nil || !strings.Contains(err.Error(), "want keep or revert") {
 		t.Fatalf("bad mode: %v", err)
 	}
-	// Switched on while armed: the device's state now is the base.
+	// Switched on while armed: the device's state now is the base, the
+	// start of a session armed for it (the armed one may hold writes).
 	d, err := m.SetOnUnmount(bgctx, "sdb1", session.OnUnmountRevert)
-	if err != nil || !d.Reverts() || d.RevertBase != 1 || d.RevertPending {
+	if err != nil || !d.Reverts() || d.RevertBase != 2 || d.RevertPending {
 		t.Fatalf("revert while armed: %+v, %v", d, err)
 	}
+	w.steady(2, false)
 	if d, err = m.SetOnUnmount(bgctx, "sdb1", session.OnUnmountKeep); err != nil || d.Reverts() || d.RevertBase != 0 || d.RevertPending {
 		t.Fatalf("keep: %+v, %v", d, err)
 	}
@@ -92,7 +96,7 @@ func TestSetOnUnmount(t *testing.T) {
 	// its unmount.
 	w.mount()
 	w.reconcile()
-	if d, err = m.SetOnUnmount(bgctx, "sdb1", session.OnUnmountRevert); err != nil || d.RevertBase != 1 || !d.RevertPending {
+	if d, err = m.SetOnUnmount(bgctx, "sdb1", session.OnUnmountRevert); err != nil || d.RevertBase != 2 || !d.RevertPending {
 		t.Fatalf("revert while mounted: %+v, %v", d, err)
 	}
 	w.unmount()
@@ -109,31 +113,58 @@ func TestSetOnUnmount(t *testing.T) {
 	}
 }
 
-// An instant restore that ends with nothing mounted closes the session
-// that recorded it; on a device that reverts, the session armed then is
-// the new base (it starts from the restored state). One mounted meanwhile
-// keeps the base where it was.
-func TestFinishedMergeMovesTheRevertBase(t *testing.T) {
+// An instant restore of a device that reverts leaves the session that
+// recorded it armed when it ends, and the base where the restore put it:
+// the watcher closes that session, holding the device, once it can prove
+// nothing was mounted since (TestWatchRevertsAtUnmount).
+func TestFinishedMergeOfARevertingDevice(t *testing.T) {
 	w := newWorld(t)
 	w.activateReverting()
 	w.startMerge(session.MergeRunning)
 	k := &fakeMerges{p: session.MergeProgress{Merging: true, Allocated: 16, Metadata: 16}}
-	if _, err := w.manager().FinishMerges(bgctx, k); err != nil {
-		t.Fatal(err)
+	outs, err := w.manager().FinishMerges(bgctx, k)
+	if err != nil || len(outs) != 1 || !outs[0].Finished || outs[0].Undo != "" {
+		t.Fatalf("%+v, %v", outs, err)
 	}
-	w.steady(2, false)
-	if base, pending := revertState(w.device()); base != 2 || pending {
-		t.Fatalf("after the merge: base %d pending %v, want 2 false", base, pending)
+	w.steady(1, false)
+	if base, pending := revertState(w.device()); base != 1 || pending {
+		t.Fatalf("after the merge: base %d pending %v, want 1 false", base, pending)
 	}
+}
 
-	w.startMerge(session.MergeRunning)
+// A power cut while a device that reverts is mounted: attach rebuilds the
+// stack (closing the session a crash left open is the watcher's) and
+// hands back the origin held, so nothing mounts it before the caller has
+// reverted it; a device with nothing pending, or mounted, is not held.
+func TestAttachHoldsAPendingRevert(t *testing.T) {
+	w := newWorld(t)
+	w.activateReverting()
 	w.mount()
 	w.reconcile()
-	k.p = session.MergeProgress{Merging: true, Allocated: 16, Metadata: 16}
-	if _, err := w.manager().FinishMerges(bgctx, k); err != nil {
+	w.sys.Reboot()
+	var held []string
+	hold := func(name string) (*os.File, error) {
+		held = append(held, name)
+		return os.Open(os.DevNull)
+	}
+	rep, err := w.manager().Attach(bgctx, rawDev, session.AttachOptions{Hold: hold})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if base, pending := revertState(w.device()); base != 2 || !pending {
-		t.Fatalf("merge ended under a mount: base %d pending %v, want 2 true", base, pending)
+	if rep.Hold == nil || rep.HoldName != "sdb1" || !slices.Equal(held, []string{"sdb1"}) {
+		t.Fatalf("attach with a revert pending: hold %v %q, calls %v", rep.Hold, rep.HoldName, held)
+	}
+	rep.Hold.Close()
+	if !w.device().RevertPending {
+		t.Fatal("attach cleared the pending revert")
+	}
+
+	// Nothing pending: no hold.
+	w2 := newWorld(t)
+	w2.activateReverting()
+	w2.sys.Reboot()
+	held = nil
+	if rep, err := w2.manager().Attach(bgctx, rawDev, session.AttachOptions{Hold: hold}); err != nil || rep.Hold != nil || len(held) != 0 {
+		t.Fatalf("attach with nothing pending: %+v, %v, calls %v", rep, err, held)
 	}
 }

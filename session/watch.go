@@ -99,7 +99,15 @@ func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 		}
 	}
 	note(m.watchReconcile(ctx))
-	m.runReverts(ctx, opt.Revert, holds, nil) // pending from before a restart
+	// changed: the mount table changed, as runReverts found when it looked
+	// (consuming the kernel's flag): read it at once.
+	changed := false
+	unchanged := func() bool {
+		c, err := table.Changed()
+		changed = changed || c || err != nil
+		return !c && err == nil
+	}
+	reverting := m.runReverts(ctx, opt.Revert, holds, nil, unchanged) // pending from before a restart
 	if opt.GrowEvery == 0 {
 		opt.GrowEvery = DefaultGrowEvery
 	}
@@ -119,14 +127,21 @@ func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 		wait := opt.Interval
 		if len(queue) > 0 {
 			wait = opt.Retry
+		} else if reverting {
+			wait = min(revertRetry, opt.Interval)
 		} else if failures > 0 {
 			// Back off: a failure that persists (a damaged session that
 			// will not convert) must not be retried every second.
 			wait = min(opt.Retry<<min(failures-1, 16), opt.Interval)
 		}
-		wctx, cancel := context.WithTimeout(ctx, wait)
-		err := table.Wait(wctx)
-		cancel()
+		var err error
+		if changed {
+			changed = false
+		} else {
+			wctx, cancel := context.WithTimeout(ctx, wait)
+			err = table.Wait(wctx)
+			cancel()
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -150,7 +165,7 @@ func (m *Manager) Watch(ctx context.Context, opt WatchOptions) error {
 		}
 		queue = m.handleEvents(ctx, queue)
 		note(m.watchReconcile(ctx))
-		m.runReverts(ctx, opt.Revert, holds, queue)
+		reverting = m.runReverts(ctx, opt.Revert, holds, queue, unchanged)
 		if opt.Settled != nil {
 			opt.Settled(ctx)
 		}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -172,7 +173,10 @@ func watchInNamespace(t *testing.T, w *world, opt session.WatchOptions) watchNS 
 			return slices.DeleteFunc(ms, func(mi session.MountInfo) bool { return mi.MountPoint == base }), err
 		}
 		nsReady <- nsInfo{fd: nsfd, dev: dev}
-		opt.MountInfo, opt.Interval, opt.Retry = "/proc/thread-self/mountinfo", time.Hour, 50*time.Millisecond
+		opt.MountInfo, opt.Retry = "/proc/thread-self/mountinfo", 50*time.Millisecond
+		if opt.Interval == 0 {
+			opt.Interval = time.Hour
+		}
 		watchDone <- m.Watch(ctx, opt)
 	}()
 	ns := <-nsReady
@@ -232,22 +236,32 @@ type fakeReverter struct {
 	calls []string
 }
 
-func (f *fakeReverter) Hold(name string) (*os.File, error) {
+func (f *fakeReverter) Hold(name string, wait bool) (*os.File, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls = append(f.calls, "hold "+name)
+	f.calls = append(f.calls, fmt.Sprintf("hold %s wait=%v", name, wait))
 	return os.Open(os.DevNull)
 }
 
-func (f *fakeReverter) Revert(ctx context.Context, name string, hold *os.File) error {
-	cur := f.w.device().Current()
+// Revert does what a revert does to the registry: the armed session is
+// closed (its pre-images join the plan), the next one records the
+// revert's instant restore, the base stays and the revert is no longer
+// pending.
+func (f *fakeReverter) Revert(ctx context.Context, name string, hold *os.File) (bool, error) {
+	d := f.w.device()
+	cur := d.Current()
 	f.mu.Lock()
 	f.calls = append(f.calls, fmt.Sprintf("revert %s held=%v live=%d %s", name, hold != nil, cur.N, cur.State))
 	f.mu.Unlock()
 	if hold != nil {
-		hold.Close()
+		defer hold.Close()
 	}
-	return f.w.manager().Rebase(ctx, name, 0)
+	m := f.w.manager()
+	if _, err := m.Rotate(ctx, name, "fake revert"); err != nil {
+		return true, err
+	}
+	_, err := session.SetRevertState(f.w.state, name, session.RevertState{Base: d.RevertBase})
+	return true, err
 }
 
 func (f *fakeReverter) seen() []string {
@@ -264,7 +278,7 @@ func TestWatchRevertsAtUnmount(t *testing.T) {
 	w := newWorld(t)
 	w.activateReverting()
 	rv := &fakeReverter{w: w}
-	ns := watchInNamespace(t, w, session.WatchOptions{Revert: rv})
+	ns := watchInNamespace(t, w, session.WatchOptions{Revert: rv, Interval: 50 * time.Millisecond})
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
 		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
@@ -283,13 +297,28 @@ func TestWatchRevertsAtUnmount(t *testing.T) {
 		t.Fatalf("calls while mounted: %v", got)
 	}
 	ns.unbind()
-	waitFor("the revert", func() bool { return len(rv.seen()) == 2 })
-	want := []string{"hold sdb1", "revert sdb1 held=true live=2 armed"}
+	// The hold at the unmount, the revert once session 1 is closed and 2
+	// armed; session 3 records the revert, and on a later beat, with
+	// nothing mounted since, the watcher holds the device again (without
+	// waiting), closes 3 and makes 4 the base.
+	waitFor("the revert and the base to move", func() bool { return w.device().RevertBase == 4 })
+	want := []string{"hold sdb1 wait=true", "revert sdb1 held=true live=2 armed", "hold sdb1 wait=false"}
 	if got := rv.seen(); !slices.Equal(got, want) {
 		t.Fatalf("calls %v, want %v", got, want)
 	}
-	if d := w.device(); d.RevertBase != 2 || d.RevertPending {
-		t.Fatalf("after the revert: base %d pending %v, want 2 false", d.RevertBase, d.RevertPending)
+	if d := w.device(); d.RevertPending || d.Current().N != 4 || d.Current().State != session.SessionArmed {
+		t.Fatalf("after the revert: %+v", d)
+	}
+	if !strings.Contains(ns.logs.String(), "undo_session=") {
+		t.Fatalf("the session that recorded the revert was not logged:\n%s", ns.logs.String())
+	}
+
+	// Writes to the unmounted base session (a mount and an unmount the
+	// watcher did not see) revert too.
+	w.sys.Kernel.SetSnapshotData("sdb1", 4, 8)
+	waitFor("a revert of the written base, and the base to move", func() bool { return w.device().RevertBase == 6 })
+	if got := rv.seen(); len(got) != 5 || got[3] != "revert sdb1 held=false live=4 armed" {
+		t.Fatalf("calls %v: want the written base reverted (a hold of its own) and the base moved", got)
 	}
 
 	// Keep mode: the next mount and unmount make no call.
@@ -297,11 +326,11 @@ func TestWatchRevertsAtUnmount(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns.bind()
-	waitFor("session 2 to open", func() bool { cur := w.device().Current(); return cur.N == 2 && cur.State == session.SessionOpen })
+	waitFor("session 6 to open", func() bool { cur := w.device().Current(); return cur.N == 6 && cur.State == session.SessionOpen })
 	ns.unbind()
-	waitFor("session 3 to be armed", func() bool { cur := w.device().Current(); return cur.N == 3 && cur.State == session.SessionArmed })
+	waitFor("session 7 to be armed", func() bool { cur := w.device().Current(); return cur.N == 7 && cur.State == session.SessionArmed })
 	ns.stop()
-	if got := rv.seen(); len(got) != 2 {
+	if got := rv.seen(); len(got) != 5 {
 		t.Fatalf("keep mode: calls %v", got)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -78,25 +79,25 @@ func runAttach(e *env, device, name string, force bool, pw *passwordFlags) error
 		return err
 	}
 	m := newManager(e)
-	rep, err := m.Attach(e.ctx, device, session.AttachOptions{Name: name, ForceIdentity: force})
+	log := slog.New(slog.NewTextHandler(e.stderr, nil))
+	rc := rollbackConfig(e)
+	rc.Progress, rc.Manager = nil, func() *session.Manager { return m }
+	rv := rollback.Reverter{Cfg: rc, Log: log}
+	// A device that reverts on unmount and was mounted when the system
+	// went down (or unmounted before its revert started) is held from the
+	// moment its stack is up, and reverted before anything can mount it.
+	rep, err := m.Attach(e.ctx, device, session.AttachOptions{Name: name, ForceIdentity: force,
+		Hold: func(name string) (*os.File, error) { return rv.Hold(name, false) }})
 	if err != nil {
 		return err
 	}
 	// The rebuilt stack has a snapshot-origin: a merge that ran before the
 	// reboot must go on now, before the half-merged device is mounted
 	// (the watcher would resume it too, but maybe only after a mount).
-	log := slog.New(slog.NewTextHandler(e.stderr, nil))
 	finishMerges(e.ctx, m, log)
-	// A device that reverts on unmount and was mounted when the system
-	// went down (or unmounted before its revert started): revert it now,
-	// before anything mounts it.
-	if reg, err := m.Registry(); err == nil {
-		if d, err := reg.Lookup(device); err == nil && d.Reverts() && d.RevertPending {
-			rc := rollbackConfig(e)
-			rc.Progress, rc.Manager = nil, func() *session.Manager { return m }
-			if err := (rollback.Reverter{Cfg: rc, Log: log}).Revert(e.ctx, d.Name, nil); err != nil {
-				return fmt.Errorf("attached %s, but its revert on unmount failed (the device keeps what its last session wrote; the watcher retries): %w", d.Name, err)
-			}
+	if rep.Hold != nil {
+		if err := rv.RevertWaiting(e.ctx, rep.HoldName, rep.Hold); err != nil {
+			return fmt.Errorf("attached %s, but its revert on unmount failed (the device keeps what its last session wrote; the watcher retries): %w", rep.HoldName, err)
 		}
 	}
 	res := struct {

@@ -36,6 +36,7 @@ type snap struct {
 	use   session.COWUse // SetCOWUse; GrowCOW moves FastEnd
 	base  []byte         // ModelData: the device when the snapshot was taken
 	chunk int            // ModelData: chunk size, bytes
+	data  uint64         // SetSnapshotData: sectors of pre-images, beyond the metadata
 }
 
 var _ session.Kernel = (*Kernel)(nil)
@@ -56,7 +57,7 @@ func (k *Kernel) Stacks(context.Context) ([]session.StackInfo, error) {
 			info.OriginOpen = 1
 		}
 		for _, s := range st.snaps {
-			info.Snapshots = append(info.Snapshots, session.SnapshotInfo{N: s.n, Dev: s.dev, State: s.state, Allocated: 16, Total: 1024, Metadata: 16})
+			info.Snapshots = append(info.Snapshots, session.SnapshotInfo{N: s.n, Dev: s.dev, State: s.state, Allocated: 16 + s.data, Total: 1024, Metadata: 16})
 		}
 		slices.SortFunc(info.Snapshots, func(a, b session.SnapshotInfo) int { return a.N - b.N })
 		out = append(out, info)
@@ -244,6 +245,20 @@ func (k *Kernel) SetOriginDev(name string, dev session.DevNum) {
 	defer k.sys.mu.Unlock()
 	if st, ok := k.stacks[name]; ok {
 		st.origin = dev
+	}
+}
+
+// SetSnapshotData makes snapshot n of stack name report sectors of
+// pre-images beyond its metadata (Stacks), as after writes to the origin.
+func (k *Kernel) SetSnapshotData(name string, n int, sectors uint64) {
+	k.sys.mu.Lock()
+	defer k.sys.mu.Unlock()
+	if st, ok := k.stacks[name]; ok {
+		for _, s := range st.snaps {
+			if s.n == n {
+				s.data = sectors
+			}
+		}
 	}
 }
 
