@@ -101,6 +101,10 @@ func (l Loop) WithRelease(release func() error) *Loop {
 	return &l
 }
 
+// openBacking opens a loop device's backing file (a variable for the
+// tests, which no kernel they run on refuses as 6.8's can).
+var openBacking = os.OpenFile
+
 // AttachLoop binds file to a free loop device.
 func AttachLoop(file string, opts LoopOptions) (*Loop, error) {
 	const op = "attach loop"
@@ -113,8 +117,13 @@ func AttachLoop(file string, opts LoopOptions) (*Loop, error) {
 		bflag |= unix.O_DSYNC
 		opts.DirectIO = false
 	}
-	bf, err := os.OpenFile(file, bflag|unix.O_CLOEXEC, 0)
+	bf, err := openBacking(file, bflag|unix.O_CLOEXEC, 0)
 	if err != nil {
+		if opts.BlockDevice && !opts.ReadOnly {
+			if werr := mountedWriteRefused(op, file, err); werr != nil {
+				return nil, werr
+			}
+		}
 		return nil, newError(op, file, err, "")
 	}
 	defer bf.Close()

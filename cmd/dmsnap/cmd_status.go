@@ -64,6 +64,9 @@ invalid, and anything that needs attention.
                  "cow_segments": 2,              targets of dmsnap-NAME-cowN: runs of cow.img
                                                 mapped so or not (each costs a flush per
                                                 exception commit)
+                 "cow_unmapped_reason": "...",  why nothing is mapped so, when nothing is
+                                                (a store on tmpfs or btrfs; a kernel that
+                                                refuses write opens of mounted devices)
                  "label": "...", "pinned": true}],  the live session's (label-next)
                                                (null snapshot: none in the kernel)
    "store_space": {"free_bytes": 1, "total_bytes": 2},   (null: store unreadable)
@@ -164,6 +167,7 @@ type liveSessionJSON struct {
 	CowTailWT     *bool                `json:"cow_tail_write_through,omitempty"`
 	CowFastBytes  *uint64              `json:"cow_fast_bytes,omitempty"`
 	CowSegments   int                  `json:"cow_segments,omitempty"`
+	CowUnmapped   string               `json:"cow_unmapped_reason,omitempty"`
 	Label         string               `json:"label,omitempty"` // label-next
 	Pinned        bool                 `json:"pinned,omitempty"`
 }
@@ -230,7 +234,7 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 				ls.Snapshot = &snapshotJSON{State: snap.State, CowUsedBytes: snap.Allocated * session.SectorSize,
 					CowSizeBytes: snap.Total * session.SectorSize, MetadataBytes: snap.Metadata * session.SectorSize}
 				c := system.InspectCOW(d.Name, s.N, s.Dir)
-				ls.CowDirectIO, ls.CowTailWT, ls.CowFastBytes, ls.CowSegments = c.DirectIO, c.TailWriteThrough, c.FastBytes, c.Segments
+				ls.CowDirectIO, ls.CowTailWT, ls.CowFastBytes, ls.CowSegments, ls.CowUnmapped = c.DirectIO, c.TailWriteThrough, c.FastBytes, c.Segments, c.Unmapped
 			}
 		}
 		out.Sessions = append(out.Sessions, ls)
@@ -417,6 +421,8 @@ func printDevice(e *env, d deviceJSON) {
 			case s.CowFastBytes == nil:
 			case *s.CowFastBytes > 0:
 				fmt.Fprintf(w, "    COW: %s of it goes straight to the store's device (cow.img, immutable), the rest to cow.tail through its filesystem (%d segments)\n", units.FormatBytes(*s.CowFastBytes), s.CowSegments)
+			case s.CowUnmapped != "":
+				fmt.Fprintf(w, "    COW: through the store's filesystem (%s)\n", s.CowUnmapped)
 			default:
 				fmt.Fprintln(w, "    COW: through the store's filesystem")
 			}

@@ -259,6 +259,7 @@ type statusOut struct {
 			CowDirectIO  *bool   `json:"cow_direct_io"`
 			CowTailWT    *bool   `json:"cow_tail_write_through"`
 			CowFastBytes *uint64 `json:"cow_fast_bytes"`
+			CowUnmapped  string  `json:"cow_unmapped_reason"`
 		} `json:"sessions"`
 		InvalidSessions []string `json:"invalid_sessions"`
 		Error           string   `json:"error"`
@@ -364,6 +365,11 @@ func TestCLISessionsThreeMounts(t *testing.T) {
 	if len(st.Devices) != 1 || len(st.Devices[0].Sessions) != 1 || st.Devices[0].Sessions[0].State != "armed" ||
 		st.Devices[0].Sessions[0].Snapshot == nil || st.Devices[0].Sessions[0].CowFastBytes == nil {
 		t.Errorf("status: %+v", st)
+	} else if s := st.Devices[0].Sessions[0]; (*s.CowFastBytes == 0) != (s.CowUnmapped != "") ||
+		(storeFS() == "tmpfs") != (s.CowUnmapped != "") {
+		// Only a store that cannot be mapped (tmpfs here) gives a reason;
+		// the kernel's write open of the mounted store device goes through.
+		t.Errorf("store on %s: %d bytes mapped straight, unmapped because %q", storeFS(), *s.CowFastBytes, s.CowUnmapped)
 	}
 	w.stop(t)
 	if log := w.log.String(); !strings.Contains(log, "device=vol") {
@@ -664,6 +670,9 @@ func TestCLIStoreFills(t *testing.T) {
 
 	raw := rawDevice(t, 32<<20)
 	c.activate(t, raw, "f")
+	if out := c.ok(t, "status"); !strings.Contains(out, "COW: through the store's filesystem (") || !strings.Contains(out, "is not ext2/3/4 or xfs") {
+		t.Errorf("status does not say why the COW on a tmpfs store goes through the file:\n%s", out)
+	}
 	w := c.watch(t)
 	mnt := t.TempDir()
 	origin := "/dev/mapper/dmsnap-f"

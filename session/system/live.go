@@ -24,6 +24,9 @@ type LiveCOW struct {
 	// loop device directly).
 	FastBytes *uint64
 	Segments  int
+	// Unmapped: why nothing of the COW goes straight to the store's
+	// device (dm.WhyUnmapped), when nothing does.
+	Unmapped string
 }
 
 // InspectCOW reads how session n of stack name, in directory dir, reaches
@@ -44,6 +47,9 @@ func InspectCOW(name string, n int, dir string) LiveCOW {
 	}
 	if c, err := (dm.Stack{Name: name}).COWInfo(n); err == nil {
 		out.FastBytes, out.Segments = &c.FastBytes, c.Segments
+		if c.FastBytes == 0 && dir != "" {
+			out.Unmapped = dm.WhyUnmapped(filepath.Join(dir, snapstore.CowFile))
+		}
 	}
 	return out
 }
