@@ -514,6 +514,31 @@ func configs(chunk int64) []config {
 	}
 }
 
+// Names of the attribution rows (attrib.go) in the gap part.
+const (
+	cfgHopLinear         = "by hand, COW: a dm-linear device over one loop device"
+	cfgStore             = "by hand, COW: one loop device over the mounted ext4 store's device (a file written ahead)"
+	cfgStoreLinear       = "by hand, COW: a dm-linear device over that loop device (one segment)"
+	cfgStoreLinearTail   = "by hand, COW: that and a second segment over a write-through tail loop device (dmsnap's shape)"
+	cfgFile              = "by hand, COW: one loop device over a tmpfs file (512-byte blocks, buffered)"
+	cfgFileDmsnapOptions = "by hand, COW: a dm-linear device over a loop device over a tmpfs file (4 KiB blocks, direct I/O asked: dmsnap's shape)"
+)
+
+// attribConfigs are the attribution rows (attrib.go).
+func attribConfigs(chunk int64) []config {
+	shaped := func(sh cowShape) func(int64, func(string) error) (*target, error) {
+		return func(size int64, prep func(string) error) (*target, error) { return setupShaped(size, chunk, sh, prep) }
+	}
+	return []config{
+		{cfgHopLinear, chunk, shaped(cowShape{linear: true})},
+		{cfgStore, chunk, shaped(cowShape{onStore: true})},
+		{cfgStoreLinear, chunk, shaped(cowShape{onStore: true, linear: true})},
+		{cfgStoreLinearTail, chunk, shaped(cowShape{onStore: true, linear: true, tail: true})},
+		{cfgFile, chunk, shaped(cowShape{file: true})},
+		{cfgFileDmsnapOptions, chunk, shaped(cowShape{file: true, dmsnap: true, linear: true})},
+	}
+}
+
 // The disks part: the device under test, LVM's PV and dmsnap's store each
 // on a virtio disk of its own, backed by a file on the host and opened
 // there with O_DIRECT (cache=none), so that a flush costs what the host's
