@@ -358,6 +358,7 @@ func (m *Manager) advanceRevertBase(ctx context.Context, rv Reverter, d *Device,
 		return // in use: a later beat
 	}
 	defer hold.Close()
+	held := time.Now()
 	if !unchanged() {
 		return
 	}
@@ -387,7 +388,8 @@ func (m *Manager) advanceRevertBase(ctx context.Context, rv Reverter, d *Device,
 		if err := reg.Save(m.StateDir); err != nil {
 			return err
 		}
-		log.Info("closed the session that recorded the revert; restore it to undo the revert", "undo_session", filepath.Base(dir), "revert_base", d.RevertBase)
+		log.Info("closed the session that recorded the revert; restore it to undo the revert", "undo_session", filepath.Base(dir), "revert_base", d.RevertBase,
+			"held", time.Since(held).Round(time.Millisecond))
 		return nil
 	})
 	if err != nil && ctx.Err() == nil {

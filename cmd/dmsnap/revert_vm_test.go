@@ -136,9 +136,11 @@ func TestRevertOnUnmount(t *testing.T) {
 	if n := mountRetrying(t, origin, mnt); n != 0 {
 		t.Fatalf("first mount failed %d times", n)
 	}
-	if _, _, pending, _ := c.revertStatus(t); !pending {
-		t.Fatalf("mounted: no revert pending")
-	}
+	// The watcher's open of the session saves the pending revert.
+	eventually(t, "a revert pending once the watcher has seen the mount", time.Minute, func() bool {
+		_, _, pending, _ := c.revertStatus(t)
+		return pending
+	})
 	writeCycle(t, mnt, 1)
 	const holding = "holding the device until its revert has started"
 	unmount()
@@ -213,5 +215,8 @@ func TestRevertOnUnmount(t *testing.T) {
 	unmount()
 	eventually(t, "the device back as the undo left it", 2*time.Minute, func() bool { return hash(t, origin) == restored })
 	w.stop(t)
+	for _, m := range regexp.MustCompile(`undo_session=\S+ revert_base=\d+ held=(\S+)`).FindAllStringSubmatch(w.log.String(), -1) {
+		t.Logf("the watcher held the device %s while it closed the session that recorded a revert", m[1])
+	}
 	t.Logf("6 mount cycles reverted; a mount after the watcher took the device failed %d times as busy before it went through", busy)
 }
