@@ -487,54 +487,69 @@ func stepOp(a Action) string {
 // apply performs one step. Steps that change the registry save it before
 // returning; intents are saved before the work they announce.
 func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
-	save := func() error { return reg.Save(m.StateDir) }
-	switch a.Kind {
-	case ActRemoveStack:
-		return m.Kernel.StackDown(ctx, a.Device)
-	case ActDiscardDir:
-		return m.Store.Discard(ctx, a.Dir)
-	case ActCloseDir:
-		return m.Store.MarkClosing(ctx, a.Dir)
-	case ActConvertDir:
-		return m.Store.Convert(ctx, a.Dir)
+	if done, err := m.applyStoreStep(ctx, a); done {
+		return err
 	}
-
 	d := reg.Device(a.Device)
 	if d == nil {
 		return fmt.Errorf("device %s is not in the registry", a.Device)
 	}
-	var s *Session
-	needSession := func() error {
-		if s = d.Session(a.Session); s == nil {
-			return fmt.Errorf("session %d is not in the registry", a.Session)
-		}
-		return nil
+	if done, err := m.applyDeviceStep(ctx, reg, d, a); done {
+		return err
 	}
+	s := d.Session(a.Session)
+	if s == nil {
+		return fmt.Errorf("session %d is not in the registry", a.Session)
+	}
+	return m.applySessionStep(ctx, reg, d, s, a)
+}
+
+// applyStoreStep performs the steps that need no registry record: they act
+// on the kernel or the store by name or directory alone. done is false for
+// any other step.
+func (m *Manager) applyStoreStep(ctx context.Context, a Action) (done bool, err error) {
+	switch a.Kind {
+	case ActRemoveStack:
+		return true, m.Kernel.StackDown(ctx, a.Device)
+	case ActDiscardDir:
+		return true, m.Store.Discard(ctx, a.Dir)
+	case ActCloseDir:
+		return true, m.Store.MarkClosing(ctx, a.Dir)
+	case ActConvertDir:
+		return true, m.Store.Convert(ctx, a.Dir)
+	}
+	return false, nil
+}
+
+// applyDeviceStep performs the steps on device d that need no session
+// record. done is false for any other step.
+func (m *Manager) applyDeviceStep(ctx context.Context, reg *Registry, d *Device, a Action) (done bool, err error) {
+	save := func() error { return reg.Save(m.StateDir) }
 	switch a.Kind {
 	case ActNoteOrigin:
 		d.Origin = a.Dev
-		return save()
+		return true, save()
 	case ActNoteIdentity:
 		if a.Identity == nil {
-			return errors.New("no identity to note")
+			return true, errors.New("no identity to note")
 		}
 		d.Identity.Stable = a.Identity.Stable
-		return save()
+		return true, save()
 	case ActStackUp:
 		if a.Image {
-			return m.stackUpImage(ctx, reg, d, a.Path)
+			return true, m.stackUpImage(ctx, reg, d, a.Path)
 		}
 		if !a.Dev.IsZero() && d.Identity.Dev != a.Dev {
 			d.Identity.Dev = a.Dev // the device came back under another number
 			if err := save(); err != nil {
-				return err
+				return true, err
 			}
 		}
-		return m.Kernel.StackUp(ctx, d.Name, a.Path)
+		return true, m.Kernel.StackUp(ctx, d.Name, a.Path)
 	case ActStackDown:
-		return m.Kernel.StackDown(ctx, d.Name)
+		return true, m.Kernel.StackDown(ctx, d.Name)
 	case ActRepair:
-		return m.Kernel.Repair(ctx, d.Name)
+		return true, m.Kernel.Repair(ctx, d.Name)
 	case ActNewSession:
 		if d.Session(a.Session) == nil {
 			d.Sessions = append(d.Sessions, &Session{N: a.Session, State: SessionArming, Armed: a.At.UTC()})
@@ -542,41 +557,29 @@ func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
 		if d.NextSession <= a.Session {
 			d.NextSession = a.Session + 1
 		}
-		return save()
+		return true, save()
 	case ActMarkActive:
 		d.State = DeviceActive
-		return save()
+		return true, save()
 	case ActForgetDevice:
 		reg.Remove(d.Name)
-		return save()
+		return true, save()
 	case ActRemoveSnapshot:
 		// Also for stray snapshots, which no session record owns.
-		return m.Kernel.RemoveSnapshot(ctx, d.Name, a.Session)
+		return true, m.Kernel.RemoveSnapshot(ctx, d.Name, a.Session)
 	}
+	return false, nil
+}
 
-	if err := needSession(); err != nil {
-		return err
-	}
+// applySessionStep performs the steps on session s of device d.
+func (m *Manager) applySessionStep(ctx context.Context, reg *Registry, d *Device, s *Session, a Action) error {
+	save := func() error { return reg.Save(m.StateDir) }
 	switch a.Kind {
 	case ActRelocate:
 		s.Dir = a.Dir
 		return save()
 	case ActArm:
-		// The checked real path, so that a symlink swapped after the check
-		// cannot redirect the new session.
-		store, err := trustdir.ResolveStore(d.Store)
-		if err != nil {
-			return err
-		}
-		dir, err := m.Store.ArmSession(ctx, store, ArmSpec{
-			Name: d.Name, DevicePath: d.Path, Identity: d.Identity, ChunkSize: d.ChunkSize, Armed: s.Armed,
-			Prealloc: d.Prealloc, Sequence: s.N,
-		})
-		if err != nil {
-			return err
-		}
-		s.Dir = dir
-		return save()
+		return m.armSession(ctx, reg, d, s)
 	case ActAttach:
 		if s.Dir == "" {
 			return errors.New("session has no directory")
@@ -586,19 +589,7 @@ func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
 		s.State = SessionArmed
 		return save()
 	case ActOpen:
-		s.State, s.Mounted, s.FSType = SessionOpening, a.At.UTC(), a.FSType
-		// Saved with the open: a crash while mounted still reverts.
-		d.RevertPending = d.RevertPending || d.Reverts()
-		if err := save(); err != nil {
-			return err
-		}
-		Crashpoint(CrashpointOpenMarked)
-		dir, err := m.Store.MarkMounted(ctx, s.Dir, s.Mounted, s.FSType)
-		if err != nil {
-			return err
-		}
-		s.Dir, s.State = dir, SessionOpen
-		return save()
+		return m.openSession(ctx, reg, d, s, a)
 	case ActClose:
 		s.State = SessionClosing
 		if !a.At.IsZero() {
@@ -606,39 +597,9 @@ func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
 		}
 		return save()
 	case ActInvalidate:
-		s.State, s.InvalidReason = SessionInvalid, a.Reason
-		if err := save(); err != nil {
-			return err
-		}
-		// Every restore point of the device goes through this session:
-		// they are all lost. Say so loudly, with the count.
-		lost, err := m.Store.RestorePoints(ctx, d.Store, d.Name)
-		if err != nil {
-			lost = -1
-		}
-		m.log().Error("session invalid: the kernel dropped its snapshot; its pre-images are incomplete, and no state before it can be restored any more",
-			"device", d.Name, "session", s.N, "dir", s.Dir, "reason", a.Reason, "restore_points_lost", lost)
-		return nil
+		return m.invalidateSession(ctx, reg, d, s, a)
 	case ActConvert:
-		// The store learns of the close here, right before converting, so
-		// a crash between the registry's "closing" and this step is
-		// finished by the same step.
-		var err error
-		switch {
-		case s.State == SessionInvalid:
-			err = m.Store.MarkInvalid(ctx, s.Dir, s.InvalidReason)
-			if err == nil && !s.Unmounted.IsZero() {
-				err = m.Store.MarkUnmounted(ctx, s.Dir, s.Unmounted)
-			}
-		case !s.Unmounted.IsZero():
-			err = m.Store.MarkUnmounted(ctx, s.Dir, s.Unmounted)
-		default:
-			err = m.Store.MarkClosing(ctx, s.Dir)
-		}
-		if err != nil && !isConverted(ctx, m.Store, s.Dir) {
-			return err
-		}
-		return m.Store.Convert(ctx, s.Dir)
+		return m.convertSession(ctx, s)
 	case ActDiscard:
 		return m.Store.Discard(ctx, s.Dir)
 	case ActForgetSession:
@@ -646,6 +607,85 @@ func (m *Manager) apply(ctx context.Context, reg *Registry, a Action) error {
 		return save()
 	}
 	return fmt.Errorf("unknown step %q", a.Kind)
+}
+
+// armSession creates session s's directory in the store and records it.
+func (m *Manager) armSession(ctx context.Context, reg *Registry, d *Device, s *Session) error {
+	// The checked real path, so that a symlink swapped after the check
+	// cannot redirect the new session.
+	store, err := trustdir.ResolveStore(d.Store)
+	if err != nil {
+		return err
+	}
+	dir, err := m.Store.ArmSession(ctx, store, ArmSpec{
+		Name: d.Name, DevicePath: d.Path, Identity: d.Identity, ChunkSize: d.ChunkSize, Armed: s.Armed,
+		Prealloc: d.Prealloc, Sequence: s.N,
+	})
+	if err != nil {
+		return err
+	}
+	s.Dir = dir
+	return reg.Save(m.StateDir)
+}
+
+// openSession records the mount of session s: in the registry first, then
+// in the store, then the registry again.
+func (m *Manager) openSession(ctx context.Context, reg *Registry, d *Device, s *Session, a Action) error {
+	save := func() error { return reg.Save(m.StateDir) }
+	s.State, s.Mounted, s.FSType = SessionOpening, a.At.UTC(), a.FSType
+	// Saved with the open: a crash while mounted still reverts.
+	d.RevertPending = d.RevertPending || d.Reverts()
+	if err := save(); err != nil {
+		return err
+	}
+	Crashpoint(CrashpointOpenMarked)
+	dir, err := m.Store.MarkMounted(ctx, s.Dir, s.Mounted, s.FSType)
+	if err != nil {
+		return err
+	}
+	s.Dir, s.State = dir, SessionOpen
+	return save()
+}
+
+// invalidateSession records that the kernel dropped session s's snapshot,
+// then logs the restore points lost with it.
+func (m *Manager) invalidateSession(ctx context.Context, reg *Registry, d *Device, s *Session, a Action) error {
+	s.State, s.InvalidReason = SessionInvalid, a.Reason
+	if err := reg.Save(m.StateDir); err != nil {
+		return err
+	}
+	// Every restore point of the device goes through this session:
+	// they are all lost. Say so loudly, with the count.
+	lost, err := m.Store.RestorePoints(ctx, d.Store, d.Name)
+	if err != nil {
+		lost = -1
+	}
+	m.log().Error("session invalid: the kernel dropped its snapshot; its pre-images are incomplete, and no state before it can be restored any more",
+		"device", d.Name, "session", s.N, "dir", s.Dir, "reason", a.Reason, "restore_points_lost", lost)
+	return nil
+}
+
+// convertSession tells the store how session s ended, then converts it.
+// The store learns of the close here, right before converting, so a crash
+// between the registry's "closing" and this step is finished by the same
+// step.
+func (m *Manager) convertSession(ctx context.Context, s *Session) error {
+	var err error
+	switch {
+	case s.State == SessionInvalid:
+		err = m.Store.MarkInvalid(ctx, s.Dir, s.InvalidReason)
+		if err == nil && !s.Unmounted.IsZero() {
+			err = m.Store.MarkUnmounted(ctx, s.Dir, s.Unmounted)
+		}
+	case !s.Unmounted.IsZero():
+		err = m.Store.MarkUnmounted(ctx, s.Dir, s.Unmounted)
+	default:
+		err = m.Store.MarkClosing(ctx, s.Dir)
+	}
+	if err != nil && !isConverted(ctx, m.Store, s.Dir) {
+		return err
+	}
+	return m.Store.Convert(ctx, s.Dir)
 }
 
 // isConverted reports whether dir is no longer pending: a session converted
