@@ -27,11 +27,11 @@ import (
 	"github.com/dmsnap/dmsnap/internal/vmtest"
 )
 
-// Boot 1. PRE is the origin before activation; records are 4 KiB blocks of
-// one file, "rec NNNNNN" at the start of block NNNNNN-1, each fsync'd
-// before its ACK line. A background writer keeps dirtying another file
-// without fsync, so the cut comes mid-write.
-const powercutBoot1 = `
+// boot1Disks starts both boot-1 scripts: a fresh ext4 on the device under
+// test (/dev/vda) and on the persistent disk (/dev/vdb, mounted at
+// /persist: state and store), and PRE, the device's SHA-256 before
+// anything else.
+const boot1Disks = `
 set -e
 D="dmsnap --state /persist/state --store /persist/store"
 mkfs.ext4 -q -F /dev/vda
@@ -39,6 +39,13 @@ mkfs.ext4 -q -F -b 4096 /dev/vdb
 mkdir -p /persist /mnt/pc
 mount /dev/vdb /persist
 echo "PRE $(sha256sum /dev/vda | cut -d' ' -f1)"
+`
+
+// Boot 1. PRE is the origin before activation; records are 4 KiB blocks of
+// one file, "rec NNNNNN" at the start of block NNNNNN-1, each fsync'd
+// before its ACK line. A background writer keeps dirtying another file
+// without fsync, so the cut comes mid-write.
+const powercutBoot1 = boot1Disks + `
 $D activate /dev/vda --name pc --prealloc 4MiB
 echo "FAST $($D status --json | grep -o '"cow_fast_bytes": *[0-9]*' | grep -o '[0-9]*$')"
 $D watch --interval 1s >/persist/watch1.log 2>&1 &
@@ -104,7 +111,12 @@ func powercutDisks(t *testing.T) (origin string, boot func(n int, script string)
 	for _, f := range []struct {
 		path string
 		size int64
-	}{{origin, 64 << 20}, {store, 128 << 20}} {
+	}{{origin, 64 << 20}, {store, 256 << 20}} {
+		// The store disk holds the state directory too: a revert's merge
+		// store needs its plan plus a 64 MiB margin there, which 128 MiB
+		// did not always leave beside the COW files (the revert then
+		// wrote the plan instead of merging, and the "merging" cut never
+		// came).
 		if err := os.WriteFile(f.path, nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -201,14 +213,7 @@ func field(t *testing.T, out, key string) string {
 // showing the revert's instant restore (recorded, maybe merging: the
 // kernel's copy is slowed down so that it is still under way). PRE is the
 // origin before the mount.
-const revertBoot1 = `
-set -e
-D="dmsnap --state /persist/state --store /persist/store"
-mkfs.ext4 -q -F /dev/vda
-mkfs.ext4 -q -F -b 4096 /dev/vdb
-mkdir -p /persist /mnt/pc
-mount /dev/vdb /persist
-echo "PRE $(sha256sum /dev/vda | cut -d' ' -f1)"
+const revertBoot1 = boot1Disks + `
 $D activate /dev/vda --name pc --prealloc 4MiB --on-unmount revert
 $D watch --interval 1s >/persist/watch1.log 2>&1 &
 n=0; until grep -q msg=watching /persist/watch1.log; do n=$((n+1)); [ $n -lt 150 ] || exit 11; sleep 0.2; done
