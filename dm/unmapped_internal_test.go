@@ -32,8 +32,8 @@ func refuseWriteOpens(t *testing.T) {
 // TestAttachLoopMountedWriteRefused: a loop device over a block device the
 // kernel will not open for writing fails before any loop device is taken,
 // with an error that names the kernel's rule (AttachCOW puts it in
-// COW.Slow and falls back to the file); over a file, or read-only, the
-// error stays the plain one.
+// COW.Slow and falls back to the file); over a regular file the error
+// stays the plain one.
 func TestAttachLoopMountedWriteRefused(t *testing.T) {
 	refuseWriteOpens(t)
 	_, err := AttachLoop("/dev/vdc", LoopOptions{BlockDevice: true, DirectIO: true})
