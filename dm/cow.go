@@ -80,6 +80,12 @@ type FileMap struct {
 	Device  string // a node of the filesystem's block device
 	Dev     Dev
 	Extents []filemap.Extent
+	// Below is the table of the filesystem's device when it is
+	// device-mapper made of linear targets only (below.go): the COW's fast
+	// segments then name the devices under it. nil otherwise, and
+	// NotBelow says why.
+	Below    *Below
+	NotBelow string
 }
 
 // COW is a session's COW device.
@@ -89,6 +95,9 @@ type COW struct {
 	Bytes     uint64 // size, the COW file's (to the alignment)
 	FastBytes uint64 // mapped straight to the store's block device
 	Segments  int    // targets of the COW device (each gets every flush)
+	// Route is how the fast segments reach the store's blocks: PathBelow,
+	// PathLoop, or PathFile when nothing is mapped.
+	Route string
 	// Slow says why none of the file is mapped straight (AttachCOW only;
 	// empty when some is, or when there was nothing written to map).
 	Slow string
@@ -167,30 +176,20 @@ func (s Stack) AttachCOW(n int, cowFile, tailFile string) (cow COW, err error) {
 	}
 
 	cow = COW{Name: name, Bytes: size}
-	var fast []filemap.Extent
-	var base uint64
-	var fastLoop *Loop
+	var segs []fastSeg
 	fm, merr := m.MapFile(cowFile) // pins it
 	if merr != nil {
 		cow.Slow = merr.Error()
-	} else if fast = fastExtents(size, fm.Extents, cowAlign); len(fast) > 0 {
-		var limit uint64
-		base, limit = span(fast)
-		fastLoop, err = m.AttachLoop(fm.Device, LoopOptions{AutoClear: true, DirectIO: true, BlockSize: cowAlign,
-			BlockDevice: true, Offset: base, SizeLimit: limit})
-		switch {
-		case err != nil:
-			cow.Slow, fast = err.Error(), nil
-		case !fastLoop.DirectIO:
-			cow.Slow, fast = fmt.Sprintf("the loop device over %s does not take direct I/O", fm.Device), nil
-			fastLoop.Close()
-			fastLoop = nil
-		default:
+	} else if fast := fastExtents(size, fm.Extents, cowAlign); len(fast) > 0 {
+		var fastLoop *Loop
+		if segs, fastLoop, err = placeFast(m, fm, fast); err != nil {
+			cow.Slow, segs = err.Error(), nil
+		} else if fastLoop != nil {
 			defer fastLoop.Close()
 		}
 	}
 	var tail *Loop
-	if len(fast) == 0 {
+	if len(segs) == 0 {
 		// Nothing mapped: the file itself, unpinned, carries the COW.
 		if err := m.UnpinFile(cowFile); err != nil {
 			return COW{}, err
@@ -207,7 +206,7 @@ func (s Stack) AttachCOW(n int, cowFile, tailFile string) (cow COW, err error) {
 				}
 			}
 		}()
-		if err := makeTail(cowFile, tailFile, size, fast); err != nil {
+		if err := makeTail(cowFile, tailFile, size, segRanges(segs)); err != nil {
 			return COW{}, newError(op, tailFile, err, "")
 		}
 		if tail, err = m.AttachLoop(tailFile, tailLoop); err != nil {
@@ -215,12 +214,9 @@ func (s Stack) AttachCOW(n int, cowFile, tailFile string) (cow COW, err error) {
 		}
 	}
 	defer tail.Close()
-	var fastDev Dev
-	if fastLoop != nil {
-		fastDev = fastLoop.Dev
-	}
-	table, fastBytes := planCOW(size, fast, fastDev, base, tail.Dev)
+	table, fastBytes := planCOW(size, segs, tail.Dev)
 	cow.FastBytes, cow.Segments, cow.fastEnd = fastBytes, len(table), tableFastEnd(table, tail.Dev)
+	cow.Route = tablePath(table, tail.Dev, viaLoopOf(m))
 	targets := make([]Target, len(table))
 	for i, t := range table {
 		targets[i] = t
@@ -241,10 +237,10 @@ func (s Stack) AttachCOW(n int, cowFile, tailFile string) (cow COW, err error) {
 }
 
 // makeTail creates tailFile, sparse and size bytes long, holding whatever
-// of cowFile holds data outside the fast extents (usually nothing: a
+// of cowFile holds data outside the mapped ranges (usually nothing: a
 // previous tail was folded into extents that are mapped now), so that the
 // COW device shows every byte of the COW where it was.
-func makeTail(cowFile, tailFile string, size uint64, fast []filemap.Extent) error {
+func makeTail(cowFile, tailFile string, size uint64, mapped []filemap.Range) error {
 	cf, err := os.Open(cowFile)
 	if err != nil {
 		return err
@@ -253,10 +249,6 @@ func makeTail(cowFile, tailFile string, size uint64, fast []filemap.Extent) erro
 	data, err := filemap.DataRanges(cf)
 	if err != nil {
 		return err
-	}
-	mapped := make([]filemap.Range, len(fast))
-	for i, e := range fast {
-		mapped[i] = filemap.Range{Off: int64(e.Logical), End: int64(e.End())}
 	}
 	tf, err := os.OpenFile(tailFile, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -369,11 +361,10 @@ func span(exts []filemap.Extent) (base, length uint64) {
 }
 
 // planCOW returns the table of a COW device over a file of size bytes (a
-// multiple of cowAlign): the extents in fast, sorted and inside the file
-// (fastExtents), map to fastDev at their device offset less base; every
-// other part of the file maps to tail at its own offset. It also returns
-// the fast bytes.
-func planCOW(size uint64, fast []filemap.Extent, fastDev Dev, base uint64, tail Dev) ([]Linear, uint64) {
+// multiple of cowAlign): the fast segments, sorted and inside the file,
+// where they were placed (placeFast); every other part of the file maps to
+// tail at its own offset. It also returns the fast bytes.
+func planCOW(size uint64, fast []fastSeg, tail Dev) ([]Linear, uint64) {
 	var out []Linear
 	var fastBytes, at uint64
 	slow := func(to uint64) {
@@ -382,12 +373,36 @@ func planCOW(size uint64, fast []filemap.Extent, fastDev Dev, base uint64, tail 
 			at = to
 		}
 	}
-	for _, e := range fast {
-		slow(e.Logical)
-		out = append(out, Linear{Start: e.Logical / SectorSize, Length: e.Length / SectorSize, Device: fastDev, Offset: (e.Physical - base) / SectorSize})
-		fastBytes += e.Length
-		at = e.End()
+	for _, f := range fast {
+		slow(f.Logical)
+		out = append(out, Linear{Start: f.Logical / SectorSize, Length: f.Length / SectorSize, Device: f.Device, Offset: f.Offset / SectorSize})
+		fastBytes += f.Length
+		at = f.Logical + f.Length
 	}
 	slow(size)
 	return out, fastBytes
+}
+
+// placeFast puts the fast extents (on the store's device, fastExtents)
+// where a COW table can name them: on the devices below the store's device
+// when its table allows (FileMap.Below, see below.go), else through a
+// direct-I/O loop device over the store's device, its window spanning
+// them all, which it returns for the caller to close once a table holds it.
+func placeFast(m Kernel, fm FileMap, fast []filemap.Extent) ([]fastSeg, *Loop, error) {
+	if fm.Below != nil {
+		if segs, ok := fm.Below.placeBelow(fast); ok {
+			return capSegs(segs), nil, nil
+		}
+	}
+	base, limit := span(fast)
+	loop, err := m.AttachLoop(fm.Device, LoopOptions{AutoClear: true, DirectIO: true, BlockSize: cowAlign,
+		BlockDevice: true, Offset: base, SizeLimit: limit})
+	if err != nil {
+		return nil, nil, err
+	}
+	if !loop.DirectIO {
+		loop.Close()
+		return nil, nil, fmt.Errorf("the loop device over %s does not take direct I/O", fm.Device)
+	}
+	return loopSegs(fast, loop.Dev, base), loop, nil
 }

@@ -26,10 +26,13 @@ import (
 //     the writes to what it allocates wait for the resume.
 //  3. The caller writes zeros over [from, to), all at or past the
 //     frontier, with the file unpinned for it.
-//  4. The file is pinned again, MapFile gives its extents; the new table maps
-//     every plain extent straight (a new loop device over the store's
-//     device, its window spanning them all) and the rest to the same loop
-//     device over cow.img as before.
+//  4. The file is pinned again, MapFile gives its extents and the store
+//     device's table; the new table maps every plain extent straight (to
+//     the devices below the store's, or through a new loop device over the
+//     store's device, its window spanning them all) and the rest to the
+//     same loop device over cow.tail as before. If the store's device was
+//     remapped since (pvmove), what the old table wrote below it is copied
+//     to the new places first.
 //  5. The resume swaps the tables: the waiting writes go out through the new
 //     one. Both tables put every byte of the COW at the same byte of
 //     cow.img, so nothing written before reads differently after.
@@ -127,22 +130,27 @@ func (s Stack) GrowCOW(n int, cowFile string, want uint64, fill GrowFill) (after
 	allowed := append(fastRanges(lins, tail), filemap.Range{Off: int64(from), End: int64(to)})
 	slices.SortFunc(allowed, func(a, b filemap.Range) int { return cmp.Compare(a.Off, b.Off) })
 	fast := clipExtents(fastExtents(cur.Bytes, fm.Extents, cowAlign), allowed)
-	if covered(fast, 0, to) < cur.FastBytes {
+	segs, loop, err := placeFast(m, fm, fast)
+	if err != nil {
+		return cur, 0, 0, err
+	}
+	if loop != nil {
+		defer loop.Close()
+	}
+	if segsCovered(segs, 0, to) < cur.FastBytes {
 		// The file's blocks moved or went (it was pinned all along): keep
 		// the table that is there.
 		return cur, 0, 0, errorf(op, cowFile, nil, "", "%s maps fewer of its first %d bytes than %s does", cowFile, to, name)
 	}
-	base, limit := span(fast)
-	loop, err := m.AttachLoop(fm.Device, LoopOptions{AutoClear: true, DirectIO: true, BlockSize: cowAlign,
-		BlockDevice: true, Offset: base, SizeLimit: limit})
-	if err != nil {
-		return cur, 0, 0, err
+	// The store's device may have been moved since the table was made
+	// (pvmove, lvconvert): what the COW device wrote below it is carried
+	// to where the new table puts it, while nothing writes (suspended).
+	if moves := movedParts(lins, tail, viaLoopOf(m), fm.Below, segs, spanBase(fast)); len(moves) > 0 {
+		if err := copyMoves(moves); err != nil {
+			return cur, 0, 0, errorf(op, name, err, "", "the store's device was remapped under the COW (pvmove?), and carrying the COW's blocks to their new place failed")
+		}
 	}
-	defer loop.Close()
-	if !loop.DirectIO {
-		return cur, 0, 0, errorf(op, fm.Device, nil, "", "the loop device over %s does not take direct I/O", fm.Device)
-	}
-	table, fastBytes := planCOW(cur.Bytes, fast, loop.Dev, base, tail)
+	table, fastBytes := planCOW(cur.Bytes, segs, tail)
 	targets := make([]Target, len(table))
 	for i, t := range table {
 		targets[i] = t
@@ -154,7 +162,8 @@ func (s Stack) GrowCOW(n int, cowFile string, want uint64, fill GrowFill) (after
 		return cur, 0, 0, undo(err, func() error { return m.ClearTable(name) })
 	}
 	resumed = true
-	after = COW{Name: name, Dev: cur.Dev, Bytes: cur.Bytes, FastBytes: fastBytes, Segments: len(table), fastEnd: tableFastEnd(table, tail)}
+	after = COW{Name: name, Dev: cur.Dev, Bytes: cur.Bytes, FastBytes: fastBytes, Segments: len(table),
+		Route: tablePath(table, tail, viaLoopOf(m)), fastEnd: tableFastEnd(table, tail)}
 	return after, from, to, nil
 }
 
@@ -173,18 +182,6 @@ func growRegion(size, fastEnd, allocated, want uint64) (from, to uint64) {
 		to = from
 	}
 	return from, to
-}
-
-// covered returns how many bytes of [lo, hi) of the file the extents map.
-func covered(exts []filemap.Extent, lo, hi uint64) uint64 {
-	var n uint64
-	for _, e := range exts {
-		a, b := max(e.Logical, lo), min(e.End(), hi)
-		if b > a {
-			n += b - a
-		}
-	}
-	return n
 }
 
 // fastRanges returns the file ranges a COW table maps fast (on a device
@@ -255,6 +252,7 @@ func (s Stack) cowTable(n int) (COW, Dev, []Linear, error) {
 	cow.Bytes, cow.FastBytes = tableBytes(lins)
 	cow.Segments = len(lins)
 	cow.fastEnd = tableFastEnd(lins, tail)
+	cow.Route = tablePath(lins, tail, viaLoopOf(m))
 	return cow, tail, lins, nil
 }
 

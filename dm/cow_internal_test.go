@@ -65,7 +65,7 @@ func TestPlanCOW(t *testing.T) {
 		{Logical: 0, Physical: 100 * mib, Length: 16 * mib},
 		{Logical: 24 * mib, Physical: 500 * mib, Length: 1 * mib},
 	}
-	got, fastBytes := planCOW(size, exts, fast, 100*mib, tail)
+	got, fastBytes := planCOW(size, loopSegs(exts, fast, 100*mib), tail)
 	s := func(b uint64) uint64 { return b / SectorSize }
 	want := []Linear{
 		{Start: 0, Length: s(16 * mib), Device: fast, Offset: 0},
@@ -83,7 +83,7 @@ func TestPlanCOW(t *testing.T) {
 		t.Errorf("the table does not load: %v", err)
 	}
 	// Nothing fast: one slow segment, the whole file at its own offsets.
-	got, fastBytes = planCOW(size, nil, Dev{}, 0, tail)
+	got, fastBytes = planCOW(size, nil, tail)
 	if want := []Linear{{Start: 0, Length: s(size), Device: tail, Offset: 0}}; !reflect.DeepEqual(got, want) || fastBytes != 0 {
 		t.Fatalf("planCOW without fast extents: %+v", got)
 	}
@@ -120,7 +120,7 @@ func FuzzPlanCOW(f *testing.F) {
 		fast := fastExtents(size, exts, cowAlign)
 		base, _ := span(fast)
 		fd, tail := Dev{Major: 7, Minor: 1}, Dev{Major: 7, Minor: 2}
-		tbl, fastBytes := planCOW(size, fast, fd, base, tail)
+		tbl, fastBytes := planCOW(size, loopSegs(fast, fd, base), tail)
 		var at, sumFast uint64
 		for i, l := range tbl {
 			if l.Start != at || l.Length == 0 || (l.Start*SectorSize)%cowAlign != 0 || (l.Length*SectorSize)%cowAlign != 0 || (l.Offset*SectorSize)%cowAlign != 0 {

@@ -19,6 +19,8 @@ import (
 // through the device (filemap.Probe), sets the immutable flag, drops the
 // file's page cache and reads its extents. A file that cannot be mapped is
 // an error that says why (filemap.ErrUnsupported); it is left unpinned.
+// It also reads the table of the filesystem's device when that is
+// device-mapper (FileMap.Below), at the time of the call.
 func MapFile(path string) (FileMap, error) {
 	const op = "map file"
 	f, err := os.Open(path)
@@ -45,7 +47,9 @@ func MapFile(path string) (FileMap, error) {
 		}
 		return FileMap{}, &Error{Op: op, Device: path, Err: err}
 	}
-	return FileMap{Device: node, Dev: dev, Extents: exts}, nil
+	fm := FileMap{Device: node, Dev: dev, Extents: exts}
+	fm.Below, fm.NotBelow = readBelow(sysDir, System{}, dev)
+	return fm, nil
 }
 
 // PinFile sets the immutable flag of the file at path again, as MapFile

@@ -70,6 +70,7 @@ func (System) DetachLoop(path string) error                            { return 
 func (System) SetLoopCapacity(path string) (uint64, error)             { return SetLoopCapacity(path) }
 func (System) FindLoop(file string) (*Loop, error)                     { return FindLoop(file) }
 func (System) MapFile(path string) (FileMap, error)                    { return MapFile(path) }
+func (System) LoopOverDevice(d Dev) bool                               { return LoopOverDevice(d) }
 func (System) UnpinFile(path string) error                             { return filemap.UnpinPath(path) }
 func (System) PinFile(path string) error                               { return PinFile(path) }
 func (System) FileUsers(path string) ([]string, error)                 { return FileUsers(path) }

@@ -15,8 +15,9 @@ import (
 // FileUsers lists what in the kernel holds or writes the file at path:
 // every loop device bound to it, and every device-mapper device whose
 // table maps, through a loop device over the block device of the file's
-// filesystem, bytes the file's extents lie on (a session's COW device,
-// AttachCOW). Empty when nothing does.
+// filesystem or straight onto the devices below it (below.go), bytes the
+// file's extents lie on (a session's COW device, AttachCOW). Empty when
+// nothing does.
 //
 // It is the check that comes before anything touches a session's COW file
 // from user space (conversion, discard): a COW the kernel may still write
@@ -57,7 +58,10 @@ func fileUsers(sys string, m Mapper, path string, extents func(*os.File) ([]file
 			over[l.Dev] = l
 		}
 	}
-	if len(over) == 0 {
+	// A store on linear device-mapper: COW tables name the devices under
+	// it (below.go).
+	below, _ := readBelow(sys, m, Dev{Major: unix.Major(st.Dev), Minor: unix.Minor(st.Dev)})
+	if len(over) == 0 && below == nil {
 		return users, nil
 	}
 	exts, err := extents(f)
@@ -67,11 +71,23 @@ func fileUsers(sys string, m Mapper, path string, extents func(*os.File) ([]file
 	if err != nil {
 		return nil, newError(op, path, err, "")
 	}
+	var places []fastSeg
+	if below != nil {
+		for _, e := range exts {
+			lo := e.Physical / belowAlign * belowAlign
+			hi := (e.Physical + e.Length + belowAlign - 1) / belowAlign * belowAlign
+			p, _ := below.place(e.Logical, lo, hi-lo)
+			places = append(places, p...)
+		}
+	}
 	items, err := m.List()
 	if err != nil {
 		return nil, err
 	}
 	for _, it := range items {
+		if below != nil && it.Name == below.Name {
+			continue // the store's own device maps all of it
+		}
 		tbl, err := m.Table(it.Name)
 		if errors.Is(err, ErrNotFound) {
 			continue // removed meanwhile
@@ -81,6 +97,8 @@ func fileUsers(sys string, m Mapper, path string, extents func(*os.File) ([]file
 		}
 		if l, ok := mapsExtents(tbl, over, exts); ok {
 			users = append(users, fmt.Sprintf("%s maps its blocks through %s", MapperPath(it.Name), l.Path))
+		} else if d, ok := mapsPlaces(tbl, places); ok {
+			users = append(users, fmt.Sprintf("%s maps its blocks on %s, below the store's device %s", MapperPath(it.Name), d, MapperPath(below.Name)))
 		}
 	}
 	return users, nil
@@ -111,6 +129,28 @@ func mapsExtents(tbl []TargetSpec, over map[Dev]*Loop, exts []filemap.Extent) (*
 		}
 	}
 	return nil, false
+}
+
+// mapsPlaces reports whether a table has a linear target onto bytes of
+// places (on the devices below a store's device), and names the device.
+func mapsPlaces(tbl []TargetSpec, places []fastSeg) (Dev, bool) {
+	for _, spec := range tbl {
+		t, err := ParseTarget(spec)
+		if err != nil {
+			continue
+		}
+		lin, ok := t.(Linear)
+		if !ok {
+			continue
+		}
+		lo, hi := lin.Offset*SectorSize, (lin.Offset+lin.Length)*SectorSize
+		for _, p := range places {
+			if p.Device == lin.Device && p.Offset < hi && lo < p.Offset+p.Length {
+				return lin.Device, true
+			}
+		}
+	}
+	return Dev{}, false
 }
 
 // readSysUint reads a decimal number from a sysfs file.

@@ -167,6 +167,8 @@ type liveSessionJSON struct {
 	CowTailWT     *bool                `json:"cow_tail_write_through,omitempty"`
 	CowFastBytes  *uint64              `json:"cow_fast_bytes,omitempty"`
 	CowSegments   int                  `json:"cow_segments,omitempty"`
+	CowRoute      string               `json:"cow_route,omitempty"`
+	CowHeadroom   *uint64              `json:"cow_fast_headroom_bytes,omitempty"`
 	CowUnmapped   string               `json:"cow_unmapped_reason,omitempty"`
 	Label         string               `json:"label,omitempty"` // label-next
 	Pinned        bool                 `json:"pinned,omitempty"`
@@ -235,6 +237,10 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 					CowSizeBytes: snap.Total * session.SectorSize, MetadataBytes: snap.Metadata * session.SectorSize}
 				c := system.InspectCOW(d.Name, s.N, s.Dir)
 				ls.CowDirectIO, ls.CowTailWT, ls.CowFastBytes, ls.CowSegments, ls.CowUnmapped = c.DirectIO, c.TailWriteThrough, c.FastBytes, c.Segments, c.Unmapped
+				if c.FastBytes != nil && *c.FastBytes > 0 {
+					h := headroom(c.FastEnd, ls.Snapshot.CowUsedBytes)
+					ls.CowRoute, ls.CowHeadroom = c.Route, &h
+				}
 			}
 		}
 		out.Sessions = append(out.Sessions, ls)
@@ -420,7 +426,11 @@ func printDevice(e *env, d deviceJSON) {
 			switch {
 			case s.CowFastBytes == nil:
 			case *s.CowFastBytes > 0:
-				fmt.Fprintf(w, "    COW: %s of it goes straight to the store's device (cow.img, immutable), the rest to cow.tail through its filesystem (%d segments)\n", units.FormatBytes(*s.CowFastBytes), s.CowSegments)
+				fmt.Fprintf(w, "    COW: %s of it goes straight to %s (cow.img, immutable), the rest to cow.tail through its filesystem (%d segments)\n",
+					units.FormatBytes(*s.CowFastBytes), routeText(s.CowRoute), s.CowSegments)
+				if s.CowHeadroom != nil {
+					fmt.Fprintf(w, "    headroom: %s of pre-images before they spill to cow.tail (the watcher maps more as they come)\n", units.FormatBytes(*s.CowHeadroom))
+				}
 			case s.CowUnmapped != "":
 				fmt.Fprintf(w, "    COW: through the store's filesystem (%s)\n", s.CowUnmapped)
 			default:
@@ -477,4 +487,24 @@ func printDevice(e *env, d deviceJSON) {
 	for _, is := range d.Issues {
 		fmt.Fprintf(w, "  ATTENTION: %s\n", is)
 	}
+}
+
+// headroom is how many more bytes the exception store can allocate before
+// it passes the end of the COW's mapped part, used bytes allocated.
+func headroom(fastEnd, used uint64) uint64 {
+	if used >= fastEnd {
+		return 0
+	}
+	return fastEnd - used
+}
+
+// routeText says where a COW's mapped part goes (status).
+func routeText(route string) string {
+	switch route {
+	case system.RouteBelow:
+		return "the devices below the store's device-mapper device (no loop device)"
+	case system.RouteLoop:
+		return "the store's device through a loop device"
+	}
+	return "the store's device"
 }

@@ -755,6 +755,20 @@ func (f *Fake) MapFile(path string) (dm.FileMap, error) {
 	return fm, nil
 }
 
+// LoopOverDevice reports whether d is one of the fake's loop devices bound
+// to a block device it knows (AddBlockDevice), as dm.LoopOverDevice does.
+func (f *Fake) LoopOverDevice(d dm.Dev) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, l := range f.loops {
+		if l.dev == d {
+			_, ok := f.blocks[l.file]
+			return ok
+		}
+	}
+	return false
+}
+
 // PinFile implements dm.Loops.
 func (f *Fake) PinFile(path string) error {
 	f.mu.Lock()

@@ -7,9 +7,11 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -109,4 +111,61 @@ func StoreFS(t testing.TB, dir, fstype string, size int64) string {
 	})
 	Sh(t, mkfs+" "+loop+" && mount "+opts+" "+loop+" "+mnt)
 	return mnt
+}
+
+// lvmConf keeps lvm2 from waiting for udev, which the guest does not run.
+const lvmConf = `activation{udev_sync=0 udev_rules=0 monitoring=0} devices{obtain_device_list_from_udev=0 external_device_info_source="none"} global{use_lvmpolld=0}`
+
+// LVM runs `lvm CMD ARGS...` with the guest's configuration and returns
+// its output; a failure fails the test.
+func LVM(t testing.TB, cmd string, args ...string) string {
+	t.Helper()
+	return Run(t, "lvm", append([]string{cmd, "--config", lvmConf}, args...)...)
+}
+
+// LVMStore is a store on an LVM logical volume, as Debian's default
+// install makes one, mounted at Mount.
+type LVMStore struct {
+	Mount string
+	VG    string // volume group, on one physical volume
+	LV    string // the logical volume's device-mapper name (VG-store)
+	PV    string // the physical volume: a loop device over a file in dir
+}
+
+// NewLVMStore makes volume group vg on a loop device over a sparse file
+// of pvSize bytes in dir, and in it logical volume "store" of segments
+// segments of segBytes each, with 4 MiB of another volume between every
+// two of them (so the volume's table has that many linear targets, at
+// places on the physical volume that are not in its order), makes an
+// fstype filesystem on it (as StoreFS) and mounts it.
+func NewLVMStore(t testing.TB, dir, vg, fstype string, pvSize, segBytes int64, segments int) LVMStore {
+	t.Helper()
+	os.MkdirAll("/run/lock/lvm", 0o755)
+	img := TempFile(t, dir, "pv.img", pvSize)
+	pv := strings.TrimSpace(Sh(t, "l=$(losetup -f) && losetup $l "+img+" && echo $l"))
+	mnt := filepath.Join(dir, "lvm-"+fstype)
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		exec.Command("umount", mnt).Run()
+		exec.Command("lvm", "vgremove", "--config", lvmConf, "-q", "-f", vg).Run()
+		exec.Command("lvm", "pvremove", "--config", lvmConf, "-q", "-y", pv).Run()
+		exec.Command("losetup", "-d", pv).Run()
+	})
+	LVM(t, "pvcreate", "-q", "-y", pv)
+	LVM(t, "vgcreate", "-q", "-s", "4m", vg, pv)
+	size := fmt.Sprintf("%db", segBytes)
+	LVM(t, "lvcreate", "-q", "-y", "-Wn", "-Zn", "-L", size, "-n", "store", vg)
+	for i := 1; i < segments; i++ {
+		LVM(t, "lvcreate", "-q", "-y", "-Wn", "-Zn", "-L", "4m", "-n", fmt.Sprintf("gap%d", i), vg)
+		LVM(t, "lvextend", "-q", "-L", "+"+size, vg+"/store")
+	}
+	lv := vg + "-store"
+	mkfs, opts := "mkfs.ext4 -q -F -b 4096 -E lazy_itable_init=1,lazy_journal_init=1,nodiscard", "-o noinit_itable"
+	if fstype == "xfs" {
+		mkfs, opts = "mkfs.xfs -q -f", ""
+	}
+	Sh(t, mkfs+" /dev/mapper/"+lv+" && mount "+opts+" /dev/mapper/"+lv+" "+mnt)
+	return LVMStore{Mount: mnt, VG: vg, LV: lv, PV: pv}
 }

@@ -10,6 +10,12 @@ import (
 // OriginPath is /dev/mapper/dmsnap-NAME, the device users mount.
 func OriginPath(name string) string { return dm.Stack{Name: name}.OriginPath() }
 
+// The routes of a COW's mapped part (LiveCOW.Route).
+const (
+	RouteBelow = dm.PathBelow
+	RouteLoop  = dm.PathLoop
+)
+
 // LiveCOW is how a live session's COW reaches the store, for status.
 type LiveCOW struct {
 	// DirectIO: the loop device over cow.img uses direct I/O (nil: the
@@ -24,6 +30,11 @@ type LiveCOW struct {
 	// loop device directly).
 	FastBytes *uint64
 	Segments  int
+	// Route is how the mapped part reaches the store's blocks (dm.PathBelow,
+	// dm.PathLoop, dm.PathFile); FastEnd the end of the mapped part in the
+	// COW (the kernel's allocation past it goes to cow.tail).
+	Route   string
+	FastEnd uint64
 	// Unmapped: why nothing of the COW goes straight to the store's
 	// device (dm.WhyUnmapped), when nothing does.
 	Unmapped string
@@ -46,7 +57,7 @@ func InspectCOW(name string, n int, dir string) LiveCOW {
 		out.TailWriteThrough = loopFlag(filepath.Join(dir, snapstore.CowTailFile), func(l *dm.Loop) bool { return l.WriteThrough })
 	}
 	if c, err := (dm.Stack{Name: name}).COWInfo(n); err == nil {
-		out.FastBytes, out.Segments = &c.FastBytes, c.Segments
+		out.FastBytes, out.Segments, out.Route, out.FastEnd = &c.FastBytes, c.Segments, c.Route, c.FastEnd()
 		if c.FastBytes == 0 && dir != "" {
 			out.Unmapped = dm.WhyUnmapped(filepath.Join(dir, snapstore.CowFile))
 		}
