@@ -166,7 +166,7 @@ func activateOn(disk string, free func(), chunk int64, storeDir string, prep fun
 	}
 	activate := time.Since(start).Seconds()
 	if c, err := (dm.Stack{Name: dmsnapName}).COWInfo(1); err == nil {
-		logf("activate %s: %.2f s; COW of %d MiB, %d MiB mapped to the store's device, %d segments", disk, activate, c.Bytes>>20, c.FastBytes>>20, c.Segments)
+		logf("activate %s: %.2f s; COW of %d MiB, %d MiB mapped to the store's device (route %s), %d segments", disk, activate, c.Bytes>>20, c.FastBytes>>20, c.Route, c.Segments)
 	}
 	return &target{
 		activate: activate,
@@ -233,19 +233,56 @@ func snapshotUsed(name string) (int64, error) {
 	return int64(st.Allocated) * dm.SectorSize, nil
 }
 
-// setupDmsnapOn is setupDmsnap with the store on a fresh filesystem of
-// type fstype (made with mkfs.fstype and the extra options) on a 1 GiB
-// loop device over a tmpfs file, like the ext4 store's; the teardown
-// removes it.
+// setupDmsnapOn activates dmsnap with its store on an fstype filesystem
+// (made with mkfsOpts) of its own, on a loop device over a 1 GiB tmpfs file.
 func setupDmsnapOn(fstype string, mkfsOpts []string, size, chunk int64, prep func(dev string) error, extra ...string) (*target, error) {
-	dev, free, err := backing("wstore-fs.img", 1<<30)
+	return setupDmsnapStore(fstype, mkfsOpts, func() (string, func(), error) {
+		dev, free, err := backing("wstore-fs.img", 1<<30)
+		if err != nil {
+			return "", nil, err
+		}
+		return dev.Path, free, nil
+	}, size, chunk, prep, extra...)
+}
+
+// setupDmsnapOnLV activates dmsnap with its store on ext4 on an LVM
+// logical volume (volume group svg on a 1 GiB tmpfs file's loop device),
+// as a default Debian or RHEL install has it: the COW's mapped part then
+// goes straight to the physical volume, with no loop device (dm/below.go).
+func setupDmsnapOnLV(size, chunk int64, prep func(dev string) error, extra ...string) (*target, error) {
+	return setupDmsnapStore("ext4", nil, func() (string, func(), error) {
+		os.MkdirAll("/run/lock/lvm", 0o755)
+		pv, free, err := backing("wstore-pv.img", 1<<30+8<<20)
+		if err != nil {
+			return "", nil, err
+		}
+		down := func() {
+			lvm("vgremove", "-q", "-f", "svg")
+			lvm("pvremove", "-q", "-y", pv.Path)
+			free()
+		}
+		for _, args := range [][]string{{"pvcreate", "-q", "-y", pv.Path}, {"vgcreate", "-q", "svg", pv.Path},
+			{"lvcreate", "-q", "-y", "-Wn", "-Zn", "-l", "100%FREE", "-n", "store", "svg"}} {
+			if _, err := lvm(args...); err != nil {
+				down()
+				return "", nil, err
+			}
+		}
+		return "/dev/mapper/svg-store", down, nil
+	}, size, chunk, prep, extra...)
+}
+
+// setupDmsnapStore activates dmsnap with its store on an fstype filesystem
+// made on the block device that makeDev gives (its free releases it).
+func setupDmsnapStore(fstype string, mkfsOpts []string, makeDev func() (string, func(), error), size, chunk int64, prep func(dev string) error, extra ...string) (*target, error) {
+	dev, free, err := makeDev()
 	if err != nil {
 		return nil, err
 	}
 	dir := filepath.Join(benchRoot, "wstore-fs")
-	args := []string{"-q", "-f", dev.Path}
+	args := []string{"-q", "-f", dev}
 	if fstype == "ext4" {
-		args = []string{"-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard", dev.Path}
+		args = []string{"-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard", dev}
 	}
 	if err := run("mkfs."+fstype, append(mkfsOpts, args...)...); err != nil {
 		free()
@@ -255,7 +292,7 @@ func setupDmsnapOn(fstype string, mkfsOpts []string, size, chunk int64, prep fun
 		free()
 		return nil, err
 	}
-	if err := unix.Mount(dev.Path, dir, fstype, 0, ""); err != nil {
+	if err := unix.Mount(dev, dir, fstype, 0, ""); err != nil {
 		free()
 		return nil, fmt.Errorf("mount %s on %s: %w", fstype, dir, err)
 	}
@@ -504,6 +541,9 @@ func configs(chunk int64) []config {
 		{"dmsnap origin, session armed (store: tmpfs, no journal)", chunk, func(size int64, prep func(string) error) (*target, error) {
 			return setupDmsnap(size, chunk, benchRoot, prep)
 		}},
+		{cfgLVMStore, chunk, func(size int64, prep func(string) error) (*target, error) {
+			return setupDmsnapOnLV(size, chunk, prep)
+		}},
 		{"LVM2 classic snapshot origin", chunk, func(size int64, prep func(string) error) (*target, error) {
 			return setupLVMSnap(size, chunk, prep)
 		}},
@@ -513,6 +553,9 @@ func configs(chunk int64) []config {
 		{"LVM2 thin snapshot origin (64 KiB blocks)", 64 << 10, setupLVMThin},
 	}
 }
+
+// cfgLVMStore is dmsnap with its store on an LVM logical volume.
+const cfgLVMStore = "dmsnap origin, session armed (store: ext4 on an LVM LV, COW below it, no loop device)"
 
 // Names of the attribution rows (attrib.go) in the gap part.
 const (
