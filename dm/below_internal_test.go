@@ -1,9 +1,13 @@
 package dm
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/dmsnap/dmsnap/internal/filemap"
 )
@@ -110,5 +114,27 @@ func TestMovedParts(t *testing.T) {
 	}
 	if p := tablePath(old[1:], tail, isLoop); p != PathFile {
 		t.Errorf("tablePath = %q", p)
+	}
+}
+
+// A loop device is on the loop path only when it is bound to a block
+// device: a physical volume may be a loop device over an image file.
+func TestLoopOverDevice(t *testing.T) {
+	sys, dir := t.TempDir(), t.TempDir()
+	file := filepath.Join(dir, "pv.img")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	node := filepath.Join(dir, "store")
+	if err := unix.Mknod(node, unix.S_IFBLK|0o600, int(unix.Mkdev(254, 3))); err != nil {
+		t.Skipf("cannot make a block node here: %v", err) // not root
+	}
+	writeSysFile(t, sys, "dev/block/7:2/loop/backing_file", node+"\n")
+	writeSysFile(t, sys, "dev/block/7:3/loop/backing_file", file+"\n")
+	writeSysFile(t, sys, "dev/block/8:2/loop/backing_file", node+"\n")
+	for d, want := range map[Dev]bool{{Major: 7, Minor: 2}: true, {Major: 7, Minor: 3}: false, {Major: 8, Minor: 2}: false, {Major: 7, Minor: 9}: false} {
+		if got := loopOverDevice(sys, d); got != want {
+			t.Errorf("loopOverDevice(%s) = %v, want %v", d, got, want)
+		}
 	}
 }
