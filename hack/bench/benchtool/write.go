@@ -70,11 +70,22 @@ func fioJobs(scale int64) []fioJob {
 	common := []string{"--direct=1", "--ioengine=psync", "--end_fsync=1", "--randrepeat=1", "--output-format=terse"}
 	seqJob := append([]string{"--rw=write", "--bs=1M", "--offset=0", fmt.Sprintf("--size=%d", seq)}, common...)
 	rndJob := append([]string{"--rw=randwrite", "--bs=4k", fmt.Sprintf("--offset=%d", seq), fmt.Sprintf("--size=%d", rnd)}, common...)
+	// As users run: libaio at queue depth 1 and 16 (the kernel batches the
+	// commits of concurrent exceptions), and a 70/30 read/write mix, each
+	// on a region of its own, first touches. Bytes are all I/O done, reads
+	// included.
+	aio := func(at, depth int64, rw ...string) []string {
+		return append([]string{"--bs=4k", fmt.Sprintf("--offset=%d", at), fmt.Sprintf("--size=%d", rnd),
+			"--direct=1", "--ioengine=libaio", fmt.Sprintf("--iodepth=%d", depth), "--end_fsync=1", "--randrepeat=1", "--output-format=terse"}, rw...)
+	}
 	return []fioJob{
 		{"seq 1 MiB, first touch", seq, seqJob},
 		{"seq 1 MiB, re-write", seq, seqJob},
 		{"rand 4 KiB, first touch", rnd, rndJob},
 		{"rand 4 KiB, re-write", rnd, rndJob},
+		{"rand 4 KiB, first touch, libaio iodepth 1", rnd, aio(seq+rnd, 1, "--rw=randwrite")},
+		{"rand 4 KiB, first touch, libaio iodepth 16", rnd, aio(seq+2*rnd, 16, "--rw=randwrite")},
+		{"randrw 70/30 4 KiB, first touch, libaio iodepth 16", rnd, aio(seq+3*rnd, 16, "--rw=randrw", "--rwmixread=70")},
 	}
 }
 
