@@ -107,15 +107,7 @@ func fileUsers(sys string, m Mapper, path string, extents func(*os.File) ([]file
 // mapsExtents reports whether a table has a linear target onto one of the
 // loop devices over whose bytes (at the loop's offset) overlap an extent.
 func mapsExtents(tbl []TargetSpec, over map[Dev]*Loop, exts []filemap.Extent) (*Loop, bool) {
-	for _, spec := range tbl {
-		t, err := ParseTarget(spec)
-		if err != nil {
-			continue
-		}
-		lin, ok := t.(Linear)
-		if !ok {
-			continue
-		}
+	for _, lin := range linearTargets(tbl) {
 		l, ok := over[lin.Device]
 		if !ok {
 			continue
@@ -134,15 +126,7 @@ func mapsExtents(tbl []TargetSpec, over map[Dev]*Loop, exts []filemap.Extent) (*
 // mapsPlaces reports whether a table has a linear target onto bytes of
 // places (on the devices below a store's device), and names the device.
 func mapsPlaces(tbl []TargetSpec, places []fastSeg) (Dev, bool) {
-	for _, spec := range tbl {
-		t, err := ParseTarget(spec)
-		if err != nil {
-			continue
-		}
-		lin, ok := t.(Linear)
-		if !ok {
-			continue
-		}
+	for _, lin := range linearTargets(tbl) {
 		lo, hi := lin.Offset*SectorSize, (lin.Offset+lin.Length)*SectorSize
 		for _, p := range places {
 			if p.Device == lin.Device && p.Offset < hi && lo < p.Offset+p.Length {
@@ -151,6 +135,19 @@ func mapsPlaces(tbl []TargetSpec, places []fastSeg) (Dev, bool) {
 		}
 	}
 	return Dev{}, false
+}
+
+// linearTargets returns the linear targets of a table.
+func linearTargets(tbl []TargetSpec) []Linear {
+	var out []Linear
+	for _, spec := range tbl {
+		if t, err := ParseTarget(spec); err == nil {
+			if lin, ok := t.(Linear); ok {
+				out = append(out, lin)
+			}
+		}
+	}
+	return out
 }
 
 // readSysUint reads a decimal number from a sysfs file.

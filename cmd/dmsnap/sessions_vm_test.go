@@ -260,6 +260,8 @@ type statusOut struct {
 			CowTailWT    *bool   `json:"cow_tail_write_through"`
 			CowFastBytes *uint64 `json:"cow_fast_bytes"`
 			CowUnmapped  string  `json:"cow_unmapped_reason"`
+			CowRoute     string  `json:"cow_route"`
+			CowHeadroom  *uint64 `json:"cow_fast_headroom_bytes"`
 		} `json:"sessions"`
 		InvalidSessions []string `json:"invalid_sessions"`
 		Error           string   `json:"error"`
@@ -370,6 +372,12 @@ func TestCLISessionsThreeMounts(t *testing.T) {
 		// Only a store that cannot be mapped (tmpfs here) gives a reason;
 		// the kernel's write open of the mounted store device goes through.
 		t.Errorf("store on %s: %d bytes mapped straight, unmapped because %q", storeFS(), *s.CowFastBytes, s.CowUnmapped)
+	} else if mapped := *s.CowFastBytes > 0; mapped != (s.CowRoute == "loop") || mapped != (s.CowHeadroom != nil) ||
+		(mapped && *s.CowHeadroom == 0) {
+		// The test's store is on a loop device, not device-mapper: the
+		// mapped part goes through a loop device over it, and the armed
+		// session has used little of it.
+		t.Errorf("store on %s: route %q, headroom %v of %d bytes mapped", storeFS(), s.CowRoute, s.CowHeadroom, *s.CowFastBytes)
 	}
 	w.stop(t)
 	if log := w.log.String(); !strings.Contains(log, "device=vol") {
