@@ -52,19 +52,25 @@ const belowAlign = cowAlign
 // device whose targets are all linear. Otherwise it returns nil and why
 // not, for COW.Slow-like reports.
 func readBelow(sys string, m Mapper, dev Dev) (*Below, string) {
-	b, err := os.ReadFile(filepath.Join(sys, "dev", "block", dev.String(), "dm", "name"))
+	name, err := dmName(sys, dev)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Sprintf("the store's device %s is not a device-mapper device", dev)
 	}
 	if err != nil {
 		return nil, err.Error()
 	}
-	name := strings.TrimSpace(string(b))
 	tbl, err := m.Table(name)
 	if err != nil {
 		return nil, err.Error()
 	}
 	return belowOf(name, tbl)
+}
+
+// dmName is the device-mapper name of block device dev, from sysfs; an
+// error wrapping fs.ErrNotExist when dev is not device-mapper.
+func dmName(sys string, dev Dev) (string, error) {
+	b, err := os.ReadFile(filepath.Join(sys, "dev", "block", dev.String(), "dm", "name"))
+	return strings.TrimSpace(string(b)), err
 }
 
 // belowOf makes a Below of a table read from device name, or says why it

@@ -297,8 +297,8 @@ func Busy(path string) (string, error) {
 	if ms, err := mountsOfDevice("/proc/self/mountinfo", dev); err == nil && len(ms) > 0 {
 		return "mounted on " + ms[0].MountPoint, nil
 	}
-	if name, err := os.ReadFile(filepath.Join(sysDir, "dev/block", dev.String(), "dm/name")); err == nil {
-		if info, err := Info(strings.TrimSpace(string(name))); err == nil && info.OpenCount > 0 {
+	if name, err := dmName(sysDir, dev); err == nil {
+		if info, err := Info(name); err == nil && info.OpenCount > 0 {
 			return fmt.Sprintf("open %d time(s)", info.OpenCount), nil
 		}
 	}

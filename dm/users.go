@@ -60,7 +60,7 @@ func fileUsers(sys string, m Mapper, path string, extents func(*os.File) ([]file
 	}
 	// A store on linear device-mapper: COW tables name the devices under
 	// it (below.go).
-	below, _ := readBelow(sys, m, Dev{Major: unix.Major(st.Dev), Minor: unix.Minor(st.Dev)})
+	below, _ := readBelow(sys, m, DevFromNumber(st.Dev))
 	if len(over) == 0 && below == nil {
 		return users, nil
 	}
