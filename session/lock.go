@@ -96,6 +96,14 @@ func AcquireLock(ctx context.Context, stateDir string, wait time.Duration) (*Loc
 	return acquireLocks(ctx, wait, nil, filepath.Join(stateDir, LockFile))
 }
 
+// AcquireLockFile takes the lock file at path (made, with its directory,
+// when missing), waiting as AcquireLock does: for a lock of its own that
+// must not wait behind the state directory's (dmsnap store up runs while
+// an attach holds that one and waits for the store).
+func AcquireLockFile(ctx context.Context, path string, wait time.Duration) (*Lock, error) {
+	return acquireLocks(ctx, wait, nil, path)
+}
+
 // acquireLocks takes the lock files in order (each made, with its
 // directory, when missing), sharing one wait. Every caller names them in
 // the same order (host, then state), so two commands never deadlock.

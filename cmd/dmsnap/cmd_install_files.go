@@ -9,6 +9,7 @@ import (
 
 	"github.com/dmsnap/dmsnap/internal/hostfiles"
 	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/storedev"
 )
 
 func init() { register(installFilesCmd) }
@@ -27,7 +28,8 @@ func installFilesCmd(e *env) *cobra.Command {
 with the global --state and --store), etc/systemd/system/dmsnap-attach@.service
 (the udev rule starts one for each activated device that appears),
 etc/udev/rules.d/90-dmsnap.rules (the rule for the devices activated now;
-dmsnap keeps the installed one in step),
+dmsnap keeps the installed one in step), etc/systemd/system/dmsnap-store@.service
+and etc/udev/rules.d/89-dmsnap-store.rules (the same for managed stores),
 and under DIR/PREFIX the man pages (share/man/man8) and the bash, zsh and
 fish completions. For make install: dmsnap install-files "$(DESTDIR)".
 --list prints the paths only (make uninstall removes them).`,
@@ -59,11 +61,24 @@ func runInstallFiles(e *env, root *cobra.Command, f installFlags, dir string) er
 	if err != nil {
 		return err
 	}
+	storeUnit, err := hostfiles.StoreUnit(gen)
+	if err != nil {
+		return err
+	}
+	rs, err := storedev.LoadRecords(e.state)
+	if err != nil {
+		rs = &storedev.Records{}
+	}
+	storeRule, err := hostfiles.StoreUdevRules(filepath.Join(gen.StateDir, storedev.RecordsFile), storeDevices(rs), gen)
+	if err != nil {
+		return err
+	}
 	docs, err := docFiles(root, f.prefix)
 	if err != nil {
 		return err
 	}
-	files := []docFile{{hostfiles.SystemdUnitPath, []byte(unit)}, {hostfiles.AttachUnitPath, []byte(attach)}, {hostfiles.UdevRulePath, []byte(rule)}}
+	files := []docFile{{hostfiles.SystemdUnitPath, []byte(unit)}, {hostfiles.AttachUnitPath, []byte(attach)}, {hostfiles.UdevRulePath, []byte(rule)},
+		{hostfiles.StoreUnitPath, []byte(storeUnit)}, {hostfiles.StoreUdevRulePath, []byte(storeRule)}}
 	for _, d := range docs {
 		files = append(files, docFile{filepath.Join(f.prefix, d.path), d.text})
 	}
