@@ -99,7 +99,7 @@ func benchGap(rep *Report, scale int64, disks bool) error {
 	cs, err := gapConfigs(all, "raw device", "LVM2 classic snapshot origin",
 		"the same kernel targets, COW behind one more loop device (direct I/O)",
 		cfgHopLinear, cfgStore, cfgStoreLinear, cfgStoreLinearTail,
-		"dmsnap origin, session armed (store: ext4)", cfgLVMStore,
+		"dmsnap origin, session armed (store: ext4)", cfgLVMStore, cfgManagedStore,
 		cfgFile, cfgFileDmsnapOptions,
 		"dmsnap origin, session armed (store: tmpfs, no journal)")
 	if err != nil {
@@ -115,7 +115,7 @@ func benchGap(rep *Report, scale int64, disks bool) error {
 	// dmsnap's loop options and linear device, and dmsnap.
 	if cs, err = gapConfigs(all, "raw device", "LVM2 classic snapshot origin",
 		"the same kernel targets, COW behind one more loop device (direct I/O)",
-		"dmsnap origin, session armed (store: ext4)", cfgLVMStore,
+		"dmsnap origin, session armed (store: ext4)", cfgLVMStore, cfgManagedStore,
 		cfgFile, cfgFileDmsnapOptions,
 		"dmsnap origin, session armed (store: tmpfs, no journal)"); err != nil {
 		return err

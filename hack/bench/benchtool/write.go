@@ -15,8 +15,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/dmsnap/dmsnap/dm"
 	"golang.org/x/sys/unix"
+
+	"github.com/dmsnap/dmsnap/dm"
+	"github.com/dmsnap/dmsnap/storedev"
 )
 
 // Write cost: what a snapshot costs the writes of the device it protects.
@@ -281,6 +283,45 @@ func setupDmsnapOnLV(size, chunk int64, prep func(dev string) error, extra ...st
 		}
 		return "/dev/mapper/svg-store", down, nil
 	}, size, chunk, prep, extra...)
+}
+
+// setupDmsnapManaged activates dmsnap with its store on a managed store
+// (dmsnap store create, ext4) on a 1 GiB tmpfs file's loop device: the
+// COW's mapped part goes straight to that loop device, below the store's
+// dmsnap_store linear device, with no loop device of dmsnap's own.
+func setupDmsnapManaged(size, chunk int64, prep func(dev string) error, extra ...string) (*target, error) {
+	disk, free, err := backing("wstore-managed.img", 1<<30+8<<20)
+	if err != nil {
+		return nil, err
+	}
+	dir, state := filepath.Join(benchRoot, "wstore-managed"), filepath.Join(benchRoot, "mstate")
+	os.RemoveAll(state)
+	down := func() {
+		unix.Unmount(dir, 0)
+		if rs, err := storedev.LoadRecords(state); err == nil {
+			for _, r := range rs.Stores {
+				storedev.System{}.Unwrap(r.UUID)
+			}
+		}
+		os.RemoveAll(state)
+		free()
+	}
+	if err := run("dmsnap", "--state", state, "--store", dir, "store", "create", disk.Path, "--fs", "ext4"); err != nil {
+		down()
+		return nil, err
+	}
+	t, err := setupDmsnap(size, chunk, dir, prep, extra...)
+	if err != nil {
+		down()
+		return nil, err
+	}
+	teardown := t.teardown
+	t.teardown = func() error {
+		err := teardown()
+		down()
+		return err
+	}
+	return t, nil
 }
 
 // setupDmsnapStore activates dmsnap with its store on an fstype filesystem
@@ -555,6 +596,9 @@ func configs(chunk int64) []config {
 		{cfgLVMStore, chunk, func(size int64, prep func(string) error) (*target, error) {
 			return setupDmsnapOnLV(size, chunk, prep)
 		}},
+		{cfgManagedStore, chunk, func(size int64, prep func(string) error) (*target, error) {
+			return setupDmsnapManaged(size, chunk, prep)
+		}},
 		{"LVM2 classic snapshot origin", chunk, func(size int64, prep func(string) error) (*target, error) {
 			return setupLVMSnap(size, chunk, prep)
 		}},
@@ -567,6 +611,9 @@ func configs(chunk int64) []config {
 
 // cfgLVMStore is dmsnap with its store on an LVM logical volume.
 const cfgLVMStore = "dmsnap origin, session armed (store: ext4 on an LVM LV, COW below it, no loop device)"
+
+// cfgManagedStore is dmsnap with a managed store (dmsnap store create).
+const cfgManagedStore = "dmsnap origin, session armed (managed store: ext4 on dmsnap_store, COW below it, no loop device)"
 
 // Names of the attribution rows (attrib.go) in the gap part.
 const (
