@@ -106,14 +106,16 @@ func (System) Unwrap(uuid string) error {
 }
 
 // Mkfs implements Host with mkfs.ext4 or mkfs.xfs, forced (the device was
-// checked before, and its header written: mkfs must not stop to ask).
+// checked before, and its header written: mkfs must not stop to ask), with
+// 4 KiB blocks: mke2fs picks 1 KiB blocks for a device under 512 MiB, and
+// a COW file on blocks smaller than a page cannot be mapped (dm.MapFile).
 func (System) Mkfs(ctx context.Context, fs, path string) error {
 	var cmd *exec.Cmd
 	switch fs {
 	case "ext4":
-		cmd = exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", path)
+		cmd = exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-b", "4096", path)
 	case "xfs":
-		cmd = exec.CommandContext(ctx, "mkfs.xfs", "-q", "-f", path)
+		cmd = exec.CommandContext(ctx, "mkfs.xfs", "-q", "-f", "-b", "size=4096", path)
 	default:
 		return fmt.Errorf("mkfs: filesystem %q is not one of %v", fs, FSTypes)
 	}
