@@ -342,8 +342,10 @@ func runAll(args []string) error {
 			return err
 		}
 	}
-	if parts["gap"] {
-		if err := benchGap(&rep, *scale, parts["disks"]); err != nil {
+	// gap: the tmpfs rounds, and the virtio disks' too with disks;
+	// diskgap: the virtio disks' rounds alone.
+	if parts["gap"] || parts["diskgap"] {
+		if err := benchGap(&rep, *scale, parts["gap"], parts["disks"] || parts["diskgap"]); err != nil {
 			return err
 		}
 	}

@@ -88,9 +88,10 @@ func (set *GapSet) ratios() {
 	}
 }
 
-// benchGap runs the gap part on tmpfs loops and, when disks is set, on the
-// virtio disks (mounting their store as the disks part does).
-func benchGap(rep *Report, scale int64, disks bool) error {
+// benchGap runs the gap part on tmpfs loops (when tmpfs is set) and on the
+// virtio disks (when disks is set; mounting their stores as the disks
+// part does).
+func benchGap(rep *Report, scale int64, tmpfs, disks bool) error {
 	size := max(int64(256<<20)/scale, 64<<20)
 	job := fioJobs(scale)[2]
 	all := append(configs(chunkSize), attribConfigs(chunkSize)...)
@@ -104,6 +105,9 @@ func benchGap(rep *Report, scale int64, disks bool) error {
 		"dmsnap origin, session armed (store: tmpfs, no journal)")
 	if err != nil {
 		return err
+	}
+	if !tmpfs {
+		return benchGapDisks(rep, size, job)
 	}
 	set, err := runGap("tmpfs loops", cs, size, job)
 	if err != nil {
@@ -127,17 +131,24 @@ func benchGap(rep *Report, scale int64, disks bool) error {
 	if !disks {
 		return nil
 	}
+	return benchGapDisks(rep, size, job)
+}
+
+// benchGapDisks runs the gap rounds on the virtio disks.
+func benchGapDisks(rep *Report, size int64, job fioJob) error {
 	unmount, err := mountDiskStore()
 	if err != nil {
 		return err
 	}
 	defer unmount()
-	if cs, err = gapConfigs(diskConfigs(chunkSize), "raw disk", "LVM2 classic snapshot origin (PV: its own disk)",
+	cs, err := gapConfigs(diskConfigs(chunkSize), "raw disk", "LVM2 classic snapshot origin (PV: its own disk)",
 		"the same kernel targets, COW on a loop device (direct I/O) over its own disk",
-		"dmsnap origin, session armed (store: ext4 on its own disk)"); err != nil {
+		"dmsnap origin, session armed (store: ext4 on its own disk)", cfgDiskLVMStore, cfgDiskManaged)
+	if err != nil {
 		return err
 	}
-	if set, err = runGap("virtio disks", cs, size, job); err != nil {
+	set, err := runGap("virtio disks", cs, size, job)
+	if err != nil {
 		return err
 	}
 	rep.Gap = append(rep.Gap, set)

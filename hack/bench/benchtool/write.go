@@ -640,16 +640,27 @@ func attribConfigs(chunk int64) []config {
 	}
 }
 
-// The disks part: the device under test, LVM's PV and dmsnap's store each
+// The disks part: the device under test, LVM's PV and dmsnap's stores each
 // on a virtio disk of its own, backed by a file on the host and opened
 // there with O_DIRECT (cache=none), so that a flush costs what the host's
 // storage makes it cost, as on a real machine, where a loop device over a
 // tmpfs file (the write part) makes it free.
 const (
-	diskDev   = "/dev/vda" // the device under test: raw, or activated
-	diskPV    = "/dev/vdb" // LVM's PV
-	diskStore = "/dev/vdc" // dmsnap's store: ext4
-	diskMount = "/mnt/dstore"
+	diskDev     = "/dev/vda" // the device under test: raw, or activated
+	diskPV      = "/dev/vdb" // LVM's PV
+	diskStore   = "/dev/vdc" // dmsnap's store: ext4
+	diskMount   = "/mnt/dstore"
+	diskManaged = "/dev/vdd" // dmsnap's managed store (store create)
+	diskMMount  = "/mnt/dmanaged"
+	diskLVPV    = "/dev/vde" // the PV of dmsnap's store on an LVM LV (VG dsvg)
+	diskLVMount = "/mnt/dlvstore"
+	diskMState  = "/run/bench-mstate" // the managed store's state directory
+)
+
+// The rows of dmsnap on the disks part's managed and LVM stores.
+const (
+	cfgDiskManaged  = "dmsnap origin, session armed (managed store on its own disk, COW below it)"
+	cfgDiskLVMStore = "dmsnap origin, session armed (store: ext4 on an LVM LV on its own disk, COW below it)"
 )
 
 func diskConfigs(chunk int64) []config {
@@ -667,6 +678,12 @@ func diskConfigs(chunk int64) []config {
 		}},
 		{"dmsnap origin, session armed (store: ext4 on its own disk)", chunk, onDisk()},
 		{"dmsnap, store: ext4 on its own disk, --prealloc 0", chunk, onDisk("--prealloc", "0")},
+		{cfgDiskManaged, chunk, func(size int64, prep func(string) error) (*target, error) {
+			return activateOn(diskDev, func() {}, chunk, diskMMount, prep)
+		}},
+		{cfgDiskLVMStore, chunk, func(size int64, prep func(string) error) (*target, error) {
+			return activateOn(diskDev, func() {}, chunk, diskLVMount, prep)
+		}},
 		{"LVM2 classic snapshot origin (PV: its own disk)", chunk, func(size int64, prep func(string) error) (*target, error) {
 			lvmDisk = diskPV
 			defer func() { lvmDisk = "" }()
@@ -702,24 +719,70 @@ func benchDisks(rep *Report, scale int64) error {
 	return nil
 }
 
-// mountDiskStore makes a fresh ext4 on the disks part's store disk and
-// mounts it where dmsnap's store goes; unmount undoes the mount.
+// mountDiskStore makes the disks part's three stores, each on a disk of
+// its own: a fresh ext4 on diskStore, a managed store (dmsnap store
+// create) on diskManaged, and ext4 on an LVM LV on diskLVPV; unmount
+// undoes them.
 func mountDiskStore() (unmount func(), err error) {
-	for _, d := range []string{diskDev, diskPV, diskStore} {
+	for _, d := range []string{diskDev, diskPV, diskStore, diskManaged, diskLVPV} {
 		if _, err := os.Stat(d); err != nil {
-			return nil, fmt.Errorf("disks part: %s is missing (hack/bench/run.sh attaches three virtio disks): %w", d, err)
+			return nil, fmt.Errorf("disks part: %s is missing (hack/bench/run.sh attaches five virtio disks): %w", d, err)
 		}
 	}
-	if err := run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard", diskStore); err != nil {
+	var undo []func()
+	unmount = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	mkfsMount := func(dev, dir string) error {
+		if err := run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard", dev); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount(dev, dir, "ext4", 0, ""); err != nil {
+			return fmt.Errorf("mount %s: %w", dev, err)
+		}
+		undo = append(undo, func() { unix.Unmount(dir, 0) })
+		return nil
+	}
+	if err := mkfsMount(diskStore, diskMount); err != nil {
+		unmount()
 		return nil, err
 	}
-	if err := os.MkdirAll(diskMount, 0o755); err != nil {
+	os.RemoveAll(diskMState)
+	if err := run("dmsnap", "--state", diskMState, "--store", diskMMount, "store", "create", diskManaged, "--fs", "ext4", "--force"); err != nil {
+		unmount()
 		return nil, err
 	}
-	if err := unix.Mount(diskStore, diskMount, "ext4", 0, ""); err != nil {
-		return nil, fmt.Errorf("mount %s: %w", diskStore, err)
+	undo = append(undo, func() {
+		unix.Unmount(diskMMount, 0)
+		if rs, err := storedev.LoadRecords(diskMState); err == nil {
+			for _, r := range rs.Stores {
+				storedev.System{}.Unwrap(r.UUID)
+			}
+		}
+		os.RemoveAll(diskMState)
+	})
+	os.MkdirAll("/run/lock/lvm", 0o755)
+	undo = append(undo, func() {
+		lvm("vgremove", "-q", "-f", "dsvg")
+		lvm("pvremove", "-q", "-y", diskLVPV)
+	})
+	for _, args := range [][]string{{"pvcreate", "-q", "-y", "-ff", diskLVPV}, {"vgcreate", "-q", "dsvg", diskLVPV},
+		{"lvcreate", "-q", "-y", "-Wn", "-Zn", "-l", "100%FREE", "-n", "store", "dsvg"}} {
+		if _, err := lvm(args...); err != nil {
+			unmount()
+			return nil, err
+		}
 	}
-	return func() { unix.Unmount(diskMount, 0) }, nil
+	if err := mkfsMount("/dev/mapper/dsvg-store", diskLVMount); err != nil {
+		unmount()
+		return nil, err
+	}
+	return unmount, nil
 }
 
 // fillDevice writes the whole device once (raw, before any snapshot), so
@@ -939,7 +1002,7 @@ func writeMoreMarkdown(w io.Writer, r Report) {
 	}
 	if len(r.Disks) > 0 {
 		fmt.Fprintf(w, "\n## Write cost on virtio disks (flushes cost what the host's storage makes them cost)\n\n")
-		fmt.Fprintf(w, "The same jobs (no untar) with the device under test (%s of it), LVM's PV and dmsnap's store (ext4) each on a virtio disk of its own, backed by a file on the host opened with O_DIRECT (cache=none, aio=threads): a flush in the guest is an fdatasync of that file on the host. Cost = time / the raw disk's time.\n\n", mib(r.DiskDevice))
+		fmt.Fprintf(w, "The same jobs (no untar) with the device under test (%s of it), LVM's PV and dmsnap's stores (ext4; a managed store; ext4 on an LVM LV) each on a virtio disk of its own, backed by a file on the host opened with O_DIRECT (cache=none, aio=threads): a flush in the guest is an fdatasync of that file on the host. Cost = time / the raw disk's time.\n\n", mib(r.DiskDevice))
 		writeCostTable(w, r.Disks)
 	}
 	if len(r.Sweep) > 0 {
