@@ -12,6 +12,7 @@ deb=$(hack/deb.sh)
 [ -f "$deb" ] || fail "make deb gave no package"
 contents=$(dpkg-deb -c "$deb" | awk '{print $6}')
 for f in ./usr/sbin/dmsnap ./lib/systemd/system/dmsnap-watch.service ./lib/systemd/system/dmsnap-attach@.service ./lib/systemd/system/dmsnap-store@.service \
+	./lib/systemd/system/dmsnap-verify.service ./lib/systemd/system/dmsnap-verify.timer \
 	./usr/share/man/man8/dmsnap.8.gz ./usr/share/man/man8/dmsnap-restore.8.gz \
 	./usr/share/bash-completion/completions/dmsnap ./usr/share/zsh/vendor-completions/_dmsnap \
 	./usr/share/fish/vendor_completions.d/dmsnap.fish; do
@@ -33,7 +34,7 @@ trap 'apt-get remove -y -qq dmsnap >/dev/null 2>&1 || true' EXIT
 man dmsnap-restore 2>/dev/null | grep -q -- "--session" || fail "man dmsnap-restore does not render the restore page"
 grep -q -- '--state /var/lib/dmsnap --store /snapshot watch' /lib/systemd/system/dmsnap-watch.service ||
 	fail "the watcher's unit does not run the default state directory and store"
-out=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify /lib/systemd/system/dmsnap-watch.service /lib/systemd/system/dmsnap-attach@.service /lib/systemd/system/dmsnap-store@.service 2>&1) ||
+out=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify /lib/systemd/system/dmsnap-watch.service /lib/systemd/system/dmsnap-attach@.service /lib/systemd/system/dmsnap-store@.service /lib/systemd/system/dmsnap-verify.service /lib/systemd/system/dmsnap-verify.timer 2>&1) ||
 	fail "systemd-analyze verify: $out"
 [ -z "$out" ] || fail "systemd-analyze verify: $out"
 

@@ -25,7 +25,7 @@ install -D -m 0755 bin/dmsnap "$stage/usr/sbin/dmsnap"
 bin/dmsnap --state /var/lib/dmsnap --store /snapshot \
 	install-files --binary /usr/sbin/dmsnap --prefix /usr "$stage" >/dev/null
 mkdir -p "$stage/lib/systemd/system"
-mv "$stage"/etc/systemd/system/*.service "$stage/lib/systemd/system/"
+mv "$stage"/etc/systemd/system/*.service "$stage"/etc/systemd/system/*.timer "$stage/lib/systemd/system/"
 rm -rf "$stage/etc"
 gzip -9n "$stage"/usr/share/man/man8/*.8
 
@@ -52,6 +52,7 @@ set -e
 if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
 	systemctl daemon-reload || true
 	echo "dmsnap: start the watcher with: systemctl enable --now dmsnap-watch.service"
+	echo "dmsnap: verify the store every week with: systemctl enable --now dmsnap-verify.timer"
 fi
 SCRIPT
 cat >"$stage/DEBIAN/prerm" <<'SCRIPT'
@@ -59,7 +60,7 @@ cat >"$stage/DEBIAN/prerm" <<'SCRIPT'
 set -e
 # The watcher stops at a step it can resume from (TimeoutStopSec).
 if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
-	systemctl stop dmsnap-watch.service || true
+	systemctl stop dmsnap-watch.service dmsnap-verify.timer || true
 fi
 SCRIPT
 cat >"$stage/DEBIAN/postrm" <<'SCRIPT'

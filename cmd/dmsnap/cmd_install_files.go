@@ -30,6 +30,7 @@ with the global --state and --store), etc/systemd/system/dmsnap-attach@.service
 etc/udev/rules.d/90-dmsnap.rules (the rule for the devices activated now;
 dmsnap keeps the installed one in step), etc/systemd/system/dmsnap-store@.service
 and etc/udev/rules.d/89-dmsnap-store.rules (the same for managed stores),
+etc/systemd/system/dmsnap-verify.service and .timer (sessions verify, weekly),
 and under DIR/PREFIX the man pages (share/man/man8) and the bash, zsh and
 fish completions. For make install: dmsnap install-files "$(DESTDIR)".
 --list prints the paths only (make uninstall removes them).`,
@@ -73,12 +74,17 @@ func runInstallFiles(e *env, root *cobra.Command, f installFlags, dir string) er
 	if err != nil {
 		return err
 	}
+	verify, err := hostfiles.VerifyService(gen)
+	if err != nil {
+		return err
+	}
 	docs, err := docFiles(root, f.prefix)
 	if err != nil {
 		return err
 	}
 	files := []docFile{{hostfiles.SystemdUnitPath, []byte(unit)}, {hostfiles.AttachUnitPath, []byte(attach)}, {hostfiles.UdevRulePath, []byte(rule)},
-		{hostfiles.StoreUnitPath, []byte(storeUnit)}, {hostfiles.StoreUdevRulePath, []byte(storeRule)}}
+		{hostfiles.StoreUnitPath, []byte(storeUnit)}, {hostfiles.StoreUdevRulePath, []byte(storeRule)},
+		{hostfiles.VerifyServicePath, []byte(verify)}, {hostfiles.VerifyTimerPath, []byte(hostfiles.VerifyTimer())}}
 	for _, d := range docs {
 		files = append(files, docFile{filepath.Join(f.prefix, d.path), d.text})
 	}

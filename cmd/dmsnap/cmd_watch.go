@@ -37,7 +37,9 @@ kept, and a fresh session armed as soon as there is room. Every
 kernel's pre-images come within 64 MiB of the part of the COW written ahead
 (activate --prealloc), it writes the next 32 MiB ahead and maps it straight
 to the store's device, pausing the session's first writes meanwhile ("COW
-grown" in the log, with the pause). Logs go to
+grown" in the log, with the pause). Each device's retention policy is
+applied after every close and once an hour (rules by age remove sessions
+as time passes). Logs go to
 standard error (log/slog) with device and session attributes. SIGINT or
 SIGTERM stops it.
 
@@ -172,11 +174,19 @@ func invalidSessions(d *session.Device) []snapstore.SessionInfo {
 // made room for before the kernel drops its snapshot, not a beat later.
 const spaceEvery = time.Second
 
+// retainEvery is how often the watcher applies every device's retention
+// policy besides after each close: rules by age (--keep-within,
+// --keep-daily, ...) remove sessions as time passes, with no session
+// closing to trigger them.
+const retainEvery = time.Hour
+
 func (mon *monitor) run(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	sp := time.NewTicker(spaceEvery)
 	defer sp.Stop()
+	rt := time.NewTicker(retainEvery)
+	defer rt.Stop()
 	finishMerges(ctx, mon.m, mon.log) // a merge that finished while no watcher ran
 	retainAll(ctx, mon.m, mon.log, mon.short)
 	for {
@@ -189,6 +199,8 @@ func (mon *monitor) run(ctx context.Context, every time.Duration) {
 			if mon.storeShort() {
 				retainAll(ctx, mon.m, mon.log, mon.short)
 			}
+		case <-rt.C:
+			retainAll(ctx, mon.m, mon.log, mon.short)
 		}
 	}
 }

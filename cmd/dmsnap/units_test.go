@@ -31,7 +31,8 @@ func TestInstalledUnitsVerify(t *testing.T) {
 	if code, _, errOut := w.run(t, "", "install-files", "--binary", bin, "--prefix", "/usr", root); code != exitOK {
 		t.Fatalf("install-files: exit %d: %s", code, errOut)
 	}
-	units := []string{filepath.Join(root, hostfiles.SystemdUnitPath), filepath.Join(root, hostfiles.AttachUnitPath), filepath.Join(root, hostfiles.StoreUnitPath)}
+	units := []string{filepath.Join(root, hostfiles.SystemdUnitPath), filepath.Join(root, hostfiles.AttachUnitPath), filepath.Join(root, hostfiles.StoreUnitPath),
+		filepath.Join(root, hostfiles.VerifyServicePath), filepath.Join(root, hostfiles.VerifyTimerPath)}
 	cmd := exec.Command(analyze, append([]string{"verify"}, units...)...)
 	cmd.Env = append(os.Environ(), "MANPATH="+filepath.Join(root, "usr/share/man"), "SYSTEMD_LOG_LEVEL=notice")
 	out, err := cmd.CombinedOutput()

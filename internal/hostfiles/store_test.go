@@ -50,3 +50,19 @@ func TestStoreUnit(t *testing.T) {
 		}
 	}
 }
+
+func TestVerifyUnits(t *testing.T) {
+	svc, err := VerifyService(defaults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Type=oneshot", "ExecStart=/usr/local/sbin/dmsnap --state /var/lib/dmsnap --store /snapshot sessions verify\n",
+		"IOSchedulingClass=idle", "RequiresMountsFor=/var/lib/dmsnap /snapshot"} {
+		if !strings.Contains(svc, want) {
+			t.Errorf("service lacks %q:\n%s", want, svc)
+		}
+	}
+	if tm := VerifyTimer(); !strings.Contains(tm, "OnCalendar=weekly") || !strings.Contains(tm, "Persistent=true") || !strings.Contains(tm, "WantedBy=timers.target") {
+		t.Errorf("timer:\n%s", tm)
+	}
+}
