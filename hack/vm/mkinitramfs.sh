@@ -16,7 +16,7 @@ out=$cache/base.cpio.gz
 tools=(mke2fs mkfs.ext4 mkfs.ext2 e2fsck fsck.ext4 fsck.ext2 tune2fs dumpe2fs debugfs
 	mkfs.xfs xfs_repair xfs_db xfs_io mkfs.btrfs btrfs btrfsck
 	blkid blkdiscard fstrim fio stress-ng dbench
-	lvm pvcreate vgcreate lvcreate lvs thin_check)
+	lvm pvcreate vgcreate lvcreate lvs thin_check tmux)
 mods=(dm-mod dm-bufio dm-snapshot dm-thin-pool loop xfs btrfs xxhash_generic
 	virtio_pci virtio_blk crc32c-intel)
 
@@ -52,6 +52,8 @@ for t in "${tools[@]}"; do
 	rm -f "$root/bin/$t"
 	copy_with_libs "$p" "/usr/sbin/$t"
 done
+# tmux (the progress test's 80-column terminal) reads terminfo.
+[ -d /lib/terminfo ] && cp -r /lib/terminfo "$root/lib/"
 # dbench reads its load file from /usr/share/dbench.
 [ -d /usr/share/dbench ] && cp -r /usr/share/dbench "$root/usr/share/"
 mkdir -p "$root/etc/lvm" && printf 'global {\n use_lvmetad = 0\n}\nactivation {\n udev_sync = 0\n udev_rules = 0\n}\n' >"$root/etc/lvm/lvm.conf"

@@ -11,7 +11,7 @@ cache=${DMSNAP_VM_CACHE:-$here/.cache}
 mkdir -p "$cache"
 
 pkgs=(qemu-system-x86 qemu-utils busybox-static cpio kmod e2fsprogs xfsprogs btrfs-progs
-      dosfstools util-linux binutils fio lvm2 thin-provisioning-tools ca-certificates)
+      dosfstools util-linux binutils fio lvm2 thin-provisioning-tools ca-certificates tmux)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
