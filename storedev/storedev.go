@@ -94,6 +94,15 @@ type CreateRequest struct {
 	// recognises (destroying it).
 	Force bool
 	Now   time.Time
+	// Step, when set, is told each step as it starts (for a line of
+	// progress: mkfs of a large device takes a while).
+	Step func(what string)
+}
+
+func (r CreateRequest) step(format string, a ...any) {
+	if r.Step != nil {
+		r.Step(fmt.Sprintf(format, a...))
+	}
 }
 
 // Error is a refusal or failure of a store operation; Busy marks a device
@@ -168,13 +177,16 @@ func Create(ctx context.Context, h Host, rs *Records, req CreateRequest) (Record
 	if _, err := rand.Read(hd.UUID[:]); err != nil {
 		return fail(err, "")
 	}
+	req.step("writing the store header on %s", req.Device)
 	if err := writeHeader(f, hd, d.Size); err != nil {
 		return fail(err, "")
 	}
 	rec := Record{Path: path, UUID: hd.UUIDString(), FS: req.FS, Device: req.Device, Dev: d.Dev, Stable: d.Stable, Created: hd.Created}
 	wrapped, err := h.Wrap(hd, d.Dev)
 	if err == nil {
+		req.step("making the %s filesystem on %s (%d MiB)", req.FS, wrapped, hd.DataLength>>20)
 		if err = h.Mkfs(ctx, req.FS, wrapped); err == nil {
+			req.step("mounting %s on %s", wrapped, path)
 			err = mountOn(h, wrapped, path, req.FS)
 		}
 	}

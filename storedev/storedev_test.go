@@ -125,9 +125,14 @@ func TestCreateThenUp(t *testing.T) {
 	h, disk := newFake(t, diskSize)
 	store := filepath.Join(t.TempDir(), "snapshot")
 	rs := &Records{Version: recordsVersion}
-	rec, err := Create(context.Background(), h, rs, CreateRequest{Device: disk, Path: store, FS: "xfs", Now: time.Unix(1700000000, 0)})
+	var steps []string
+	rec, err := Create(context.Background(), h, rs, CreateRequest{Device: disk, Path: store, FS: "xfs", Now: time.Unix(1700000000, 0),
+		Step: func(s string) { steps = append(steps, s) }})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(steps) != 3 || !strings.Contains(steps[1], "making the xfs filesystem") || !strings.HasPrefix(steps[2], "mounting") {
+		t.Fatalf("steps %q", steps)
 	}
 	hd, err := ParseHeader(readAll(t, disk))
 	if err != nil {

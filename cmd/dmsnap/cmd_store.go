@@ -111,7 +111,11 @@ func runStoreCreate(e *env, f storeCreateFlags, device string) error {
 	if err != nil {
 		return err
 	}
-	rec, err := storedev.Create(e.ctx, storedev.System{}, rs, storedev.CreateRequest{Device: device, Path: store, FS: f.fs, Force: f.force, Now: time.Now()})
+	req := storedev.CreateRequest{Device: device, Path: store, FS: f.fs, Force: f.force, Now: time.Now()}
+	if !e.json {
+		req.Step = func(what string) { fmt.Fprintf(e.stderr, "dmsnap store create: %s\n", what) }
+	}
+	rec, err := storedev.Create(e.ctx, storedev.System{}, rs, req)
 	if err != nil {
 		return err
 	}
