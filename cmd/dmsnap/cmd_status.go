@@ -308,7 +308,7 @@ func retentionShort(d *session.Device, need int64) string {
 	if err != nil {
 		return err.Error()
 	}
-	plan := snapstore.PlanRetention(infos, snapstore.RetentionRequest{Name: d.Name, Policy: *d.Retention, Now: time.Now(), Need: need, Size: sessionBytes, Held: held, Restores: restores, KeepFrom: d.RevertBase})
+	plan := snapstore.PlanRetention(infos, snapstore.RetentionRequest{Name: d.Name, Policy: *d.Retention, Now: time.Now(), Need: need, Size: session.SessionBytes, Held: held, Restores: restores, KeepFrom: d.RevertBase})
 	return plan.Short
 }
 
