@@ -744,7 +744,7 @@ func runPolicyPrune(e *env, f pruneFlags, name string) error {
 		}
 	}
 	res := pruned{Name: name, DryRun: f.dry, Removed: []string{}}
-	plan, err := retain(e.ctx, newManager(e), name, f.dry, func(info snapstore.SessionInfo, why string) {
+	plan, err := newManager(e).Retain(e.ctx, name, f.dry, func(info snapstore.SessionInfo, why string) {
 		res.Removed = append(res.Removed, info.ID)
 		if !e.json {
 			fmt.Fprintf(e.stdout, "removed %s (%s)\n", info.ID, why)

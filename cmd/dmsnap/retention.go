@@ -213,11 +213,6 @@ func parseOnUnmount(v string) (string, error) {
 	return "", usagef("--on-unmount %q: want keep or revert", v)
 }
 
-// retain applies device name's retention policy now (Manager.Retain).
-func retain(ctx context.Context, m *session.Manager, name string, dry bool, removed func(info snapstore.SessionInfo, why string)) (snapstore.RetentionPlan, error) {
-	return m.Retain(ctx, name, dry, removed)
-}
-
 // retainAll is the watcher's retention beat: every device with a policy,
 // removals logged; a store that stays short is warned about once per
 // reason when short is not nil (the monitor's beat keeps that record).
@@ -230,7 +225,7 @@ func retainAll(ctx context.Context, m *session.Manager, log *slog.Logger, short 
 		if d.Retention == nil {
 			continue
 		}
-		plan, err := retain(ctx, m, d.Name, false, func(info snapstore.SessionInfo, why string) {
+		plan, err := m.Retain(ctx, d.Name, false, func(info snapstore.SessionInfo, why string) {
 			log.Info("retention removed a session", "device", d.Name, "session", info.ID, "by", why, "policy", d.Retention.String())
 		})
 		switch {
