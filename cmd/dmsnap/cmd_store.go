@@ -88,6 +88,21 @@ func storeLock(e *env) (*session.Lock, error) {
 	return session.AcquireLockFile(e.ctx, filepath.Join(e.state, storedev.LockFile), wait)
 }
 
+// lockedRecords takes the stores' lock and reads stores.json under it;
+// release drops the lock.
+func lockedRecords(e *env) (*storedev.Records, func(), error) {
+	l, err := storeLock(e)
+	if err != nil {
+		return nil, nil, err
+	}
+	rs, err := storedev.LoadRecords(e.state)
+	if err != nil {
+		l.Release()
+		return nil, nil, err
+	}
+	return rs, func() { l.Release() }, nil
+}
+
 func runStoreCreate(e *env, f storeCreateFlags, device string) error {
 	if err := f.pw.check(); err != nil {
 		return err
@@ -98,15 +113,11 @@ func runStoreCreate(e *env, f storeCreateFlags, device string) error {
 	if err := requireSecret(e, &f.pw); err != nil {
 		return err
 	}
-	l, err := storeLock(e)
+	rs, release, err := lockedRecords(e)
 	if err != nil {
 		return err
 	}
-	defer l.Release()
-	rs, err := storedev.LoadRecords(e.state)
-	if err != nil {
-		return err
-	}
+	defer release()
 	store, err := filepath.Abs(e.store)
 	if err != nil {
 		return err
@@ -149,15 +160,11 @@ Exit codes: 0 ok, 1 failure, 2 usage, 4 device busy.`,
 }
 
 func runStoreUp(e *env, device string) error {
-	l, err := storeLock(e)
+	rs, release, err := lockedRecords(e)
 	if err != nil {
 		return err
 	}
-	defer l.Release()
-	rs, err := storedev.LoadRecords(e.state)
-	if err != nil {
-		return err
-	}
+	defer release()
 	rec, changed, err := storedev.Up(storedev.System{}, rs, device)
 	if err != nil {
 		return err

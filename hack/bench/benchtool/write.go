@@ -310,6 +310,13 @@ func setupDmsnapManaged(size, chunk int64, prep func(dev string) error, extra ..
 		down()
 		return nil, err
 	}
+	return setupDmsnapOver(size, chunk, dir, down, prep, extra...)
+}
+
+// setupDmsnapOver activates dmsnap with its store in dir, a store that
+// down takes away after dmsnap's own teardown (or at once, when the
+// activation fails).
+func setupDmsnapOver(size, chunk int64, dir string, down func(), prep func(dev string) error, extra ...string) (*target, error) {
 	t, err := setupDmsnap(size, chunk, dir, prep, extra...)
 	if err != nil {
 		down()
@@ -349,18 +356,7 @@ func setupDmsnapStore(fstype string, mkfsOpts []string, makeDev func() (string, 
 		return nil, fmt.Errorf("mount %s on %s: %w", fstype, dir, err)
 	}
 	down := func() { unix.Unmount(dir, 0); free() }
-	t, err := setupDmsnap(size, chunk, dir, prep, extra...)
-	if err != nil {
-		down()
-		return nil, err
-	}
-	teardown := t.teardown
-	t.teardown = func() error {
-		err := teardown()
-		down()
-		return err
-	}
-	return t, nil
+	return setupDmsnapOver(size, chunk, dir, down, prep, extra...)
 }
 
 // lvmSetup makes volume group bvg on a fresh PV of pvSize bytes, or on
