@@ -103,6 +103,9 @@ func runActivate(e *env, fs *pflag.FlagSet, f activateFlags, device string) erro
 	if err := requireSecret(e, &f.pw); err != nil {
 		return err
 	}
+	if err := requireManagedStoreUp(e, e.store); err != nil {
+		return err
+	}
 	m := newManager(e)
 	d, err := m.Activate(e.ctx, session.ActivateRequest{Device: device, Name: f.name, ChunkSize: uint32(size), Store: e.store, Prealloc: int64(pre), Retention: keep, OnUnmount: onUnmount})
 	if err != nil {

@@ -317,3 +317,25 @@ func ensureStore(ctx context.Context, e *env, rs *storedev.Records, r storedev.R
 	}
 	return ok, err
 }
+
+// requireManagedStoreUp refuses a store path that is a managed store not
+// mounted now: its directory is then an empty one on the filesystem below,
+// and sessions armed there would be hidden by the store's next mount.
+func requireManagedStoreUp(e *env, store string) error {
+	rs, err := storedev.LoadRecords(e.state)
+	if err != nil {
+		return err
+	}
+	abs, err := filepath.Abs(store)
+	if err != nil {
+		return err
+	}
+	r := rs.ByPath(abs)
+	if r == nil {
+		return nil
+	}
+	if _, mounted, err := (storedev.System{}).MountedAt(r.Path); err != nil || mounted {
+		return err
+	}
+	return fmt.Errorf("%s is a managed store that is not mounted: `dmsnap store up %s` brings it back", r.Path, r.Device)
+}

@@ -74,3 +74,21 @@ func TestStoreList(t *testing.T) {
 		t.Fatalf("damaged: exit %d: %s", code, errOut)
 	}
 }
+
+// activate refuses a managed store that is not mounted: its sessions would
+// go to the empty directory below the store's mount point.
+func TestActivateRefusesUnmountedManagedStore(t *testing.T) {
+	w := newWorld(t)
+	w.sys.Prober.Add("/dev/sdb1", sdb1)
+	rs := &storedev.Records{Version: 1, Stores: []storedev.Record{{Path: w.store, UUID: "0123456789abcdef0123456789abcdef", FS: "ext4", Device: "/dev/vdz"}}}
+	if err := rs.Save(w.state); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := w.run(t, "", "activate", "/dev/sdb1")
+	if code != exitFailure || !strings.Contains(errOut, "is a managed store that is not mounted: `dmsnap store up /dev/vdz`") {
+		t.Fatalf("activate: exit %d: %s", code, errOut)
+	}
+	if code, out, _ := w.run(t, "", "status"); code != exitOK || strings.Contains(out, "sdb1") {
+		t.Fatalf("after a refused activate: %s", out)
+	}
+}
