@@ -98,11 +98,7 @@ func UdevRules(registry string, devs []Device, opt Options) (string, error) {
 	}
 	const attach = `GOTO="dmsnap_attach"`
 	var b strings.Builder
-	fmt.Fprintf(&b, "# dmsnap: re-attach activated devices when they appear (boot, hot-plug).\n")
-	fmt.Fprintf(&b, "# Generated from %s by `dmsnap activate` and `dmsnap deactivate`; edits are lost.\n", registry)
-	b.WriteString(`ACTION!="add", GOTO="dmsnap_end"` + "\n")
-	b.WriteString(`SUBSYSTEM!="block", GOTO="dmsnap_end"` + "\n")
-	b.WriteString(`ENV{DM_NAME}=="dmsnap-*", GOTO="dmsnap_end"` + "\n")
+	ruleHead(&b, "re-attach activated devices", registry, "`dmsnap activate` and `dmsnap deactivate`", "dmsnap_end", "dmsnap-*")
 	for _, d := range devs {
 		fmt.Fprintf(&b, "\n# %s (%s)\n", d.Name, commentSafe(d.Path))
 		if key, val := stableMatch(d.Stable); key != "" {
@@ -123,6 +119,17 @@ func UdevRules(registry string, devs []Device, opt Options) (string, error) {
 	}
 	b.WriteString("\nLABEL=\"dmsnap_end\"\n")
 	return b.String(), nil
+}
+
+// ruleHead starts a rule file: what it does, the file it is made from and
+// by whom, and the lines that skip to label end every event but a block
+// device's add, and dmsnap's own devices (DM_NAME matching skipDM).
+func ruleHead(b *strings.Builder, what, from, by, end, skipDM string) {
+	fmt.Fprintf(b, "# dmsnap: %s when they appear (boot, hot-plug).\n", what)
+	fmt.Fprintf(b, "# Generated from %s by %s; edits are lost.\n", from, by)
+	fmt.Fprintf(b, "ACTION!=\"add\", GOTO=\"%s\"\n", end)
+	fmt.Fprintf(b, "SUBSYSTEM!=\"block\", GOTO=\"%s\"\n", end)
+	fmt.Fprintf(b, "ENV{DM_NAME}==\"%s\", GOTO=\"%s\"\n", skipDM, end)
 }
 
 // stableMatch is the udev property and value that name a device with

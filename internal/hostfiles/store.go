@@ -28,11 +28,7 @@ func StoreUdevRules(records string, stores []Device, opt Options) (string, error
 	}
 	const up = `GOTO="dmsnap_store_up"`
 	var b strings.Builder
-	fmt.Fprintf(&b, "# dmsnap: bring managed stores back when their devices appear (boot, hot-plug).\n")
-	fmt.Fprintf(&b, "# Generated from %s by `dmsnap store create`; edits are lost.\n", records)
-	b.WriteString(`ACTION!="add", GOTO="dmsnap_store_end"` + "\n")
-	b.WriteString(`SUBSYSTEM!="block", GOTO="dmsnap_store_end"` + "\n")
-	b.WriteString(`ENV{DM_NAME}=="dmsnap*", GOTO="dmsnap_store_end"` + "\n")
+	ruleHead(&b, "bring managed stores back", records, "`dmsnap store create`", "dmsnap_store_end", "dmsnap*")
 	for _, d := range stores {
 		fmt.Fprintf(&b, "\n# the store on %s (%s)\n", commentSafe(d.Name), commentSafe(d.Path))
 		if key, val := stableMatch(d.Stable); key != "" {
