@@ -76,6 +76,10 @@ func runWatch(e *env, f watchFlags) error {
 		h = slog.NewJSONHandler(e.stderr, nil)
 	}
 	log := slog.New(h)
+	// The managed stores of the registered devices first: the first
+	// reconcile re-attaches COWs that live on them (at boot the watcher
+	// may start before udev has brought them up).
+	ensureStores(e.ctx, e, storeWait)
 	m := newManager(e)
 	m.Log = log
 	m.LockNotice = func(path string, h session.Holder, wait time.Duration) {
