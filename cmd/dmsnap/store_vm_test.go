@@ -111,15 +111,7 @@ func testManagedStore(t *testing.T, fs string) {
 	})
 	w.stop(t)
 
-	// "Reboot": the tables go, the store is unmounted and its linear
-	// device removed; the registry and stores.json stay.
-	if err := (dm.Stack{Name: name}).Teardown(); err != nil {
-		t.Fatal(err)
-	}
-	vmtest.Run(t, "umount", c.store)
-	if err := (storedev.System{}).Unwrap(stores[0].UUID); err != nil {
-		t.Fatal(err)
-	}
+	reboot(t, c, name, stores[0].UUID)
 	if _, err := os.Stat(mapper); !os.IsNotExist(err) {
 		t.Fatalf("%s still there: %v", mapper, err)
 	}
@@ -133,6 +125,16 @@ func testManagedStore(t *testing.T, fs string) {
 	if got := vmtest.SHA256(t, origin); got != before {
 		t.Fatalf("after restore the device is %s, before the session %s", got, before)
 	}
+	// A second "reboot", and the watcher comes up first: it brings the
+	// store up before its first reconcile re-attaches the armed session.
+	reboot(t, c, name, stores[0].UUID)
+	w = c.watch(t)
+	eventually(t, "the watcher to re-attach the device", 60*time.Second, func() bool {
+		st := c.status(t)
+		return len(st.Devices) == 1 && st.Devices[0].Stack != nil && st.Devices[0].Stack.Complete &&
+			len(st.Devices[0].Sessions) > 0 && st.Devices[0].Sessions[0].CowRoute == "below"
+	})
+	w.stop(t)
 	c.ok(t, "deactivate", name)
 	all := c.list(t, name)
 
@@ -149,6 +151,20 @@ func testManagedStore(t *testing.T, fs string) {
 	}
 	if code, _, errOut := c.try(t, "", "store", "up", withFS); code != exitFailure || !strings.Contains(errOut, "is not a dmsnap store") {
 		t.Fatalf("store up on a plain device: exit %d\n%s", code, errOut)
+	}
+}
+
+// reboot is what a reboot leaves of device name and its managed store
+// (UUID uuid): the tables go, the store is unmounted and its linear device
+// removed; the registry and stores.json stay.
+func reboot(t *testing.T, c *cli, name, uuid string) {
+	t.Helper()
+	if err := (dm.Stack{Name: name}).Teardown(); err != nil {
+		t.Fatal(err)
+	}
+	vmtest.Run(t, "umount", c.store)
+	if err := (storedev.System{}).Unwrap(uuid); err != nil {
+		t.Fatal(err)
 	}
 }
 
