@@ -337,7 +337,7 @@ func printImage(e *env, f restoreFlags, res *rollback.Result) error {
 		return e.emit(res, nil)
 	}
 	printWarnings(e.stderr, res.Warnings)
-	fmt.Fprintf(e.stdout, "Wrote %s: %s as it was before session %s (%s of the device copied, %s from %d session(s)); %s was only read.\n",
+	say(e.stdout, "Wrote %s: %s as it was before session %s (%s of the device copied, %s from %d session(s)); %s was only read.",
 		res.To, res.Name, res.Session, units.FormatBytes(res.Image.Bytes), units.FormatBytes(res.Written), len(res.Sessions), res.Source)
 	return nil
 }
@@ -348,19 +348,19 @@ func printRestore(e *env, f restoreFlags, res *rollback.Result) error {
 	}
 	w := e.stdout
 	if mg := res.Merge; mg != nil && mg.Started {
-		fmt.Fprintf(w, "Restored %s to its state before session %s instantly: %s shows it now, and the kernel copies %s from %d session(s) back in the background (dmsnap status shows how far; dmsnap watch puts the stack back when it is done).\n",
+		say(w, "Restored %s to its state before session %s instantly: %s shows it now, and the kernel copies %s from %d session(s) back in the background (dmsnap status shows how far; dmsnap watch puts the stack back when it is done).",
 			res.Name, res.Session, strings.TrimPrefix(res.Through, "snapshot-merge on "), units.FormatBytes(res.Summary.Bytes), len(res.Sessions))
-		fmt.Fprintf(w, "This restore can be undone: session %d (armed at %s) records what the merge overwrites. Once it has closed (dmsnap watch closes it when the merge is done, unless the device is mounted; then the unmount does), restore it: it is the first session of %s after this restore in dmsnap sessions list %s; dmsnap watch also logs the command.\n",
+		say(w, "This restore can be undone: session %d (armed at %s) records what the merge overwrites. Once it has closed (dmsnap watch closes it when the merge is done, unless the device is mounted; then the unmount does), restore it: it is the first session of %s after this restore in dmsnap sessions list %s; dmsnap watch also logs the command.",
 			mg.Recording, localTime(mg.RecordingArmed), res.Name, res.Name)
 		return nil
 	}
-	fmt.Fprintf(w, "Restored %s to its state before session %s: %s written in %d write(s) through %s, from %d session(s).\n",
+	say(w, "Restored %s to its state before session %s: %s written in %d write(s) through %s, from %d session(s).",
 		res.Name, res.Session, units.FormatBytes(res.Written), res.Writes, res.Through, len(res.Sessions))
 	switch {
 	case res.Undoable:
 		fmt.Fprintf(w, "To undo: dmsnap restore %s --session %s\n", res.Name, res.Undo)
 	case !res.Active:
-		fmt.Fprintf(w, "%s is not activated: it was restored directly, and this restore cannot be undone.\n", res.Name)
+		say(w, "%s is not activated: it was restored directly, and this restore cannot be undone.", res.Name)
 	case res.NoUndo:
 		fmt.Fprintln(w, "--no-undo: written to the raw device behind dmsnap, this restore cannot be undone.")
 	default:

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Output. Every command that prints takes --json (a global flag) and then
@@ -129,4 +130,36 @@ func (c columns[T]) write(w io.Writer, fields []string, rows []T, noHead bool) {
 		}
 		fmt.Fprintln(w, strings.Join(vals, "\t"))
 	}
+}
+
+// textWidth is the width prose output is wrapped to: a terminal of 80
+// columns shows every line whole, and logs read the same.
+const textWidth = 80
+
+// say prints a paragraph of prose wrapped at textWidth columns. Words are
+// never split: a path or ID longer than a line gets a line of its own.
+func say(w io.Writer, format string, a ...any) {
+	fmt.Fprintln(w, wrapText(fmt.Sprintf(format, a...), textWidth))
+}
+
+// wrapText breaks s at spaces so that no line is longer than width
+// (runes), except a single word that is longer by itself.
+func wrapText(s string, width int) string {
+	var b strings.Builder
+	n := 0
+	for _, word := range strings.Fields(s) {
+		l := utf8.RuneCountInString(word)
+		switch {
+		case n == 0:
+		case n+1+l > width:
+			b.WriteByte('\n')
+			n = 0
+		default:
+			b.WriteByte(' ')
+			n++
+		}
+		b.WriteString(word)
+		n += l
+	}
+	return b.String()
 }

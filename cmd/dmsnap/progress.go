@@ -42,6 +42,9 @@ type barProgress struct {
 
 func (b *barProgress) Begin(phase string, total uint64) {
 	b.End() // a phase left open
+	if total == 0 {
+		return // nothing to do: no bar (a plan with nothing to check)
+	}
 	b.p = mpb.New(mpb.WithOutput(b.out), mpb.WithRefreshRate(200*time.Millisecond))
 	b.bar = b.p.New(int64(total),
 		mpb.BarStyle().Lbound("[").Filler("#").Tip("#").Padding("-").Rbound("]"),
@@ -81,7 +84,8 @@ type lineProgress struct {
 
 func (l *lineProgress) Begin(phase string, total uint64) {
 	l.End()
-	l.phase, l.total, l.done, l.start, l.open = phase, total, 0, time.Now(), true
+	// A phase with nothing to do gets no line.
+	l.phase, l.total, l.done, l.start, l.open = phase, total, 0, time.Now(), total > 0
 }
 
 func (l *lineProgress) Add(n uint64) { l.done += n }

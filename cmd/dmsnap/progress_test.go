@@ -160,3 +160,34 @@ func TestProgressFitsTheTerminal(t *testing.T) {
 		t.Errorf("off a terminal with --json: %q, want nothing", log.String())
 	}
 }
+
+func TestWrapText(t *testing.T) {
+	in := "Restored tp to its state before session tp_1796526972: 48.6 MiB written in 59 write(s) through /dev/mapper/dmsnap-tp, from 2 session(s)."
+	got := wrapText(in, 80)
+	for _, l := range strings.Split(got, "\n") {
+		if len(l) > 80 {
+			t.Errorf("line of %d: %q", len(l), l)
+		}
+	}
+	if strings.Join(strings.Fields(got), " ") != in || !strings.Contains(got, "\n") {
+		t.Fatalf("wrapped: %q", got)
+	}
+	long := strings.Repeat("x", 90)
+	if got := wrapText("a "+long+" b", 80); got != "a\n"+long+"\nb" {
+		t.Fatalf("a word longer than the line: %q", got)
+	}
+}
+
+// A phase with nothing to do draws nothing.
+func TestEmptyPhaseSilent(t *testing.T) {
+	var b strings.Builder
+	p := &lineProgress{w: &b}
+	p.Begin("verify", 0)
+	p.End()
+	p.Begin("write", 10)
+	p.Add(10)
+	p.End()
+	if strings.Contains(b.String(), "verify") || !strings.Contains(b.String(), "dmsnap: write: 10 B of 10 B") {
+		t.Fatalf("%q", b.String())
+	}
+}

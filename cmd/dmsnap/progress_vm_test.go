@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -38,13 +39,24 @@ func TestCLIRestoreProgressIn80Columns(t *testing.T) {
 	const session = "dmsnap-progress"
 	script := fmt.Sprintf("%s --state %s --store %s restore %s --session %s --yes; echo EXIT=$?; sleep 600",
 		dmsnapBin, c.state, c.store, name, ss[0].ID)
-	vmtest.Run(t, "tmux", "-u", "new-session", "-d", "-s", session, "-x", "80", "-y", "40", "sh", "-c", script)
+	tmux := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("tmux", args...)
+		// tmux wants a UTF-8 locale; glibc has C.UTF-8 built in.
+		cmd.Env = append(os.Environ(), "LC_ALL=C.UTF-8", "TERM=xterm")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("tmux %q: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	tmux("-u", "new-session", "-d", "-s", session, "-x", "80", "-y", "40", "sh", "-c", script)
 	t.Cleanup(func() { exec.Command("tmux", "kill-server").Run() })
 	var screen string
 	eventually(t, "the restore to end", 120*time.Second, func() bool {
 		// -J joins lines the terminal wrapped: a wrapped line comes back
 		// longer than the pane.
-		screen = vmtest.Run(t, "tmux", "capture-pane", "-p", "-J", "-t", session)
+		screen = tmux("capture-pane", "-p", "-J", "-t", session)
 		return strings.Contains(screen, "EXIT=")
 	})
 	t.Logf("screen:\n%s", screen)

@@ -80,7 +80,7 @@ func TestRestoreToExistingFile(t *testing.T) {
 			args = append(args, "--force")
 		}
 		code, out, errOut := fx.run(t, nil, args...)
-		if code != exitOK || !strings.Contains(out, fx.dev+" was only read") || strings.Contains(out, "not touched") {
+		if code != exitOK || !strings.Contains(strings.Join(strings.Fields(out), " "), fx.dev+" was only read") || strings.Contains(out, "not touched") {
 			t.Errorf("%q: exit %d\n%s%s", args, code, out, errOut)
 		}
 		if got, _ := os.ReadFile(c.to); !bytes.Equal(got, fx.states[0]) {

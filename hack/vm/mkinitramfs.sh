@@ -52,8 +52,10 @@ for t in "${tools[@]}"; do
 	rm -f "$root/bin/$t"
 	copy_with_libs "$p" "/usr/sbin/$t"
 done
-# tmux (the progress test's 80-column terminal) reads terminfo.
+# tmux (the progress test's 80-column terminal) reads terminfo and wants a
+# UTF-8 locale (glibc's C.UTF-8).
 [ -d /lib/terminfo ] && cp -r /lib/terminfo "$root/lib/"
+[ -d /usr/lib/locale/C.utf8 ] && mkdir -p "$root/usr/lib/locale" && cp -r /usr/lib/locale/C.utf8 "$root/usr/lib/locale/"
 # dbench reads its load file from /usr/share/dbench.
 [ -d /usr/share/dbench ] && cp -r /usr/share/dbench "$root/usr/share/"
 mkdir -p "$root/etc/lvm" && printf 'global {\n use_lvmetad = 0\n}\nactivation {\n udev_sync = 0\n udev_rules = 0\n}\n' >"$root/etc/lvm/lvm.conf"
