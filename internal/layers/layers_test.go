@@ -19,7 +19,7 @@ func rank(pkg string) int {
 		return 1
 	case pkg == "dm", pkg == "dm/dmtest", pkg == "snapstore":
 		return 2
-	case pkg == "restore", pkg == "session", pkg == "session/system", pkg == "session/sessiontest":
+	case pkg == "restore", pkg == "session", pkg == "session/system", pkg == "session/sessiontest", pkg == "storedev":
 		return 3
 	case pkg == "rollback":
 		return 4
