@@ -302,8 +302,14 @@ func TestWatchRevertsAtUnmount(t *testing.T) {
 	// nothing mounted since, the watcher holds the device again (without
 	// waiting), closes 3 and makes 4 the base.
 	waitFor("the revert and the base to move", func() bool { return w.device().RevertBase == 4 })
+	// The revert is logged after the registry moves the base.
+	waitFor("the revert's undo session to be logged", func() bool { return strings.Contains(ns.logs.String(), "undo_session=") })
 	want := []string{"hold sdb1 wait=true", "revert sdb1 held=true live=2 armed", "hold sdb1 wait=false"}
-	if got := rv.seen(); !slices.Equal(got, want) {
+	// Under load a beat may find the unmounted device before the watcher
+	// has read the unmount event: it then reverts with a hold of its own
+	// (held=false), and the hold taken at the event is let go.
+	raced := []string{"revert sdb1 held=false live=2 armed", "hold sdb1 wait=true", "hold sdb1 wait=false"}
+	if got := rv.seen(); !slices.Equal(got, want) && !slices.Equal(got, raced) {
 		t.Fatalf("calls %v, want %v", got, want)
 	}
 	if d := w.device(); d.RevertPending || d.Current().N != 4 || d.Current().State != session.SessionArmed {
