@@ -109,16 +109,24 @@ func UdevRules(registry string, devs []Device, opt Options) (string, error) {
 		}
 		fmt.Fprintf(&b, "ENV{MAJOR}==\"%d\", ENV{MINOR}==\"%d\", %s\n", d.Dev.Major, d.Dev.Minor, attach)
 	}
-	if len(devs) > 0 {
-		b.WriteString("GOTO=\"dmsnap_end\"\n\n")
-		b.WriteString("LABEL=\"dmsnap_attach\"\n")
-		b.WriteString("# Under systemd: " + AttachUnitName + " (attach may wait; RUN must not).\n")
-		fmt.Fprintf(&b, "TEST==\"/run/systemd/system\", TAG+=\"systemd\", ENV{SYSTEMD_WANTS}+=\"%s\", GOTO=\"dmsnap_end\"\n", AttachUnitName)
-		b.WriteString("# Without systemd: attach at once.\n")
-		fmt.Fprintf(&b, "RUN+=\"%s --state %s attach $devnode\"\n", opt.Binary, opt.StateDir)
-	}
-	b.WriteString("\nLABEL=\"dmsnap_end\"\n")
+	ruleTail(&b, len(devs) > 0, "dmsnap_attach", "dmsnap_end", AttachUnitName, "attach may wait; RUN must not", "attach at once",
+		fmt.Sprintf("%s --state %s attach $devnode", opt.Binary, opt.StateDir))
 	return b.String(), nil
+}
+
+// ruleTail ends a rule file: when any device matched (some), the label
+// label, which hands the device to systemd's unit (a reason why), or
+// without systemd runs run itself (what), and the end label.
+func ruleTail(b *strings.Builder, some bool, label, end, unit, why, what, run string) {
+	if some {
+		fmt.Fprintf(b, "GOTO=\"%s\"\n\n", end)
+		fmt.Fprintf(b, "LABEL=\"%s\"\n", label)
+		fmt.Fprintf(b, "# Under systemd: %s (%s).\n", unit, why)
+		fmt.Fprintf(b, "TEST==\"/run/systemd/system\", TAG+=\"systemd\", ENV{SYSTEMD_WANTS}+=\"%s\", GOTO=\"%s\"\n", unit, end)
+		fmt.Fprintf(b, "# Without systemd: %s.\n", what)
+		fmt.Fprintf(b, "RUN+=\"%s\"\n", run)
+	}
+	fmt.Fprintf(b, "\nLABEL=\"%s\"\n", end)
 }
 
 // ruleHead starts a rule file: what it does, the file it is made from and

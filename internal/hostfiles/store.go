@@ -36,15 +36,8 @@ func StoreUdevRules(records string, stores []Device, opt Options) (string, error
 		}
 		fmt.Fprintf(&b, "ENV{MAJOR}==\"%d\", ENV{MINOR}==\"%d\", %s\n", d.Dev.Major, d.Dev.Minor, up)
 	}
-	if len(stores) > 0 {
-		b.WriteString("GOTO=\"dmsnap_store_end\"\n\n")
-		b.WriteString("LABEL=\"dmsnap_store_up\"\n")
-		b.WriteString("# Under systemd: " + StoreUnitName + " (mkfs-sized waits have no place in RUN).\n")
-		fmt.Fprintf(&b, "TEST==\"/run/systemd/system\", TAG+=\"systemd\", ENV{SYSTEMD_WANTS}+=\"%s\", GOTO=\"dmsnap_store_end\"\n", StoreUnitName)
-		b.WriteString("# Without systemd: bring it up at once.\n")
-		fmt.Fprintf(&b, "RUN+=\"%s --state %s store up $devnode\"\n", opt.Binary, opt.StateDir)
-	}
-	b.WriteString("\nLABEL=\"dmsnap_store_end\"\n")
+	ruleTail(&b, len(stores) > 0, "dmsnap_store_up", "dmsnap_store_end", StoreUnitName, "waits have no place in RUN", "bring it up at once",
+		fmt.Sprintf("%s --state %s store up $devnode", opt.Binary, opt.StateDir))
 	return b.String(), nil
 }
 
