@@ -14,20 +14,20 @@ import (
 	"github.com/dmsnap/dmsnap/internal/vmtest"
 )
 
-// TestCLIRestoreProgressIn80Columns runs a restore on a terminal of 80
+// TestCLIRestoreProgressIn80Columns runs a restore (16 MiB) on a terminal of 80
 // columns (a tmux pane) and reads the screen back: each phase (verify,
 // write) is one line, drawn to the width, ended with "done", and no line
 // wrapped or was left behind half drawn.
 func TestCLIRestoreProgressIn80Columns(t *testing.T) {
 	c := newCLI(t)
-	raw := rawDevice(t, 128<<20)
+	raw := rawDevice(t, 64<<20)
 	const name = "tp"
 	origin := "/dev/mapper/dmsnap-" + name
 	c.activate(t, raw, name)
 	w := c.watch(t)
 	mnt := t.TempDir()
 	vmtest.Run(t, "mount", origin, mnt)
-	vmtest.Sh(t, "dd if=/dev/urandom of="+mnt+"/big bs=1M count=48 conv=fsync 2>/dev/null")
+	vmtest.Sh(t, "dd if=/dev/urandom of="+mnt+"/big bs=1M count=16 conv=fsync 2>/dev/null")
 	vmtest.Run(t, "umount", mnt)
 	var ss []listed
 	eventually(t, "the session to close", 60*time.Second, func() bool {
