@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/dmsnap/dmsnap/dm"
 	"github.com/dmsnap/dmsnap/internal/atomicfile"
 	"github.com/dmsnap/dmsnap/internal/devid"
 	"github.com/dmsnap/dmsnap/internal/devnum"
@@ -37,6 +38,9 @@ type Record struct {
 // with "dmsnap-", the prefix of the stacks' devices (dm.Prefix), so no
 // stack takes it for one of its own.
 func (r Record) MapperName() string { return MapperName(r.UUID) }
+
+// MapperPath is the /dev/mapper node of the store's linear device.
+func (r Record) MapperPath() string { return dm.MapperPath(r.MapperName()) }
 
 // MapperName is the device-mapper name of the store with UUID uuid.
 func MapperName(uuid string) string { return "dmsnap_store-" + uuid[:min(12, len(uuid))] }

@@ -338,36 +338,26 @@ func Up(h Host, rs *Records, path string) (rec Record, changed bool, err error) 
 }
 
 // Ensure brings up the store of r when it is not mounted, finding its
-// device by the number and path last seen; it waits up to wait for the
-// device to appear (or for someone else to mount the store) and reports
-// whether the store is mounted in the end.
-func Ensure(ctx context.Context, h Host, rs *Records, r Record, wait time.Duration) (bool, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		if _, ok, err := h.MountedAt(r.Path); err != nil || ok {
-			return ok, err
-		}
-		var last error
-		for _, p := range []string{h.Find(r.Dev), r.Device} {
-			if p == "" {
-				continue
-			}
-			if hd, err := ReadHeader(h, p); err != nil || hd.UUIDString() != r.UUID {
-				continue
-			}
-			if _, _, err := Up(h, rs, p); err != nil {
-				last = err
-				continue
-			}
-			return true, nil
-		}
-		if time.Now().After(deadline) {
-			return false, last
-		}
-		select {
-		case <-ctx.Done():
-			return false, ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
+// device by the number and the path last seen (each checked by its
+// header), and reports whether the store is mounted now. One try: a
+// caller that waits for the device retries (under its lock each time).
+func Ensure(h Host, rs *Records, r Record) (bool, error) {
+	if _, ok, err := h.MountedAt(r.Path); err != nil || ok {
+		return ok, err
 	}
+	var last error
+	for _, p := range []string{h.Find(r.Dev), r.Device} {
+		if p == "" {
+			continue
+		}
+		if hd, err := ReadHeader(h, p); err != nil || hd.UUIDString() != r.UUID {
+			continue
+		}
+		if _, _, err := Up(h, rs, p); err != nil {
+			last = err
+			continue
+		}
+		return true, nil
+	}
+	return false, last
 }

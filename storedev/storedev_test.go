@@ -181,7 +181,7 @@ func TestCreateThenUp(t *testing.T) {
 	// Ensure on a mounted store does nothing; on an unmounted one it finds
 	// the device by number and mounts it.
 	delete(h.mounts, store)
-	ok, err := Ensure(context.Background(), h, rs, rs.Stores[0], 0)
+	ok, err := Ensure(h, rs, rs.Stores[0])
 	if err != nil || !ok || h.mounts[store] != wrapDev {
 		t.Fatalf("ensure: %v %v, mounts %v", ok, err, h.mounts)
 	}
@@ -326,7 +326,7 @@ func TestUpRefuses(t *testing.T) {
 		h, _, rs := setup(t)
 		h.devs = map[string]devnum.Dev{}
 		rs.Stores[0].Device = "/nonexistent"
-		ok, err := Ensure(context.Background(), h, rs, rs.Stores[0], 0)
+		ok, err := Ensure(h, rs, rs.Stores[0])
 		if ok || err != nil {
 			t.Fatalf("ensure without the device: %v %v", ok, err)
 		}

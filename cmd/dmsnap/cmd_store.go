@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -228,7 +227,7 @@ type storeInfo struct {
 }
 
 func storeJSON(r storedev.Record, mounted bool) storeInfo {
-	return storeInfo{Path: r.Path, UUID: r.UUID, FS: r.FS, Device: r.Device, Mapper: "/dev/mapper/" + r.MapperName(), Mounted: mounted, Created: r.Created}
+	return storeInfo{Path: r.Path, UUID: r.UUID, FS: r.FS, Device: r.Device, Mapper: r.MapperPath(), Mounted: mounted, Created: r.Created}
 }
 
 // storeDevices are the managed stores as the udev rule matches them.
@@ -249,18 +248,11 @@ func syncStoreRule(e *env, rs *storedev.Records) {
 	gen := session.HostFileOptions(genOptions(e))
 	text, err := hostfiles.StoreUdevRules(filepath.Join(gen.StateDir, storedev.RecordsFile), storeDevices(rs), gen)
 	if err == nil {
-		err = writeRule(hostfiles.StoreUdevRulePath, text)
+		err = hostfiles.WriteRule(hostfiles.StoreUdevRulePath, text)
 	}
 	if err != nil {
 		fmt.Fprintf(e.stderr, "warning: the managed stores' udev rule was not updated (they are not brought back at boot by themselves): %v\n", err)
 	}
-}
-
-func writeRule(path, text string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(path, []byte(text), 0o644)
 }
 
 // storeWait is how long attach waits for a managed store's device to
@@ -289,13 +281,13 @@ func ensureStores(ctx context.Context, e *env, wait time.Duration) {
 		if !used[r.Path] {
 			continue
 		}
-		ok, err := ensureStore(ctx, e, rs, r)
+		ok, err := ensureStore(e, rs, r)
 		for !ok && err == nil && time.Now().Before(deadline) {
 			select {
 			case <-ctx.Done():
 				err = ctx.Err()
 			case <-time.After(time.Second):
-				ok, err = ensureStore(ctx, e, rs, r)
+				ok, err = ensureStore(e, rs, r)
 			}
 		}
 		if !ok {
@@ -305,13 +297,13 @@ func ensureStores(ctx context.Context, e *env, wait time.Duration) {
 }
 
 // ensureStore is one try of storedev.Ensure under the stores' lock.
-func ensureStore(ctx context.Context, e *env, rs *storedev.Records, r storedev.Record) (bool, error) {
+func ensureStore(e *env, rs *storedev.Records, r storedev.Record) (bool, error) {
 	l, err := storeLock(e)
 	if err != nil {
 		return false, err
 	}
 	defer l.Release()
-	ok, err := storedev.Ensure(ctx, storedev.System{}, rs, r, 0)
+	ok, err := storedev.Ensure(storedev.System{}, rs, r)
 	if ok && err == nil {
 		err = rs.Save(e.state)
 	}

@@ -172,6 +172,12 @@ func WriteUdevRules(path, registry string, devs []Device, opt Options) error {
 	if err != nil {
 		return err
 	}
+	return WriteRule(path, text)
+}
+
+// WriteRule writes a rule file's text to path atomically (udev reads a
+// changed rule file on its next event).
+func WriteRule(path, text string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("write udev rule: %w", err)
 	}
