@@ -1,6 +1,10 @@
 package session
 
-import "github.com/dmsnap/dmsnap/internal/hostfiles"
+import (
+	"slices"
+
+	"github.com/dmsnap/dmsnap/internal/hostfiles"
+)
 
 // HostFileOptions returns opt with the global flags' defaults in place of
 // what it leaves "": DefaultStateDir and DefaultStore (hostfiles fills in
@@ -30,4 +34,18 @@ func (r *Registry) UdevDevices() []hostfiles.Device {
 			FSUUID: d.Identity.FSUUID, Stable: d.Identity.Stable})
 	}
 	return devs
+}
+
+// Stores are the stores of the registered devices, each once (the
+// drop-ins of hostfiles.WriteStoresDropIns): the stores that must be
+// mounted before a device is attached at boot, or the watcher starts.
+func (r *Registry) Stores() []string {
+	var stores []string
+	for _, d := range r.Devices {
+		if d.State == DeviceDeactivating || d.Store == "" || slices.Contains(stores, d.Store) {
+			continue
+		}
+		stores = append(stores, d.Store)
+	}
+	return stores
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/internal/devid"
+	"github.com/dmsnap/dmsnap/internal/hostfiles"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/sessiontest"
 )
@@ -893,8 +894,10 @@ func TestStatus(t *testing.T) {
 func TestUdevRuleFollowsRegistry(t *testing.T) {
 	w := newWorld(t)
 	rule := filepath.Join(t.TempDir(), "90-dmsnap.rules")
+	units := t.TempDir()
 	m := w.manager()
 	m.UdevRule = rule
+	m.UnitDir = units
 	if _, err := m.Activate(bgctx, session.ActivateRequest{Device: rawDev, Store: w.store}); err != nil {
 		t.Fatal(err)
 	}
@@ -902,12 +905,24 @@ func TestUdevRuleFollowsRegistry(t *testing.T) {
 	if err != nil || !strings.Contains(string(b), `ENV{ID_FS_UUID}=="`+sdb1.FSUUID+`"`) {
 		t.Fatalf("rule after activate: %v\n%s", err, b)
 	}
+	// The attach units and the watcher wait for the device's store.
+	for _, p := range hostfiles.DropInPaths(units) {
+		b, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(b), "RequiresMountsFor="+w.store+"\n") {
+			t.Fatalf("%s after activate: %v\n%s", p, err, b)
+		}
+	}
 	if err := m.Deactivate(bgctx, "sdb1"); err != nil {
 		t.Fatal(err)
 	}
 	b, _ = os.ReadFile(rule)
 	if strings.Contains(string(b), "RUN") || strings.Contains(string(b), "SYSTEMD_WANTS") {
 		t.Fatalf("rule after deactivate still attaches:\n%s", b)
+	}
+	for _, p := range hostfiles.DropInPaths(units) {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Fatalf("%s after deactivate: %v, want it gone", p, err)
+		}
 	}
 }
 

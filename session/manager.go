@@ -74,7 +74,12 @@ type Manager struct {
 	// HostFileOptions fills in): rewritten whenever the set of devices or
 	// their identities change.
 	UdevRule string
-	Gen      hostfiles.Options
+	// UnitDir, when set, is the systemd unit directory whose drop-ins
+	// (hostfiles.WriteStoresDropIns) order the attach units and the
+	// watcher after the mounts of every store in use, kept in step with
+	// the registry as the udev rule is.
+	UnitDir string
+	Gen     hostfiles.Options
 }
 
 func (m *Manager) now() time.Time {
@@ -370,10 +375,15 @@ func withoutConversions(acts []Action) []Action {
 	return out
 }
 
-// syncUdev rewrites the udev rule when it no longer matches the registry.
-// A failure is logged, not returned: the rule only matters at the next
-// boot, and the next change retries.
+// syncUdev rewrites the udev rule and the units' drop-ins when they no
+// longer match the registry. A failure is logged, not returned: they
+// only matter at the next boot, and the next change retries.
 func (m *Manager) syncUdev(reg *Registry) {
+	if m.UnitDir != "" {
+		if _, err := hostfiles.WriteStoresDropIns(m.UnitDir, RegistryPath(HostFileOptions(m.Gen).StateDir), reg.Stores()); err != nil {
+			m.log().Error("systemd drop-in not updated; a device's store may not be mounted before its attach at boot", "dir", m.UnitDir, "err", err)
+		}
+	}
 	if m.UdevRule == "" {
 		return
 	}

@@ -63,6 +63,9 @@ type ConvertOptions struct {
 	Salvage bool
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// Progress, when set, hears the data pass: one "convert" phase of the
+	// bytes of the pre-images read for their checksums (or copied).
+	Progress Progress
 	// AfterStep, when set, is called after each step (Step*) that ran in
 	// this call. An error stops Convert and is returned: tests use it to
 	// simulate a crash between steps.
@@ -151,7 +154,7 @@ func Convert(ctx context.Context, dir string, opts ConvertOptions) (ConvertResul
 	}
 
 	if st.Conversion == nil {
-		conv, err := writeMapFiles(ctx, dir, st, opts.Salvage)
+		conv, err := writeMapFiles(ctx, dir, st, opts.Salvage, cmp.Or[Progress](opts.Progress, Quiet{}))
 		if err != nil {
 			return res, fmt.Errorf("convert %s: %w", dir, err)
 		}
@@ -274,8 +277,9 @@ type convEntry struct {
 
 // writeMapFiles reads cow.img, makes one record per chunk sorted by sector,
 // computes each record's CRC-32C in one pass over the data and writes
-// blocks.crc and blocks.map (and, packed, blocks.dat) durably.
-func writeMapFiles(ctx context.Context, dir string, st State, salvage bool) (*Conversion, error) {
+// blocks.crc and blocks.map (and, packed, blocks.dat) durably, telling p
+// how far the data pass is.
+func writeMapFiles(ctx context.Context, dir string, st State, salvage bool, p Progress) (*Conversion, error) {
 	cowPath := filepath.Join(dir, CowFile)
 	f, err := os.Open(cowPath)
 	if err != nil {
@@ -293,13 +297,24 @@ func writeMapFiles(ctx context.Context, dir string, st State, salvage bool) (*Co
 	cb, devSize := int64(conv.ChunkSize), st.Device.Size
 	recSize := func(e convEntry) int64 { return min(cb, devSize-int64(e.old)*cb) }
 	buf := directio.AlignedBuf(convReadBlock)
+	// The COW layout reads whole chunks; the packed one copies the
+	// records' bytes.
+	total := uint64(len(entries)) * uint64(cb)
+	if st.Layout != LayoutCOW {
+		total = 0
+		for _, e := range entries {
+			total += uint64(recSize(e))
+		}
+	}
+	p.Begin("convert", total)
+	defer p.End()
 	var dat *renameio.PendingFile
 	if st.Layout == LayoutCOW {
 		// One sequential pass over the data in COW order, around the page
 		// cache where the store allows it (nothing reads it again soon).
 		unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL) // a hint for the cached path: its failure changes nothing
 		r := directio.NewReader(f)
-		err := crcInCowOrder(ctx, r, entries, cb, recSize, buf)
+		err := crcInCowOrder(ctx, r, entries, cb, recSize, buf, p.Add)
 		r.Close()
 		if err != nil {
 			return nil, err
@@ -312,7 +327,7 @@ func writeMapFiles(ctx context.Context, dir string, st State, salvage bool) (*Co
 			return nil, err
 		}
 		defer dat.Cleanup()
-		if err := copyPacked(ctx, f, dat, entries, cb, recSize, buf); err != nil {
+		if err := copyPacked(ctx, f, dat, entries, cb, recSize, buf, p.Add); err != nil {
 			return nil, err
 		}
 	}
@@ -490,7 +505,7 @@ func writeRecords(dir string, entries []convEntry, cb int64, recSize func(convEn
 // CRC-32C overlap on the machine's CPUs; the kernel is told the file is
 // read sequentially. (Chunks larger than a read are summed by one goroutine,
 // in order.)
-func crcInCowOrder(ctx context.Context, r io.ReaderAt, entries []convEntry, cb int64, recSize func(convEntry) int64, buf []byte) error {
+func crcInCowOrder(ctx context.Context, r io.ReaderAt, entries []convEntry, cb int64, recSize func(convEntry) int64, buf []byte, done func(uint64)) error {
 	type block struct {
 		off int64
 		p   []byte
@@ -530,6 +545,7 @@ func crcInCowOrder(ctx context.Context, r io.ReaderAt, entries []convEntry, cb i
 				if err != nil {
 					return
 				}
+				done(uint64(n)) // this goroutine only, ended before the caller's next call
 				off += n
 			}
 			i = j
@@ -578,8 +594,8 @@ func crcInCowOrder(ctx context.Context, r io.ReaderAt, entries []convEntry, cb i
 }
 
 // copyPacked copies each entry's bytes (sorted by old chunk) to w back to
-// back, computing CRCs on the way.
-func copyPacked(ctx context.Context, r io.ReaderAt, w io.Writer, entries []convEntry, cb int64, recSize func(convEntry) int64, buf []byte) error {
+// back, computing CRCs on the way and telling done the bytes copied.
+func copyPacked(ctx context.Context, r io.ReaderAt, w io.Writer, entries []convEntry, cb int64, recSize func(convEntry) int64, buf []byte, done func(uint64)) error {
 	bw := bufio.NewWriterSize(w, convReadBlock)
 	for i := range entries {
 		if i%256 == 0 {
@@ -589,16 +605,17 @@ func copyPacked(ctx context.Context, r io.ReaderAt, w io.Writer, entries []convE
 		}
 		e := &entries[i]
 		off, size := int64(e.new)*cb, recSize(*e)
-		for done := int64(0); done < size; {
-			n := min(int64(len(buf)), size-done)
-			if err := readFull(r, buf[:n], off+done); err != nil {
-				return fmt.Errorf("read COW data at offset %d: %w", off+done, err)
+		for got := int64(0); got < size; {
+			n := min(int64(len(buf)), size-got)
+			if err := readFull(r, buf[:n], off+got); err != nil {
+				return fmt.Errorf("read COW data at offset %d: %w", off+got, err)
 			}
 			e.crc = crc32c.Update(e.crc, buf[:n])
 			if _, err := bw.Write(buf[:n]); err != nil {
 				return err
 			}
-			done += n
+			got += n
+			done(uint64(n))
 		}
 	}
 	return bw.Flush()

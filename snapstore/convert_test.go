@@ -35,7 +35,8 @@ func TestConvertRoundTrip(t *testing.T) {
 					chunkSectors: tc.sectors, devSize: tc.devSize, writes: tc.writes, seed: uint64(tc.devSize), shuffle: true,
 				})
 				// Make sure the last, partial chunk is in the session.
-				res := convertFixture(t, fx, ConvertOptions{Copy: layout == LayoutPacked})
+				var p phaseRecorder
+				res := convertFixture(t, fx, ConvertOptions{Copy: layout == LayoutPacked, Progress: &p})
 				if !slices.Equal(res.Steps, ConvertSteps) {
 					t.Fatalf("steps %v, want %v", res.Steps, ConvertSteps)
 				}
@@ -51,8 +52,25 @@ func TestConvertRoundTrip(t *testing.T) {
 						t.Errorf("%s still there after conversion (%v)", name, err)
 					}
 				}
-				if _, err := Verify(context.Background(), fx.dir); err != nil {
+				// One "convert" phase: every chunk read (the COW layout
+				// reads whole chunks) or every record's bytes copied.
+				want := uint64(len(fx.sim.copied)) * uint64(tc.sectors*SectorSize)
+				if layout == LayoutPacked {
+					want = 0
+					for c := range fx.sim.copied {
+						want += uint64(min(int64(tc.sectors*SectorSize), tc.devSize-int64(c)*int64(tc.sectors*SectorSize)))
+					}
+				}
+				if p.String() != fmt.Sprintf("convert %d/%d;", want, want) {
+					t.Errorf("progress %q, want one convert phase of %d bytes", p.String(), want)
+				}
+				var vp phaseRecorder
+				vr, err := VerifyProgress(context.Background(), fx.dir, &vp)
+				if err != nil {
 					t.Fatal(err)
+				}
+				if vp.String() != fmt.Sprintf("verify %d/%d;", vr.Bytes, vr.Bytes) || vr.Bytes == 0 {
+					t.Errorf("verify's progress %q, want one verify phase of %d bytes", vp.String(), vr.Bytes)
 				}
 				checkPreImages(t, fx.dir, fx.sim)
 				if layout == LayoutCOW {
@@ -393,3 +411,27 @@ func TestConvertFoldsTheTail(t *testing.T) {
 	}
 	checkPreImages(t, fx.dir, fx.sim)
 }
+
+// phaseRecorder is a Progress that keeps "phase done/total;" per phase.
+type phaseRecorder struct {
+	b           strings.Builder
+	phase       string
+	total, done uint64
+	open        bool
+}
+
+func (r *phaseRecorder) Begin(phase string, total uint64) {
+	r.End()
+	r.phase, r.total, r.done, r.open = phase, total, 0, true
+}
+
+func (r *phaseRecorder) Add(n uint64) { r.done += n }
+
+func (r *phaseRecorder) End() {
+	if r.open {
+		fmt.Fprintf(&r.b, "%s %d/%d;", r.phase, r.done, r.total)
+		r.open = false
+	}
+}
+
+func (r *phaseRecorder) String() string { return r.b.String() }

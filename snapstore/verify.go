@@ -72,17 +72,23 @@ func (e *VerifyError) Unwrap() []error {
 // before, the error wraps ErrCannotVerify: that is not damage. A directory
 // without meta.json is ErrIncomplete.
 func Verify(ctx context.Context, dir string) (VerifyResult, error) {
-	return verify(ctx, dir, true)
+	return verify(ctx, dir, true, Quiet{})
+}
+
+// VerifyProgress is Verify telling p how far it has read the data: one
+// "verify" phase of the bytes the map's records hold.
+func VerifyProgress(ctx context.Context, dir string, p Progress) (VerifyResult, error) {
+	return verify(ctx, dir, true, p)
 }
 
 // VerifyStructure makes every check of Verify except reading blocks.dat
 // for the records' CRC-32C: for a caller that checks the data itself in a
 // better order (restore reads blocks.dat sequentially).
 func VerifyStructure(ctx context.Context, dir string) (VerifyResult, error) {
-	return verify(ctx, dir, false)
+	return verify(ctx, dir, false, Quiet{})
 }
 
-func verify(ctx context.Context, dir string, data bool) (VerifyResult, error) {
+func verify(ctx context.Context, dir string, data bool, p Progress) (VerifyResult, error) {
 	res := VerifyResult{ID: filepath.Base(dir)}
 	// stopped is the first error of the OS that is not damage: it ends
 	// the verification, whose outcome is then unknown.
@@ -217,9 +223,11 @@ func verify(ctx context.Context, dir string, data bool) (VerifyResult, error) {
 	// storage order (blocks.dat read in file order); a seed session, or a
 	// damaged map, has each well-formed record read where the map puts it.
 	if data {
+		p.Begin("verify", uint64(res.Bytes))
+		defer p.End()
 		done := false
 		if d != nil && len(res.Problems) == 0 {
-			if done, err = s.CheckInStorageOrder(ctx, func(uint64) {}, func(_ int64, _ Record, err error) bool { return add(annotate(err)) }); err != nil {
+			if done, err = s.CheckInStorageOrder(ctx, p.Add, func(_ int64, _ Record, err error) bool { return add(annotate(err)) }); err != nil {
 				if ctx.Err() != nil {
 					return res, err
 				}
@@ -228,7 +236,7 @@ func verify(ctx context.Context, dir string, data bool) (VerifyResult, error) {
 			}
 		}
 		if !done && stopped == nil {
-			if err := s.readEach(ctx, badRecord, func(err error) bool { return add(annotate(err)) }); err != nil {
+			if err := s.readEach(ctx, badRecord, p.Add, func(err error) bool { return add(annotate(err)) }); err != nil {
 				return res, err
 			}
 		}
@@ -237,10 +245,11 @@ func verify(ctx context.Context, dir string, data bool) (VerifyResult, error) {
 }
 
 // readEach reads the data of every record of blocks.map that skip does
-// not name a problem of, where the map puts it, and calls bad with each
-// failure until bad returns false. A map that cannot be read ends it
-// quietly: the structural walk has reported that.
-func (s *Session) readEach(ctx context.Context, skip func(Entry) string, bad func(error) bool) error {
+// not name a problem of, where the map puts it, calls done with the bytes
+// of each record read and bad with each failure until bad returns false.
+// A map that cannot be read ends it quietly: the structural walk has
+// reported that.
+func (s *Session) readEach(ctx context.Context, skip func(Entry) string, done func(uint64), bad func(error) bool) error {
 	it, err := s.Records()
 	if err != nil {
 		return nil
@@ -261,6 +270,7 @@ func (s *Session) readEach(ctx context.Context, skip func(Entry) string, bad fun
 		if buf, err = s.ReadData(e, buf); err != nil && !bad(err) {
 			return nil
 		}
+		done(uint64(e.Size))
 	}
 }
 

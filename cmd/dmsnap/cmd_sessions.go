@@ -459,11 +459,12 @@ func runSessionsVerify(e *env, args []string) error {
 	}
 	results := []verified{}
 	failed, unverified := 0, 0
+	p := newProgress(e.stderr, e.json)
 	for _, dir := range dirs {
 		if err := e.ctx.Err(); err != nil {
 			return err
 		}
-		v := verifyOne(e.ctx, dir)
+		v := verifyOne(e.ctx, dir, p)
 		if !e.json {
 			v.print(e.stdout)
 		}
@@ -510,14 +511,14 @@ type verified struct {
 	Error      string   `json:"error,omitempty"`
 }
 
-// verifyOne verifies a session.
-func verifyOne(ctx context.Context, dir string) verified {
+// verifyOne verifies a session, showing its progress on p.
+func verifyOne(ctx context.Context, dir string, p snapstore.Progress) verified {
 	v := verified{ID: filepath.Base(dir), Dir: dir}
 	if _, err := os.Stat(filepath.Join(dir, snapstore.MetaFile)); errors.Is(err, os.ErrNotExist) {
 		v.Outcome = verifyNotFinished
 		return v
 	}
-	res, err := snapstore.Verify(ctx, dir)
+	res, err := snapstore.VerifyProgress(ctx, dir, p)
 	var ve *snapstore.VerifyError
 	switch {
 	case errors.As(err, &ve):

@@ -14,6 +14,7 @@ import (
 	"github.com/dmsnap/dmsnap/internal/passwd"
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/system"
+	"github.com/dmsnap/dmsnap/snapstore"
 )
 
 // cliLockWait is how long a command waits for the state lock. The watcher
@@ -34,12 +35,17 @@ const cliLockWait = 2 * time.Minute
 var newManager = systemManager
 
 // systemManager is the Manager of the running system: device-mapper, loop
-// devices, snapstore, with the udev rule kept in step when udev is there.
+// devices, snapstore, with the udev rule and the units' drop-ins kept in
+// step when udev and systemd are there.
 func systemManager(e *env) *session.Manager {
 	m := system.NewManager(e.state, e.store)
+	// A conversion reads every pre-image once: a large one shows its
+	// progress (a line in the watcher's log).
+	m.Store = system.Store{Options: snapstore.ConvertOptions{Progress: newProgress(e.stderr, e.json)}}
 	setLockWait(e, m)
 	m.Log = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	m.UdevRule = udevRulePath()
+	m.UnitDir = unitDir()
 	m.Gen = genOptions(e)
 	return m
 }
@@ -62,6 +68,15 @@ func setLockWait(e *env, m *session.Manager) {
 func udevRulePath() string {
 	if st, err := os.Stat("/etc/udev"); err == nil && st.IsDir() {
 		return hostfiles.UdevRulePath
+	}
+	return ""
+}
+
+// unitDir is where the units' drop-ins are kept: hostfiles.SystemdDir
+// when the system has it, else nowhere.
+func unitDir() string {
+	if st, err := os.Stat(hostfiles.SystemdDir); err == nil && st.IsDir() {
+		return hostfiles.SystemdDir
 	}
 	return ""
 }

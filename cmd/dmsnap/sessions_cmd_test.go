@@ -411,6 +411,13 @@ func TestSessionsListShowVerify(t *testing.T) {
 
 	if code, out, errOut := w.run(t, "", "sessions", "verify"); code != exitOK || strings.Count(out, ": ok") != 3 {
 		t.Fatalf("verify all: exit %d\n%s%s", code, out, errOut)
+	} else if n := strings.Count(errOut, "dmsnap: verify: 588.0 KiB of 588.0 KiB in "); n != 3 {
+		// Off a terminal, each session's progress is one line when it
+		// ends (its 147 pre-images of 4 KiB).
+		t.Fatalf("verify all: %d progress lines on stderr, want one per session:\n%s", n, errOut)
+	}
+	if code, _, errOut := w.run(t, "", "sessions", "verify", "--json"); code != exitOK || errOut != "" {
+		t.Fatalf("verify --json: exit %d, stderr %q: want nothing on stderr off a terminal", code, errOut)
 	}
 	// Flip a bit of a pre-image: verify names the file and the record.
 	dat := filepath.Join(d2, snapstore.DataFile)

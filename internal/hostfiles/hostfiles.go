@@ -21,8 +21,8 @@ import (
 // Where the generated files go by default.
 const (
 	UdevRulePath    = "/etc/udev/rules.d/90-dmsnap.rules"
-	SystemdUnitPath = "/etc/systemd/system/" + WatchUnitName
-	AttachUnitPath  = "/etc/systemd/system/" + AttachUnitName
+	SystemdUnitPath = SystemdDir + "/" + WatchUnitName
+	AttachUnitPath  = SystemdDir + "/" + AttachUnitName
 	DefaultBinary   = "/usr/local/sbin/dmsnap"
 )
 
@@ -49,9 +49,17 @@ var plainPath = regexp.MustCompile(`^/[A-Za-z0-9_./+-]*$`)
 
 func (o Options) check() error {
 	for _, p := range []struct{ what, path string }{{"dmsnap binary", o.Binary}, {"state directory", o.StateDir}, {"store", o.Store}} {
-		if !plainPath.MatchString(p.path) || strings.Contains(p.path, "/../") || strings.HasSuffix(p.path, "/..") {
-			return fmt.Errorf("%s %q: the generated udev rule and systemd unit need an absolute path of letters, digits and _ . / + -", p.what, p.path)
+		if err := checkPath(p.what, p.path); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// checkPath refuses a path the generated files cannot carry as it is.
+func checkPath(what, path string) error {
+	if !plainPath.MatchString(path) || strings.Contains(path, "/../") || strings.HasSuffix(path, "/..") {
+		return fmt.Errorf("%s %q: the generated udev rule and systemd unit need an absolute path of letters, digits and _ . / + -", what, path)
 	}
 	return nil
 }
