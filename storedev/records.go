@@ -13,6 +13,7 @@ import (
 	"github.com/dmsnap/dmsnap/internal/atomicfile"
 	"github.com/dmsnap/dmsnap/internal/devid"
 	"github.com/dmsnap/dmsnap/internal/devnum"
+	"github.com/dmsnap/dmsnap/internal/hostfiles"
 )
 
 // RecordsFile is the file, in the state directory, that lists the managed
@@ -145,3 +146,13 @@ func (rs *Records) Save(stateDir string) error {
 // not the state directory's own lock, which an attach holds while it
 // waits for its store to come up.
 const LockFile = "stores.lock"
+
+// UdevDevices are the stores as their udev rule matches them
+// (hostfiles.StoreUdevRules): Name is the store's path, Path its device.
+func (rs *Records) UdevDevices() []hostfiles.Device {
+	var ds []hostfiles.Device
+	for _, r := range rs.Stores {
+		ds = append(ds, hostfiles.Device{Name: r.Path, Path: r.Device, Dev: r.Dev, Stable: r.Stable})
+	}
+	return ds
+}

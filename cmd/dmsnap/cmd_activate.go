@@ -103,7 +103,7 @@ func runActivate(e *env, fs *pflag.FlagSet, f activateFlags, device string) erro
 	if err := requireSecret(e, &f.pw); err != nil {
 		return err
 	}
-	if err := requireManagedStoreUp(e, e.store); err != nil {
+	if err := managedStores(e).RequireUp(e.store); err != nil {
 		return err
 	}
 	m := newManager(e)

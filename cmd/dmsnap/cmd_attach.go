@@ -80,7 +80,7 @@ func runAttach(e *env, device, name string, force bool, pw *passwordFlags) error
 	}
 	// A device's store may be a managed one whose device appears after
 	// this one (or is being brought up by its own udev event).
-	ensureStores(e.ctx, e, storeWait)
+	managedStores(e).EnsureUsed(e.ctx, storeWait)
 	m := newManager(e)
 	log := slog.New(slog.NewTextHandler(e.stderr, nil))
 	rc := rollbackConfig(e)

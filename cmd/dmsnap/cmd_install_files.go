@@ -70,7 +70,7 @@ func runInstallFiles(e *env, root *cobra.Command, f installFlags, dir string) er
 	if err != nil {
 		rs = &storedev.Records{}
 	}
-	storeRule, err := hostfiles.StoreUdevRules(filepath.Join(gen.StateDir, storedev.RecordsFile), storeDevices(rs), gen)
+	storeRule, err := hostfiles.StoreUdevRules(filepath.Join(gen.StateDir, storedev.RecordsFile), rs.UdevDevices(), gen)
 	if err != nil {
 		return err
 	}

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -75,31 +73,15 @@ Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password, 4 device mounted or busy
 	return c
 }
 
-// storeLock takes the managed stores' lock, waiting as the state lock does.
-func storeLock(e *env) (*session.Lock, error) {
-	wait := e.wait
-	if wait == 0 {
-		wait = cliLockWait
+// managedStores are the managed stores of --state, waiting for their lock
+// as the state lock does, with warnings on stderr.
+func managedStores(e *env) *session.ManagedStores {
+	ms := &session.ManagedStores{StateDir: e.state, Host: storedev.System{}, LockWait: lockWait(e), Gen: genOptions(e),
+		Warn: func(msg string) { fmt.Fprintf(e.stderr, "warning: %s\n", msg) }}
+	if udevRulePath() != "" {
+		ms.Rule = hostfiles.StoreUdevRulePath
 	}
-	if e.noWait {
-		wait = session.NoLockWait
-	}
-	return session.AcquireLockFile(e.ctx, filepath.Join(e.state, storedev.LockFile), wait)
-}
-
-// lockedRecords takes the stores' lock and reads stores.json under it;
-// release drops the lock.
-func lockedRecords(e *env) (*storedev.Records, func(), error) {
-	l, err := storeLock(e)
-	if err != nil {
-		return nil, nil, err
-	}
-	rs, err := storedev.LoadRecords(e.state)
-	if err != nil {
-		l.Release()
-		return nil, nil, err
-	}
-	return rs, func() { l.Release() }, nil
+	return ms
 }
 
 func runStoreCreate(e *env, f storeCreateFlags, device string) error {
@@ -112,27 +94,14 @@ func runStoreCreate(e *env, f storeCreateFlags, device string) error {
 	if err := requireSecret(e, &f.pw); err != nil {
 		return err
 	}
-	rs, release, err := lockedRecords(e)
-	if err != nil {
-		return err
-	}
-	defer release()
-	store, err := filepath.Abs(e.store)
-	if err != nil {
-		return err
-	}
-	req := storedev.CreateRequest{Device: device, Path: store, FS: f.fs, Force: f.force, Now: time.Now()}
+	req := storedev.CreateRequest{Device: device, Path: e.store, FS: f.fs, Force: f.force, Now: time.Now()}
 	if !e.json {
 		req.Step = func(what string) { fmt.Fprintf(e.stderr, "dmsnap store create: %s\n", what) }
 	}
-	rec, err := storedev.Create(e.ctx, storedev.System{}, rs, req)
+	rec, err := managedStores(e).Create(e.ctx, req)
 	if err != nil {
 		return err
 	}
-	if err := rs.Save(e.state); err != nil {
-		return fmt.Errorf("made the store on %s and mounted it on %s, but could not record it (store up will not know it): %w", device, store, err)
-	}
-	syncStoreRule(e, rs)
 	res := storeJSON(rec, true)
 	return e.emit(res, func(w io.Writer) error {
 		fmt.Fprintf(w, "made a managed store on %s (%s, %s): mounted on %s\n", device, rec.FS, res.Mapper, rec.Path)
@@ -159,20 +128,9 @@ Exit codes: 0 ok, 1 failure, 2 usage, 4 device busy.`,
 }
 
 func runStoreUp(e *env, device string) error {
-	rs, release, err := lockedRecords(e)
+	rec, err := managedStores(e).Up(e.ctx, device)
 	if err != nil {
 		return err
-	}
-	defer release()
-	rec, changed, err := storedev.Up(storedev.System{}, rs, device)
-	if err != nil {
-		return err
-	}
-	if changed {
-		if err := rs.Save(e.state); err != nil {
-			return err
-		}
-		syncStoreRule(e, rs)
 	}
 	res := storeJSON(rec, true)
 	return e.emit(res, func(w io.Writer) error {
@@ -191,14 +149,13 @@ func storeListCmd(e *env) *cobra.Command {
 }
 
 func runStoreList(e *env) error {
-	rs, err := storedev.LoadRecords(e.state)
+	stores, err := managedStores(e).List()
 	if err != nil {
 		return err
 	}
 	res := []storeInfo{}
-	for _, r := range rs.Stores {
-		_, mounted, _ := storedev.System{}.MountedAt(r.Path)
-		res = append(res, storeJSON(r, mounted))
+	for _, s := range stores {
+		res = append(res, storeJSON(s.Record, s.Mounted))
 	}
 	return e.emit(res, func(w io.Writer) error {
 		if len(res) == 0 {
@@ -230,104 +187,6 @@ func storeJSON(r storedev.Record, mounted bool) storeInfo {
 	return storeInfo{Path: r.Path, UUID: r.UUID, FS: r.FS, Device: r.Device, Mapper: r.MapperPath(), Mounted: mounted, Created: r.Created}
 }
 
-// storeDevices are the managed stores as the udev rule matches them.
-func storeDevices(rs *storedev.Records) []hostfiles.Device {
-	var ds []hostfiles.Device
-	for _, r := range rs.Stores {
-		ds = append(ds, hostfiles.Device{Name: r.Path, Path: r.Device, Dev: r.Dev, Stable: r.Stable})
-	}
-	return ds
-}
-
-// syncStoreRule rewrites the managed stores' udev rule, where udev is; a
-// failure is a warning: the store works now, only the next boot needs it.
-func syncStoreRule(e *env, rs *storedev.Records) {
-	if udevRulePath() == "" {
-		return
-	}
-	gen := session.HostFileOptions(genOptions(e))
-	text, err := hostfiles.StoreUdevRules(filepath.Join(gen.StateDir, storedev.RecordsFile), storeDevices(rs), gen)
-	if err == nil {
-		err = hostfiles.WriteRule(hostfiles.StoreUdevRulePath, text)
-	}
-	if err != nil {
-		fmt.Fprintf(e.stderr, "warning: the managed stores' udev rule was not updated (they are not brought back at boot by themselves): %v\n", err)
-	}
-}
-
 // storeWait is how long attach waits for a managed store's device to
 // appear: well within udev's 180 s for a RUN program.
 const storeWait = 60 * time.Second
-
-// ensureStores brings up (or waits up to wait for) the managed stores that
-// registered devices use and that are not mounted: attach runs at boot
-// when a device appears, maybe before its store's device has. What cannot
-// be brought up is a warning; attach then says what is missing itself.
-func ensureStores(ctx context.Context, e *env, wait time.Duration) {
-	rs, err := storedev.LoadRecords(e.state)
-	if err != nil || len(rs.Stores) == 0 {
-		return
-	}
-	reg, err := session.LoadRegistry(e.state)
-	if err != nil {
-		return
-	}
-	used := map[string]bool{}
-	for _, d := range reg.Devices {
-		used[d.Store] = true
-	}
-	deadline := time.Now().Add(wait)
-	for _, r := range rs.Stores {
-		if !used[r.Path] {
-			continue
-		}
-		ok, err := ensureStore(e, rs, r)
-		for !ok && err == nil && time.Now().Before(deadline) {
-			select {
-			case <-ctx.Done():
-				err = ctx.Err()
-			case <-time.After(time.Second):
-				ok, err = ensureStore(e, rs, r)
-			}
-		}
-		if !ok {
-			fmt.Fprintf(e.stderr, "warning: managed store %s is not mounted (its device %s was not found): %v\n", r.Path, r.Device, err)
-		}
-	}
-}
-
-// ensureStore is one try of storedev.Ensure under the stores' lock.
-func ensureStore(e *env, rs *storedev.Records, r storedev.Record) (bool, error) {
-	l, err := storeLock(e)
-	if err != nil {
-		return false, err
-	}
-	defer l.Release()
-	ok, err := storedev.Ensure(storedev.System{}, rs, r)
-	if ok && err == nil {
-		err = rs.Save(e.state)
-	}
-	return ok, err
-}
-
-// requireManagedStoreUp refuses a store path that is a managed store not
-// mounted now: its directory is then an empty one on the filesystem below,
-// and sessions armed there would be hidden by the store's next mount.
-func requireManagedStoreUp(e *env, store string) error {
-	rs, err := storedev.LoadRecords(e.state)
-	if err != nil {
-		return err
-	}
-	abs, err := filepath.Abs(store)
-	if err != nil {
-		return err
-	}
-	r := rs.ByPath(abs)
-	if r == nil {
-		return nil
-	}
-	if _, mounted, err := (storedev.System{}).MountedAt(r.Path); err != nil || mounted {
-		return err
-	}
-	return fmt.Errorf("%s is a managed store that is not mounted: `dmsnap store up %s` brings it back", r.Path, r.Device)
-}

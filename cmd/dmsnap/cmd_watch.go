@@ -79,7 +79,7 @@ func runWatch(e *env, f watchFlags) error {
 	// The managed stores of the registered devices first: the first
 	// reconcile re-attaches COWs that live on them (at boot the watcher
 	// may start before udev has brought them up).
-	ensureStores(e.ctx, e, storeWait)
+	managedStores(e).EnsureUsed(e.ctx, storeWait)
 	m := newManager(e)
 	m.Log = log
 	m.LockNotice = func(path string, h session.Holder, wait time.Duration) {

@@ -53,13 +53,21 @@ func systemManager(e *env) *session.Manager {
 // setLockWait sets m's wait for the lock from --wait and --no-wait, and
 // has it say on stderr who it waits for: a silent wait looks like a hang.
 func setLockWait(e *env, m *session.Manager) {
-	m.LockWait = e.wait
-	if e.noWait {
-		m.LockWait = session.NoLockWait
-	}
+	m.LockWait = lockWait(e)
 	m.LockNotice = func(path string, h session.Holder, wait time.Duration) {
 		fmt.Fprintf(e.stderr, "dmsnap: the lock on %s is held by %s: waiting up to %s for it (--wait DURATION, --no-wait)\n", path, h, wait)
 	}
+}
+
+// lockWait is the wait for a lock that --wait and --no-wait ask for.
+func lockWait(e *env) time.Duration {
+	switch {
+	case e.noWait:
+		return session.NoLockWait
+	case e.wait == 0:
+		return cliLockWait
+	}
+	return e.wait
 }
 
 // udevRulePath is where the udev rule is kept: hostfiles.UdevRulePath when

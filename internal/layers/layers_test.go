@@ -19,12 +19,14 @@ func rank(pkg string) int {
 		return 1
 	case pkg == "dm", pkg == "dm/dmtest", pkg == "snapstore":
 		return 2
-	case pkg == "restore", pkg == "session", pkg == "session/system", pkg == "session/sessiontest", pkg == "storedev":
+	case pkg == "storedev", pkg == "storedev/storedevtest":
 		return 3
-	case pkg == "rollback":
+	case pkg == "restore", pkg == "session", pkg == "session/system", pkg == "session/sessiontest":
 		return 4
-	case pkg == "cmd/dmsnap", strings.HasPrefix(pkg, "hack/"):
+	case pkg == "rollback":
 		return 5
+	case pkg == "cmd/dmsnap", strings.HasPrefix(pkg, "hack/"):
+		return 6
 	}
 	return 0
 }
@@ -32,9 +34,10 @@ func rank(pkg string) int {
 // sameLayer lists the imports allowed within a layer: the adapters and
 // fakes of a package import it.
 var sameLayer = map[string]bool{
-	"session/system -> session":      true,
-	"session/sessiontest -> session": true,
-	"dm/dmtest -> dm":                true,
+	"session/system -> session":         true,
+	"session/sessiontest -> session":    true,
+	"dm/dmtest -> dm":                   true,
+	"storedev/storedevtest -> storedev": true,
 }
 
 func TestImportsGoDown(t *testing.T) {

@@ -1,0 +1,4 @@
+package storedev
+
+// RecordsVersion is recordsVersion, for the tests of package storedev_test.
+const RecordsVersion = recordsVersion
