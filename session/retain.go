@@ -16,11 +16,8 @@ import (
 // FreeBytes is the space left to an unprivileged writer on the filesystem
 // holding dir.
 func FreeBytes(dir string) (int64, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return 0, err
-	}
-	return int64(st.Bavail) * int64(st.Bsize), nil
+	sp, err := StoreSpace(dir)
+	return int64(sp.FreeBytes), err
 }
 
 // sessionBytes is what removing a session directory frees: the blocks its

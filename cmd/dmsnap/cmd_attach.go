@@ -13,6 +13,7 @@ import (
 	"github.com/dmsnap/dmsnap/internal/devnum"
 	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/session"
+	"github.com/dmsnap/dmsnap/session/system"
 )
 
 func init() { register(attachCmd) }
@@ -97,7 +98,7 @@ func runAttach(e *env, device, name string, force bool, pw *passwordFlags) error
 	// The rebuilt stack has a snapshot-origin: a merge that ran before the
 	// reboot must go on now, before the half-merged device is mounted
 	// (the watcher would resume it too, but maybe only after a mount).
-	finishMerges(e.ctx, m, log)
+	session.FinishMergesLogged(e.ctx, m, system.Merges{}, log)
 	if rep.Hold != nil {
 		if err := rv.RevertWaiting(e.ctx, rep.HoldName, rep.Hold); err != nil {
 			return fmt.Errorf("attached %s, but its revert on unmount failed (the device keeps what its last session wrote; the watcher retries): %w", rep.HoldName, err)

@@ -9,8 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/dmsnap/dmsnap/internal/units"
 	"github.com/dmsnap/dmsnap/rollback"
 	"github.com/dmsnap/dmsnap/session"
@@ -111,7 +109,7 @@ type deviceJSON struct {
 	Stack           *stackJSON          `json:"stack"`
 	MountedOn       []string            `json:"mounted_on"`
 	Sessions        []liveSessionJSON   `json:"sessions"`
-	StoreSpace      *spaceJSON          `json:"store_space"`
+	StoreSpace      *session.Space      `json:"store_space"`
 	InvalidSessions []string            `json:"invalid_sessions"`
 	// RestorePoints is how many states before a session the device can
 	// still be put back to; OldestRestorePoint the furthest back ("" when
@@ -181,21 +179,6 @@ type snapshotJSON struct {
 	MetadataBytes uint64                `json:"metadata_bytes"`
 }
 
-type spaceJSON struct {
-	FreeBytes  uint64 `json:"free_bytes"`
-	TotalBytes uint64 `json:"total_bytes"`
-}
-
-// storeSpace returns the free and total bytes of the filesystem holding dir.
-func storeSpace(dir string) (*spaceJSON, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return nil, err
-	}
-	bs := uint64(st.Bsize)
-	return &spaceJSON{FreeBytes: st.Bavail * bs, TotalBytes: st.Blocks * bs}, nil
-}
-
 func describeDevice(st session.DeviceStatus) deviceJSON {
 	d := st.Device
 	out := deviceJSON{
@@ -245,8 +228,8 @@ func describeDevice(st session.DeviceStatus) deviceJSON {
 		}
 		out.Sessions = append(out.Sessions, ls)
 	}
-	if sp, err := storeSpace(d.Store); err == nil {
-		out.StoreSpace = sp
+	if sp, err := session.StoreSpace(d.Store); err == nil {
+		out.StoreSpace = &sp
 	} else {
 		out.Issues = append(out.Issues, fmt.Sprintf("store %s: %v", d.Store, err))
 	}

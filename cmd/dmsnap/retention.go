@@ -1,11 +1,9 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -211,34 +209,4 @@ func parseOnUnmount(v string) (string, error) {
 		return session.OnUnmountRevert, nil
 	}
 	return "", usagef("--on-unmount %q: want keep or revert", v)
-}
-
-// retainAll is the watcher's retention beat: every device with a policy,
-// removals logged; a store that stays short is warned about once per
-// reason when short is not nil (the monitor's beat keeps that record).
-func retainAll(ctx context.Context, m *session.Manager, log *slog.Logger, short map[string]string) {
-	reg, err := m.Registry()
-	if err != nil {
-		return
-	}
-	for _, d := range reg.Devices {
-		if d.Retention == nil {
-			continue
-		}
-		plan, err := m.Retain(ctx, d.Name, false, func(info snapstore.SessionInfo, why string) {
-			log.Info("retention removed a session", "device", d.Name, "session", info.ID, "by", why, "policy", d.Retention.String())
-		})
-		switch {
-		case err != nil:
-			if ctx.Err() == nil {
-				log.Error("retention", "device", d.Name, "err", err)
-			}
-		case short == nil:
-		case plan.Short != "" && short[d.Name] != plan.Short:
-			short[d.Name] = plan.Short
-			log.Warn("retention cannot free enough space: the kernel drops the live session's snapshot when the store fills", "device", d.Name, "why", plan.Short)
-		case plan.Short == "":
-			delete(short, d.Name)
-		}
-	}
 }
