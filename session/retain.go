@@ -60,14 +60,7 @@ func (m *Manager) Retain(ctx context.Context, name string, dry bool, removed fun
 	if d == nil || d.Retention == nil {
 		return snapstore.RetentionPlan{}, nil
 	}
-	held := map[string]bool{}
-	for _, dev := range reg.Devices {
-		for _, s := range dev.Sessions {
-			if s.Dir != "" {
-				held[filepath.Clean(s.Dir)] = true
-			}
-		}
-	}
+	held := reg.heldDirs()
 	now := time.Now()
 	if _, err := snapstore.FinishPrunes(d.Store, now); err != nil {
 		return snapstore.RetentionPlan{}, err
@@ -113,6 +106,67 @@ func (m *Manager) Retain(ctx context.Context, name string, dry bool, removed fun
 		freeing.add(d.Store, freed, now)
 	}
 	return plan, nil
+}
+
+// heldDirs are the session directories the registry still owns (live,
+// being closed): a prune never removes them.
+func (reg *Registry) heldDirs() map[string]bool {
+	held := map[string]bool{}
+	for _, dev := range reg.Devices {
+		for _, s := range dev.Sessions {
+			if s.Dir != "" {
+				held[filepath.Clean(s.Dir)] = true
+			}
+		}
+	}
+	return held
+}
+
+// PruneResult is what Prune did: its plan, and the sessions an
+// interrupted prune had left half-removed that it finished first.
+type PruneResult struct {
+	snapstore.PrunePlan
+	Finished []string
+}
+
+// Prune removes the oldest finished sessions of req.Name from store, under
+// the lock: all but the newest req.Keep restore points, or those older
+// than req.OlderThan (snapstore.PlanPrune; req.Now and req.Held are
+// filled in here). Each removal (snapstore.PruneSession, a crash point at
+// each step) is passed to removed. With dry, nothing is removed. An
+// interrupted prune in store is finished first.
+func (m *Manager) Prune(ctx context.Context, store string, req snapstore.PruneRequest, dry bool, removed func(info snapstore.SessionInfo)) (PruneResult, error) {
+	var res PruneResult
+	lock, err := m.Lock(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer lock.Release()
+	reg, err := m.Registry()
+	if err != nil {
+		return res, err
+	}
+	req.Now, req.Held = m.now(), reg.heldDirs()
+	if res.Finished, err = snapstore.FinishPrunes(store, req.Now); err != nil {
+		return res, fmt.Errorf("finishing an interrupted prune in %s: %w", store, err)
+	}
+	infos, err := snapstore.ListSessions(store)
+	if err != nil {
+		return res, fmt.Errorf("list the store %s: %w", store, err)
+	}
+	res.PrunePlan = snapstore.PlanPrune(infos, req)
+	if dry {
+		return res, nil
+	}
+	for _, info := range res.Remove {
+		if err := snapstore.PruneSession(store, info, time.Now(), func(step string) { Crashpoint(CrashpointPrune + step) }); err != nil {
+			return res, fmt.Errorf("remove session %s: %w", info.ID, err)
+		}
+		if removed != nil {
+			removed(info)
+		}
+	}
+	return res, nil
 }
 
 // freeingWindow is how long bytes pruned for min-free count as freed while

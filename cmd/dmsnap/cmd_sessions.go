@@ -646,56 +646,32 @@ func runSessionsPrune(e *env, fs *pflag.FlagSet, f pruneFlags, name string) erro
 		return err
 	}
 	store := stores[0] // name's: the registry's, else --store
-	lock, err := newManager(e).Lock(e.ctx)
-	if err != nil {
-		return fmt.Errorf("prune %s: %w", name, err)
-	}
-	defer lock.Release()
-	reg, err := session.LoadRegistry(e.state)
-	if err != nil {
-		return fmt.Errorf("prune %s: %w", name, err)
-	}
-	held := map[string]bool{} // directories the registry still owns
-	for _, d := range reg.Devices {
-		for _, s := range d.Sessions {
-			if s.Dir != "" {
-				held[filepath.Clean(s.Dir)] = true
-			}
+	res := pruned{Name: name, DryRun: f.dry, Removed: []string{}}
+	plan, err := newManager(e).Prune(e.ctx, store, snapstore.PruneRequest{Name: name, Keep: keepN, OlderThan: age}, f.dry, func(info snapstore.SessionInfo) {
+		res.Removed = append(res.Removed, info.ID)
+		if !e.json {
+			fmt.Fprintf(e.stdout, "removed %s\n", info.ID)
 		}
+	})
+	if len(plan.Finished) > 0 {
+		fmt.Fprintf(e.stderr, "dmsnap sessions prune: finished removing %s (an interrupted prune)\n", strings.Join(plan.Finished, ", "))
 	}
-	now := time.Now()
-	if done, err := snapstore.FinishPrunes(store, now); err != nil {
-		return fmt.Errorf("prune %s: finishing an interrupted prune in %s: %w", name, store, err)
-	} else if len(done) > 0 {
-		fmt.Fprintf(e.stderr, "dmsnap sessions prune: finished removing %s (an interrupted prune)\n", strings.Join(done, ", "))
-	}
-	infos, err := snapstore.ListSessions(store)
 	if err != nil {
-		return fmt.Errorf("list the store %s: %w", store, err)
+		if e.json && len(plan.Remove) > 0 {
+			e.emit(res, nil) // the removal failed: what was removed before it
+		}
+		return fmt.Errorf("prune %s: %w", name, err)
 	}
-	plan := snapstore.PlanPrune(infos, snapstore.PruneRequest{Name: name, Keep: keepN, OlderThan: age, Now: now, Held: held})
 	if plan.Short != "" {
 		fmt.Fprintf(e.stderr, "dmsnap sessions prune: %s\n", plan.Short)
 	}
-	res := pruned{Name: name, DryRun: f.dry, Removed: []string{}, PointsBefore: plan.Points, PointsAfter: plan.PointsAfter, Oldest: plan.Oldest}
-	for _, info := range plan.Remove {
-		if f.dry {
+	res.PointsBefore, res.PointsAfter, res.Oldest = plan.Points, plan.PointsAfter, plan.Oldest
+	if f.dry {
+		for _, info := range plan.Remove {
 			if !e.json {
 				fmt.Fprintf(e.stdout, "would remove %s\n", info.ID)
 			}
 			res.Removed = append(res.Removed, info.ID)
-			continue
-		}
-		err := snapstore.PruneSession(store, info, time.Now(), func(step string) { session.Crashpoint(session.CrashpointPrune + step) })
-		if err != nil {
-			if e.json {
-				e.emit(res, nil) // what was removed before
-			}
-			return fmt.Errorf("remove session %s: %w", info.ID, err)
-		}
-		res.Removed = append(res.Removed, info.ID)
-		if !e.json {
-			fmt.Fprintf(e.stdout, "removed %s\n", info.ID)
 		}
 	}
 	return e.emit(res, func(w io.Writer) error {
