@@ -301,3 +301,56 @@ func fileSHA256(path string) (string, int64, error) {
 	}
 	return hexSum(h), n, nil
 }
+
+// The outcomes of VerifySession, as `sessions verify --json` gives them.
+const (
+	VerifyOK          = "ok"
+	VerifyDamaged     = "damaged"
+	VerifyNotFinished = "not_finished" // live, or not converted yet
+	VerifyFailed      = "failed"       // verification itself failed
+	VerifyUnreadable  = "unreadable"   // the OS would not read a file: nothing is known
+)
+
+// Verified is one session's verification, as `sessions verify` reports it.
+type Verified struct {
+	ID         string   `json:"id"`
+	Dir        string   `json:"dir"`
+	Outcome    string   `json:"outcome"`
+	Records    int64    `json:"records"`
+	Bytes      int64    `json:"bytes"`
+	Unverified bool     `json:"unverified,omitempty"` // a seed session: no checksums
+	Invalid    bool     `json:"invalid,omitempty"`    // flagged invalid by the kernel
+	Problems   []string `json:"problems,omitempty"`
+	Error      string   `json:"error,omitempty"`
+}
+
+// VerifySession verifies the session in dir (VerifyProgress) and sorts
+// the result into an outcome.
+func VerifySession(ctx context.Context, dir string, p Progress) Verified {
+	v := Verified{ID: filepath.Base(dir), Dir: dir}
+	if _, err := os.Stat(filepath.Join(dir, MetaFile)); errors.Is(err, os.ErrNotExist) {
+		v.Outcome = VerifyNotFinished
+		return v
+	}
+	res, err := VerifyProgress(ctx, dir, p)
+	var ve *VerifyError
+	switch {
+	case errors.As(err, &ve):
+		v.Outcome = VerifyDamaged
+		for _, pr := range res.Problems {
+			v.Problems = append(v.Problems, fmt.Sprint(pr))
+		}
+		if ve.Stopped != nil {
+			v.Error = "verification stopped there: " + ve.Stopped.Error()
+		}
+		return v
+	case errors.Is(err, ErrCannotVerify):
+		v.Outcome, v.Error = VerifyUnreadable, err.Error() // "cannot verify: <what the OS said>"
+		return v
+	case err != nil:
+		v.Outcome, v.Error = VerifyFailed, err.Error()
+		return v
+	}
+	v.Outcome, v.Records, v.Bytes, v.Unverified, v.Invalid = VerifyOK, res.Records, res.Bytes, res.Unverified, res.Invalid
+	return v
+}

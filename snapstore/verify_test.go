@@ -443,3 +443,46 @@ func TestVerifyRecordTooLarge(t *testing.T) {
 		})
 	}
 }
+
+// VerifySession sorts a verification into its outcome: not finished
+// before conversion, ok after, damaged once a pre-image changes.
+func TestVerifySessionOutcomes(t *testing.T) {
+	fx := makeClosedSession(t, t.TempDir(), fixtureOpts{chunkSectors: 8, devSize: 1 << 20, writes: 40, seed: 7})
+	if v := VerifySession(context.Background(), fx.dir, Quiet{}); v.Outcome != VerifyNotFinished {
+		t.Fatalf("before conversion: %+v", v)
+	}
+	convertFixture(t, fx, ConvertOptions{})
+	v := VerifySession(context.Background(), fx.dir, Quiet{})
+	if v.Outcome != VerifyOK || v.Records != int64(len(fx.sim.copied)) || v.Bytes != v.Records*4096 || v.ID != filepath.Base(fx.dir) {
+		t.Fatalf("converted: %+v", v)
+	}
+	f, err := os.OpenFile(filepath.Join(fx.dir, DataFile), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// The first record's first byte, flipped.
+	s, err := Open(fx.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	it, err := s.Records()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := it.Next()
+	it.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	f.ReadAt(b, int64(e.Offset))
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, int64(e.Offset)); err != nil {
+		t.Fatal(err)
+	}
+	if v := VerifySession(context.Background(), fx.dir, Quiet{}); v.Outcome != VerifyDamaged || len(v.Problems) != 1 {
+		t.Fatalf("a flipped pre-image: %+v", v)
+	}
+}

@@ -2,11 +2,9 @@ package main
 
 import (
 	"cmp"
-	"context"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -444,7 +442,7 @@ func runSessionsVerify(e *env, args []string) error {
 			dirs = append(dirs, info.Dir)
 		}
 		if len(dirs) == 0 {
-			return e.emit([]verified{}, func(w io.Writer) error {
+			return e.emit([]snapstore.Verified{}, func(w io.Writer) error {
 				_, err := fmt.Fprintf(w, "no finished sessions in %s\n", strings.Join(stores, ", "))
 				return err
 			})
@@ -457,22 +455,22 @@ func runSessionsVerify(e *env, args []string) error {
 		}
 		dirs = append(dirs, dir)
 	}
-	results := []verified{}
+	results := []snapstore.Verified{}
 	failed, unverified := 0, 0
 	p := newProgress(e.stderr, e.json)
 	for _, dir := range dirs {
 		if err := e.ctx.Err(); err != nil {
 			return err
 		}
-		v := verifyOne(e.ctx, dir, p)
+		v := snapstore.VerifySession(e.ctx, dir, p)
 		if !e.json {
-			v.print(e.stdout)
+			printVerified(e.stdout, v)
 		}
 		results = append(results, v)
 		switch v.Outcome {
-		case verifyDamaged, verifyNotFinished, verifyFailed:
+		case snapstore.VerifyDamaged, snapstore.VerifyNotFinished, snapstore.VerifyFailed:
 			failed++
-		case verifyUnreadable:
+		case snapstore.VerifyUnreadable:
 			unverified++
 		}
 	}
@@ -489,64 +487,12 @@ func runSessionsVerify(e *env, args []string) error {
 	return nil
 }
 
-// The outcomes of verifyOne, as --json gives them.
-const (
-	verifyOK          = "ok"
-	verifyDamaged     = "damaged"
-	verifyNotFinished = "not_finished" // live, or not converted yet
-	verifyFailed      = "failed"       // verification itself failed
-	verifyUnreadable  = "unreadable"   // the OS would not read a file: nothing is known
-)
-
-// verified is one session's verification.
-type verified struct {
-	ID         string   `json:"id"`
-	Dir        string   `json:"dir"`
-	Outcome    string   `json:"outcome"`
-	Records    int64    `json:"records"`
-	Bytes      int64    `json:"bytes"`
-	Unverified bool     `json:"unverified,omitempty"` // a seed session: no checksums
-	Invalid    bool     `json:"invalid,omitempty"`    // flagged invalid by the kernel
-	Problems   []string `json:"problems,omitempty"`
-	Error      string   `json:"error,omitempty"`
-}
-
-// verifyOne verifies a session, showing its progress on p.
-func verifyOne(ctx context.Context, dir string, p snapstore.Progress) verified {
-	v := verified{ID: filepath.Base(dir), Dir: dir}
-	if _, err := os.Stat(filepath.Join(dir, snapstore.MetaFile)); errors.Is(err, os.ErrNotExist) {
-		v.Outcome = verifyNotFinished
-		return v
-	}
-	res, err := snapstore.VerifyProgress(ctx, dir, p)
-	var ve *snapstore.VerifyError
-	switch {
-	case errors.As(err, &ve):
-		v.Outcome = verifyDamaged
-		for _, p := range res.Problems {
-			v.Problems = append(v.Problems, fmt.Sprint(p))
-		}
-		if ve.Stopped != nil {
-			v.Error = "verification stopped there: " + ve.Stopped.Error()
-		}
-		return v
-	case errors.Is(err, snapstore.ErrCannotVerify):
-		v.Outcome, v.Error = verifyUnreadable, err.Error() // "cannot verify: <what the OS said>"
-		return v
-	case err != nil:
-		v.Outcome, v.Error = verifyFailed, err.Error()
-		return v
-	}
-	v.Outcome, v.Records, v.Bytes, v.Unverified, v.Invalid = verifyOK, res.Records, res.Bytes, res.Unverified, res.Invalid
-	return v
-}
-
 // print writes v as text.
-func (v verified) print(w io.Writer) {
+func printVerified(w io.Writer, v snapstore.Verified) {
 	switch v.Outcome {
-	case verifyNotFinished:
+	case snapstore.VerifyNotFinished:
 		fmt.Fprintf(w, "%s: not finished (no meta.json): it is live or waiting for `dmsnap watch` to convert it\n", v.ID)
-	case verifyDamaged:
+	case snapstore.VerifyDamaged:
 		fmt.Fprintf(w, "%s: DAMAGED\n", v.ID)
 		for _, p := range v.Problems {
 			fmt.Fprintf(w, "  %s\n", p)
@@ -554,9 +500,9 @@ func (v verified) print(w io.Writer) {
 		if v.Error != "" {
 			fmt.Fprintf(w, "  and %s\n", v.Error)
 		}
-	case verifyUnreadable:
+	case snapstore.VerifyUnreadable:
 		fmt.Fprintf(w, "%s: %s (an OS error, not damage)\n", v.ID, v.Error)
-	case verifyFailed:
+	case snapstore.VerifyFailed:
 		fmt.Fprintf(w, "%s: verification failed: %s\n", v.ID, v.Error)
 	default:
 		var notes []string
