@@ -6,7 +6,7 @@ PKG ?= ./...
 FUZZTIME ?= 10000x
 export CGO_ENABLED := 0
 
-.PHONY: all build build-test test lint unit host-deps fuzz test-vm test-powercut soak vm-setup demo bench install uninstall deb deb-test clean
+.PHONY: all build build-test test lint unit host-deps fuzz test-vm test-powercut test-systemd soak vm-setup demo bench install uninstall deb deb-test clean
 
 all: build
 
@@ -25,7 +25,7 @@ build-test:
 
 # The README's test command: lint, host unit tests, a short fuzz run, the
 # .deb installed and removed with apt, then the VM suite on the real kernel.
-test: lint unit fuzz deb-test test-vm test-powercut
+test: lint unit fuzz deb-test test-vm test-powercut test-systemd
 
 # Both builds of the crash points: the release one (no tag) and the test
 # one (vm,crashpoints, as test-vm builds; it holds every file the tag
@@ -70,6 +70,12 @@ test-vm: build-test vm-setup
 # binary: a power cut needs no crash points.
 test-powercut: build vm-setup
 	$(GO) test -count=1 -tags vmhost -run TestPowerCut -v ./cmd/dmsnap/
+
+# Two boots of a guest under systemd and udev (Debian 12's, on a root disk
+# made by hack/vm/systemd-root.sh): the udev rule's hand-off, the units'
+# ordering and hardening (cmd/dmsnap/systemd_host_test.go).
+test-systemd: build vm-setup
+	$(GO) test -count=1 -timeout 20m -tags vmhost -run TestSystemdBoot -v ./cmd/dmsnap/
 
 # The long tier: the full matrix with random seeds, the crash test over
 # several rounds, the bad-input sweeps and repeated power cuts, with counts

@@ -98,48 +98,80 @@ echo BOOT2-DONE
 // sparse files) and returns a function that boots the guest on them with
 // a script; the guest's output is returned.
 func powercutDisks(t *testing.T) (origin string, boot func(n int, script string) string) {
+	// The store disk holds the state directory too: a revert's merge
+	// store needs its plan plus a 64 MiB margin there, which 128 MiB did
+	// not always leave beside the COW files (the revert then wrote the
+	// plan instead of merging, and the "merging" cut never came).
+	g := newGuest(t, map[string]int64{"origin": 64 << 20, "store": 256 << 20})
+	return g.disk["origin"], func(n int, script string) string {
+		t.Helper()
+		return g.boot(n, script, "origin", "store")
+	}
+}
+
+// guest boots the test guest, several times, on disks that outlive each
+// boot: sparse files in a test directory, attached as virtio disks.
+type guest struct {
+	t    *testing.T
+	root string            // the repository
+	bin  string            // bin/dmsnap, the release build
+	dir  string            // the test's directory
+	disk map[string]string // name -> file
+	env  []string          // for hack/vm/run, beside DMSNAP_VM_DISKS
+	// files are more hack/vm/run --file arguments.
+	files []string
+	// guestBin is where the binary is put in the guest.
+	guestBin string
+}
+
+// newGuest makes the named disks, each a sparse file of its size.
+func newGuest(t *testing.T, disks map[string]int64) *guest {
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(root, "bin", "dmsnap")
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("%s: run `make build` first (%v)", bin, err)
+	g := &guest{t: t, root: root, bin: filepath.Join(root, "bin", "dmsnap"), dir: t.TempDir(),
+		disk: map[string]string{}, env: []string{"DMSNAP_VM_TIMEOUT=600"}, guestBin: "/usr/bin/dmsnap"}
+	if _, err := os.Stat(g.bin); err != nil {
+		t.Fatalf("%s: run `make build` first (%v)", g.bin, err)
 	}
-	dir := t.TempDir()
-	origin, store := filepath.Join(dir, "origin.img"), filepath.Join(dir, "store.img")
-	for _, f := range []struct {
-		path string
-		size int64
-	}{{origin, 64 << 20}, {store, 256 << 20}} {
-		// The store disk holds the state directory too: a revert's merge
-		// store needs its plan plus a 64 MiB margin there, which 128 MiB
-		// did not always leave beside the COW files (the revert then
-		// wrote the plan instead of merging, and the "merging" cut never
-		// came).
-		if err := os.WriteFile(f.path, nil, 0o600); err != nil {
+	for name, size := range disks {
+		p := filepath.Join(g.dir, name+".img")
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Truncate(f.path, f.size); err != nil {
+		if err := os.Truncate(p, size); err != nil {
 			t.Fatal(err)
 		}
+		g.disk[name] = p
 	}
-	return origin, func(n int, script string) string {
-		t.Helper()
-		sh := filepath.Join(dir, fmt.Sprintf("boot%d.sh", n))
-		if err := os.WriteFile(sh, []byte(script), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(filepath.Join(root, "hack/vm/run"), "--file", bin+":/usr/bin/dmsnap", "--file", sh+":/work/boot.sh", "--", "sh", "/work/boot.sh")
-		cmd.Env = append(os.Environ(), "DMSNAP_VM_DISKS="+origin+" "+store, "DMSNAP_VM_TIMEOUT=600")
-		start := time.Now()
-		out, err := cmd.CombinedOutput()
-		t.Logf("boot %d: %v", n, time.Since(start).Round(time.Second))
-		if err != nil {
-			t.Fatalf("boot %d: %v\n%s", n, err, out)
-		}
-		return string(out)
+	return g
+}
+
+// boot runs script in the guest with the named disks attached in order
+// (/dev/vda, /dev/vdb, ...) and returns its output; a boot that fails is
+// fatal.
+func (g *guest) boot(n int, script string, disks ...string) string {
+	t := g.t
+	t.Helper()
+	sh := filepath.Join(g.dir, fmt.Sprintf("boot%d.sh", n))
+	if err := os.WriteFile(sh, []byte(script), 0o644); err != nil {
+		t.Fatal(err)
 	}
+	var files []string
+	for _, d := range disks {
+		files = append(files, g.disk[d])
+	}
+	args := append([]string{"--file", g.bin + ":" + g.guestBin, "--file", sh + ":/work/boot.sh"}, g.files...)
+	cmd := exec.Command(filepath.Join(g.root, "hack/vm/run"), append(args, "--", "sh", "/work/boot.sh")...)
+	cmd.Env = append(append(os.Environ(), "DMSNAP_VM_DISKS="+strings.Join(files, " ")), g.env...)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	t.Logf("boot %d: %v", n, time.Since(start).Round(time.Second))
+	if err != nil {
+		t.Fatalf("boot %d: %v\n%s", n, err, out)
+	}
+	return string(out)
 }
 
 func TestPowerCut(t *testing.T) {
