@@ -2,18 +2,14 @@ package session_test
 
 import (
 	"bytes"
-	"compress/gzip"
 	"errors"
-	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dmsnap/dmsnap/session"
-	"github.com/dmsnap/dmsnap/snapstore"
+	"github.com/dmsnap/dmsnap/snapstore/snapstoretest"
 )
 
 // monitorWorld is a world whose watcher's monitor logs into a buffer and
@@ -88,7 +84,7 @@ func TestMonitorInvalidSnapshot(t *testing.T) {
 func TestMonitorReportsInvalidSessions(t *testing.T) {
 	w, mon, buf, _ := monitorWorld(t)
 	w.activate()
-	finishedSession(t, w.store, "sdb1", time.Unix(1600000000, 0), "test: the kernel dropped it")
+	snapstoretest.Finished(t, w.store, "sdb1", time.Unix(1600000000, 0), "test: the kernel dropped it")
 	mon.Beat(bgctx)
 	mon.Beat(bgctx)
 	if n := strings.Count(buf.String(), `msg="session kept as invalid`); n != 1 || !strings.Contains(buf.String(), `reason="test: the kernel dropped it"`) {
@@ -101,54 +97,4 @@ func TestMonitorReportsInvalidSessions(t *testing.T) {
 	if strings.Contains(buf.String(), "session kept as invalid") {
 		t.Fatalf("a restarted monitor reported an old invalid session again:\n%s", buf)
 	}
-}
-
-// kernelCOW is a COW file the kernel wrote (snapstore's test data: an
-// ext4 session on a 16 MiB device).
-func kernelCOW(t *testing.T) []byte {
-	t.Helper()
-	f, err := os.Open(filepath.Join("..", "snapstore", "testdata", "kernel", "ext4-4k", "cow.img.gz"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// finishedSession makes a converted session of name in store, armed at
-// armed, with a COW the kernel wrote; flagged invalid with reason when reason is
-// not "".
-func finishedSession(t *testing.T, store, name string, armed time.Time, reason string) string {
-	t.Helper()
-	dir, err := snapstore.CreateSession(store, snapstore.State{Name: name, Device: snapstore.Device{Path: "/dev/" + name, Size: 16 << 20},
-		ChunkSize: 4096, Times: snapstore.Times{Armed: armed}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, snapstore.CowFile), kernelCOW(t), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if dir, err = snapstore.MarkMounted(dir, armed.Add(time.Second), "ext4"); err != nil {
-		t.Fatal(err)
-	}
-	if err := snapstore.MarkUnmounted(dir, armed.Add(time.Minute)); err != nil {
-		t.Fatal(err)
-	}
-	if reason != "" {
-		if err := snapstore.MarkInvalid(dir, reason); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := snapstore.Convert(bgctx, dir, snapstore.ConvertOptions{Salvage: true}); err != nil {
-		t.Fatal(err)
-	}
-	return dir
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dmsnap/dmsnap/snapstore"
+	"github.com/dmsnap/dmsnap/snapstore/snapstoretest"
 )
 
 // Prune keeps the newest restore points asked for, removes nothing in a
@@ -15,7 +16,7 @@ func TestManagerPrune(t *testing.T) {
 	w := newWorld(t)
 	var dirs []string
 	for i := range 3 {
-		dirs = append(dirs, finishedSession(t, w.store, "sdb1", time.Unix(1600000000+int64(i)*3600, 0), ""))
+		dirs = append(dirs, snapstoretest.Finished(t, w.store, "sdb1", time.Unix(1600000000+int64(i)*3600, 0), ""))
 	}
 	m := w.manager()
 	res, err := m.Prune(bgctx, w.store, snapstore.PruneRequest{Name: "sdb1", Keep: 1}, true, nil)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"fmt"
 	"io"
@@ -21,6 +20,7 @@ import (
 	"github.com/dmsnap/dmsnap/session"
 	"github.com/dmsnap/dmsnap/session/sessiontest"
 	"github.com/dmsnap/dmsnap/snapstore"
+	"github.com/dmsnap/dmsnap/snapstore/snapstoretest"
 )
 
 // world is a fake system (session/sessiontest) the session commands run
@@ -323,40 +323,7 @@ func TestLockedStateIsBusy(t *testing.T) {
 // closedSession makes a real finished session in store from the kernel-made
 // COW in snapstore's testdata (147 chunks of 4 KiB), mounted at mount.
 func closedSession(t *testing.T, store, name string, mount time.Time) string {
-	t.Helper()
-	f, err := os.Open(filepath.Join("..", "..", "snapstore", "testdata", "kernel", "ext4-4k", "cow.img.gz"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cow, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := snapstore.CreateSession(store, snapstore.State{
-		Name: name, Device: snapstore.Device{Path: "/dev/" + name, Size: 16 << 20}, ChunkSize: 4096,
-		Times: snapstore.Times{Armed: mount.Add(-time.Second)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, snapstore.CowFile), cow, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if dir, err = snapstore.MarkMounted(dir, mount, "ext4"); err != nil {
-		t.Fatal(err)
-	}
-	if err := snapstore.MarkUnmounted(dir, mount.Add(time.Minute)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := snapstore.Convert(context.Background(), dir, snapstore.ConvertOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return snapstoretest.Finished(t, store, name, mount, "")
 }
 
 func TestSessionsListShowVerify(t *testing.T) {

@@ -17,7 +17,7 @@ func rank(pkg string) int {
 	switch {
 	case strings.HasPrefix(pkg, "internal/"):
 		return 1
-	case pkg == "dm", pkg == "dm/dmtest", pkg == "snapstore":
+	case pkg == "dm", pkg == "dm/dmtest", pkg == "snapstore", pkg == "snapstore/snapstoretest":
 		return 2
 	case pkg == "storedev", pkg == "storedev/storedevtest":
 		return 3
@@ -34,10 +34,11 @@ func rank(pkg string) int {
 // sameLayer lists the imports allowed within a layer: the adapters and
 // fakes of a package import it.
 var sameLayer = map[string]bool{
-	"session/system -> session":         true,
-	"session/sessiontest -> session":    true,
-	"dm/dmtest -> dm":                   true,
-	"storedev/storedevtest -> storedev": true,
+	"session/system -> session":            true,
+	"session/sessiontest -> session":       true,
+	"dm/dmtest -> dm":                      true,
+	"snapstore/snapstoretest -> snapstore": true,
+	"storedev/storedevtest -> storedev":    true,
 }
 
 func TestImportsGoDown(t *testing.T) {
