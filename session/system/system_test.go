@@ -354,3 +354,25 @@ func TestStoreRefusesCOWInUse(t *testing.T) {
 		t.Fatalf("convert once unused: %v", err)
 	}
 }
+
+// Problems is what status --check fails on: a retention that cannot keep
+// min-free, a snapshot the kernel dropped, a failed step, an issue.
+func TestReportProblems(t *testing.T) {
+	d := DeviceReport{Name: "sdb1", Sessions: []LiveSession{{N: 1, Snapshot: &SnapshotReport{State: session.SnapshotActive}}}}
+	if p := d.Problems(); len(p) != 0 {
+		t.Fatalf("a healthy device: %q", p)
+	}
+	d.RetentionShort = "sdb1 has 1 restore point"
+	d.Sessions = append(d.Sessions, LiveSession{N: 2, Snapshot: &SnapshotReport{State: session.SnapshotInvalid}})
+	d.Error, d.Issues = "arm: no room", []string{"store /x: EIO"}
+	want := []string{"sdb1: sdb1 has 1 restore point", "sdb1: the kernel dropped the snapshot of session 2", "sdb1: arm: no room", "sdb1: store /x: EIO"}
+	if p := d.Problems(); !slices.Equal(p, want) {
+		t.Fatalf("problems %q, want %q", p, want)
+	}
+	if h := headroom(100, 40); h != 60 {
+		t.Fatalf("headroom(100, 40) = %d", h)
+	}
+	if h := headroom(100, 140); h != 0 {
+		t.Fatalf("headroom past the mapped part = %d, want 0", h)
+	}
+}
