@@ -1,3 +1,5 @@
+//go:build !vm
+
 package main
 
 // Bad input, host side: hostile session IDs, a symlinked session directory
