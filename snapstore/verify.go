@@ -89,159 +89,197 @@ func VerifyStructure(ctx context.Context, dir string) (VerifyResult, error) {
 }
 
 func verify(ctx context.Context, dir string, data bool, p Progress) (VerifyResult, error) {
-	res := VerifyResult{ID: filepath.Base(dir)}
-	// stopped is the first error of the OS that is not damage: it ends
-	// the verification, whose outcome is then unknown.
-	var stopped error
-	add := func(err error) bool {
-		if stopped != nil {
-			return false
-		}
-		err = ClassifyReadError(err)
-		if errors.Is(err, ErrCannotVerify) {
-			stopped = err
-			return false
-		}
-		var fe *FormatError
-		if !errors.As(err, &fe) {
-			fe = &FormatError{File: dir, Offset: -1, Record: -1, Kind: ErrCorrupt, Msg: err.Error()}
-		}
-		res.Problems = append(res.Problems, fe)
-		return len(res.Problems) < maxProblems
-	}
-	outcome := func() (VerifyResult, error) {
-		switch {
-		case len(res.Problems) > 0:
-			return res, &VerifyError{Dir: dir, Problems: res.Problems, Stopped: stopped}
-		case stopped != nil:
-			return res, stopped
-		}
-		return res, nil
-	}
+	v := &verifyRun{dir: dir, res: VerifyResult{ID: filepath.Base(dir)}}
 	s, err := Open(dir)
 	if errors.Is(err, ErrIncomplete) {
-		return res, err
+		return v.res, err
 	}
 	if err != nil {
-		add(err)
-		return outcome()
+		v.add(err)
+		return v.outcome()
 	}
 	defer s.Close()
-	res.Unverified = !s.Verified()
-	res.Invalid = s.Invalid()
-
-	d := s.Meta.Dmsnap
-	var chunk, devSize int64
-	crcSuspect := false
-	if d != nil {
-		chunk, devSize = int64(d.ChunkSize), d.Device.Size
-		// Whole-file checksums first: they catch any flipped bit in the
-		// map and the sidecar, even one no structural check would see.
-		for _, f := range []struct{ name, want string }{{MapFile, d.Checksums.BlocksMap}, {CRCFile, d.Checksums.BlocksCRC}} {
-			got, size, err := fileSHA256(filepath.Join(dir, f.name))
-			if err != nil {
-				add(err)
-				if stopped != nil {
-					return outcome()
-				}
-				continue // a missing file: the walk below stops at it
-			}
-			if got != f.want {
-				crcSuspect = crcSuspect || f.name == CRCFile
-				add(formatErr(filepath.Join(dir, f.name), -1, -1, ErrChecksum,
-					"SHA-256 is %s, meta.json says %s: the file was modified or damaged", got, f.want))
-			}
-			unit := map[string]int64{MapFile: RecordSize, CRCFile: CRCSize}[f.name]
-			if want := s.Meta.TotalBlocksSaved * unit; size != want {
-				add(formatErr(filepath.Join(dir, f.name), -1, -1, ErrCorrupt,
-					"is %d bytes; %d records (total_blocks_saved) need %d", size, s.Meta.TotalBlocksSaved, want))
-			}
+	v.s = s
+	v.res.Unverified = !s.Verified()
+	v.res.Invalid = s.Invalid()
+	if d := s.Meta.Dmsnap; d != nil {
+		v.chunk, v.devSize = int64(d.ChunkSize), d.Device.Size
+		if !v.checkSums(d) {
+			return v.outcome()
 		}
 	}
-
-	mapPath := filepath.Join(dir, MapFile)
-	badRecord := func(e Entry) string {
-		if d == nil {
-			return ""
-		}
-		return checkChunkRecord(e.Record, chunk, devSize)
-	}
-	annotate := func(err error) error {
-		var fe *FormatError
-		if crcSuspect && errors.As(err, &fe) && errors.Is(err, ErrChecksum) {
-			fe.Msg += "; blocks.crc is itself damaged, so the CRC may be what is wrong"
-		}
-		return err
-	}
-
-	// The structure: every record of blocks.map.
-	it, err := s.Records()
+	dataEnd, walked, err := v.walkMap(ctx)
 	if err != nil {
-		if len(res.Problems) == 0 || errors.Is(ClassifyReadError(err), ErrCannotVerify) {
-			add(err) // else: a missing file the checksums above reported
-		}
-		return outcome()
+		return v.res, err
 	}
-	var dataEnd int64
+	if !walked || v.stopped != nil {
+		return v.outcome()
+	}
+	if s.Meta.Dmsnap != nil && len(v.res.Problems) == 0 && s.datSize != dataEnd {
+		v.add(formatErr(filepath.Join(dir, DataFile), -1, -1, ErrCorrupt,
+			"is %d bytes, its last record ends at %d", s.datSize, dataEnd))
+	}
+	if data {
+		if err := v.checkData(ctx, p); err != nil {
+			return v.res, err
+		}
+	}
+	return v.outcome()
+}
+
+// verifyRun is one verification: what it found so far.
+type verifyRun struct {
+	dir            string
+	s              *Session
+	res            VerifyResult
+	chunk, devSize int64 // dmsnap sessions: each record must be one chunk inside the device
+	crcSuspect     bool  // blocks.crc failed its SHA-256: a CRC mismatch may be the sidecar's fault
+	// stopped is the first error of the OS that is not damage: it ends
+	// the verification, whose outcome is then unknown.
+	stopped error
+}
+
+// add records a problem, or the OS error that stops the verification;
+// it reports whether to go on looking (at most maxProblems problems).
+func (v *verifyRun) add(err error) bool {
+	if v.stopped != nil {
+		return false
+	}
+	err = ClassifyReadError(err)
+	if errors.Is(err, ErrCannotVerify) {
+		v.stopped = err
+		return false
+	}
+	var fe *FormatError
+	if !errors.As(err, &fe) {
+		fe = &FormatError{File: v.dir, Offset: -1, Record: -1, Kind: ErrCorrupt, Msg: err.Error()}
+	}
+	v.res.Problems = append(v.res.Problems, fe)
+	return len(v.res.Problems) < maxProblems
+}
+
+// outcome is the verification's result: damage (*VerifyError), an OS
+// error that stopped it (ErrCannotVerify), or nil.
+func (v *verifyRun) outcome() (VerifyResult, error) {
+	switch {
+	case len(v.res.Problems) > 0:
+		return v.res, &VerifyError{Dir: v.dir, Problems: v.res.Problems, Stopped: v.stopped}
+	case v.stopped != nil:
+		return v.res, v.stopped
+	}
+	return v.res, nil
+}
+
+// checkSums checks the whole-file SHA-256 of blocks.map and blocks.crc
+// and their sizes: they catch any flipped bit in the map and the sidecar,
+// even one no structural check would see. It reports false when an OS
+// error stopped the verification.
+func (v *verifyRun) checkSums(d *DmsnapMeta) bool {
+	for _, f := range []struct{ name, want string }{{MapFile, d.Checksums.BlocksMap}, {CRCFile, d.Checksums.BlocksCRC}} {
+		got, size, err := fileSHA256(filepath.Join(v.dir, f.name))
+		if err != nil {
+			v.add(err)
+			if v.stopped != nil {
+				return false
+			}
+			continue // a missing file: the walk stops at it
+		}
+		if got != f.want {
+			v.crcSuspect = v.crcSuspect || f.name == CRCFile
+			v.add(formatErr(filepath.Join(v.dir, f.name), -1, -1, ErrChecksum,
+				"SHA-256 is %s, meta.json says %s: the file was modified or damaged", got, f.want))
+		}
+		unit := map[string]int64{MapFile: RecordSize, CRCFile: CRCSize}[f.name]
+		if want := v.s.Meta.TotalBlocksSaved * unit; size != want {
+			v.add(formatErr(filepath.Join(v.dir, f.name), -1, -1, ErrCorrupt,
+				"is %d bytes; %d records (total_blocks_saved) need %d", size, v.s.Meta.TotalBlocksSaved, want))
+		}
+	}
+	return true
+}
+
+// badRecord names what is wrong with a dmsnap record's shape ("" when
+// nothing is, or for a seed session).
+func (v *verifyRun) badRecord(e Entry) string {
+	if v.s.Meta.Dmsnap == nil {
+		return ""
+	}
+	return checkChunkRecord(e.Record, v.chunk, v.devSize)
+}
+
+// annotate adds to a CRC mismatch that blocks.crc itself is suspect.
+func (v *verifyRun) annotate(err error) error {
+	var fe *FormatError
+	if v.crcSuspect && errors.As(err, &fe) && errors.Is(err, ErrChecksum) {
+		fe.Msg += "; blocks.crc is itself damaged, so the CRC may be what is wrong"
+	}
+	return err
+}
+
+// walkMap checks the structure: every record of blocks.map. It returns
+// where the last record's data ends, and walked false when the map could
+// not be read at all (the verification ends there); err is the context's.
+func (v *verifyRun) walkMap(ctx context.Context) (dataEnd int64, walked bool, err error) {
+	it, err := v.s.Records()
+	if err != nil {
+		if len(v.res.Problems) == 0 || errors.Is(ClassifyReadError(err), ErrCannotVerify) {
+			v.add(err) // else: a missing file the checksums reported
+		}
+		return 0, false, nil
+	}
+	defer it.Close()
+	mapPath := filepath.Join(v.dir, MapFile)
 	for {
 		if err := ctx.Err(); err != nil {
-			it.Close()
-			return res, err
+			return dataEnd, true, err
 		}
 		e, err := it.Next()
 		if err == io.EOF {
-			break
+			return dataEnd, true, nil
 		}
 		if err != nil {
-			// blocks.map damage the checksums above already reported
-			// stops the walk; a seed map is sorted in memory beforehand.
-			if !errors.Is(err, ErrChecksum) || len(res.Problems) == 0 {
-				add(err)
+			// blocks.map damage the checksums already reported stops
+			// the walk; a seed map is sorted in memory beforehand.
+			if !errors.Is(err, ErrChecksum) || len(v.res.Problems) == 0 {
+				v.add(err)
 			}
-			break
+			return dataEnd, true, nil
 		}
-		res.Records++
+		v.res.Records++
 		dataEnd = max(dataEnd, int64(e.Offset)+int64(e.Size))
-		if msg := badRecord(e); msg != "" {
-			if !add(formatErr(mapPath, e.Index*RecordSize, e.Index, ErrCorrupt, "sector %d: %s", e.Sector, msg)) {
-				break
+		if msg := v.badRecord(e); msg != "" {
+			if !v.add(formatErr(mapPath, e.Index*RecordSize, e.Index, ErrCorrupt, "sector %d: %s", e.Sector, msg)) {
+				return dataEnd, true, nil
 			}
 			continue
 		}
-		res.Bytes += int64(e.Size)
+		v.res.Bytes += int64(e.Size)
 	}
-	it.Close()
-	if stopped != nil {
-		return outcome()
-	}
-	if d != nil && len(res.Problems) == 0 && s.datSize != dataEnd {
-		add(formatErr(filepath.Join(dir, DataFile), -1, -1, ErrCorrupt,
-			"is %d bytes, its last record ends at %d", s.datSize, dataEnd))
-	}
+}
 
-	// The data: a session dmsnap wrote whose map passed is checked in
-	// storage order (blocks.dat read in file order); a seed session, or a
-	// damaged map, has each well-formed record read where the map puts it.
-	if data {
-		p.Begin("verify", uint64(res.Bytes))
-		defer p.End()
-		done := false
-		if d != nil && len(res.Problems) == 0 {
-			if done, err = s.CheckInStorageOrder(ctx, p.Add, func(_ int64, _ Record, err error) bool { return add(annotate(err)) }); err != nil {
-				if ctx.Err() != nil {
-					return res, err
-				}
-				add(err)
-				return outcome()
+// checkData checks every record's CRC-32C against its bytes: a session
+// dmsnap wrote whose map passed in storage order (blocks.dat read in file
+// order); a seed session, or a damaged map, record by record where the
+// map puts it. err is the context's.
+func (v *verifyRun) checkData(ctx context.Context, p Progress) error {
+	p.Begin("verify", uint64(v.res.Bytes))
+	defer p.End()
+	bad := func(err error) bool { return v.add(v.annotate(err)) }
+	done := false
+	if v.s.Meta.Dmsnap != nil && len(v.res.Problems) == 0 {
+		var err error
+		if done, err = v.s.CheckInStorageOrder(ctx, p.Add, func(_ int64, _ Record, err error) bool { return bad(err) }); err != nil {
+			if ctx.Err() != nil {
+				return err
 			}
-		}
-		if !done && stopped == nil {
-			if err := s.readEach(ctx, badRecord, p.Add, func(err error) bool { return add(annotate(err)) }); err != nil {
-				return res, err
-			}
+			v.add(err)
+			return nil
 		}
 	}
-	return outcome()
+	if !done && v.stopped == nil {
+		return v.s.readEach(ctx, v.badRecord, p.Add, bad)
+	}
+	return nil
 }
 
 // readEach reads the data of every record of blocks.map that skip does
