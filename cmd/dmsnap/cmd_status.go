@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -177,41 +178,7 @@ func printDevice(e *env, d deviceJSON) {
 		fmt.Fprintln(w, "  mounted:  no")
 	}
 	for _, s := range d.Sessions {
-		fmt.Fprintf(w, "  session %d: %s, %s\n", s.N, s.State, s.Dir)
-		if s.Label != "" || s.Pinned {
-			pin := ""
-			if s.Pinned {
-				pin = " (pinned)"
-			}
-			fmt.Fprintf(w, "    label: %q%s\n", s.Label, pin)
-		}
-		if s.Snapshot != nil {
-			dio := ""
-			if s.CowDirectIO != nil {
-				dio = map[bool]string{true: ", COW direct I/O", false: ", COW buffered I/O"}[*s.CowDirectIO]
-			}
-			fmt.Fprintf(w, "    snapshot %s, COW %s used of %s%s\n", s.Snapshot.State,
-				units.FormatBytes(s.Snapshot.CowUsedBytes), units.FormatBytes(s.Snapshot.CowSizeBytes), dio)
-			switch {
-			case s.CowFastBytes == nil:
-			case *s.CowFastBytes > 0:
-				fmt.Fprintf(w, "    COW: %s of it goes straight to %s (cow.img, immutable), the rest to cow.tail through its filesystem (%d segments)\n",
-					units.FormatBytes(*s.CowFastBytes), routeText(s.CowRoute), s.CowSegments)
-				if s.CowHeadroom != nil {
-					fmt.Fprintf(w, "    headroom: %s of pre-images before they spill to cow.tail (the watcher maps more as they come)\n", units.FormatBytes(*s.CowHeadroom))
-				}
-			case s.CowUnmapped != "":
-				fmt.Fprintf(w, "    COW: through the store's filesystem (%s)\n", s.CowUnmapped)
-			default:
-				fmt.Fprintln(w, "    COW: through the store's filesystem")
-			}
-		}
-		if s.InvalidReason != "" {
-			fmt.Fprintf(w, "    INVALID: %s\n", s.InvalidReason)
-		}
-		if s.Error != "" {
-			fmt.Fprintf(w, "    error: %s\n", s.Error)
-		}
+		printLiveSession(w, s)
 	}
 	if d.Retention != nil {
 		fmt.Fprintf(w, "  retain:   %s\n", d.Retention)
@@ -255,6 +222,45 @@ func printDevice(e *env, d deviceJSON) {
 	}
 	for _, is := range d.Issues {
 		fmt.Fprintf(w, "  ATTENTION: %s\n", is)
+	}
+}
+
+// printLiveSession writes a live session's lines of status.
+func printLiveSession(w io.Writer, s system.LiveSession) {
+	fmt.Fprintf(w, "  session %d: %s, %s\n", s.N, s.State, s.Dir)
+	if s.Label != "" || s.Pinned {
+		pin := ""
+		if s.Pinned {
+			pin = " (pinned)"
+		}
+		fmt.Fprintf(w, "    label: %q%s\n", s.Label, pin)
+	}
+	if s.Snapshot != nil {
+		dio := ""
+		if s.CowDirectIO != nil {
+			dio = map[bool]string{true: ", COW direct I/O", false: ", COW buffered I/O"}[*s.CowDirectIO]
+		}
+		fmt.Fprintf(w, "    snapshot %s, COW %s used of %s%s\n", s.Snapshot.State,
+			units.FormatBytes(s.Snapshot.CowUsedBytes), units.FormatBytes(s.Snapshot.CowSizeBytes), dio)
+		switch {
+		case s.CowFastBytes == nil:
+		case *s.CowFastBytes > 0:
+			fmt.Fprintf(w, "    COW: %s of it goes straight to %s (cow.img, immutable), the rest to cow.tail through its filesystem (%d segments)\n",
+				units.FormatBytes(*s.CowFastBytes), routeText(s.CowRoute), s.CowSegments)
+			if s.CowHeadroom != nil {
+				fmt.Fprintf(w, "    headroom: %s of pre-images before they spill to cow.tail (the watcher maps more as they come)\n", units.FormatBytes(*s.CowHeadroom))
+			}
+		case s.CowUnmapped != "":
+			fmt.Fprintf(w, "    COW: through the store's filesystem (%s)\n", s.CowUnmapped)
+		default:
+			fmt.Fprintln(w, "    COW: through the store's filesystem")
+		}
+	}
+	if s.InvalidReason != "" {
+		fmt.Fprintf(w, "    INVALID: %s\n", s.InvalidReason)
+	}
+	if s.Error != "" {
+		fmt.Fprintf(w, "    error: %s\n", s.Error)
 	}
 }
 
