@@ -747,81 +747,27 @@ func ValidateChunkSize(c uint32) error {
 // built is taken down again and the device leaves the registry.
 func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, error) {
 	const op = "activate"
-	if req.ChunkSize == 0 {
-		req.ChunkSize = DefaultChunkSize
-	}
-	if req.Store == "" {
-		req.Store = DefaultStore
-	}
-	if err := ValidateChunkSize(req.ChunkSize); err != nil {
-		return nil, deviceErr(op, req.Device, "", err)
-	}
-	if err := req.Retention.Validate(); err != nil {
-		return nil, deviceErr(op, req.Device, "", err)
-	}
-	if req.Prealloc < 0 {
-		return nil, deviceErr(op, req.Device, "", fmt.Errorf("preallocation of %d bytes: want 0 or more", req.Prealloc))
-	}
-	name := req.Name
-	if name == "" {
-		name = SanitizeName(req.Device)
-	}
-	if err := ValidateName(name); err != nil {
-		return nil, deviceErr(op, req.Device, "", err)
-	}
-	store, err := filepath.Abs(req.Store)
+	name, store, err := req.check()
 	if err != nil {
 		return nil, deviceErr(op, req.Device, "", err)
 	}
-
 	var out *Device
 	err = m.withLock(ctx, func(reg *Registry) error {
 		id, err := m.Prober.Identify(ctx, req.Device)
 		if err != nil {
 			return deviceErr(op, req.Device, "give the path of a block device such as /dev/sdb1, or of an image file", err)
 		}
-		if d := reg.Device(name); d != nil {
-			return deviceErrf(op, req.Device, "choose another name with --name", ErrAlreadyActivated,
-				"the name %s is taken by %s", name, d.Path)
-		}
-		path := req.Device
-		if id.Image {
-			path = id.Stable.LoopFile // absolute: found again after a reboot
-			if d := reg.ByStable(id.Stable); d != nil {
-				return deviceErrf(op, req.Device, "`dmsnap status "+d.Name+"` shows it", ErrAlreadyActivated,
-					"already activated as %s", d.Name)
-			}
-			if problem, err := m.imageProblem(ctx, path, DevNum{}); err != nil {
-				return deviceErr(op, req.Device, "", err)
-			} else if problem != "" {
-				return deviceErrf(op, req.Device, "nothing was changed", ErrBusy, "%s", problem)
-			}
-		}
-		if d := reg.ByDevNum(id.Dev); d != nil {
-			return deviceErrf(op, req.Device, "`dmsnap status "+d.Name+"` shows it", ErrAlreadyActivated,
-				"already activated as %s", d.Name)
+		path, err := m.checkNew(ctx, reg, req.Device, name, id)
+		if err != nil {
+			return err
 		}
 		stacks, err := m.Kernel.Stacks(ctx)
 		if err != nil {
 			return deviceErr(op, req.Device, "", err)
 		}
-		next := 1
-		for _, st := range stacks {
-			if st.OriginDev == id.Dev || slices.ContainsFunc(st.Snapshots, func(s SnapshotInfo) bool { return s.Dev == id.Dev }) {
-				return deviceErrf(op, req.Device, "activate the raw device instead", nil, "%s is a dmsnap device of %s", req.Device, st.Name)
-			}
-			if st.Name == name && st.HasReal && st.RawDev != id.Dev {
-				return deviceErrf(op, req.Device, "choose another name with --name", ErrAlreadyActivated,
-					"a stack dmsnap-%s over another device (%s) is there, in no registry of this state directory", name, st.RawDev)
-			}
-			// A stack of this device that no registry holds (a lost
-			// registry, another state directory's): adopted, its live
-			// snapshots replaced by a new session numbered after them.
-			for _, sn := range st.Snapshots {
-				if st.Name == name {
-					next = max(next, sn.N+1)
-				}
-			}
+		next, err := adoptableStacks(stacks, req.Device, name, id)
+		if err != nil {
+			return err
 		}
 		table, err := m.mounts()
 		if err != nil {
@@ -831,30 +777,11 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 			return deviceErrf(op, req.Device, "unmount it, activate, then mount /dev/mapper/dmsnap-"+name+" instead", ErrBusy,
 				"mounted on %s", mountPoints(ms))
 		}
-		// Checked before it is made; its real path is what is made,
-		// recorded and used.
-		if store, err = trustdir.ResolveStore(store); err != nil {
-			return deviceErr(op, req.Device, "", err)
-		}
-		if err := os.MkdirAll(store, 0o755); err != nil {
-			return deviceErr(op, req.Device, "", fmt.Errorf("store: %w", err))
-		}
-		// Session numbers are the sequence that orders a device's sessions
-		// (the clock may step back): they go on after the store's last one.
-		last, err := m.Store.LastSequence(ctx, store, name)
+		store, last, err := m.prepareStore(ctx, store, req.Device, name, id)
 		if err != nil {
-			return deviceErr(op, req.Device, "", fmt.Errorf("store %s: %w", store, err))
+			return err
 		}
 		next = max(next, last+1)
-		var st unix.Stat_t
-		if err := unix.Stat(store, &st); err != nil {
-			return deviceErr(op, req.Device, "", fmt.Errorf("store: %w", err))
-		}
-		// A COW file on the filesystem of the device it protects would wait
-		// on itself (docs/kernel.md).
-		if !id.Image && DevNumFromRdev(st.Dev) == id.Dev {
-			return deviceErrf(op, req.Device, "give a --store on another device", nil, "the store %s is on the device itself", store)
-		}
 
 		d := &Device{
 			Name: name, Path: path, Identity: id, ChunkSize: req.ChunkSize, Store: store, Prealloc: req.Prealloc, Retention: retentionOrNil(req.Retention),
@@ -863,8 +790,6 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 		if req.OnUnmount == OnUnmountRevert {
 			// The first session starts from the state every revert puts back.
 			d.OnUnmount, d.RevertBase = OnUnmountRevert, next
-		} else if req.OnUnmount != "" {
-			return deviceErr(op, req.Device, "", fmt.Errorf("on-unmount %q: want keep or revert", req.OnUnmount))
 		}
 		if err := reg.Add(d); err != nil {
 			return deviceErr(op, req.Device, "", err)
@@ -885,6 +810,124 @@ func (m *Manager) Activate(ctx context.Context, req ActivateRequest) (*Device, e
 		return nil
 	})
 	return out, err
+}
+
+// check fills in req's defaults and refuses what is wrong before anything
+// is looked at: it returns the device's name and the store's absolute
+// path.
+func (req *ActivateRequest) check() (name, store string, err error) {
+	if req.ChunkSize == 0 {
+		req.ChunkSize = DefaultChunkSize
+	}
+	if req.Store == "" {
+		req.Store = DefaultStore
+	}
+	if err := ValidateChunkSize(req.ChunkSize); err != nil {
+		return "", "", err
+	}
+	if err := req.Retention.Validate(); err != nil {
+		return "", "", err
+	}
+	if req.Prealloc < 0 {
+		return "", "", fmt.Errorf("preallocation of %d bytes: want 0 or more", req.Prealloc)
+	}
+	if req.OnUnmount != "" && req.OnUnmount != OnUnmountRevert && req.OnUnmount != OnUnmountKeep {
+		return "", "", fmt.Errorf("on-unmount %q: want keep or revert", req.OnUnmount)
+	}
+	name = req.Name
+	if name == "" {
+		name = SanitizeName(req.Device)
+	}
+	if err := ValidateName(name); err != nil {
+		return "", "", err
+	}
+	store, err = filepath.Abs(req.Store)
+	return name, store, err
+}
+
+// checkNew refuses a name or a device the registry has already, and an
+// image file that cannot be protected now; it returns the path to record
+// (an image file's absolute path: found again after a reboot).
+func (m *Manager) checkNew(ctx context.Context, reg *Registry, device, name string, id Identity) (string, error) {
+	const op = "activate"
+	if d := reg.Device(name); d != nil {
+		return "", deviceErrf(op, device, "choose another name with --name", ErrAlreadyActivated,
+			"the name %s is taken by %s", name, d.Path)
+	}
+	path := device
+	if id.Image {
+		path = id.Stable.LoopFile
+		if d := reg.ByStable(id.Stable); d != nil {
+			return "", deviceErrf(op, device, "`dmsnap status "+d.Name+"` shows it", ErrAlreadyActivated,
+				"already activated as %s", d.Name)
+		}
+		if problem, err := m.imageProblem(ctx, path, DevNum{}); err != nil {
+			return "", deviceErr(op, device, "", err)
+		} else if problem != "" {
+			return "", deviceErrf(op, device, "nothing was changed", ErrBusy, "%s", problem)
+		}
+	}
+	if d := reg.ByDevNum(id.Dev); d != nil {
+		return "", deviceErrf(op, device, "`dmsnap status "+d.Name+"` shows it", ErrAlreadyActivated,
+			"already activated as %s", d.Name)
+	}
+	return path, nil
+}
+
+// adoptableStacks refuses a device that is itself a dmsnap device, and a
+// name whose stack in the kernel is over another device. A stack of this
+// device that no registry holds (a lost registry, another state
+// directory's) is adopted: its live snapshots are replaced by a new
+// session numbered after them, the number returned (1 when none).
+func adoptableStacks(stacks []StackInfo, device, name string, id Identity) (next int, err error) {
+	const op = "activate"
+	next = 1
+	for _, st := range stacks {
+		if st.OriginDev == id.Dev || slices.ContainsFunc(st.Snapshots, func(s SnapshotInfo) bool { return s.Dev == id.Dev }) {
+			return 0, deviceErrf(op, device, "activate the raw device instead", nil, "%s is a dmsnap device of %s", device, st.Name)
+		}
+		if st.Name == name && st.HasReal && st.RawDev != id.Dev {
+			return 0, deviceErrf(op, device, "choose another name with --name", ErrAlreadyActivated,
+				"a stack dmsnap-%s over another device (%s) is there, in no registry of this state directory", name, st.RawDev)
+		}
+		for _, sn := range st.Snapshots {
+			if st.Name == name {
+				next = max(next, sn.N+1)
+			}
+		}
+	}
+	return next, nil
+}
+
+// prepareStore checks the store, makes it, and returns its real path
+// (what is recorded and used) and the last session number of name in it.
+func (m *Manager) prepareStore(ctx context.Context, store, device, name string, id Identity) (string, int, error) {
+	const op = "activate"
+	// Checked before it is made; its real path is what is made,
+	// recorded and used.
+	store, err := trustdir.ResolveStore(store)
+	if err != nil {
+		return "", 0, deviceErr(op, device, "", err)
+	}
+	if err := os.MkdirAll(store, 0o755); err != nil {
+		return "", 0, deviceErr(op, device, "", fmt.Errorf("store: %w", err))
+	}
+	// Session numbers are the sequence that orders a device's sessions
+	// (the clock may step back): they go on after the store's last one.
+	last, err := m.Store.LastSequence(ctx, store, name)
+	if err != nil {
+		return "", 0, deviceErr(op, device, "", fmt.Errorf("store %s: %w", store, err))
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(store, &st); err != nil {
+		return "", 0, deviceErr(op, device, "", fmt.Errorf("store: %w", err))
+	}
+	// A COW file on the filesystem of the device it protects would wait
+	// on itself (docs/kernel.md).
+	if !id.Image && DevNumFromRdev(st.Dev) == id.Dev {
+		return "", 0, deviceErrf(op, device, "give a --store on another device", nil, "the store %s is on the device itself", store)
+	}
+	return store, last, nil
 }
 
 // rollback takes down what a failed activation built.
