@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -20,11 +19,7 @@ import (
 // chunks of 4 KiB on a 16 MiB device.
 func KernelCOW(t testing.TB) []byte {
 	t.Helper()
-	_, here, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("snapstoretest: cannot find its own source")
-	}
-	f, err := os.Open(filepath.Join(filepath.Dir(here), "..", "testdata", "kernel", "ext4-4k", "cow.img.gz"))
+	f, err := os.Open(kernelCOWPath(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,6 +33,33 @@ func KernelCOW(t testing.TB) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// kernelCOWPath finds the test data from the test's directory upwards:
+// the test runs in its package's directory, on the host and in the test
+// guest alike (where the source tree is not where it was built).
+func kernelCOWPath(t testing.TB) string {
+	t.Helper()
+	rel := filepath.Join("snapstore", "testdata", "kernel", "ext4-4k", "cow.img.gz")
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if p := filepath.Join(dir, rel); fileExists(p) {
+			return p
+		}
+		up := filepath.Dir(dir)
+		if up == dir {
+			t.Fatalf("snapstoretest: %s not found in the test's directory or above", rel)
+		}
+		dir = up
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // Finished makes a finished session of device name in store from
